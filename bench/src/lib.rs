@@ -1,0 +1,189 @@
+//! Measurement helpers shared by the backend benchmarks: time an async
+//! operation many times, report ops/s and latency percentiles, and print rows
+//! beside their baseline as a ratio, so every figure is relative to a
+//! baseline measured in the same run on the same machine.
+//!
+//! Run every benchmark with `cargo bench -p mcp-authkit-bench`.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Latency and throughput of one measured operation.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// What was measured.
+    pub name: String,
+    /// Operations per second over the whole run (all tasks together).
+    pub ops_per_sec: f64,
+    /// Median latency of one operation.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// How many operations were timed.
+    pub samples: usize,
+}
+
+impl Stats {
+    /// Statistics of per-operation `latencies` observed over `wall` time.
+    pub fn from_latencies(
+        name: impl Into<String>,
+        mut latencies: Vec<Duration>,
+        wall: Duration,
+    ) -> Self {
+        latencies.sort_unstable();
+        let samples = latencies.len();
+        let pick = |q: f64| {
+            if samples == 0 {
+                Duration::ZERO
+            } else {
+                latencies[((samples as f64 * q).ceil() as usize).clamp(1, samples) - 1]
+            }
+        };
+        Stats {
+            name: name.into(),
+            ops_per_sec: samples as f64 / wall.as_secs_f64().max(f64::EPSILON),
+            p50: pick(0.50),
+            p99: pick(0.99),
+            samples,
+        }
+    }
+}
+
+/// Times `op` `iterations` times in sequence after `iterations / 10` warm-up
+/// runs. `op` gets the iteration number.
+pub async fn measure<F, Fut>(name: &str, iterations: usize, mut op: F) -> Stats
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for i in 0..iterations / 10 {
+        op(i).await;
+    }
+    let mut latencies = Vec::with_capacity(iterations);
+    let started = Instant::now();
+    for i in 0..iterations {
+        let t = Instant::now();
+        op(i).await;
+        latencies.push(t.elapsed());
+    }
+    Stats::from_latencies(name, latencies, started.elapsed())
+}
+
+/// Times `op` on `tasks` concurrent tasks, `iterations_per_task` each.
+/// `op` gets (task, iteration).
+pub async fn measure_concurrent<F, Fut>(
+    name: &str,
+    tasks: usize,
+    iterations_per_task: usize,
+    op: F,
+) -> Stats
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(iterations_per_task);
+            for i in 0..iterations_per_task {
+                let t = Instant::now();
+                op(task, i).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks * iterations_per_task);
+    for handle in handles {
+        latencies.extend(handle.await.expect("benchmark task panicked"));
+    }
+    Stats::from_latencies(name, latencies, started.elapsed())
+}
+
+fn format_duration(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.1} µs")
+    } else {
+        format!("{:.2} ms", micros / 1000.0)
+    }
+}
+
+/// A table of measurements, each optionally beside its baseline.
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<(String, Stats, Option<Stats>)>,
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new() -> Self {
+        Table::default()
+    }
+
+    /// Adds a row for `backend`; `baseline` is the raw operation the ratio is
+    /// computed against (mean latency ratio = baseline ops/s over ours).
+    pub fn row(&mut self, backend: &str, stats: Stats, baseline: Option<Stats>) {
+        self.rows.push((backend.to_owned(), stats, baseline));
+    }
+
+    /// The table as Markdown.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "| backend | operation | ops/s | p50 | p99 | baseline | baseline ops/s | ratio (time vs baseline) |\n\
+             |---|---|---:|---:|---:|---|---:|---:|\n",
+        );
+        for (backend, stats, baseline) in &self.rows {
+            let (base_name, base_ops, ratio) = match baseline {
+                Some(base) => (
+                    base.name.clone(),
+                    format!("{:.0}", base.ops_per_sec),
+                    format!("{:.2}", base.ops_per_sec / stats.ops_per_sec),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            out.push_str(&format!(
+                "| {backend} | {} | {:.0} | {} | {} | {base_name} | {base_ops} | {ratio} |\n",
+                stats.name,
+                stats.ops_per_sec,
+                format_duration(stats.p50),
+                format_duration(stats.p99),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_samples() {
+        let latencies = (1..=100).map(Duration::from_millis).collect();
+        let stats = Stats::from_latencies("x", latencies, Duration::from_secs(1));
+        assert_eq!(stats.p50, Duration::from_millis(50));
+        assert_eq!(stats.p99, Duration::from_millis(99));
+        assert_eq!(stats.samples, 100);
+        assert!((stats.ops_per_sec - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ratio_compares_time_per_operation() {
+        let mut table = Table::new();
+        let ours = Stats::from_latencies(
+            "get",
+            vec![Duration::from_micros(2); 10],
+            Duration::from_micros(20),
+        );
+        let base = Stats::from_latencies(
+            "raw",
+            vec![Duration::from_micros(1); 10],
+            Duration::from_micros(10),
+        );
+        table.row("memory", ours, Some(base));
+        assert!(table.render().contains("| 2.00 |"), "{}", table.render());
+    }
+}
