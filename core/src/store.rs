@@ -302,3 +302,79 @@ impl Drop for LeaseGuard {
         }
     }
 }
+
+/// A shared store is a store: wrappers generic over `S: TokenStore` (such as
+/// the encrypting one) also take an `Arc<dyn TokenStore>`.
+#[async_trait]
+impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
+        (**self).get(key).await
+    }
+    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
+        (**self).put(key, record).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &TokenKey,
+        expected: Option<Revision>,
+        record: &TokenRecord,
+    ) -> Result<CasOutcome> {
+        (**self).compare_and_swap(key, expected, record).await
+    }
+    async fn delete(&self, key: &TokenKey) -> Result<bool> {
+        (**self).delete(key).await
+    }
+    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
+        (**self).delete_if_revision(key, revision).await
+    }
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
+        (**self).try_acquire_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
+        (**self).release_lease(key, lease).await
+    }
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
+        (**self).scan(cursor, limit).await
+    }
+}
+
+/// A shared pending store is a pending store.
+#[async_trait]
+impl<T: PendingStore + ?Sized> PendingStore for Arc<T> {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
+        (**self).insert(flow).await
+    }
+    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        (**self).get(state).await
+    }
+    async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
+        (**self).active_flow(key).await
+    }
+    async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        (**self).take(state).await
+    }
+    async fn complete(
+        &self,
+        key: &TokenKey,
+        state: &FlowState,
+        outcome: &FlowOutcome,
+        keep_for: Duration,
+    ) -> Result<()> {
+        (**self).complete(key, state, outcome, keep_for).await
+    }
+    async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
+        (**self).outcome(state).await
+    }
+    async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
+        (**self).wait(state, timeout).await
+    }
+    async fn purge_expired(&self) -> Result<PurgeReport> {
+        (**self).purge_expired().await
+    }
+}
