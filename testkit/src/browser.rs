@@ -15,6 +15,7 @@ use crate::authorization::AuthorizationResponse;
 use crate::authorize::USER_HEADER;
 use crate::error::Error;
 use crate::secret::redact_url;
+use crate::transport::Clients;
 
 /// A scripted browser.
 ///
@@ -39,30 +40,24 @@ use crate::secret::redact_url;
 /// ```
 #[derive(Clone)]
 pub struct Browser {
-    http: reqwest::Client,
+    http: Arc<Clients>,
     headers: HeaderMap,
     cookies: Vec<(String, String)>,
     stop_before: Vec<url::Origin>,
     max_redirects: usize,
     timeout: Duration,
-    jar: Arc<Mutex<HashMap<String, Vec<(String, String)>>>>,
+    jar: Arc<Mutex<CookieJar>>,
 }
+
+/// `name=value` cookies per origin (ASCII serialization).
+type CookieJar = HashMap<String, Vec<(String, String)>>;
 
 impl Browser {
     /// A browser with no extra headers, following up to 20 redirects, each
     /// request timing out after 10 s.
-    ///
-    /// # Panics
-    ///
-    /// If the HTTP client cannot be built (the TLS backend failed to
-    /// initialize), which leaves a test nothing to run.
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building the browser's HTTP client failed");
         Browser {
-            http,
+            http: Arc::new(Clients::new(None)),
             headers: HeaderMap::new(),
             cookies: Vec::new(),
             stop_before: Vec::new(),
@@ -197,8 +192,11 @@ impl Browser {
         url: &Url,
         form: Option<&Vec<(String, String)>>,
     ) -> Result<reqwest::Response, Error> {
-        let mut request = self
+        let http = self
             .http
+            .for_url(url)
+            .map_err(|e| http_error(method, url, e))?;
+        let mut request = http
             .request(method.clone(), url.clone())
             .headers(self.headers.clone())
             .timeout(self.timeout);

@@ -53,8 +53,11 @@ pub(crate) async fn fetch_client(
     shared.lock().client_metadata_fetches += 1;
     let failed =
         |what: String| format!("fetching the client metadata document {client_id}: {what}");
-    let response = shared
+    let http = shared
         .http
+        .for_url(&url)
+        .map_err(|e| failed(format!("no HTTP client: {e}")))?;
+    let response = http
         .get(url)
         .header(header::ACCEPT, "application/json")
         .send()

@@ -130,6 +130,7 @@ mod settings;
 mod state;
 mod token;
 mod tokens;
+mod transport;
 
 pub use authorization::{AuthorizationRequest, AuthorizationResponse};
 pub use authorize::{USER_HEADER, USER_QUERY_PARAM, WRONG_ISSUER};

@@ -66,10 +66,10 @@ pub(crate) fn redact_url(url: &Url) -> String {
 }
 
 /// `(name, value)` pairs for Debug output, secrets replaced.
-pub(crate) fn redact_pairs<'a>(
-    pairs: &'a [(String, String)],
+pub(crate) fn redact_pairs(
+    pairs: &[(String, String)],
     is_secret: fn(&str) -> bool,
-) -> Vec<(&'a str, &'a str)> {
+) -> Vec<(&str, &str)> {
     pairs
         .iter()
         .map(|(name, value)| {

@@ -25,6 +25,7 @@ use crate::requests::RecordedRequest;
 use crate::settings::{ConsentMode, Settings};
 use crate::state::{Grant, MetadataPatch, State};
 use crate::tokens::{IssuedTokens, PendingConsent, TokenGrant, TokenInfo};
+use crate::transport::Clients;
 use crate::{discovery, introspection, registration, token};
 
 /// Which of the two listeners a request came in on.
@@ -42,7 +43,7 @@ pub(crate) struct Shared {
     /// The issuer's path (`""` or `/tenant1`); endpoints live under it.
     pub(crate) prefix: String,
     /// For fetching Client ID Metadata Documents.
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: Clients,
     pub(crate) state: Mutex<State>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -268,21 +269,13 @@ impl TestAuthServerBuilder {
         let other = bind(SocketAddr::new(self.addr.ip(), 0)).await?;
         let main_addr = local_addr(&main, self.addr)?;
         let other_addr = local_addr(&other, self.addr)?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::InvalidInput {
-                what: "http client",
-                reason: format!("could not build the client for metadata documents: {e}"),
-            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             issuer: format!("http://{main_addr}{prefix}"),
             base: base_url(main_addr)?,
             other_base: base_url(other_addr)?,
             prefix,
-            http,
+            http: Clients::new(Some(Duration::from_secs(5))),
             state: Mutex::new(State::new(self.settings, self.metadata_patch)),
             shutdown: shutdown_rx.clone(),
         });
@@ -556,10 +549,15 @@ impl AuthServerHandle {
         edit(&mut self.shared.lock().settings);
     }
 
-    /// Sets (or with `None`, removes) the function that edits every
-    /// discovery document before it is served.
-    pub fn set_metadata_patch(&self, patch: Option<Arc<dyn Fn(&mut Value) + Send + Sync>>) {
-        self.shared.lock().metadata_patch = patch;
+    /// Sets the function that edits every discovery document before it is
+    /// served (replacing any earlier one).
+    pub fn set_metadata_patch(&self, patch: impl Fn(&mut Value) + Send + Sync + 'static) {
+        self.shared.lock().metadata_patch = Some(Arc::new(patch));
+    }
+
+    /// Removes the metadata patch.
+    pub fn clear_metadata_patch(&self) {
+        self.shared.lock().metadata_patch = None;
     }
 
     /// Serves `document` as JSON at `path` on the
@@ -706,7 +704,7 @@ impl AuthServerHandle {
 
     /// Revokes every token of a user (the user disconnected the app): its
     /// refresh tokens then get `invalid_grant` and its access tokens `401`.
-    /// Returns how many tokens were revoked.
+    /// Returns how many tokens it removed, expired ones included.
     pub fn revoke_subject(&self, subject: &str) -> usize {
         self.shared.lock().revoke_subject(subject)
     }
