@@ -158,6 +158,12 @@ pub struct Settings {
     /// one stops working. When `false`, the response has no
     /// `refresh_token` and the old one stays valid. Default `true`.
     pub rotate_refresh_tokens: bool,
+    /// Treat the use of an already rotated refresh token as theft (OAuth 2.1
+    /// section 4.3.1): besides `invalid_grant`, revoke every token of that
+    /// authorization, including the newest refresh token. Makes a client
+    /// that refreshes twice with one token (no single-flight) lose its
+    /// session, loudly. Default `false`.
+    pub revoke_on_refresh_token_reuse: bool,
     /// The `token_type` of token responses. Default `"Bearer"`.
     pub token_type: String,
     /// Extra members added to every successful token response.
@@ -166,7 +172,10 @@ pub struct Settings {
     /// `registration_endpoint`. Default `true`.
     pub dynamic_registration: bool,
     /// Accept URL client ids by fetching their Client ID Metadata Document,
-    /// and advertise `client_id_metadata_document_supported`. Default `true`.
+    /// and advertise `client_id_metadata_document_supported`. The document
+    /// is fetched on every authorization request (count the fetches with
+    /// [`client_metadata_fetches`](crate::AuthServerHandle::client_metadata_fetches)).
+    /// Default `true`.
     pub client_id_metadata_documents: bool,
     /// Serve RFC 7662 introspection and advertise it. Default `true`.
     pub introspection: bool,
@@ -198,6 +207,7 @@ impl Default for Settings {
             issue_refresh_tokens: true,
             refresh_token_lifetime: None,
             rotate_refresh_tokens: true,
+            revoke_on_refresh_token_reuse: false,
             token_type: "Bearer".to_owned(),
             extra_token_fields: Map::new(),
             dynamic_registration: true,

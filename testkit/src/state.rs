@@ -89,6 +89,8 @@ pub(crate) struct State {
     codes: HashMap<String, CodeEntry>,
     access_tokens: HashMap<String, AccessEntry>,
     refresh_tokens: HashMap<String, RefreshEntry>,
+    /// Rotated-away refresh tokens and their authorization, to detect reuse.
+    rotated: HashMap<String, u64>,
     consents: HashMap<String, ConsentEntry>,
     failures: HashMap<Endpoint, VecDeque<Failure>>,
     hits: HashMap<Endpoint, u64>,
@@ -108,6 +110,7 @@ impl State {
             codes: HashMap::new(),
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
+            rotated: HashMap::new(),
             consents: HashMap::new(),
             failures: HashMap::new(),
             hits: HashMap::new(),
@@ -314,6 +317,15 @@ impl State {
     pub(crate) fn refresh(&mut self, request: Refresh<'_>) -> Result<IssuedTokens, OAuthFailure> {
         let now = SystemTime::now();
         let Some(entry) = self.refresh_tokens.get(request.refresh_token) else {
+            if let Some(&family) = self.rotated.get(request.refresh_token)
+                && self.settings.revoke_on_refresh_token_reuse
+            {
+                self.revoke_family(family);
+                return Err(OAuthFailure::invalid_grant(
+                    "refresh token already rotated: reuse detected, every token of this \
+                     authorization is revoked",
+                ));
+            }
             return Err(OAuthFailure::invalid_grant(
                 "unknown, rotated or revoked refresh token",
             ));
@@ -345,6 +357,8 @@ impl State {
         let rotate = self.settings.rotate_refresh_tokens;
         if rotate {
             self.refresh_tokens.remove(request.refresh_token);
+            self.rotated
+                .insert(request.refresh_token.to_owned(), family);
         }
         Ok(self.issue(&grant, scopes, audience, family, rotate))
     }

@@ -74,6 +74,11 @@ async fn the_code_flow_with_pkce_issues_tokens_for_the_user_scopes_and_resource(
         .unwrap();
     assert_eq!(sent.param("code_verifier"), Some(pkce.verifier()));
     assert_eq!(sent.param("client_id"), Some(client.client_id.as_str()));
+    let shown = format!("{sent:?}");
+    assert!(
+        !shown.contains(pkce.verifier()) && !shown.contains(&code),
+        "{shown}"
+    );
 }
 
 #[tokio::test]

@@ -454,3 +454,105 @@ async fn introspection_over_http() {
         .unwrap();
     assert_eq!(disabled.status(), 404);
 }
+
+/// Many tasks on several threads race with one code, then with one refresh
+/// token: each is honoured exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn codes_and_rotated_refresh_tokens_are_single_use_under_concurrency() {
+    let server = server().await;
+    let client = public_client(&server);
+    let pkce = Pkce::new();
+    let code = code_for(&server, &client, &pkce).await;
+    let race = |form: Vec<(String, String)>| {
+        let url = server.token_endpoint();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (url, form) = (url.clone(), form.clone());
+                tokio::spawn(async move {
+                    let response = http().post(url).form(&form).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    (status, response.json::<serde_json::Value>().await.unwrap())
+                })
+            })
+            .collect();
+        async move {
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap());
+            }
+            results
+        }
+    };
+    let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+
+    let results = race(owned(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", REDIRECT_URI),
+        ("client_id", &client.client_id),
+        ("code_verifier", pkce.verifier()),
+    ]))
+    .await;
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|(s, b)| *s == 200 || b["error"] == "invalid_grant")
+    );
+
+    // The replays revoked the winner's tokens (RFC 6749 section 4.1.2), so
+    // start from a fresh authorization for the refresh race.
+    let tokens = tokens_for(&server, &client).await;
+    let results = race(owned(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", str_of(&tokens, "refresh_token")),
+        ("client_id", &client.client_id),
+    ]))
+    .await;
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let newest = str_of(&winners[0].1, "refresh_token").to_owned();
+    let (status, _) = refresh(&server, &client, &newest, &[]).await;
+    assert_eq!(
+        status, 200,
+        "without reuse detection the winner keeps its session"
+    );
+}
+
+#[tokio::test]
+async fn reuse_detection_revokes_the_whole_authorization() {
+    let server = TestAuthServer::builder()
+        .settings(|s| s.revoke_on_refresh_token_reuse = true)
+        .start()
+        .await
+        .unwrap();
+    let client = public_client(&server);
+    let tokens = tokens_for(&server, &client).await;
+    let old = str_of(&tokens, "refresh_token");
+    let (status, rotated) = refresh(&server, &client, old, &[]).await;
+    assert_eq!(status, 200);
+    let access = str_of(&rotated, "access_token");
+    assert!(server.introspect(access).is_some());
+
+    let (status, body) = refresh(&server, &client, old, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(str_of(&body, "error_description").contains("reuse"));
+    assert!(server.introspect(access).is_none());
+    let (status, _) = refresh(&server, &client, str_of(&rotated, "refresh_token"), &[]).await;
+    assert_eq!(status, 400, "the newest refresh token is revoked too");
+}
