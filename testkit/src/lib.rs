@@ -95,6 +95,36 @@
 //! # }
 //! ```
 //!
+//! # Recipes
+//!
+//! - **An MCP server that needs a third-party token** (the server plays the
+//!   OAuth client): point its provider at [`authorization_endpoint`] and
+//!   [`token_endpoint`], call [`userinfo_endpoint`] as "the third-party
+//!   API", and let a [`Browser`] follow the elicited URL to the server's own
+//!   callback. Expire tokens with [`expire_access_tokens`] (the API answers
+//!   `401`, refresh still works) or cut the user off with
+//!   [`revoke_subject`] (refresh gets `invalid_grant`).
+//! - **An MCP client** (discovery, registration, PKCE, step-up): put the
+//!   MCP server behind a [`ProtectedResource`] (Protected Resource Metadata,
+//!   `401`/`403` challenges); vary discovery with [`MetadataFault`] and
+//!   [`DiscoveryDocuments`]; host the client's metadata document with
+//!   [`host_json`]; read the code headlessly with
+//!   [`Browser::stop_before`]; assert what the client sent with
+//!   [`last_request`].
+//! - **Failure handling**: [`fail_next`] with [`Failure::Status`],
+//!   [`Failure::Hang`], [`Failure::Delay`], [`Failure::invalid_grant`],
+//!   [`Failure::access_denied`] or [`Failure::MalformedJson`], for one
+//!   endpoint or one grant type, the next N times.
+//!
+//! [`authorization_endpoint`]: AuthServerHandle::authorization_endpoint
+//! [`token_endpoint`]: AuthServerHandle::token_endpoint
+//! [`userinfo_endpoint`]: AuthServerHandle::userinfo_endpoint
+//! [`expire_access_tokens`]: AuthServerHandle::expire_access_tokens
+//! [`revoke_subject`]: AuthServerHandle::revoke_subject
+//! [`host_json`]: AuthServerHandle::host_json
+//! [`last_request`]: AuthServerHandle::last_request
+//! [`fail_next`]: AuthServerHandle::fail_next
+//!
 //! # Conventions
 //!
 //! - The issuer is `http://127.0.0.1:PORT` (plus the
