@@ -1,0 +1,151 @@
+//! `POST /register`: dynamic client registration (RFC 7591).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use crate::client::{ClientAuthMethod, ClientRegistration, ClientSource};
+use crate::failure::Endpoint;
+use crate::http::{OAuthFailure, json, plain_status};
+use crate::requests::RecordedRequest;
+use crate::server::Shared;
+
+pub(crate) async fn register(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let document: Option<Value> = serde_json::from_slice(&body).ok();
+    let failure = shared.begin(
+        RecordedRequest::new(Endpoint::Registration, &method, &uri, &headers)
+            .json(document.clone()),
+    );
+    if !shared.lock().settings.dynamic_registration {
+        return plain_status(
+            StatusCode::NOT_FOUND,
+            "dynamic client registration is disabled on this server",
+        );
+    }
+    match shared.run_failure(failure).await {
+        Ok(None) => {}
+        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
+        Err(response) => return response,
+    }
+    match register_client(&shared, document) {
+        Ok(body) => json(StatusCode::CREATED, &body),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+fn metadata_error(description: impl Into<String>) -> OAuthFailure {
+    OAuthFailure::new("invalid_client_metadata", description)
+}
+
+fn register_client(shared: &Shared, document: Option<Value>) -> Result<Value, OAuthFailure> {
+    let Some(Value::Object(request)) = document else {
+        return Err(metadata_error("the body must be a JSON object"));
+    };
+    let strings = |name: &str| -> Result<Option<Vec<String>>, OAuthFailure> {
+        match request.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str().map(str::to_owned).ok_or_else(|| {
+                        metadata_error(format!("{name} must be an array of strings"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(metadata_error(format!(
+                "{name} must be an array of strings"
+            ))),
+        }
+    };
+
+    let redirect_uris = strings("redirect_uris")?.unwrap_or_default();
+    if redirect_uris.is_empty() {
+        return Err(OAuthFailure::new(
+            "invalid_redirect_uri",
+            "redirect_uris is required for the authorization code grant",
+        ));
+    }
+    let method_name = match request.get("token_endpoint_auth_method") {
+        None => "client_secret_basic",
+        Some(Value::String(name)) => name.as_str(),
+        Some(_) => {
+            return Err(metadata_error(
+                "token_endpoint_auth_method must be a string",
+            ));
+        }
+    };
+    let advertised = shared.lock().settings.token_endpoint_auth_methods.clone();
+    let method = ClientAuthMethod::from_name(method_name)
+        .filter(|m| advertised.contains(m))
+        .ok_or_else(|| {
+            metadata_error(format!(
+                "token_endpoint_auth_method {method_name:?} is not supported; use one of {}",
+                advertised
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let grant_types = strings("grant_types")?
+        .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
+    if let Some(other) = grant_types
+        .iter()
+        .find(|g| *g != "authorization_code" && *g != "refresh_token")
+    {
+        return Err(metadata_error(format!(
+            "grant type {other:?} is not supported"
+        )));
+    }
+    let response_types = strings("response_types")?.unwrap_or_else(|| vec!["code".to_owned()]);
+    if let Some(other) = response_types.iter().find(|r| *r != "code") {
+        return Err(metadata_error(format!(
+            "response type {other:?} is not supported"
+        )));
+    }
+
+    let mut registration = ClientRegistration::public(redirect_uris[0].clone()).auth_method(method);
+    for uri in &redirect_uris[1..] {
+        registration = registration.redirect_uri(uri.clone());
+    }
+    if let Some(Value::String(name)) = request.get("client_name") {
+        registration = registration.name(name.clone());
+    }
+    let client = registration
+        .into_client(ClientSource::Dynamic)
+        .map_err(|e| OAuthFailure::new("invalid_redirect_uri", e.to_string()))?;
+    shared
+        .lock()
+        .clients
+        .insert(client.client_id.clone(), client.clone());
+
+    // RFC 7591 section 3.2.1: all registered metadata, including fields this
+    // server does not interpret, plus the issued credentials.
+    let mut response: Map<String, Value> = request;
+    let issued_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    response.insert("client_id".into(), client.client_id.clone().into());
+    response.insert("client_id_issued_at".into(), issued_at.into());
+    if let Some(secret) = &client.client_secret {
+        response.insert("client_secret".into(), secret.clone().into());
+        response.insert("client_secret_expires_at".into(), 0.into());
+    }
+    response.insert("redirect_uris".into(), redirect_uris.into());
+    response.insert("token_endpoint_auth_method".into(), method.as_str().into());
+    response.insert("grant_types".into(), grant_types.into());
+    response.insert("response_types".into(), response_types.into());
+    Ok(Value::Object(response))
+}

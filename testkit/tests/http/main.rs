@@ -1,0 +1,11 @@
+//! The testkit's own tests, over real HTTP on loopback.
+
+mod browser;
+mod cimd;
+mod discovery;
+mod failures;
+mod flow;
+mod registration;
+mod resource;
+mod support;
+mod token;
