@@ -1,0 +1,683 @@
+//! Server side: MCP tools gated behind a third party's OAuth.
+//!
+//! An [`OAuthProvider`] is one integration (GitHub, Google, Jira ...) of an
+//! MCP server. It keeps each MCP user's third-party token through
+//! [`mcp_authkit_core::TokenLifecycle`] (one store read for a valid token,
+//! single-flight refresh across replicas, exactly-once callbacks), and
+//! serves two routes the application mounts ([`OAuthProvider::router`]):
+//!
+//! - `GET {base}/connect`: the URL the MCP client shows the user (URL-mode
+//!   elicitation). It checks that the browser user is the user who started
+//!   the flow ([`BrowserUser`]), then redirects to the third party with
+//!   `state` and a PKCE challenge. The link carries neither the OAuth
+//!   `state` nor any token.
+//! - `GET {base}/callback`: the redirect URI. It takes the flow exactly
+//!   once, checks `iss`, exchanges the code, stores the token and wakes the
+//!   waiting tool call, on whichever replica it waits.
+//!
+//! With the `rmcp` feature, a tool of an rmcp server needs one line:
+//!
+//! ```ignore
+//! let token = self.github.require_token(&ctx).await?;
+//! ```
+//!
+//! See [`OAuthProvider::require_token`] (with the `rmcp` feature) for the
+//! protocol: wait mode, fail-fast mode (`-32042`), and `InputRequiredResult`
+//! on 2026-07-28 sessions.
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_authkit_providers::server::{BrowserIdentity, OAuthProvider};
+//! use mcp_authkit_providers::standard::StandardOAuthClient;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let github = OAuthProvider::builder("github", "https://mcp.example.com/oauth/github")
+//!     .display_name("GitHub")
+//!     .client(StandardOAuthClient::github("client-id", "client-secret").build()?)
+//!     .scopes(["repo"])
+//!     // Who is at the browser, from the application's own session.
+//!     .browser_user(|parts: &axum::http::request::Parts| {
+//!         match parts.headers.get("x-app-user").and_then(|v| v.to_str().ok()) {
+//!             Some(user) => BrowserIdentity::SignedIn(user.to_owned()),
+//!             None => BrowserIdentity::SignedOut,
+//!         }
+//!     })
+//!     .build()?;
+//!
+//! // Register https://mcp.example.com/oauth/github/callback at GitHub, and
+//! // mount the routes next to the MCP endpoint.
+//! assert_eq!(github.redirect_uri(), "https://mcp.example.com/oauth/github/callback");
+//! let app: axum::Router = axum::Router::new().merge(github.router());
+//! # let _ = app;
+//! # Ok(()) }
+//! ```
+
+mod browser;
+mod html;
+mod query;
+mod routes;
+#[cfg(feature = "rmcp")]
+mod tools;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_authkit_core::{
+    Access, AccessToken, BeginOutcome, Clock, FlowOutcome, FlowRequest, FlowState, LifecycleConfig,
+    OAuthClient, PendingStore, Revision, TokenLifecycle, TokenStore,
+};
+use mcp_authkit_store_memory::MemoryStore;
+use url::Url;
+
+pub use browser::{BrowserIdentity, BrowserUser};
+#[cfg(feature = "rmcp")]
+pub use tools::{
+    AuthorizationRequired, RetryInput, SubjectResolver, TokenError, gate_tools,
+    subject_from_extension,
+};
+
+use browser::ConnectCheck;
+
+/// How a tool call that needs authorization behaves on a 2025-11-25
+/// session (2026-07-28 sessions always answer with an
+/// `InputRequiredResult`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ElicitationStyle {
+    /// Send `elicitation/create` (mode `url`) and keep the tool call open
+    /// until the user finishes in the browser (up to the token timeout),
+    /// then send `notifications/elicitation/complete` and run the tool.
+    #[default]
+    Wait,
+    /// Answer at once with JSON-RPC error `-32042`
+    /// (`URLElicitationRequiredError`) carrying the elicitation; send
+    /// `notifications/elicitation/complete` to the session when the
+    /// callback lands, and let the client retry the call.
+    FailFast,
+}
+
+/// Why a provider could not be built or an operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The provider's configuration is not usable.
+    #[error("invalid OAuth provider configuration ({what}): {reason}")]
+    Config {
+        /// What is wrong.
+        what: &'static str,
+        /// Why, and how to fix it.
+        reason: String,
+    },
+    /// A store or OAuth operation failed.
+    #[error(transparent)]
+    Lifecycle(#[from] mcp_authkit_core::Error),
+}
+
+impl ProviderError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Config { .. } => false,
+            ProviderError::Lifecycle(error) => error.is_retryable(),
+        }
+    }
+
+    fn config(what: &'static str, reason: impl Into<String>) -> Self {
+        ProviderError::Config {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A user's usable third-party token, with whose it is.
+///
+/// It dereferences to core's [`AccessToken`] (`secret()`, `revision()`,
+/// `scopes()` ...). Pass it to [`OAuthProvider::invalidate`] when the API
+/// answers `401`.
+#[derive(Clone, Debug)]
+pub struct UserToken {
+    subject: String,
+    token: AccessToken,
+}
+
+impl UserToken {
+    /// The MCP user it belongs to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The token.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.token
+    }
+}
+
+impl std::ops::Deref for UserToken {
+    type Target = AccessToken;
+
+    fn deref(&self) -> &AccessToken {
+        &self.token
+    }
+}
+
+/// An authorization flow a user has to finish in the browser.
+#[derive(Clone, Debug)]
+pub struct PendingAuthorization {
+    subject: String,
+    state: FlowState,
+    elicitation_id: String,
+    connect_url: Url,
+    started: bool,
+    expires_in: Option<Duration>,
+}
+
+impl PendingAuthorization {
+    /// The MCP user it is for.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The URL to show the user: this server's connect page (never the third
+    /// party's authorize URL, never carrying the OAuth `state`).
+    pub fn connect_url(&self) -> &Url {
+        &self.connect_url
+    }
+
+    /// The elicitation id that stands for this flow on the MCP client.
+    pub fn elicitation_id(&self) -> &str {
+        &self.elicitation_id
+    }
+
+    /// Whether this call started the flow (`false`: it joined one that
+    /// another call started for the same user).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// How long the flow stays open for its callback, when known.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_in
+    }
+}
+
+pub(crate) struct ProviderInner {
+    pub(crate) name: String,
+    pub(crate) display_name: String,
+    pub(crate) lifecycle: TokenLifecycle,
+    pub(crate) connect_url: Url,
+    pub(crate) connect_path: String,
+    pub(crate) callback_path: String,
+    pub(crate) redirect_uri: String,
+    pub(crate) token_timeout: Duration,
+    pub(crate) connect_check: ConnectCheck,
+    #[cfg_attr(not(feature = "rmcp"), allow(dead_code))]
+    pub(crate) style: ElicitationStyle,
+    pub(crate) clock: Arc<dyn Clock>,
+    #[cfg(feature = "rmcp")]
+    pub(crate) tools: tools::ToolState,
+}
+
+/// One third-party integration of an MCP server; cheap to clone.
+///
+/// Build it with [`OAuthProvider::builder`]; mount [`router`](Self::router);
+/// with the `rmcp` feature, call `require_token` at the top of a tool.
+#[derive(Clone)]
+pub struct OAuthProvider {
+    pub(crate) inner: Arc<ProviderInner>,
+}
+
+impl fmt::Debug for OAuthProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthProvider")
+            .field("name", &self.inner.name)
+            .field("connect_url", &self.inner.connect_url.as_str())
+            .field("redirect_uri", &self.inner.redirect_uri)
+            .field("token_timeout", &self.inner.token_timeout)
+            .field("style", &self.inner.style)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`OAuthProvider`].
+pub struct OAuthProviderBuilder {
+    name: String,
+    base_url: String,
+    display_name: Option<String>,
+    client: Option<Arc<dyn OAuthClient>>,
+    scopes: Vec<String>,
+    redirect_uri: Option<String>,
+    tokens: Option<Arc<dyn TokenStore>>,
+    pending: Option<Arc<dyn PendingStore>>,
+    clock: Option<Arc<dyn Clock>>,
+    token_timeout: Duration,
+    refresh_skew: Option<Duration>,
+    flow_ttl: Option<Duration>,
+    connect_check: Option<ConnectCheck>,
+    style: ElicitationStyle,
+    #[cfg(feature = "rmcp")]
+    subject_resolver: Option<Arc<dyn SubjectResolver>>,
+}
+
+impl fmt::Debug for OAuthProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthProviderBuilder")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthProvider {
+    /// Starts building the provider `name` (the key prefix in the token
+    /// store: `"github"`), whose routes live under `base_url`
+    /// (`https://mcp.example.com/oauth/github`: the connect page is
+    /// `{base_url}/connect`, the redirect URI `{base_url}/callback`).
+    pub fn builder(name: impl Into<String>, base_url: impl Into<String>) -> OAuthProviderBuilder {
+        OAuthProviderBuilder {
+            name: name.into(),
+            base_url: base_url.into(),
+            display_name: None,
+            client: None,
+            scopes: Vec::new(),
+            redirect_uri: None,
+            tokens: None,
+            pending: None,
+            clock: None,
+            token_timeout: Duration::from_secs(120),
+            refresh_skew: None,
+            flow_ttl: None,
+            connect_check: None,
+            style: ElicitationStyle::Wait,
+            #[cfg(feature = "rmcp")]
+            subject_resolver: None,
+        }
+    }
+
+    /// The provider name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The name shown to users (`"GitHub"`).
+    pub fn display_name(&self) -> &str {
+        &self.inner.display_name
+    }
+
+    /// The redirect URI to register at the third party.
+    pub fn redirect_uri(&self) -> &str {
+        &self.inner.redirect_uri
+    }
+
+    /// The connect page's URL, without its per-flow query.
+    pub fn connect_page(&self) -> &Url {
+        &self.inner.connect_url
+    }
+
+    /// How long a tool call waits for the user to finish in the browser.
+    pub fn token_timeout(&self) -> Duration {
+        self.inner.token_timeout
+    }
+
+    /// The token lifecycle underneath, for what this type does not wrap.
+    pub fn lifecycle(&self) -> &TokenLifecycle {
+        &self.inner.lifecycle
+    }
+
+    /// `subject`'s token if one is usable now (refreshed first when it is
+    /// about to expire); `None` when the user has to authorize.
+    ///
+    /// A valid token costs one store read and no network I/O.
+    pub async fn token(&self, subject: &str) -> Result<Option<UserToken>, ProviderError> {
+        Ok(match self.inner.lifecycle.access(subject).await? {
+            Access::Ready(token) => Some(UserToken {
+                subject: subject.to_owned(),
+                token,
+            }),
+            Access::NeedsAuthorization(_) => None,
+        })
+    }
+
+    /// Starts an authorization flow for `subject`, or joins the one in
+    /// progress for the same user (concurrent calls share one flow).
+    /// `started_by` records who asked (an MCP session id).
+    pub async fn begin_authorization(
+        &self,
+        subject: &str,
+        started_by: Option<&str>,
+    ) -> Result<PendingAuthorization, ProviderError> {
+        let lifecycle = &self.inner.lifecycle;
+        let mut request = FlowRequest::default();
+        if let Some(started_by) = started_by {
+            request = request.started_by(started_by);
+        }
+        let begun = lifecycle.begin_authorization(subject, request).await?;
+        let (flow, started) = match begun {
+            BeginOutcome::Started(flow) => (flow, true),
+            BeginOutcome::Joined(flow) => (flow, false),
+            // The active flow's callback is being handled right now: the
+            // connect link is no longer needed, so hand out that flow's
+            // handle with the outcome to wait for.
+            BeginOutcome::Completing(state) => {
+                return Ok(PendingAuthorization {
+                    subject: subject.to_owned(),
+                    connect_url: self.connect_url_for(subject, ""),
+                    state,
+                    elicitation_id: String::new(),
+                    started: false,
+                    expires_in: None,
+                });
+            }
+        };
+        let now = self.now();
+        Ok(PendingAuthorization {
+            subject: subject.to_owned(),
+            connect_url: self.connect_url_for(subject, &flow.elicitation_id),
+            elicitation_id: flow.elicitation_id.clone(),
+            expires_in: Some(flow.expires_at.saturating_duration_since(now)),
+            state: flow.state,
+            started,
+        })
+    }
+
+    /// Waits up to `timeout` for the flow to end; `None` if it did not.
+    pub async fn wait_for_authorization(
+        &self,
+        pending: &PendingAuthorization,
+        timeout: Duration,
+    ) -> Result<Option<FlowOutcome>, ProviderError> {
+        Ok(self.inner.lifecycle.wait(&pending.state, timeout).await?)
+    }
+
+    /// Ends a flow without a callback (the user declined), waking everyone
+    /// who waits on it with `outcome`. Returns whether it was still pending.
+    pub async fn abandon_authorization(
+        &self,
+        pending: &PendingAuthorization,
+        outcome: FlowOutcome,
+    ) -> Result<bool, ProviderError> {
+        Ok(self
+            .inner
+            .lifecycle
+            .abandon_flow(&pending.state, outcome)
+            .await?)
+    }
+
+    /// Removes the token an API refused (say with `401`), so the next
+    /// `require_token` asks the user again. Only this revision is removed:
+    /// a token another request refreshed meanwhile is kept. Returns whether
+    /// a token was removed.
+    pub async fn invalidate(&self, token: &UserToken) -> Result<bool, ProviderError> {
+        self.invalidate_revision(&token.subject, token.revision())
+            .await
+    }
+
+    /// Removes `subject`'s token if it is still at `revision`.
+    pub async fn invalidate_revision(
+        &self,
+        subject: &str,
+        revision: Revision,
+    ) -> Result<bool, ProviderError> {
+        Ok(self
+            .inner
+            .lifecycle
+            .invalidate(subject, Some(revision))
+            .await?)
+    }
+
+    /// Removes `subject`'s token whatever its revision (the user
+    /// disconnected the integration). Returns whether there was one.
+    pub async fn invalidate_token(&self, subject: &str) -> Result<bool, ProviderError> {
+        Ok(self.inner.lifecycle.invalidate(subject, None).await?)
+    }
+
+    /// The connect and callback routes, at the paths of the base URL and
+    /// redirect URI; merge them into the application's router.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.clone())
+    }
+
+    fn now(&self) -> mcp_authkit_core::Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// `{connect}?user=..&flow=..`: the subject picks the key's active flow,
+    /// the elicitation id (128 random bits) proves the link was handed out
+    /// for that flow. The OAuth `state` never leaves the server this way.
+    fn connect_url_for(&self, subject: &str, elicitation_id: &str) -> Url {
+        let mut url = self.inner.connect_url.clone();
+        url.query_pairs_mut()
+            .append_pair("user", subject)
+            .append_pair("flow", elicitation_id);
+        url
+    }
+}
+
+impl OAuthProviderBuilder {
+    /// The name shown to users in messages and pages (`"GitHub"`).
+    /// Default: the provider name.
+    pub fn display_name(mut self, display_name: impl Into<String>) -> Self {
+        self.display_name = Some(display_name.into());
+        self
+    }
+
+    /// The OAuth client: a [`StandardOAuthClient`](crate::standard::StandardOAuthClient)
+    /// for standard OAuth 2.0 providers, or your own [`OAuthClient`] for a
+    /// custom flow (authorization URL building, code exchange, optional
+    /// refresh).
+    pub fn client(mut self, client: impl OAuthClient) -> Self {
+        self.client = Some(Arc::new(client));
+        self
+    }
+
+    /// Like [`client`](Self::client), for a client already shared.
+    pub fn shared_client(mut self, client: Arc<dyn OAuthClient>) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The scopes to request.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A redirect URI other than `{base_url}/callback` (its path is where
+    /// the callback route is mounted).
+    pub fn redirect_uri(mut self, redirect_uri: impl Into<String>) -> Self {
+        self.redirect_uri = Some(redirect_uri.into());
+        self
+    }
+
+    /// Where tokens are kept. Default: an in-memory store, which only suits
+    /// a single process; share Redis or SQLite between replicas.
+    pub fn token_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.tokens = Some(store);
+        self
+    }
+
+    /// Where flows wait for their callback. Default: in memory (a single
+    /// process). Replicas must share it: the callback may land on any.
+    pub fn pending_store(mut self, store: Arc<dyn PendingStore>) -> Self {
+        self.pending = Some(store);
+        self
+    }
+
+    /// One backend for both tokens and flows.
+    pub fn store<S>(self, store: Arc<S>) -> Self
+    where
+        S: TokenStore + PendingStore,
+    {
+        let tokens: Arc<dyn TokenStore> = store.clone();
+        let pending: Arc<dyn PendingStore> = store;
+        self.token_store(tokens).pending_store(pending)
+    }
+
+    /// How long a tool call waits for the user to finish in the browser.
+    /// Default 120 s.
+    pub fn token_timeout(mut self, timeout: Duration) -> Self {
+        self.token_timeout = timeout;
+        self
+    }
+
+    /// Refresh a token this long before it expires. Default 60 s.
+    pub fn refresh_skew(mut self, skew: Duration) -> Self {
+        self.refresh_skew = Some(skew);
+        self
+    }
+
+    /// How long a started flow stays valid for its callback. Default 10 min.
+    pub fn flow_ttl(mut self, ttl: Duration) -> Self {
+        self.flow_ttl = Some(ttl);
+        self
+    }
+
+    /// Reads time from `clock` (a [`ManualClock`](mcp_authkit_core::ManualClock)
+    /// in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// How calls that need authorization behave on 2025-11-25 sessions.
+    /// Default [`ElicitationStyle::Wait`].
+    pub fn elicitation(mut self, style: ElicitationStyle) -> Self {
+        self.style = style;
+        self
+    }
+
+    /// The application's hook that says who is at the browser; the connect
+    /// page continues only when it names the user who started the flow.
+    pub fn browser_user(mut self, hook: impl BrowserUser) -> Self {
+        self.connect_check = Some(ConnectCheck::SameUser(Arc::new(hook)));
+        self
+    }
+
+    /// Lets whoever holds a connect link continue the flow, without checking
+    /// who is at the browser.
+    ///
+    /// Only for a local, single-user setup (a server on the user's own
+    /// machine, where the MCP user and the browser user are the same
+    /// person). On a shared server it allows the phishing attack the MCP
+    /// specification warns about: an attacker starts a flow and sends the
+    /// link to a victim, whose third-party account then serves the
+    /// attacker's tool calls.
+    pub fn trust_link_holder(mut self) -> Self {
+        self.connect_check = Some(ConnectCheck::TrustLinkHolder);
+        self
+    }
+
+    /// Checks the configuration and builds the provider.
+    pub fn build(self) -> Result<OAuthProvider, ProviderError> {
+        if self.name.is_empty() {
+            return Err(ProviderError::config(
+                "name",
+                "the provider name is empty; name it after the integration (\"github\")",
+            ));
+        }
+        let client = self.client.ok_or_else(|| {
+            ProviderError::config(
+                "OAuth client",
+                "no OAuth client: call client(StandardOAuthClient::builder(..).build()?) \
+                 or client(your_custom_flow)",
+            )
+        })?;
+        let connect_check = self.connect_check.ok_or_else(|| {
+            ProviderError::config(
+                "connect check",
+                "the connect page must know who is at the browser: call \
+                 browser_user(hook) with your application's sign-in check, or \
+                 trust_link_holder() for a local single-user server",
+            )
+        })?;
+        if self.token_timeout.is_zero() {
+            return Err(ProviderError::config(
+                "token timeout",
+                "it must be greater than zero",
+            ));
+        }
+        let base = parse_http_url("base URL", self.base_url.trim_end_matches('/'))?;
+        let base_path = base.path().trim_end_matches('/').to_owned();
+        let mut connect_url = base.clone();
+        connect_url.set_path(&format!("{base_path}/connect"));
+        connect_url.set_query(None);
+        let redirect_uri = match self.redirect_uri {
+            Some(uri) => uri,
+            None => {
+                let mut callback = base.clone();
+                callback.set_path(&format!("{base_path}/callback"));
+                callback.set_query(None);
+                callback.to_string()
+            }
+        };
+        let callback = parse_http_url("redirect URI", &redirect_uri)?;
+        if callback.query().is_some() || callback.fragment().is_some() {
+            return Err(ProviderError::config(
+                "redirect URI",
+                "it must not carry a query or fragment",
+            ));
+        }
+        if callback.path() == connect_url.path() {
+            return Err(ProviderError::config(
+                "redirect URI",
+                "its path is the connect page's path; pick another",
+            ));
+        }
+        let store = MemoryStore::new();
+        let tokens = self
+            .tokens
+            .unwrap_or_else(|| Arc::new(store.clone()) as Arc<dyn TokenStore>);
+        let pending = self
+            .pending
+            .unwrap_or_else(|| Arc::new(store) as Arc<dyn PendingStore>);
+        let clock: Arc<dyn Clock> = self
+            .clock
+            .unwrap_or_else(|| Arc::new(mcp_authkit_core::SystemClock));
+        let mut config = LifecycleConfig::new(redirect_uri.clone(), self.scopes);
+        if let Some(skew) = self.refresh_skew {
+            config.refresh_skew = skew;
+        }
+        if let Some(ttl) = self.flow_ttl {
+            config.flow_ttl = ttl;
+        }
+        let lifecycle = TokenLifecycle::builder(self.name.clone(), client, tokens, pending)
+            .clock(clock.clone())
+            .config(config)
+            .build()?;
+        Ok(OAuthProvider {
+            inner: Arc::new(ProviderInner {
+                display_name: self.display_name.unwrap_or_else(|| self.name.clone()),
+                name: self.name,
+                lifecycle,
+                connect_path: connect_url.path().to_owned(),
+                callback_path: callback.path().to_owned(),
+                connect_url,
+                redirect_uri,
+                token_timeout: self.token_timeout,
+                connect_check,
+                style: self.style,
+                clock,
+                #[cfg(feature = "rmcp")]
+                tools: tools::ToolState::new(self.subject_resolver),
+            }),
+        })
+    }
+}
+
+fn parse_http_url(what: &'static str, text: &str) -> Result<Url, ProviderError> {
+    let url = Url::parse(text)
+        .map_err(|error| ProviderError::config(what, format!("{text:?} is not a URL: {error}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ProviderError::config(
+            what,
+            format!("{text:?} must be an absolute http(s) URL"),
+        ));
+    }
+    Ok(url)
+}

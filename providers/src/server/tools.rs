@@ -1,0 +1,922 @@
+//! rmcp glue: `require_token` for tools, the tool-router wrapper, and the
+//! MCP messages the 2025-11-25 specification defines but rmcp 3.x no
+//! longer models (`-32042`, `notifications/elicitation/complete`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::rmcp::handler::server::tool::{ToolCallContext, ToolRoute, ToolRouter};
+use ::rmcp::model::{
+    CallToolResponse, CallToolResult, ContentBlock, CustomNotification, ElicitRequest,
+    ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, InputRequest, InputRequests,
+    InputRequiredResult, InputResponses, ProtocolVersion, ServerNotification,
+};
+use ::rmcp::service::{ElicitationError, Peer, RequestContext, RoleServer, ServiceError};
+use mcp_authkit_core::{FlowOutcome, FlowState};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span, warn};
+use url::Url;
+
+use super::{
+    ElicitationStyle, OAuthProvider, OAuthProviderBuilder, PendingAuthorization, ProviderError,
+    UserToken,
+};
+
+/// JSON-RPC error code of `URLElicitationRequiredError` (MCP 2025-11-25).
+pub const URL_ELICITATION_REQUIRED: ErrorCode = ErrorCode(-32042);
+/// Method of the completion notification (MCP 2025-11-25).
+pub const ELICITATION_COMPLETE_METHOD: &str = "notifications/elicitation/complete";
+/// The member of an error's `data` through which [`gate_tools`] recognises
+/// this crate's errors.
+const MARKER: &str = "mcpAuthkit";
+/// Outcome codes of flows the user ended in the MCP client.
+const DECLINED: &str = "elicitation_declined";
+const CANCELLED: &str = "elicitation_cancelled";
+
+/// How a provider learns which MCP user a tool call is for.
+///
+/// Usually the MCP server's own authorization middleware validated a bearer
+/// token and put its claims into the HTTP request's extensions; rmcp hands
+/// the request's [`http::request::Parts`] to the tool in
+/// `ctx.extensions`. [`subject_from_extension`] reads such claims.
+/// Closures `Fn(&RequestContext<RoleServer>) -> Option<String>` implement
+/// it too. The subject must be stable and unique per user (an `iss` + `sub`
+/// pair, not an email that can change hands).
+pub trait SubjectResolver: Send + Sync + 'static {
+    /// The calling user's subject, or `None` when the call carries none.
+    fn resolve(&self, ctx: &RequestContext<RoleServer>) -> Option<String>;
+}
+
+impl<F> SubjectResolver for F
+where
+    F: Fn(&RequestContext<RoleServer>) -> Option<String> + Send + Sync + 'static,
+{
+    fn resolve(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
+        self(ctx)
+    }
+}
+
+/// A resolver that reads a `T` the server's auth middleware inserted into
+/// the HTTP request's extensions, and takes the subject from it.
+///
+/// ```
+/// use mcp_authkit_providers::server::subject_from_extension;
+///
+/// #[derive(Clone)]
+/// struct Claims { iss: String, sub: String }
+///
+/// let resolver = subject_from_extension(|claims: &Claims| {
+///     Some(format!("{}|{}", claims.iss, claims.sub))
+/// });
+/// # let _ = resolver;
+/// ```
+pub fn subject_from_extension<T, F>(extract: F) -> impl SubjectResolver
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> Option<String> + Send + Sync + 'static,
+{
+    move |ctx: &RequestContext<RoleServer>| {
+        let parts = ctx.extensions.get::<http::request::Parts>()?;
+        parts.extensions.get::<T>().and_then(&extract)
+    }
+}
+
+impl OAuthProviderBuilder {
+    /// How tool calls name their user (required for
+    /// [`require_token`](OAuthProvider::require_token)).
+    pub fn subject_resolver(mut self, resolver: impl SubjectResolver) -> Self {
+        self.subject_resolver = Some(Arc::new(resolver));
+        self
+    }
+}
+
+/// Per-provider state of the rmcp glue.
+pub(crate) struct ToolState {
+    resolver: Option<Arc<dyn SubjectResolver>>,
+    /// (session, flow) pairs with an elicitation outstanding in this
+    /// process: other calls of the same session wait instead of showing
+    /// the user a second prompt.
+    elicitations: Mutex<HashSet<(String, FlowState)>>,
+    /// (session, flow) pairs with a completion watcher (fail-fast).
+    watchers: Mutex<HashSet<(String, FlowState)>>,
+}
+
+impl ToolState {
+    pub(crate) fn new(resolver: Option<Arc<dyn SubjectResolver>>) -> Self {
+        ToolState {
+            resolver,
+            elicitations: Mutex::new(HashSet::new()),
+            watchers: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a (session, flow) claim when dropped.
+struct Claim<'a> {
+    set: &'a Mutex<HashSet<(String, FlowState)>>,
+    entry: Option<(String, FlowState)>,
+}
+
+impl<'a> Claim<'a> {
+    /// Claims `entry`; `None` when another call holds it.
+    fn take(
+        set: &'a Mutex<HashSet<(String, FlowState)>>,
+        entry: (String, FlowState),
+    ) -> Option<Self> {
+        lock(set).insert(entry.clone()).then_some(Claim {
+            set,
+            entry: Some(entry),
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            lock(self.set).remove(&entry);
+        }
+    }
+}
+
+/// The elicitation a client must show the user before the call can
+/// succeed: JSON-RPC error `-32042` on 2025-11-25 sessions, an
+/// `InputRequiredResult` on 2026-07-28 ones (through [`gate_tools`]).
+#[derive(Clone)]
+pub struct AuthorizationRequired {
+    provider: String,
+    message: String,
+    url: Url,
+    elicitation_id: String,
+    request_state: Option<String>,
+}
+
+impl fmt::Debug for AuthorizationRequired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationRequired")
+            .field("provider", &self.provider)
+            .field("url", &self.url.as_str())
+            .field("elicitation_id", &self.elicitation_id)
+            .field("input_required", &self.request_state.is_some())
+            .finish()
+    }
+}
+
+impl AuthorizationRequired {
+    /// The connect page to open.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The message for the user.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The elicitation id (empty on 2026-07-28 sessions, which dropped it).
+    pub fn elicitation_id(&self) -> &str {
+        &self.elicitation_id
+    }
+
+    /// Whether it is answered as an `InputRequiredResult` (2026-07-28).
+    pub fn is_input_required(&self) -> bool {
+        self.request_state.is_some()
+    }
+
+    /// The key of the URL elicitation in `inputRequests` / `inputResponses`.
+    pub fn input_key(&self) -> String {
+        input_key(&self.provider)
+    }
+
+    /// The `InputRequiredResult` carrying the URL elicitation.
+    pub fn input_required_result(&self) -> InputRequiredResult {
+        let mut requests = InputRequests::new();
+        requests.insert(
+            self.input_key(),
+            InputRequest::Elicitation(ElicitRequest::new(
+                ElicitRequestParams::UrlElicitationParams {
+                    meta: None,
+                    message: self.message.clone(),
+                    url: self.url.to_string(),
+                    elicitation_id: String::new(),
+                },
+            )),
+        );
+        InputRequiredResult::new(Some(requests), self.request_state.clone())
+    }
+
+    fn error_data(&self) -> ErrorData {
+        let mut data = json!({
+            "elicitations": [{
+                "mode": "url",
+                "elicitationId": self.elicitation_id,
+                "url": self.url.as_str(),
+                "message": self.message,
+            }],
+        });
+        if let Some(state) = &self.request_state {
+            data[MARKER] = json!({
+                "kind": "input_required",
+                "provider": self.provider,
+                "inputKey": self.input_key(),
+                "requestState": state,
+            });
+        }
+        ErrorData::new(URL_ELICITATION_REQUIRED, self.message.clone(), Some(data))
+    }
+}
+
+fn input_key(provider: &str) -> String {
+    format!("mcp-authkit/{provider}")
+}
+
+fn request_state(provider: &str, elicitation_id: &str) -> String {
+    format!("mcp-authkit/{provider}/{elicitation_id}")
+}
+
+/// Why [`OAuthProvider::require_token`] returned no token.
+///
+/// `?` turns it into rmcp's [`ErrorData`]; with the tool router wrapped by
+/// [`gate_tools`], the user-facing cases become tool results with
+/// `isError: true` (what the user reads), `-32042` stays a JSON-RPC error,
+/// and 2026-07-28 sessions get an `InputRequiredResult`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The request names no user (no resolver, or it found nothing).
+    #[error(
+        "{display} cannot be used: this request carries no authenticated user. The MCP \
+         server's own sign-in must identify the caller; sign in to the MCP server and try again"
+    )]
+    NoSubject {
+        /// The provider's display name.
+        display: String,
+    },
+    /// The client did not declare URL-mode elicitation, so it cannot show
+    /// the link.
+    #[error(
+        "{display} authorization is required, but this MCP client cannot open authorization \
+         links: it did not declare URL-mode elicitation (MCP 2025-11-25). Use an MCP client \
+         that supports URL elicitation to connect your {display} account, then try again"
+    )]
+    UrlElicitationUnsupported {
+        /// The provider's display name.
+        display: String,
+    },
+    /// The user must open a link first (fail-fast and 2026-07-28).
+    #[error("{}", .0.message)]
+    AuthorizationRequired(AuthorizationRequired),
+    /// The user declined to open the link.
+    #[error(
+        "you declined to connect {display}, so this tool cannot run; run it again to get a new link"
+    )]
+    Declined {
+        /// The provider's display name.
+        display: String,
+    },
+    /// The user dismissed the prompt.
+    #[error(
+        "connecting {display} was cancelled, so this tool cannot run; run it again to get a new link"
+    )]
+    Cancelled {
+        /// The provider's display name.
+        display: String,
+    },
+    /// The user did not finish in the browser in time.
+    #[error(
+        "{display} authorization was not completed within {} s; run the tool again (if you \
+         finished in the browser meanwhile, it will work now)", .after.as_secs()
+    )]
+    TimedOut {
+        /// The provider's display name.
+        display: String,
+        /// The token timeout.
+        after: Duration,
+    },
+    /// The third party refused (`access_denied` ...).
+    #[error("{display} did not grant access ({error}{}); run the tool again to retry", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Denied {
+        /// The provider's display name.
+        display: String,
+        /// The OAuth error code.
+        error: String,
+        /// The provider's description (untrusted text).
+        description: Option<String>,
+    },
+    /// The flow broke (code exchange failed, issuer mismatch, malformed
+    /// callback).
+    #[error("connecting {display} failed: {reason}; run the tool again to get a new link")]
+    Failed {
+        /// The provider's display name.
+        display: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A retried 2026-07-28 call whose flow ended without a token.
+    #[error(
+        "the {display} authorization did not complete (it was refused, failed or expired); \
+         run the tool again to get a new link"
+    )]
+    Incomplete {
+        /// The provider's display name.
+        display: String,
+    },
+    /// The elicitation could not be sent or answered.
+    #[error("the {display} authorization link could not be sent to the MCP client: {source}")]
+    Elicitation {
+        /// The provider's display name.
+        display: String,
+        /// rmcp's error.
+        #[source]
+        source: ServiceError,
+    },
+    /// A store or OAuth operation failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl TokenError {
+    /// Whether calling again later may succeed without anything else
+    /// changing (a store or network hiccup, or a flow the user may still
+    /// finish).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TokenError::Provider(error) => error.is_retryable(),
+            TokenError::Elicitation { .. }
+            | TokenError::TimedOut { .. }
+            | TokenError::AuthorizationRequired(_) => true,
+            _ => false,
+        }
+    }
+
+    fn is_tool_error(&self) -> bool {
+        !matches!(
+            self,
+            TokenError::AuthorizationRequired(_)
+                | TokenError::Provider(_)
+                | TokenError::Elicitation { .. }
+        )
+    }
+
+    fn from_outcome(display: &str, outcome: FlowOutcome) -> Self {
+        let display = display.to_owned();
+        match outcome {
+            FlowOutcome::Denied { error, .. } if error == DECLINED => {
+                TokenError::Declined { display }
+            }
+            FlowOutcome::Denied { error, .. } if error == CANCELLED => {
+                TokenError::Cancelled { display }
+            }
+            FlowOutcome::Denied { error, description } => TokenError::Denied {
+                display,
+                error,
+                description,
+            },
+            FlowOutcome::Failed { reason } => TokenError::Failed { display, reason },
+            _ => TokenError::Failed {
+                display,
+                reason: "the authorization ended in an unexpected way".into(),
+            },
+        }
+    }
+}
+
+impl From<TokenError> for ErrorData {
+    fn from(error: TokenError) -> Self {
+        match &error {
+            TokenError::AuthorizationRequired(required) => required.error_data(),
+            _ if error.is_tool_error() => ErrorData::new(
+                ErrorCode::INVALID_REQUEST,
+                error.to_string(),
+                Some(json!({ MARKER: { "kind": "tool_error" } })),
+            ),
+            _ => ErrorData::internal_error(error.to_string(), None),
+        }
+    }
+}
+
+/// The `inputResponses` and `requestState` of a retried tool call
+/// (2026-07-28), which [`gate_tools`] copies into the request context so
+/// `require_token` can read them.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RetryInput {
+    /// The client's answers to the previous round's `inputRequests`.
+    pub input_responses: Option<InputResponses>,
+    /// The previous round's echoed `requestState`.
+    pub request_state: Option<String>,
+}
+
+type ToolFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<CallToolResponse, ErrorData>> + Send + 'a>>;
+
+/// Wraps every tool of `router` so [`TokenError`]s reach the client the way
+/// MCP wants them:
+///
+/// - user-facing failures (declined, timed out, no URL elicitation ...)
+///   become tool results with `isError: true`;
+/// - on 2026-07-28 requests, "authorization required" becomes an
+///   `InputRequiredResult` with the URL elicitation, and the retried call's
+///   `inputResponses` / `requestState` reach `require_token`;
+/// - `-32042` stays a JSON-RPC error on 2025-11-25 sessions.
+///
+/// Other errors pass through untouched.
+///
+/// ```ignore
+/// #[tool_router]
+/// impl MyServer { /* tools that call require_token */ }
+///
+/// impl MyServer {
+///     fn new(github: OAuthProvider) -> Self {
+///         Self { github, tool_router: gate_tools(Self::tool_router()) }
+///     }
+/// }
+/// ```
+pub fn gate_tools<S>(mut router: ToolRouter<S>) -> ToolRouter<S>
+where
+    S: Send + Sync + 'static,
+{
+    let names: Vec<_> = router.map.keys().cloned().collect();
+    for name in names {
+        let Some(route) = router.map.remove(&name) else {
+            continue;
+        };
+        let inner = Arc::clone(&route.call);
+        let gated = ToolRoute::new_dyn(route.attr.clone(), move |context| {
+            gated_call(&inner, context)
+        });
+        router.map.insert(name, gated);
+    }
+    router
+}
+
+fn gated_call<'s, S>(
+    inner: &Arc<::rmcp::handler::server::tool::DynCallToolHandler<S>>,
+    mut context: ToolCallContext<'s, S>,
+) -> ToolFuture<'s>
+where
+    S: Send + Sync + 'static,
+{
+    let input_required = context
+        .request_context
+        .protocol_version()
+        .is_some_and(|version| uses_input_required(&version));
+    context.request_context.extensions.insert(RetryInput {
+        input_responses: context.input_responses.clone(),
+        request_state: context.request_state.clone(),
+    });
+    let call = inner(context);
+    Box::pin(async move {
+        match call.await {
+            Ok(response) => Ok(response),
+            Err(error) => convert_error(error, input_required),
+        }
+    })
+}
+
+fn uses_input_required(version: &ProtocolVersion) -> bool {
+    version.as_str() >= ProtocolVersion::V_2026_07_28.as_str()
+}
+
+fn supports_url_elicitation(version: &ProtocolVersion) -> bool {
+    version.as_str() >= ProtocolVersion::V_2025_11_25.as_str()
+}
+
+fn convert_error(error: ErrorData, input_required: bool) -> Result<CallToolResponse, ErrorData> {
+    let Some(marker) = error.data.as_ref().and_then(|data| data.get(MARKER)) else {
+        return Err(error);
+    };
+    match marker.get("kind").and_then(Value::as_str) {
+        Some("tool_error") => {
+            Ok(CallToolResult::error(vec![ContentBlock::text(error.message.to_string())]).into())
+        }
+        Some("input_required") if input_required => {
+            let elicitation = error
+                .data
+                .as_ref()
+                .and_then(|data| data["elicitations"].get(0));
+            let (Some(key), Some(state), Some(url), Some(message)) = (
+                marker.get("inputKey").and_then(Value::as_str),
+                marker.get("requestState").and_then(Value::as_str),
+                elicitation.and_then(|e| e["url"].as_str()),
+                elicitation.and_then(|e| e["message"].as_str()),
+            ) else {
+                return Err(error);
+            };
+            let mut requests = InputRequests::new();
+            requests.insert(
+                key.to_owned(),
+                InputRequest::Elicitation(ElicitRequest::new(
+                    ElicitRequestParams::UrlElicitationParams {
+                        meta: None,
+                        message: message.to_owned(),
+                        url: url.to_owned(),
+                        elicitation_id: String::new(),
+                    },
+                )),
+            );
+            Ok(InputRequiredResult::new(Some(requests), Some(state.to_owned())).into())
+        }
+        _ => Err(error),
+    }
+}
+
+/// The MCP session a request belongs to (streamable HTTP `Mcp-Session-Id`).
+fn session_id(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    ctx.extensions
+        .get::<http::request::Parts>()?
+        .headers
+        .get("mcp-session-id")?
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
+async fn notify_complete(peer: &Peer<RoleServer>, elicitation_id: &str) {
+    let notification = ServerNotification::CustomNotification(CustomNotification::new(
+        ELICITATION_COMPLETE_METHOD,
+        Some(json!({ "elicitationId": elicitation_id })),
+    ));
+    if let Err(error) = peer.send_notification(notification).await {
+        debug!(%error, "the elicitation completion notice could not be sent (the session may be gone)");
+    }
+}
+
+impl OAuthProvider {
+    /// The calling user's token for this provider, asking the user to
+    /// authorize first when there is none: the one line at the top of a
+    /// gated tool.
+    ///
+    /// ```ignore
+    /// #[tool(description = "List my repositories")]
+    /// async fn my_repos(&self, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
+    ///     let token = self.github.require_token(&ctx).await?;
+    ///     // call the API with token.secret()
+    /// }
+    /// ```
+    ///
+    /// - A valid token is returned at once: one store read, no network I/O.
+    ///   One about to expire is refreshed (single-flight across replicas).
+    /// - Otherwise an authorization flow starts (or the user's flow in
+    ///   progress is joined), and the client gets a URL-mode elicitation for
+    ///   this server's connect page, chosen by the negotiated protocol
+    ///   version and the client's declared capabilities:
+    ///   - 2025-11-25, [`ElicitationStyle::Wait`]: `elicitation/create`,
+    ///     then the call waits for the callback (up to the token timeout),
+    ///     sends `notifications/elicitation/complete` and returns the token.
+    ///     Concurrent calls of one session share one prompt and one flow.
+    ///   - 2025-11-25, [`ElicitationStyle::FailFast`]: error `-32042` with
+    ///     the elicitation in `data`; the completion notice reaches the
+    ///     session when the callback lands; the retried call finds the token.
+    ///   - 2026-07-28: an `InputRequiredResult` (needs [`gate_tools`]); the
+    ///     retried call finds the token, or waits for the flow the user
+    ///     accepted.
+    ///   - A client that did not declare URL elicitation gets
+    ///     [`TokenError::UrlElicitationUnsupported`]; no flow is started and
+    ///     no other mode is tried.
+    pub async fn require_token(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<UserToken, TokenError> {
+        let subject = self.subject(ctx)?;
+        if let Some(token) = self.token(&subject).await? {
+            return Ok(token);
+        }
+        let span = info_span!("authorize", provider = %self.inner.name);
+        self.authorize(ctx, subject).instrument(span).await
+    }
+
+    /// The calling user's subject, through the configured resolver.
+    pub fn subject(&self, ctx: &RequestContext<RoleServer>) -> Result<String, TokenError> {
+        self.inner
+            .tools
+            .resolver
+            .as_ref()
+            .and_then(|resolver| resolver.resolve(ctx))
+            .ok_or_else(|| TokenError::NoSubject {
+                display: self.inner.display_name.clone(),
+            })
+    }
+
+    async fn authorize(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        subject: String,
+    ) -> Result<UserToken, TokenError> {
+        let display = &self.inner.display_name;
+        let version = ctx
+            .protocol_version()
+            .unwrap_or(ProtocolVersion::V_2025_03_26);
+        let declares_url = ctx
+            .client_capabilities()
+            .and_then(|caps| caps.elicitation)
+            .is_some_and(|elicitation| elicitation.url.is_some());
+        if !declares_url || !supports_url_elicitation(&version) {
+            return Err(TokenError::UrlElicitationUnsupported {
+                display: display.clone(),
+            });
+        }
+        if uses_input_required(&version) {
+            return self.input_required_round(ctx, subject).await;
+        }
+        let session = session_id(ctx);
+        match self.inner.style {
+            ElicitationStyle::FailFast => self.fail_fast(ctx, subject, session).await,
+            _ => self.wait_mode(ctx, subject, session).await,
+        }
+    }
+
+    fn prompt(&self, continues: bool) -> String {
+        let display = &self.inner.display_name;
+        if continues {
+            format!(
+                "{display} authorization is required: open the link to connect your {display} \
+                 account. This request continues once you are done."
+            )
+        } else {
+            format!(
+                "{display} authorization is required: open the link to connect your {display} \
+                 account, then try again."
+            )
+        }
+    }
+
+    async fn wait_mode(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        subject: String,
+        session: Option<String>,
+    ) -> Result<UserToken, TokenError> {
+        let display = self.inner.display_name.clone();
+        let timeout = self.inner.token_timeout;
+        let deadline = Instant::now() + timeout;
+        let pending = self
+            .begin_authorization(&subject, session.as_deref())
+            .await?;
+        // One prompt per session and flow: a concurrent call of the same
+        // session that joined the flow just waits for it.
+        let claim = match (&session, pending.elicitation_id.is_empty()) {
+            (_, true) => None,
+            (Some(session), false) => Claim::take(
+                &self.inner.tools.elicitations,
+                (session.clone(), pending.state.clone()),
+            ),
+            (None, false) => Some(Claim {
+                set: &self.inner.tools.elicitations,
+                entry: None,
+            }),
+        };
+        let elicits = claim.is_some();
+        if elicits {
+            let sent = ctx.peer.elicit_url_with_timeout(
+                self.prompt(true),
+                pending.connect_url().clone(),
+                pending.elicitation_id(),
+                Some(timeout),
+            );
+            let action = tokio::select! {
+                action = sent => action,
+                () = ctx.ct.cancelled() => {
+                    self.abandon_if_started(&pending, CANCELLED).await;
+                    return Err(TokenError::Cancelled { display });
+                }
+            };
+            match action {
+                Ok(ElicitationAction::Accept) => {}
+                Ok(ElicitationAction::Decline) => {
+                    self.abandon_if_started(&pending, DECLINED).await;
+                    return Err(TokenError::Declined { display });
+                }
+                Ok(_) => {
+                    self.abandon_if_started(&pending, CANCELLED).await;
+                    return Err(TokenError::Cancelled { display });
+                }
+                Err(ElicitationError::Service(ServiceError::Timeout { .. })) => {
+                    return Err(TokenError::TimedOut {
+                        display,
+                        after: timeout,
+                    });
+                }
+                Err(ElicitationError::Service(source)) => {
+                    return Err(TokenError::Elicitation { display, source });
+                }
+                Err(ElicitationError::UserDeclined) => {
+                    self.abandon_if_started(&pending, DECLINED).await;
+                    return Err(TokenError::Declined { display });
+                }
+                Err(_) => {
+                    return Err(TokenError::UrlElicitationUnsupported { display });
+                }
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let outcome = tokio::select! {
+            outcome = self.wait_for_authorization(&pending, remaining) => outcome?,
+            () = ctx.ct.cancelled() => return Err(TokenError::Cancelled { display }),
+        };
+        drop(claim);
+        let Some(outcome) = outcome else {
+            return Err(TokenError::TimedOut {
+                display,
+                after: timeout,
+            });
+        };
+        if elicits && !pending.elicitation_id.is_empty() {
+            notify_complete(&ctx.peer, pending.elicitation_id()).await;
+        }
+        self.after_outcome(&subject, outcome).await
+    }
+
+    async fn after_outcome(
+        &self,
+        subject: &str,
+        outcome: FlowOutcome,
+    ) -> Result<UserToken, TokenError> {
+        if !outcome.is_authorized() {
+            return Err(TokenError::from_outcome(&self.inner.display_name, outcome));
+        }
+        match self.token(subject).await? {
+            Some(token) => Ok(token),
+            None => Err(TokenError::Failed {
+                display: self.inner.display_name.clone(),
+                reason: "the new token was removed before it could be used".into(),
+            }),
+        }
+    }
+
+    async fn abandon_if_started(&self, pending: &PendingAuthorization, code: &str) {
+        if !pending.started() {
+            return;
+        }
+        let outcome = FlowOutcome::Denied {
+            error: code.to_owned(),
+            description: Some("the user ended the prompt in the MCP client".into()),
+        };
+        if let Err(error) = self.abandon_authorization(pending, outcome).await {
+            warn!(provider = %self.inner.name, %error, "could not end the declined flow; it expires by itself");
+        }
+    }
+
+    async fn fail_fast(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        subject: String,
+        session: Option<String>,
+    ) -> Result<UserToken, TokenError> {
+        let pending = self
+            .begin_authorization(&subject, session.as_deref())
+            .await?;
+        if pending.elicitation_id.is_empty() {
+            // The callback is being handled right now: wait briefly for it.
+            let outcome = self
+                .wait_for_authorization(&pending, self.inner.token_timeout)
+                .await?;
+            return match outcome {
+                Some(outcome) => self.after_outcome(&subject, outcome).await,
+                None => Err(TokenError::TimedOut {
+                    display: self.inner.display_name.clone(),
+                    after: self.inner.token_timeout,
+                }),
+            };
+        }
+        self.watch_for_completion(ctx.peer.clone(), session.unwrap_or_default(), &pending);
+        Err(TokenError::AuthorizationRequired(AuthorizationRequired {
+            provider: self.inner.name.clone(),
+            message: self.prompt(false),
+            url: pending.connect_url().clone(),
+            elicitation_id: pending.elicitation_id().to_owned(),
+            request_state: None,
+        }))
+    }
+
+    /// Sends `notifications/elicitation/complete` to the session once the
+    /// flow ends, wherever its callback lands (the store wakes this
+    /// process). One watcher per session and flow.
+    fn watch_for_completion(
+        &self,
+        peer: Peer<RoleServer>,
+        session: String,
+        pending: &PendingAuthorization,
+    ) {
+        let entry = (session, pending.state.clone());
+        if !lock(&self.inner.tools.watchers).insert(entry.clone()) {
+            return;
+        }
+        let provider = self.clone();
+        let pending = pending.clone();
+        let ttl = pending.expires_in.unwrap_or(Duration::from_secs(600));
+        tokio::spawn(async move {
+            let outcome = provider.wait_for_authorization(&pending, ttl).await;
+            match outcome {
+                Ok(Some(_)) => notify_complete(&peer, pending.elicitation_id()).await,
+                Ok(None) => debug!("flow expired without a callback; no completion notice"),
+                Err(error) => warn!(%error, "waiting for a flow's completion failed"),
+            }
+            lock(&provider.inner.tools.watchers).remove(&entry);
+        });
+    }
+
+    async fn input_required_round(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        subject: String,
+    ) -> Result<UserToken, TokenError> {
+        let display = self.inner.display_name.clone();
+        let key = input_key(&self.inner.name);
+        let retry = ctx.extensions.get::<RetryInput>();
+        let answer = retry
+            .and_then(|retry| retry.input_responses.as_ref())
+            .and_then(|responses| responses.get(&key))
+            .and_then(|response| response.get("action"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let echoed = retry.and_then(|retry| retry.request_state.clone());
+        if let Some(action) = answer {
+            let current = self.active_authorization(&subject).await?;
+            let matches = match (&current, &echoed) {
+                (Some(current), Some(echoed)) => {
+                    *echoed == request_state(&self.inner.name, current.elicitation_id())
+                        || current.elicitation_id.is_empty()
+                }
+                _ => false,
+            };
+            match (action.as_str(), current) {
+                ("accept", Some(current)) if matches => {
+                    let outcome = self
+                        .wait_for_authorization(&current, self.inner.token_timeout)
+                        .await?;
+                    return match outcome {
+                        Some(outcome) => self.after_outcome(&subject, outcome).await,
+                        None => Err(TokenError::TimedOut {
+                            display,
+                            after: self.inner.token_timeout,
+                        }),
+                    };
+                }
+                ("accept", None) => return Err(TokenError::Incomplete { display }),
+                ("decline", current) => {
+                    if let Some(current) = current.filter(|_| matches) {
+                        self.abandon_if_started(&current, DECLINED).await;
+                    }
+                    return Err(TokenError::Declined { display });
+                }
+                ("cancel", current) => {
+                    if let Some(current) = current.filter(|_| matches) {
+                        self.abandon_if_started(&current, CANCELLED).await;
+                    }
+                    return Err(TokenError::Cancelled { display });
+                }
+                // An answer for another flow: ask again for the current one.
+                _ => {}
+            }
+        }
+        let pending = self.begin_authorization(&subject, None).await?;
+        Err(TokenError::AuthorizationRequired(AuthorizationRequired {
+            provider: self.inner.name.clone(),
+            message: self.prompt(false),
+            url: pending.connect_url().clone(),
+            elicitation_id: pending.elicitation_id().to_owned(),
+            request_state: Some(request_state(&self.inner.name, pending.elicitation_id())),
+        }))
+    }
+
+    /// The user's flow in progress, if any, as a handle to wait on.
+    async fn active_authorization(
+        &self,
+        subject: &str,
+    ) -> Result<Option<PendingAuthorization>, ProviderError> {
+        let lifecycle = &self.inner.lifecycle;
+        let key = lifecycle.key(subject);
+        let Some(state) = lifecycle.pending_store().active_flow(&key).await? else {
+            return Ok(None);
+        };
+        let flow = lifecycle.pending_flow(&state).await?;
+        let now = self.inner.clock.now();
+        Ok(Some(match flow {
+            Some(flow) => PendingAuthorization {
+                subject: subject.to_owned(),
+                connect_url: self.connect_url_for(subject, &flow.elicitation_id),
+                elicitation_id: flow.elicitation_id,
+                expires_in: Some(flow.expires_at.saturating_duration_since(now)),
+                state,
+                started: true,
+            },
+            None => PendingAuthorization {
+                subject: subject.to_owned(),
+                connect_url: self.connect_url_for(subject, ""),
+                elicitation_id: String::new(),
+                expires_in: None,
+                state,
+                started: false,
+            },
+        }))
+    }
+}
