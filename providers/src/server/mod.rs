@@ -331,12 +331,18 @@ impl OAuthProvider {
     ///
     /// A valid token costs one store read and no network I/O.
     pub async fn token(&self, subject: &str) -> Result<Option<UserToken>, ProviderError> {
-        Ok(match self.inner.lifecycle.access(subject).await? {
-            Access::Ready(token) => Some(UserToken {
-                subject: subject.to_owned(),
-                token,
-            }),
-            Access::NeedsAuthorization(_) => None,
+        Ok(self.token_owned(subject.to_owned()).await?.ok())
+    }
+
+    /// [`token`](Self::token) without copying the subject: `Err(subject)`
+    /// hands it back when the user has to authorize.
+    pub(crate) async fn token_owned(
+        &self,
+        subject: String,
+    ) -> Result<Result<UserToken, String>, ProviderError> {
+        Ok(match self.inner.lifecycle.access(&subject).await? {
+            Access::Ready(token) => Ok(UserToken { subject, token }),
+            Access::NeedsAuthorization(_) => Err(subject),
         })
     }
 

@@ -252,7 +252,10 @@ fn read_callback(query: &Query) -> Result<RawCallback<'_>, (Option<FlowState>, S
 async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> Response {
     let query = match Query::parse(parts.uri.query(), CALLBACK_QUERY_LIMIT) {
         Ok(query) => query,
-        Err(error) => return bad_query(&error),
+        Err(error) => {
+            let state = lenient_state(parts.uri.query());
+            return malformed_callback(&provider, state, error.to_string()).await;
+        }
     };
     let raw = match read_callback(&query) {
         Ok(raw) => raw,
@@ -346,6 +349,30 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
         )
         .into_response(),
         Err(error) => store_failure(&provider, &error),
+    }
+}
+
+/// The `state` of a query the strict parser refused, when it holds exactly
+/// one plausible one: enough to end that flow, nothing else is trusted.
+fn lenient_state(raw: Option<&str>) -> Option<FlowState> {
+    let raw = raw?;
+    if raw.len() > CALLBACK_QUERY_LIMIT {
+        return None;
+    }
+    let mut states = url::form_urlencoded::parse(raw.as_bytes())
+        .filter(|(name, _)| name == "state")
+        .map(|(_, value)| value.into_owned());
+    match (states.next(), states.next()) {
+        (Some(state), None)
+            if !state.is_empty()
+                && state.len() <= STATE_LIMIT
+                && state
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Some(FlowState::new(state))
+        }
+        _ => None,
     }
 }
 

@@ -132,7 +132,10 @@ impl<'a> Claim<'a> {
         set: &'a Mutex<HashSet<(String, FlowState)>>,
         entry: (String, FlowState),
     ) -> Option<Self> {
-        lock(set).insert(entry.clone()).then_some(Claim {
+        // The guard must be gone before a Claim exists: dropping a Claim
+        // locks the set again.
+        let inserted = lock(set).insert(entry.clone());
+        inserted.then(|| Claim {
             set,
             entry: Some(entry),
         })
@@ -430,6 +433,9 @@ type ToolFuture<'a> =
 ///
 /// Other errors pass through untouched.
 ///
+/// rmcp's `#[tool_handler]` builds a fresh router per call unless told to
+/// use a field, so keep the gated router in one and name it:
+///
 /// ```ignore
 /// #[tool_router]
 /// impl MyServer { /* tools that call require_token */ }
@@ -439,6 +445,9 @@ type ToolFuture<'a> =
 ///         Self { github, tool_router: gate_tools(Self::tool_router()) }
 ///     }
 /// }
+///
+/// #[tool_handler(router = self.tool_router)]
+/// impl ServerHandler for MyServer { /* get_info */ }
 /// ```
 pub fn gate_tools<S>(mut router: ToolRouter<S>) -> ToolRouter<S>
 where
@@ -529,6 +538,21 @@ fn convert_error(error: ErrorData, input_required: bool) -> Result<CallToolRespo
     }
 }
 
+/// Tools outside [`gate_tools`] still work on 2025-11-25 sessions, but
+/// their errors reach the client as JSON-RPC errors instead of tool
+/// results, and 2026-07-28 clients get `-32042` instead of an
+/// `InputRequiredResult`: say so once.
+fn warn_ungated_once() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        warn!(
+            "require_token was called from a tool outside gate_tools: wrap the tool router with \
+             gate_tools(..) (and use #[tool_handler(router = self.tool_router)]) so 2026-07-28 \
+             clients get InputRequiredResult and users see tool errors"
+        );
+    }
+}
+
 /// The MCP session a request belongs to (streamable HTTP `Mcp-Session-Id`).
 fn session_id(ctx: &RequestContext<RoleServer>) -> Option<String> {
     ctx.extensions
@@ -586,10 +610,10 @@ impl OAuthProvider {
         &self,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<UserToken, TokenError> {
-        let subject = self.subject(ctx)?;
-        if let Some(token) = self.token(&subject).await? {
-            return Ok(token);
-        }
+        let subject = match self.token_owned(self.subject(ctx)?).await? {
+            Ok(token) => return Ok(token),
+            Err(subject) => subject,
+        };
         let span = info_span!("authorize", provider = %self.inner.name);
         self.authorize(ctx, subject).instrument(span).await
     }
@@ -612,6 +636,9 @@ impl OAuthProvider {
         subject: String,
     ) -> Result<UserToken, TokenError> {
         let display = &self.inner.display_name;
+        if ctx.extensions.get::<RetryInput>().is_none() {
+            warn_ungated_once();
+        }
         let version = ctx
             .protocol_version()
             .unwrap_or(ProtocolVersion::V_2025_03_26);

@@ -1,0 +1,650 @@
+//! OAuthProvider end to end over real HTTP: an rmcp client and server over
+//! streamable HTTP, the testkit's authorization server as the third party,
+//! and a headless browser following the elicited URLs.
+
+#![cfg(feature = "rmcp")]
+
+mod server_support;
+
+use std::time::Duration;
+
+use mcp_authkit_testkit::Endpoint;
+use server_support::*;
+
+#[tokio::test]
+async fn first_call_elicits_then_the_tool_runs_and_a_valid_token_is_reused() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_ne!(result.is_error, Some(true));
+
+    let elicitations = client.elicitations();
+    assert_eq!(elicitations.len(), 1, "one URL elicitation");
+    let (url, id, message) = &elicitations[0];
+    assert!(
+        url.starts_with(&format!("{}oauth/github/connect?", h.server.base)),
+        "the elicited URL is this server's connect page: {url}"
+    );
+    let query = query_of(url);
+    assert_eq!(query["user"], "alice");
+    assert!(
+        !url.contains("state=") && !url.contains("code"),
+        "no OAuth state in the link"
+    );
+    assert!(!id.is_empty());
+    assert!(message.contains("GitHub"));
+    client
+        .wait_until("the completion notification", |c| {
+            c.completions() == vec![id.clone()]
+        })
+        .await;
+    let visits = client.visits();
+    assert_eq!(visits.len(), 1);
+    assert_eq!(visits[0].status, 200);
+    assert!(visits[0].body.contains("GitHub is connected"));
+    assert_eq!(h.auth.hits(Endpoint::AuthorizationCodeGrant), 1);
+
+    // Second call: the stored token, no elicitation, no token request.
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(client.elicitations().len(), 1);
+    assert_eq!(h.auth.hits(Endpoint::Token), 1);
+    session.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn ungated_tools_are_untouched() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let result = call(&session, "ping").await.unwrap();
+    assert_eq!(text(&result), "pong");
+    assert!(client.elicitations().is_empty());
+}
+
+async fn active_flow(h: &Harness, subject: &str) -> bool {
+    let lifecycle = h.provider().lifecycle();
+    lifecycle
+        .pending_store()
+        .active_flow(&lifecycle.key(subject))
+        .await
+        .unwrap()
+        .is_some()
+}
+
+async fn stored(h: &Harness, subject: &str) -> bool {
+    h.provider()
+        .lifecycle()
+        .stored_token(subject)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Runs `whoami` in the background.
+fn spawn_call(
+    session: &std::sync::Arc<Session>,
+) -> tokio::task::JoinHandle<Result<rmcp::model::CallToolResult, rmcp::service::ServiceError>> {
+    let session = session.clone();
+    tokio::spawn(async move { call(&session, "whoami").await })
+}
+
+fn assert_tool_error(result: &rmcp::model::CallToolResult, needle: &str) {
+    assert_eq!(
+        result.is_error,
+        Some(true),
+        "a tool error: {}",
+        text(result)
+    );
+    assert!(
+        text(result).contains(needle),
+        "{needle:?} in the tool error: {}",
+        text(result)
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_refreshed_silently() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    call(&session, "whoami").await.unwrap();
+    let before = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The test server's tokens live an hour; an hour later ours is expired.
+    h.server.clock.advance(Duration::from_secs(3600));
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(client.elicitations().len(), 1, "no new elicitation");
+    assert_eq!(h.auth.hits(Endpoint::RefreshTokenGrant), 1);
+    let after = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.revision > before.revision);
+}
+
+#[tokio::test]
+async fn a_rejected_refresh_token_leads_to_a_new_elicitation() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    call(&session, "whoami").await.unwrap();
+
+    h.auth.fail_next(
+        Endpoint::RefreshTokenGrant,
+        1,
+        mcp_authkit_testkit::Failure::invalid_grant(),
+    );
+    h.server.clock.advance(Duration::from_secs(3600));
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(h.auth.hits(Endpoint::RefreshTokenGrant), 1);
+    assert_eq!(client.elicitations().len(), 2, "asked again");
+    assert_eq!(h.auth.hits(Endpoint::AuthorizationCodeGrant), 2);
+}
+
+#[tokio::test]
+async fn an_api_401_invalidates_the_token_and_asks_again() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    call(&session, "whoami").await.unwrap();
+    let first = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The third party revokes the access token behind our back.
+    assert_eq!(h.auth.expire_access_tokens(), 1);
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(client.elicitations().len(), 2);
+    assert_eq!(
+        h.server.api_calls.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+    let second = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.revision > first.revision);
+}
+
+#[tokio::test]
+async fn invalidation_by_revision_keeps_a_newer_token() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    call(&session, "whoami").await.unwrap();
+    let provider = h.provider();
+    let old = provider.token("alice").await.unwrap().unwrap();
+    h.server.clock.advance(Duration::from_secs(3600));
+    let new = provider.token("alice").await.unwrap().unwrap();
+    assert!(new.revision() > old.revision(), "refreshed");
+    assert!(
+        !provider.invalidate(&old).await.unwrap(),
+        "a stale revision removes nothing"
+    );
+    assert!(stored(&h, "alice").await);
+    assert!(provider.invalidate(&new).await.unwrap());
+    assert!(!stored(&h, "alice").await);
+    assert!(!provider.invalidate_token("alice").await.unwrap());
+}
+
+#[tokio::test]
+async fn fail_fast_answers_32042_notifies_completion_and_the_retry_succeeds() {
+    let h = Harness::start(Options {
+        style: mcp_authkit_providers::server::ElicitationStyle::FailFast,
+        ..Options::default()
+    })
+    .await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+
+    let first = |error: rmcp::service::ServiceError| match error {
+        rmcp::service::ServiceError::McpError(error) => error,
+        other => panic!("expected a JSON-RPC error, got {other}"),
+    };
+    let error = first(call(&session, "whoami").await.unwrap_err());
+    assert_eq!(error.code.0, -32042);
+    let data = error.data.expect("data");
+    let elicitation = &data["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url");
+    let url = elicitation["url"].as_str().unwrap().to_owned();
+    let id = elicitation["elicitationId"].as_str().unwrap().to_owned();
+    assert!(url.contains("/oauth/github/connect?"));
+    assert!(elicitation["message"].as_str().unwrap().contains("GitHub"));
+    assert!(
+        client.elicitations().is_empty(),
+        "no elicitation/create in fail-fast mode"
+    );
+
+    // A retry before the user is done joins the same flow.
+    let again = first(call(&session, "whoami").await.unwrap_err());
+    assert_eq!(again.data.unwrap()["elicitations"][0]["elicitationId"], id);
+
+    let visit = client.open(&url).await;
+    assert_eq!(visit.status, 200);
+    client
+        .wait_until("the completion notification", |c| {
+            c.completions() == vec![id.clone()]
+        })
+        .await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(h.auth.hits(Endpoint::AuthorizationCodeGrant), 1);
+}
+
+#[tokio::test]
+async fn declining_or_cancelling_ends_the_call_with_a_tool_error() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+
+    client.set_behavior(Behavior::Decline);
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "declined to connect GitHub");
+    assert!(!active_flow(&h, "alice").await, "the declined flow is gone");
+
+    client.set_behavior(Behavior::Cancel);
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "cancelled");
+    assert!(!active_flow(&h, "alice").await);
+    assert_eq!(client.elicitations().len(), 2);
+    assert!(!stored(&h, "alice").await);
+    assert_eq!(h.auth.hits(Endpoint::Authorize), 0);
+}
+
+#[tokio::test]
+async fn a_user_who_never_finishes_times_out() {
+    let h = Harness::start(Options {
+        token_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "not completed within 1 s");
+    assert!(client.completions().is_empty());
+    // The flow stays open: finishing later makes the next call work.
+    let url = client.elicitations()[0].0.clone();
+    assert_eq!(client.open(&url).await.status, 200);
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(client.elicitations().len(), 1);
+}
+
+#[tokio::test]
+async fn the_connect_page_refuses_another_browser_user() {
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let alice = TestClient::new(&spec);
+    let session =
+        std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), alice.clone()).await);
+    let pending = spawn_call(&session);
+    alice
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    let url = alice.elicitations()[0].0.clone();
+
+    // Mallory got hold of the link: her browser session is hers.
+    let mallory = TestClient::new(&ClientSpec::legacy("mallory"));
+    let visit = mallory.open(&url).await;
+    assert_eq!(visit.status, 403);
+    assert!(visit.body.contains("another user"), "{}", visit.body);
+    // Someone not signed in to the application.
+    let anonymous = TestClient::new(&ClientSpec::legacy("nobody"))
+        .with_browser(mcp_authkit_testkit::Browser::new());
+    assert_eq!(anonymous.open(&url).await.status, 401);
+    assert_eq!(
+        h.auth.hits(Endpoint::Authorize),
+        0,
+        "never sent to the third party"
+    );
+    assert!(!stored(&h, "alice").await);
+    // A link with a wrong flow id is unknown.
+    let forged = url.replace("flow=", "flow=x");
+    assert_eq!(alice.open(&forged).await.status, 404);
+
+    // Alice herself finishes, and her call goes on.
+    assert_eq!(alice.open(&url).await.status, 200);
+    let result = pending.await.unwrap().unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+}
+
+#[tokio::test]
+async fn trusting_the_link_holder_skips_the_browser_check() {
+    let h = Harness::start(Options {
+        trust_link_holder: true,
+        ..Options::default()
+    })
+    .await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"))
+        .with_browser(mcp_authkit_testkit::Browser::new().with_user("gh-alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused_and_changes_nothing() {
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session =
+        std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let pending = spawn_call(&session);
+    client
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    let navigation = client.navigate(&client.elicitations()[0].0).await;
+    assert_eq!(navigation.page().unwrap().status.as_u16(), 200);
+    let callback = navigation
+        .hops()
+        .iter()
+        .find(|hop| hop.url.path().ends_with("/callback"))
+        .expect("the browser went through the callback")
+        .url
+        .clone();
+    pending.await.unwrap().unwrap();
+    let before = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+
+    let replay = http().get(callback).send().await.unwrap();
+    assert_eq!(replay.status(), 400);
+    assert!(replay.text().await.unwrap().contains("already used"));
+    assert_eq!(
+        h.auth.hits(Endpoint::AuthorizationCodeGrant),
+        1,
+        "no second exchange"
+    );
+    let after = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.revision, before.revision, "nothing stored");
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_flow() {
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let first = TestClient::new(&spec);
+    let second = TestClient::new(&spec);
+    let one = std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), first.clone()).await);
+    let two = std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), second.clone()).await);
+
+    let mut calls: Vec<_> = (0..6).map(|_| spawn_call(&one)).collect();
+    first
+        .wait_until("the first session's elicitation", |c| {
+            c.elicitations().len() == 1
+        })
+        .await;
+    calls.extend((0..2).map(|_| spawn_call(&two)));
+    second
+        .wait_until("the second session's elicitation", |c| {
+            c.elicitations().len() == 1
+        })
+        .await;
+    // Give the other calls time to join before the user finishes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (url, id, _) = first.elicitations()[0].clone();
+    assert_eq!(
+        second.elicitations()[0].0,
+        url,
+        "both sessions show the same flow"
+    );
+    assert_eq!(second.elicitations()[0].1, id);
+
+    assert_eq!(first.open(&url).await.status, 200);
+    for call in calls {
+        let result = call.await.unwrap().unwrap();
+        assert_eq!(text(&result), "github user: gh-alice");
+    }
+    assert_eq!(first.elicitations().len(), 1, "one prompt per session");
+    assert_eq!(second.elicitations().len(), 1);
+    assert_eq!(h.auth.hits(Endpoint::AuthorizationCodeGrant), 1, "one flow");
+}
+
+#[tokio::test]
+async fn a_client_without_url_elicitation_gets_a_clear_tool_error() {
+    let h = Harness::start(Options::default()).await;
+    for version in [
+        rmcp::model::ProtocolVersion::V_2025_11_25,
+        rmcp::model::ProtocolVersion::V_2026_07_28,
+    ] {
+        let mut spec = ClientSpec::new(version.clone(), "alice");
+        spec.url_elicitation = false; // form mode only
+        let client = TestClient::new(&spec);
+        let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+        let result = call(&session, "whoami").await.unwrap();
+        assert_tool_error(&result, "did not declare URL-mode elicitation");
+        assert!(
+            client.elicitations().is_empty(),
+            "{version}: nothing sent, no form either"
+        );
+        assert!(
+            !active_flow(&h, "alice").await,
+            "{version}: no flow started"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_call_without_a_user_is_refused() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, None, client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "no authenticated user");
+    assert!(client.elicitations().is_empty());
+}
+
+#[tokio::test]
+async fn a_2026_session_gets_input_required_and_the_retry_finds_the_token() {
+    let h = Harness::start(Options::default()).await;
+    for (user, behavior) in [
+        ("alice", Behavior::AcceptThenOpen),
+        ("bob", Behavior::OpenThenAccept),
+    ] {
+        let mut spec = ClientSpec::modern(user);
+        spec.behavior = behavior;
+        let client = TestClient::new(&spec);
+        let session = connect(&h.server.mcp_url, Some(user), client.clone()).await;
+        let result = call(&session, "whoami").await.unwrap();
+        assert_eq!(
+            text(&result),
+            format!("github user: gh-{user}"),
+            "{behavior:?}"
+        );
+        let elicitations = client.elicitations();
+        assert_eq!(elicitations.len(), 1);
+        assert!(elicitations[0].0.contains("/oauth/github/connect?"));
+        assert!(
+            elicitations[0].1.is_empty(),
+            "2026-07-28 has no elicitationId"
+        );
+
+        let result = call(&session, "whoami").await.unwrap();
+        assert_eq!(text(&result), format!("github user: gh-{user}"));
+        assert_eq!(client.elicitations().len(), 1, "the token is reused");
+    }
+
+    let mut spec = ClientSpec::modern("carol");
+    spec.behavior = Behavior::Decline;
+    let client = TestClient::new(&spec);
+    let session = connect(&h.server.mcp_url, Some("carol"), client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "declined");
+    assert!(!active_flow(&h, "carol").await);
+    assert_eq!(h.auth.hits(Endpoint::AuthorizationCodeGrant), 2);
+}
+
+#[tokio::test]
+async fn provider_refusals_end_the_call_with_a_matching_error() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+
+    h.auth.fail_next(
+        Endpoint::Authorize,
+        1,
+        mcp_authkit_testkit::Failure::access_denied(),
+    );
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "did not grant access (access_denied");
+    let visit = client.visits().pop().unwrap();
+    assert_eq!(visit.status, 403);
+    assert!(visit.body.contains("not granted"), "{}", visit.body);
+    assert!(!stored(&h, "alice").await);
+
+    // A mix-up: the response claims another issuer.
+    h.auth
+        .update_settings(|s| s.iss_parameter = mcp_authkit_testkit::IssParameter::Wrong);
+    let result = call(&session, "whoami").await.unwrap();
+    assert_tool_error(&result, "unexpected issuer");
+    let visit = client.visits().pop().unwrap();
+    assert_eq!(visit.status, 400);
+    assert!(!stored(&h, "alice").await);
+    assert_eq!(h.auth.hits(Endpoint::Token), 0, "no code was exchanged");
+}
+
+#[tokio::test]
+async fn malformed_callbacks_are_refused_and_end_the_waiting_call() {
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session =
+        std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let callback = h.provider().redirect_uri().to_owned();
+    let auth_origin = h.auth.base_url().clone();
+
+    // Nothing to do with any flow.
+    for query in ["", "?state=unknown", "?code=abc", "?state=a&state=b"] {
+        let response = http()
+            .get(format!("{callback}{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["cache-control"], "no-store");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+    }
+
+    let long_code = "x".repeat(9000);
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        (
+            String::new(),
+            400,
+            "incomplete",
+            "neither a code nor an error",
+        ),
+        (
+            format!("&code={long_code}"),
+            400,
+            "malformed",
+            "longer than",
+        ),
+        ("&code=%ZZ".into(), 400, "malformed", "malformed"),
+        ("&error=bad%22code".into(), 400, "malformed", "malformed"),
+        (
+            "&error=access_denied&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E".into(),
+            403,
+            "not granted",
+            "<script>alert(1)</script>",
+        ),
+    ];
+    for (n, (extra, status, page_text, call_text)) in cases.into_iter().enumerate() {
+        let pending = spawn_call(&session);
+        client
+            .wait_until("the elicitation", |c| c.elicitations().len() == n + 1)
+            .await;
+        let url = client.elicitations()[n].0.clone();
+        let state = client.state_behind(&url, &auth_origin).await;
+        let response = http()
+            .get(format!("{callback}?state={state}{extra}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{extra}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(page_text), "{extra}: {body}");
+        assert!(!body.contains("<script>"), "escaped: {body}");
+        let result = pending.await.unwrap().unwrap();
+        assert_tool_error(&result, call_text);
+        assert!(!stored(&h, "alice").await);
+        assert!(!active_flow(&h, "alice").await);
+    }
+    assert_eq!(h.auth.hits(Endpoint::Token), 0);
+}
+
+#[tokio::test]
+async fn an_expired_link_is_refused() {
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session =
+        std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let pending = spawn_call(&session);
+    client
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    let url = client.elicitations()[0].0.clone();
+    let state = client.state_behind(&url, h.auth.base_url()).await;
+    h.server.clock.advance(Duration::from_secs(11 * 60));
+    let visit = client.open(&url).await;
+    assert_eq!(visit.status, 404);
+    assert!(visit.body.contains("expired"));
+    let response = http()
+        .get(format!(
+            "{}?state={state}&code=abc",
+            h.provider().redirect_uri()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(h.auth.hits(Endpoint::Token), 0);
+    pending.abort();
+}
