@@ -1,0 +1,170 @@
+//! The cost of `require_token` when the user has a valid token (the hot
+//! path of every gated tool call), beside the raw store read it is built on.
+//!
+//! `cargo bench -p mcp-authkit-providers --features rmcp --bench server_require_token`
+
+use std::sync::Arc;
+
+use mcp_authkit_bench::{Table, measure};
+use mcp_authkit_core::{Timestamp, TokenKey, TokenRecord, TokenStore};
+use mcp_authkit_providers::server::{OAuthProvider, subject_from_extension};
+use mcp_authkit_providers::standard::StandardOAuthClient;
+use mcp_authkit_store_memory::MemoryStore;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientConfig, ErrorData, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use tokio::sync::mpsc;
+
+#[derive(Clone)]
+struct Claims {
+    sub: String,
+}
+
+/// A server whose only tool hands its request context out, so the
+/// benchmark calls `require_token` with a context rmcp really built.
+#[derive(Clone)]
+struct Capture {
+    contexts: mpsc::UnboundedSender<RequestContext<RoleServer>>,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl Capture {
+    #[tool(description = "capture")]
+    async fn capture(&self, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
+        let _ = self.contexts.send(ctx);
+        Ok(CallToolResult::success(Vec::new()))
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Capture {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+async fn real_context() -> (RequestContext<RoleServer>, impl Drop) {
+    let (contexts, mut received) = mpsc::unbounded_channel();
+    let server = Capture {
+        contexts,
+        tool_router: Capture::tool_router(),
+    };
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let running = server.serve(server_io).await.expect("server starts");
+        let _ = running.waiting().await;
+    });
+    let client = ClientConfig::default()
+        .serve(client_io)
+        .await
+        .expect("client starts");
+    client
+        .call_tool(CallToolRequestParams::new("capture"))
+        .await
+        .expect("tool call");
+    let ctx = received.recv().await.expect("captured context");
+    (ctx, client)
+}
+
+/// The context as the streamable HTTP server builds it: the request's
+/// parts, with the claims the auth middleware put there.
+fn with_user(mut ctx: RequestContext<RoleServer>, subject: &str) -> RequestContext<RoleServer> {
+    let (parts, ()) = http::Request::builder()
+        .uri("/mcp")
+        .extension(Claims {
+            sub: subject.to_owned(),
+        })
+        .body(())
+        .unwrap()
+        .into_parts();
+    ctx.extensions.insert(parts);
+    ctx
+}
+
+#[tokio::main]
+async fn main() {
+    let store = Arc::new(MemoryStore::new());
+    let client = StandardOAuthClient::builder(
+        "bench",
+        "https://as.invalid/authorize",
+        "https://as.invalid/token",
+    )
+    .build()
+    .unwrap();
+    let provider = OAuthProvider::builder("github", "https://mcp.invalid/oauth/github")
+        .client(client)
+        .store(store.clone())
+        .trust_link_holder()
+        .subject_resolver(subject_from_extension(|claims: &Claims| {
+            Some(claims.sub.clone())
+        }))
+        .build()
+        .unwrap();
+    let record = TokenRecord::new(
+        "gho_0123456789abcdef0123456789abcdef01234567",
+        Timestamp::now(),
+    )
+    .with_refresh_token("ghr_0123456789abcdef")
+    .with_scopes(["repo", "read:user"]);
+    let users: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+    let keys: Vec<TokenKey> = users
+        .iter()
+        .map(|user| TokenKey::new("github", user.as_str()))
+        .collect();
+    for user in &users {
+        provider
+            .lifecycle()
+            .store_token(user, &record)
+            .await
+            .unwrap();
+    }
+    let (base, _session) = real_context().await;
+    let contexts: Vec<_> = users
+        .iter()
+        .map(|user| with_user(base.clone(), user))
+        .collect();
+
+    let n = 100_000;
+    let raw = measure("store get (raw)", n, |i| {
+        let store = &store;
+        let key = &keys[i % keys.len()];
+        async move {
+            std::hint::black_box(TokenStore::get(store.as_ref(), key).await.unwrap());
+        }
+    })
+    .await;
+    let access = measure("lifecycle access", n, |i| {
+        let lifecycle = provider.lifecycle();
+        let user = &users[i % users.len()];
+        async move {
+            std::hint::black_box(lifecycle.access(user).await.unwrap());
+        }
+    })
+    .await;
+    let token = measure("provider token", n, |i| {
+        let provider = &provider;
+        let user = &users[i % users.len()];
+        async move {
+            std::hint::black_box(provider.token(user).await.unwrap());
+        }
+    })
+    .await;
+    let require = measure("require_token (valid token)", n, |i| {
+        let provider = &provider;
+        let ctx = &contexts[i % contexts.len()];
+        async move {
+            std::hint::black_box(provider.require_token(ctx).await.unwrap());
+        }
+    })
+    .await;
+    let mut table = Table::new();
+    table.row("memory", access, Some(raw.clone()));
+    table.row("memory", token, Some(raw.clone()));
+    table.row("memory", require, Some(raw));
+    println!("{}", table.render());
+}
