@@ -259,21 +259,20 @@ fn parse(value: &str) -> Result<Envelope<'_>, EncryptionError> {
     };
     let version = version
         .strip_prefix('v')
-        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|digits| {
+            !digits.is_empty()
+                && !digits.starts_with('0')
+                && digits.bytes().all(|b| b.is_ascii_digit())
+        })
         .and_then(|digits| digits.parse::<u32>().ok())
         .ok_or(EncryptionError::Malformed {
             reason: "the envelope version is not v<number>",
         })?;
+    // Canonical digits start at 1, so anything else is newer.
     if version != ENVELOPE_VERSION {
-        return Err(if version > ENVELOPE_VERSION {
-            EncryptionError::UnsupportedVersion {
-                found: version,
-                supported: ENVELOPE_VERSION,
-            }
-        } else {
-            EncryptionError::Malformed {
-                reason: "the envelope version is not one any release wrote",
-            }
+        return Err(EncryptionError::UnsupportedVersion {
+            found: version,
+            supported: ENVELOPE_VERSION,
         });
     }
     let Some((key_id, rest)) = rest.split_once(':') else {
@@ -290,7 +289,8 @@ fn parse(value: &str) -> Result<Envelope<'_>, EncryptionError> {
     let payload_len = length
         .parse::<usize>()
         .ok()
-        .filter(|_| length.bytes().all(|b| b.is_ascii_digit()))
+        // Canonical digits only, so one value has exactly one envelope text.
+        .filter(|_| length.bytes().all(|b| b.is_ascii_digit()) && !length.starts_with('0'))
         .filter(|&len| (HEADER_LEN + TAG_LEN..=MAX_PAYLOAD_LEN).contains(&len))
         .ok_or(EncryptionError::Malformed {
             reason: "the payload length is not a plausible number",
@@ -367,10 +367,13 @@ mod tests {
         let cases = [
             (format!("mcpenc:vx:{body}"), "version"),
             (format!("mcpenc:v0:{body}"), "version"),
+            (format!("mcpenc:v01:{body}"), "version"),
             (format!("mcpenc:v1:bad id:{}", &body[3..]), "key id"),
             (format!("{sealed}AAAA"), "longer"),
             (sealed.replacen(":43:", ":4x:", 1), "length"),
             (sealed.replacen(":43:", ":1:", 1), "length"),
+            (sealed.replacen(":43:", ":043:", 1), "length"),
+            (sealed.replacen(":43:", ":+43:", 1), "length"),
         ];
         for (value, reason_part) in cases {
             match open(&keyring, &place(&key), &value) {

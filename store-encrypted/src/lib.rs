@@ -144,6 +144,8 @@ mod error;
 mod key;
 mod rekey;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use envelope::{ENVELOPE_PREFIX, ENVELOPE_VERSION, EnvelopeInfo};
 pub use error::EncryptionError;
