@@ -350,11 +350,11 @@ async fn rekey_during_refreshes_and_authorizations_loses_no_write() {
     }
 
     assert!(
-        rekeyed > 50,
+        rekeyed >= 50,
         "the rekey rewrote tokens during the writes: {rekeyed}"
     );
     assert!(
-        refreshes.load(Ordering::Relaxed) > 100,
+        refreshes.load(Ordering::Relaxed) >= 100,
         "the refreshers ran"
     );
     assert_eq!(
