@@ -18,14 +18,12 @@
 //! It is text because the records' secret fields are strings, so any
 //! backend stores an envelope wherever it stored the secret.
 
-use std::fmt::Write as _;
-
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, Nonce, Tag};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mcp_authkit_core::{FlowState, TokenKey};
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 use crate::error::EncryptionError;
 use crate::key::{CHECK_LEN, EncryptionKey, Keyring, is_valid_id};
@@ -41,6 +39,11 @@ const HEADER_LEN: usize = CHECK_LEN + NONCE_LEN;
 /// No field is anywhere near this; a larger claimed length is corruption.
 const MAX_PAYLOAD_LEN: usize = 1 << 24;
 const DOMAIN: &[u8] = b"mcp-authkit-store-encrypted";
+/// Payloads (a secret plus 36 bytes) up to this size are sealed and opened
+/// on the stack; typical tokens are well below it.
+const INLINE_PAYLOAD: usize = 512;
+/// Associated data up to this size is built on the stack.
+const INLINE_AAD: usize = 256;
 
 /// Which secret field of which record a value belongs to: the associated
 /// data every ciphertext is bound to.
@@ -72,41 +75,70 @@ pub(crate) enum TokenField<'a> {
 }
 
 impl Place<'_> {
-    /// Every part length-prefixed, so no two places (or key ids) share an
-    /// encoding whatever characters they contain.
-    fn associated_data(&self, key_id: &str) -> Vec<u8> {
-        fn part(out: &mut Vec<u8>, bytes: &[u8]) {
-            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(bytes);
-        }
-        let mut out = Vec::with_capacity(128);
-        part(&mut out, DOMAIN);
-        part(&mut out, &ENVELOPE_VERSION.to_be_bytes());
-        part(&mut out, key_id.as_bytes());
+    /// The parts of the associated data, after the domain, version and key
+    /// id: at most five.
+    fn parts(&self) -> ([&[u8]; 5], usize) {
         match self {
             Place::Token { key, field } => {
-                part(&mut out, b"token");
-                part(&mut out, key.provider().as_bytes());
-                part(&mut out, key.subject().as_bytes());
-                match field {
-                    TokenField::AccessToken => part(&mut out, b"access_token"),
-                    TokenField::RefreshToken => part(&mut out, b"refresh_token"),
-                    TokenField::Extra(name) => {
-                        part(&mut out, b"extra");
-                        part(&mut out, name.as_bytes());
-                    }
-                }
+                let (field, name, count): (&[u8], &[u8], usize) = match field {
+                    TokenField::AccessToken => (b"access_token", b"", 4),
+                    TokenField::RefreshToken => (b"refresh_token", b"", 4),
+                    TokenField::Extra(name) => (b"extra", name.as_bytes(), 5),
+                };
+                let parts = [
+                    b"token".as_slice(),
+                    key.provider().as_bytes(),
+                    key.subject().as_bytes(),
+                    field,
+                    name,
+                ];
+                (parts, count)
             }
-            Place::FlowVerifier { state, key } => {
-                part(&mut out, b"flow");
-                part(&mut out, state.as_str().as_bytes());
-                part(&mut out, key.provider().as_bytes());
-                part(&mut out, key.subject().as_bytes());
-                part(&mut out, b"pkce_verifier");
-            }
+            Place::FlowVerifier { state, key } => (
+                [
+                    b"flow".as_slice(),
+                    state.as_str().as_bytes(),
+                    key.provider().as_bytes(),
+                    key.subject().as_bytes(),
+                    b"pkce_verifier",
+                ],
+                5,
+            ),
         }
-        out
+    }
+
+    /// Calls `use_it` with the associated data for a value under `key_id`:
+    /// every part length-prefixed, so no two places (or key ids) share an
+    /// encoding whatever characters they contain. Built on the stack when it
+    /// fits.
+    fn with_associated_data<T>(&self, key_id: &str, use_it: impl FnOnce(&[u8]) -> T) -> T {
+        let (parts, count) = self.parts();
+        let version = ENVELOPE_VERSION.to_be_bytes();
+        let all = [DOMAIN, version.as_slice(), key_id.as_bytes()];
+        let all = all.iter().chain(&parts[..count]);
+        let len: usize = all.clone().map(|part| 4 + part.len()).sum();
+        let mut inline = [0u8; INLINE_AAD];
+        let mut heap = Vec::new();
+        let out: &mut [u8] = if len <= INLINE_AAD {
+            &mut inline[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut at = 0;
+        for part in all {
+            // Parts are far below 4 GiB: stores refuse such keys long before.
+            let prefix = u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes();
+            out[at..at + 4].copy_from_slice(&prefix);
+            out[at + 4..at + 4 + part.len()].copy_from_slice(part);
+            at += 4 + part.len();
+        }
+        use_it(out)
+    }
+
+    #[cfg(test)]
+    fn associated_data(&self, key_id: &str) -> Vec<u8> {
+        self.with_associated_data(key_id, <[u8]>::to_vec)
     }
 
     /// Where the value is, for error messages: never its content.
@@ -136,25 +168,55 @@ pub(crate) fn seal(
 ) -> String {
     let inner = key.inner();
     let payload_len = HEADER_LEN + plaintext.len() + TAG_LEN;
-    let mut payload = Vec::with_capacity(payload_len);
-    payload.extend_from_slice(&inner.check);
-    payload.extend_from_slice(nonce);
-    payload.extend_from_slice(plaintext.as_bytes());
-    let aad = place.associated_data(&inner.id);
-    let (_, message) = payload.split_at_mut(HEADER_LEN);
-    let tag = inner
-        .cipher
-        .encrypt_inout_detached(&Nonce::<Aes256Gcm>::from(*nonce), &aad, message.into())
-        .expect("AES-GCM encrypts anything below 64 GiB");
-    payload.extend_from_slice(&tag);
+    let mut inline = [0u8; INLINE_PAYLOAD];
+    let mut heap = Vec::new();
+    let payload: &mut [u8] = if payload_len <= INLINE_PAYLOAD {
+        &mut inline[..payload_len]
+    } else {
+        heap.resize(payload_len, 0);
+        &mut heap
+    };
+    let (header, rest) = payload.split_at_mut(HEADER_LEN);
+    header[..CHECK_LEN].copy_from_slice(&inner.check);
+    header[CHECK_LEN..].copy_from_slice(nonce);
+    let (message, tag_out) = rest.split_at_mut(plaintext.len());
+    message.copy_from_slice(plaintext.as_bytes());
+    // Encrypted in place: the buffer holds no plaintext afterwards.
+    let tag = place.with_associated_data(&inner.id, |aad| {
+        inner
+            .cipher
+            .encrypt_inout_detached(&Nonce::<Aes256Gcm>::from(*nonce), aad, message.into())
+            .expect("AES-GCM encrypts anything below 64 GiB")
+    });
+    tag_out.copy_from_slice(&tag);
 
     let mut out = String::with_capacity(
         ENVELOPE_PREFIX.len() + 4 + inner.id.len() + 10 + payload_len.div_ceil(3) * 4,
     );
     out.push_str(ENVELOPE_PREFIX);
-    let _ = write!(out, "v{ENVELOPE_VERSION}:{}:{payload_len}:", inner.id);
-    URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
+    out.push('v');
+    push_decimal(&mut out, ENVELOPE_VERSION as usize);
+    out.push(':');
+    out.push_str(&inner.id);
+    out.push(':');
+    push_decimal(&mut out, payload_len);
+    out.push(':');
+    URL_SAFE_NO_PAD.encode_string(&*payload, &mut out);
     out
+}
+
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 /// Decrypts a value sealed for `place` with any key of `keyring`.
@@ -170,15 +232,25 @@ pub(crate) fn open(
             key_id: envelope.key_id.to_owned(),
         })?;
     let inner = key.inner();
-    let mut payload = Zeroizing::new(URL_SAFE_NO_PAD.decode(envelope.payload).map_err(|_| {
-        EncryptionError::Malformed {
-            reason: "the payload is not base64url",
+    let mut inline = [0u8; INLINE_PAYLOAD];
+    let mut heap = Vec::new();
+    let payload: &mut [u8] = if envelope.payload_len <= INLINE_PAYLOAD {
+        &mut inline[..envelope.payload_len]
+    } else {
+        heap.resize(envelope.payload_len, 0);
+        &mut heap
+    };
+    // Only the used part can hold plaintext; zeroizing all of the inline
+    // buffer would cost more than the decryption.
+    let payload = ZeroizeOnDrop(payload);
+    let payload = &mut *payload.0;
+    match URL_SAFE_NO_PAD.decode_slice(envelope.payload, &mut *payload) {
+        Ok(decoded) if decoded == payload.len() => {}
+        _ => {
+            return Err(EncryptionError::Malformed {
+                reason: "the payload is not base64url of the length in the header",
+            });
         }
-    })?);
-    if payload.len() != envelope.payload_len {
-        return Err(EncryptionError::Malformed {
-            reason: "the payload length does not match the header",
-        });
     }
     if payload[..CHECK_LEN] != inner.check {
         return Err(EncryptionError::WrongKey {
@@ -189,19 +261,30 @@ pub(crate) fn open(
     let (message, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
     let nonce = Nonce::<Aes256Gcm>::try_from(&header[CHECK_LEN..]).expect("12 nonce bytes");
     let tag = Tag::<Aes256Gcm>::try_from(&*tag).expect("16 tag bytes");
-    let aad = place.associated_data(&inner.id);
-    inner
-        .cipher
-        .decrypt_inout_detached(&nonce, &aad, (&mut *message).into(), &tag)
+    place
+        .with_associated_data(&inner.id, |aad| {
+            inner
+                .cipher
+                .decrypt_inout_detached(&nonce, aad, (&mut *message).into(), &tag)
+        })
         .map_err(|_| EncryptionError::Tampered {
             key_id: envelope.key_id.to_owned(),
         })?;
-    // Copied out into an exactly sized string; `payload` is zeroized on drop.
+    // Copied out into an exactly sized string; the buffer is zeroized on drop.
     std::str::from_utf8(message)
         .map(str::to_owned)
         .map_err(|_| EncryptionError::Malformed {
             reason: "the decrypted value is not UTF-8",
         })
+}
+
+/// Zeroizes a borrowed buffer when dropped, on every return path.
+struct ZeroizeOnDrop<'a>(&'a mut [u8]);
+
+impl Drop for ZeroizeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 /// What an envelope's header says, read without decrypting it.

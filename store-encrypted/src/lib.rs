@@ -142,6 +142,7 @@
 mod envelope;
 mod error;
 mod key;
+mod nonce;
 mod rekey;
 mod store;
 #[cfg(feature = "testing")]

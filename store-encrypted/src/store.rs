@@ -13,9 +13,10 @@ use mcp_authkit_core::{
 use crate::envelope::{ENVELOPE_VERSION, EnvelopeInfo, NONCE_LEN, Place, TokenField, open, seal};
 use crate::error::EncryptionError;
 use crate::key::Keyring;
+use crate::nonce;
 
-/// Nonces for a record with up to this many secret fields come from one
-/// call to the OS generator on the stack; more use the heap.
+/// Nonces for a record with up to this many secret fields are drawn on the
+/// stack; more use the heap.
 const INLINE_NONCES: usize = 8;
 
 /// Encryption at rest over any token or pending store.
@@ -100,8 +101,7 @@ impl<S> EncryptedStore<S> {
             heap.resize(fields * NONCE_LEN, 0);
             &mut heap
         };
-        // One system call for every nonce of the record.
-        fill_random(nonces);
+        nonce::fill(nonces);
         let mut nonces = nonces
             .chunks_exact(NONCE_LEN)
             .map(|chunk| <&[u8; NONCE_LEN]>::try_from(chunk).expect("chunks of NONCE_LEN"));
@@ -183,7 +183,7 @@ impl<S> EncryptedStore<S> {
 
     fn encrypt_flow(&self, flow: &PendingFlow) -> PendingFlow {
         let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce);
+        nonce::fill(&mut nonce);
         let place = Place::FlowVerifier {
             state: &flow.state,
             key: &flow.key,
@@ -210,12 +210,6 @@ impl<S> EncryptedStore<S> {
         flow.pkce_verifier = verifier;
         Ok(())
     }
-}
-
-fn fill_random(buffer: &mut [u8]) {
-    // A repeated nonce under one key breaks AES-GCM; there is no safe way
-    // to go on without randomness.
-    getrandom::fill(buffer).expect("the OS random number generator failed");
 }
 
 impl<S> fmt::Debug for EncryptedStore<S> {
