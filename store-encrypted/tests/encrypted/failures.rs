@@ -306,11 +306,14 @@ async fn damaged_values_never_open_and_never_panic() {
     }
 }
 
+/// A way to damage a stored envelope.
+type Damage = fn(&str) -> String;
+
 #[tokio::test]
 async fn undecryptable_tokens_can_read_as_absent() {
     let alice = TokenKey::new("github", "alice");
     let original = record("alice");
-    let damages: [(&str, fn(&str) -> String); 4] = [
+    let damages: [(&str, Damage); 4] = [
         ("tampered", flip_payload_char),
         ("truncated", |e| e[..e.len() / 2].to_owned()),
         ("in clear", |_| "gho_plain".to_owned()),
