@@ -413,6 +413,26 @@ mod tests {
     }
 
     #[test]
+    fn key_material_is_zeroized_on_drop() {
+        // The expanded key schedule wipes itself: aes-gcm's `zeroize`
+        // feature is on (this does not compile otherwise).
+        fn wipes_itself<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_itself::<Aes256Gcm>();
+
+        let key = EncryptionKey::from_bytes("k", &[0xa5; KEY_LEN]).unwrap();
+        let clone = key.clone();
+        drop(key);
+        assert_eq!(clone.inner().material, [0xa5; KEY_LEN], "a clone keeps it alive");
+        let inner = Arc::try_unwrap(clone.inner).ok().expect("the last owner");
+        let mut inner = std::mem::ManuallyDrop::new(inner);
+        // SAFETY: dropped exactly once (ManuallyDrop stops the second drop);
+        // afterwards only the plain byte array is read, whose memory is
+        // still this stack slot.
+        unsafe { std::ptr::drop_in_place(&mut *inner) };
+        assert_eq!(inner.material, [0; KEY_LEN]);
+    }
+
+    #[test]
     fn keyring_refuses_duplicate_ids() {
         let error = Keyring::with_previous(
             EncryptionKey::generate("same"),
