@@ -422,7 +422,11 @@ mod tests {
         let key = EncryptionKey::from_bytes("k", &[0xa5; KEY_LEN]).unwrap();
         let clone = key.clone();
         drop(key);
-        assert_eq!(clone.inner().material, [0xa5; KEY_LEN], "a clone keeps it alive");
+        assert_eq!(
+            clone.inner().material,
+            [0xa5; KEY_LEN],
+            "a clone keeps it alive"
+        );
         let inner = Arc::try_unwrap(clone.inner).ok().expect("the last owner");
         let mut inner = std::mem::ManuallyDrop::new(inner);
         // SAFETY: dropped exactly once (ManuallyDrop stops the second drop);
