@@ -53,7 +53,6 @@ pub mod redis {
 /// Encryption at rest over any store.
 #[cfg(feature = "encrypted")]
 pub mod encrypted {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_store_encrypted::*;
 }
 
