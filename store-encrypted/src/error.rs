@@ -173,13 +173,6 @@ impl EncryptionError {
             if let Some(found) = error.downcast_ref::<EncryptionError>() {
                 return Some(found);
             }
-            // Core keeps sources as `Arc<dyn Error>`, and the chain hands out
-            // the Arc itself: look inside it.
-            if let Some(shared) = error.downcast_ref::<mcp_authkit_core::BoxError>()
-                && let Some(found) = shared.downcast_ref::<EncryptionError>()
-            {
-                return Some(found);
-            }
             current = error.source();
         }
         None
