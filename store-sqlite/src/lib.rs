@@ -8,6 +8,7 @@
 //! `mcp-authkit-conformance` suite including its cross-process scenario.
 //!
 //! ```
+//! use std::sync::Arc;
 //! use std::time::Duration;
 //! use mcp_authkit_core::{
 //!     FlowOutcome, InsertOutcome, PendingFlow, PendingStore, Timestamp, TokenKey, TokenRecord,
@@ -21,12 +22,15 @@
 //! # let path = dir.path().join("authkit.db");
 //! // A path or a `sqlite:` URL; the file is created if needed.
 //! let store = SqliteStore::open(&path).await?;
+//! // One store serves both roles, as the lifecycle takes them.
+//! let tokens: Arc<dyn TokenStore> = Arc::new(store.clone());
+//! let pending: Arc<dyn PendingStore> = Arc::new(store);
 //!
 //! let key = TokenKey::new("github", "user-1");
-//! let revision = store.put(&key, &TokenRecord::new("gho_x", Timestamp::now())).await?;
-//! assert_eq!(store.get(&key).await?.unwrap().revision, revision);
+//! let revision = tokens.put(&key, &TokenRecord::new("gho_x", Timestamp::now())).await?;
+//! assert_eq!(tokens.get(&key).await?.unwrap().revision, revision);
 //!
-//! // A flow, completed by another store instance (or another process).
+//! // A flow, completed through another instance (as another process would).
 //! let flow = PendingFlow::new(
 //!     key.clone(),
 //!     "http://127.0.0.1:8005/callback",
@@ -34,13 +38,13 @@
 //!     Timestamp::now(),
 //!     Duration::from_secs(600),
 //! );
-//! assert_eq!(PendingStore::insert(&store, &flow).await?, InsertOutcome::Inserted);
+//! assert_eq!(pending.insert(&flow).await?, InsertOutcome::Inserted);
 //! let other = SqliteStore::open(&path).await?;
 //! let taken = other.take(&flow.state).await?.expect("taken once");
 //! other
 //!     .complete(&key, &taken.state, &FlowOutcome::Authorized { revision }, Duration::from_secs(60))
 //!     .await?;
-//! let outcome = store.wait(&flow.state, Duration::from_secs(5)).await?;
+//! let outcome = pending.wait(&flow.state, Duration::from_secs(5)).await?;
 //! assert_eq!(outcome, Some(FlowOutcome::Authorized { revision }));
 //! # Ok(())
 //! # }

@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mcp_authkit_core::{Error, Result};
-use sqlx::sqlite::{SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqlitePool};
 
 use crate::error::{
@@ -108,16 +109,7 @@ pub(crate) async fn open(options: SqliteStoreOptions) -> Result<SqliteStore> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(options.busy_timeout);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(options.max_connections)
-        .min_connections(0)
-        // SQLite connections do not go stale; no maintenance task, so the
-        // pool is not tied to the runtime it was created on.
-        .max_lifetime(None)
-        .idle_timeout(None)
-        // A ping before every use would double the round trips of a read.
-        .test_before_acquire(false)
-        .connect_with(connect.clone())
+    let pool = connect_pool(&options, &connect)
         .await
         .map_err(|error| explain(&path, error))?;
     if let Err(error) = migrate(&pool, &path).await {
@@ -147,6 +139,41 @@ pub(crate) async fn open(options: SqliteStoreOptions) -> Result<SqliteStore> {
             hub,
         }),
     })
+}
+
+/// The pool, with its first connection open. Switching a new file to WAL
+/// needs an exclusive lock that SQLite does not wait for, so a first open
+/// racing another one (in any process) is retried here until the busy
+/// timeout has passed.
+async fn connect_pool(
+    options: &SqliteStoreOptions,
+    connect: &SqliteConnectOptions,
+) -> sqlx::Result<SqlitePool> {
+    let give_up = tokio::time::Instant::now() + options.busy_timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let attempt = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .min_connections(0)
+            // SQLite connections do not go stale; no maintenance task, so
+            // the pool is not tied to the runtime it was created on.
+            .max_lifetime(None)
+            .idle_timeout(None)
+            // A ping before every use would double the round trips of a read.
+            .test_before_acquire(false)
+            .connect_with(connect.clone())
+            .await;
+        match attempt {
+            Err(error)
+                if matches!(primary_code(&error), Some(SQLITE_BUSY | SQLITE_LOCKED))
+                    && tokio::time::Instant::now() + pause < give_up =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The newest schema version recorded in `table`, if the table exists.
