@@ -9,13 +9,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, measure, measure_concurrent};
+use mcp_authkit_bench::{Stats, Table, measure_concurrent};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, PendingFlow, PendingStore, Revision, Timestamp, TokenKey, TokenRecord,
     TokenStore, codec,
 };
 use mcp_authkit_store_sqlite::SqliteStore;
 use mcp_authkit_store_sqlite::sqlx;
+use mcp_authkit_store_sqlite::sqlx::Row;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const CHILD_ROLE: &str = "MCP_AUTHKIT_BENCH_SQLITE_CHILD";
@@ -42,14 +43,50 @@ fn unix_nanos(at: SystemTime) -> u128 {
     at.duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// The better of two runs of the same measurement, so a scheduling hiccup
-/// on this shared machine does not decide a ratio.
-fn best_of_two(first: Stats, second: Stats) -> Stats {
-    if first.ops_per_sec >= second.ops_per_sec {
-        first
-    } else {
-        second
+/// Times `ours` and `baseline` alternately, operation by operation and
+/// switching which goes first, so load from elsewhere on this shared
+/// machine falls on both alike. Each gets the call number (unique, from 0 to
+/// `n + n / 10`); the first tenth warms caches and is not counted.
+/// Throughput is that of back-to-back operations (one over the mean
+/// latency).
+async fn interleaved(
+    n: usize,
+    (our_name, baseline_name): (&str, &str),
+    mut ours: impl AsyncFnMut(usize),
+    mut baseline: impl AsyncFnMut(usize),
+) -> (Stats, Stats) {
+    let warm_up = n / 10;
+    let mut our_latencies = Vec::with_capacity(n);
+    let mut baseline_latencies = Vec::with_capacity(n);
+    for i in 0..warm_up + n {
+        let (our_time, baseline_time) = if i % 2 == 0 {
+            let started = Instant::now();
+            ours(i).await;
+            let our_time = started.elapsed();
+            let started = Instant::now();
+            baseline(i).await;
+            (our_time, started.elapsed())
+        } else {
+            let started = Instant::now();
+            baseline(i).await;
+            let baseline_time = started.elapsed();
+            let started = Instant::now();
+            ours(i).await;
+            (started.elapsed(), baseline_time)
+        };
+        if i >= warm_up {
+            our_latencies.push(our_time);
+            baseline_latencies.push(baseline_time);
+        }
     }
+    let stats = |name: &str, latencies: Vec<Duration>| {
+        let busy = latencies.iter().sum();
+        Stats::from_latencies(name, latencies, busy)
+    };
+    (
+        stats(our_name, our_latencies),
+        stats(baseline_name, baseline_latencies),
+    )
 }
 
 #[tokio::main]
@@ -69,44 +106,34 @@ async fn main() {
     }
     let mut table = Table::new();
 
-    // get beside the same SELECT, same pool, no decoding.
-    let n = 20_000;
-    let raw_get = || {
-        measure("raw SELECT of the row", n, |i| {
-            let pool = store.pool();
+    // get beside the same SELECT on the same pool, reading the same columns
+    // without decoding the record.
+    let (get, raw_get) = interleaved(
+        30_000,
+        ("get", "raw SELECT of the row"),
+        async |i| {
             let key = &keys[i % keys.len()];
-            async move {
-                let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT revision, record FROM mcp_authkit_tokens \
-                     WHERE provider = ?1 AND subject = ?2",
-                )
-                .bind(key.provider())
-                .bind(key.subject())
-                .fetch_optional(pool)
-                .await
-                .unwrap();
-                std::hint::black_box(row);
-            }
-        })
-    };
-    let get = || {
-        measure("get", n, |i| {
-            let store = &store;
+            std::hint::black_box(TokenStore::get(&store, key).await.unwrap());
+        },
+        async |i| {
             let key = &keys[i % keys.len()];
-            async move {
-                std::hint::black_box(TokenStore::get(store, key).await.unwrap());
-            }
-        })
-    };
-    let raw_1 = raw_get().await;
-    let get_1 = get().await;
-    let raw_2 = raw_get().await;
-    let get_2 = get().await;
-    table.row(
-        "sqlite",
-        best_of_two(get_1, get_2),
-        Some(best_of_two(raw_1, raw_2)),
-    );
+            let row = sqlx::query(
+                "SELECT revision, record FROM mcp_authkit_tokens \
+                 WHERE provider = ?1 AND subject = ?2",
+            )
+            .bind(key.provider())
+            .bind(key.subject())
+            .fetch_optional(store.pool())
+            .await
+            .unwrap()
+            .unwrap();
+            let revision: i64 = row.get(0);
+            let record: &[u8] = row.get(1);
+            std::hint::black_box((revision, record));
+        },
+    )
+    .await;
+    table.row("sqlite", get, Some(raw_get));
 
     // Parallel reads: 8 tasks on the pool's 4 connections.
     let shared = Arc::new(store.clone());
@@ -127,13 +154,15 @@ async fn main() {
 
     // put beside the same upsert without the revision counter; both commit
     // with synchronous=FULL.
-    let n = 2_000;
     let bytes = codec::encode_token(&record);
-    let raw_put = measure("raw upsert of the row", n, |i| {
-        let pool = store.pool();
-        let key = &keys[i % keys.len()];
-        let bytes = &bytes;
-        async move {
+    let (put, raw_put) = interleaved(
+        2_000,
+        ("put", "raw upsert of the row"),
+        async |i| {
+            store.put(&keys[i % keys.len()], &record).await.unwrap();
+        },
+        async |i| {
+            let key = &keys[i % keys.len()];
             sqlx::query(
                 "INSERT INTO mcp_authkit_tokens (provider, subject, revision, expires_at, record) \
                  VALUES (?1, ?2, ?3, NULL, ?4) ON CONFLICT (provider, subject) DO UPDATE SET \
@@ -142,36 +171,32 @@ async fn main() {
             .bind(key.provider())
             .bind(key.subject())
             .bind(1_000_000_000 + i as i64)
-            .bind(bytes)
-            .execute(pool)
+            .bind(&bytes)
+            .execute(store.pool())
             .await
             .unwrap();
-        }
-    })
-    .await;
-    let put = measure("put", n, |i| {
-        let store = &store;
-        let key = &keys[i % keys.len()];
-        let record = &record;
-        async move {
-            store.put(key, record).await.unwrap();
-        }
-    })
+        },
+    )
     .await;
     table.row("sqlite", put, Some(raw_put));
 
     // insert + take of a new flow, beside a raw INSERT + DELETE ... RETURNING
     // of the same row (no active-flow bookkeeping).
     let n = 1_000;
-    let flows: Vec<PendingFlow> = (0..n + n / 10).map(|i| flow(format!("raw-{i}"))).collect();
-    // Warm-up runs pass the same iteration numbers again: count calls
-    // instead, so every call has a flow of its own.
-    let mut calls = 0;
-    let raw_flow = measure("raw INSERT + DELETE RETURNING", n, |_| {
-        let pool = store.pool();
-        let f = &flows[calls];
-        calls += 1;
-        async move {
+    let ours: Vec<PendingFlow> = (0..n + n / 10)
+        .map(|i| flow(format!("store-{i}")))
+        .collect();
+    let raw: Vec<PendingFlow> = (0..n + n / 10).map(|i| flow(format!("raw-{i}"))).collect();
+    let (insert_take, raw_flow) = interleaved(
+        n,
+        ("insert + take", "raw INSERT + DELETE RETURNING"),
+        async |i| {
+            let f = &ours[i];
+            PendingStore::insert(&store, f).await.unwrap();
+            std::hint::black_box(store.take(&f.state).await.unwrap().unwrap());
+        },
+        async |i| {
+            let f = &raw[i];
             sqlx::query(
                 "INSERT INTO mcp_authkit_flows (state, provider, subject, expires_at, flow) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -181,7 +206,7 @@ async fn main() {
             .bind(f.key.subject())
             .bind(f.expires_at.unix_millis())
             .bind(codec::encode_flow(f))
-            .execute(pool)
+            .execute(store.pool())
             .await
             .unwrap();
             let taken: Option<Vec<u8>> = sqlx::query_scalar(
@@ -190,26 +215,12 @@ async fn main() {
             )
             .bind(f.state.as_str())
             .bind(Timestamp::now().unix_millis())
-            .fetch_optional(pool)
+            .fetch_optional(store.pool())
             .await
             .unwrap();
             std::hint::black_box(codec::decode_flow(&taken.unwrap()).unwrap());
-        }
-    })
-    .await;
-    let flows: Vec<PendingFlow> = (0..n + n / 10)
-        .map(|i| flow(format!("store-{i}")))
-        .collect();
-    let mut calls = 0;
-    let insert_take = measure("insert + take", n, |_| {
-        let store = &store;
-        let f = &flows[calls];
-        calls += 1;
-        async move {
-            PendingStore::insert(store, f).await.unwrap();
-            std::hint::black_box(store.take(&f.state).await.unwrap().unwrap());
-        }
-    })
+        },
+    )
     .await;
     table.row("sqlite", insert_take, Some(raw_flow));
 
@@ -223,21 +234,23 @@ async fn main() {
             let outcome = FlowOutcome::Authorized {
                 revision: Revision::new(1),
             };
-            let started = SystemTime::now();
+            let called = SystemTime::now();
             other
                 .complete(&flow.key, &state, &outcome, Duration::from_secs(60))
                 .await
                 .unwrap();
-            started
+            (called, SystemTime::now())
         }
     })
     .await;
+    // In this process the waiter wakes inside complete(), right after its
+    // commit: only the latency from the call is meaningful.
     table.row(
         "sqlite",
         Stats::from_latencies(
-            "wake, same process (complete -> wait)",
-            in_process.0,
-            in_process.1,
+            "wake, same process: complete() called -> wait() returns",
+            in_process.from_call,
+            in_process.wall,
         ),
         None,
     );
@@ -245,25 +258,50 @@ async fn main() {
     let cross = cross_process_wake(&store, &path, 200).await;
     table.row(
         "sqlite",
-        Stats::from_latencies("wake, other process (complete -> wait)", cross.0, cross.1),
+        Stats::from_latencies(
+            "wake, other process: complete() called -> wait() returns",
+            cross.from_call,
+            cross.wall,
+        ),
+        None,
+    );
+    table.row(
+        "sqlite",
+        Stats::from_latencies(
+            "wake, other process: complete() returned -> wait() returns",
+            cross.from_return,
+            cross.wall,
+        ),
         None,
     );
     println!("{}", table.render());
+    println!(
+        "Wake rows: ops/s is not a throughput (each round waits 0-120 ms on purpose); \
+         latencies are wall-clock times across processes. \"complete() called\" includes \
+         its commit (an fsync); \"returned\" is the wake alone (poll interval 5-25 ms)."
+    );
+}
+
+struct WakeLatencies {
+    from_call: Vec<Duration>,
+    from_return: Vec<Duration>,
+    wall: Duration,
 }
 
 /// For `n` flows: a waiter starts, then after a varying delay (0-120 ms, so
-/// the poller is caught at every point of its back-off) `complete` runs;
-/// the latency is from the start of `complete` to `wait` returning.
-async fn wake_latencies<F, Fut>(
-    store: &SqliteStore,
-    n: usize,
-    complete: F,
-) -> (Vec<Duration>, Duration)
+/// the poller is caught at every point of its back-off) `complete` runs and
+/// reports when it was called and when it returned; latencies run from
+/// those to `wait` returning.
+async fn wake_latencies<F, Fut>(store: &SqliteStore, n: usize, complete: F) -> WakeLatencies
 where
     F: Fn(FlowState) -> Fut,
-    Fut: std::future::Future<Output = SystemTime>,
+    Fut: std::future::Future<Output = (SystemTime, SystemTime)>,
 {
-    let mut latencies = Vec::with_capacity(n);
+    let mut latencies = WakeLatencies {
+        from_call: Vec::with_capacity(n),
+        from_return: Vec::with_capacity(n),
+        wall: Duration::ZERO,
+    };
     let started = Instant::now();
     for i in 0..n {
         let f = flow(format!("wake-{}", mcp_authkit_core::random_urlsafe(8)));
@@ -277,20 +315,25 @@ where
                 SystemTime::now()
             })
         };
-        let delay = Duration::from_millis((i as u64 * 37) % 121);
-        tokio::time::sleep(delay).await;
-        let completed = complete(f.state.clone()).await;
+        tokio::time::sleep(Duration::from_millis((i as u64 * 37) % 121)).await;
+        let (called, returned) = complete(f.state.clone()).await;
         let woken = waiter.await.unwrap();
-        latencies.push(woken.duration_since(completed).unwrap_or_default());
+        latencies
+            .from_call
+            .push(woken.duration_since(called).unwrap_or_default());
+        latencies
+            .from_return
+            .push(woken.duration_since(returned).unwrap_or_default());
     }
-    (latencies, started.elapsed())
+    latencies.wall = started.elapsed();
+    latencies
 }
 
 async fn cross_process_wake(
     store: &SqliteStore,
     path: &std::path::Path,
     n: usize,
-) -> (Vec<Duration>, Duration) {
+) -> WakeLatencies {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .env(CHILD_ROLE, path)
         .stdin(Stdio::piped())
@@ -313,8 +356,12 @@ async fn cross_process_wake(
                 .unwrap();
             stdin.flush().await.unwrap();
             let line = lines.next_line().await.unwrap().unwrap();
-            let nanos: u64 = line.strip_prefix("STARTED ").unwrap().parse().unwrap();
-            UNIX_EPOCH + Duration::from_nanos(nanos)
+            let mut times = line
+                .strip_prefix("COMPLETED ")
+                .unwrap()
+                .split(' ')
+                .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos.parse().unwrap()));
+            (times.next().unwrap(), times.next().unwrap())
         }
     })
     .await;
@@ -325,7 +372,8 @@ async fn cross_process_wake(
 }
 
 /// The other process: completes each flow named on stdin and reports when
-/// its `complete` call started (wall clock, shared by both processes).
+/// its `complete` call started and returned (wall clock, which both
+/// processes share).
 async fn completer(path: &str) {
     let store = SqliteStore::open(path).await.unwrap();
     let say = |line: String| {
@@ -341,11 +389,16 @@ async fn completer(path: &str) {
         let outcome = FlowOutcome::Authorized {
             revision: Revision::new(1),
         };
-        let started = SystemTime::now();
+        let called = SystemTime::now();
         store
             .complete(&flow.key, &state, &outcome, Duration::from_secs(60))
             .await
             .unwrap();
-        say(format!("STARTED {}", unix_nanos(started)));
+        let returned = SystemTime::now();
+        say(format!(
+            "COMPLETED {} {}",
+            unix_nanos(called),
+            unix_nanos(returned)
+        ));
     }
 }

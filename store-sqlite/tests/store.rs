@@ -302,7 +302,7 @@ async fn in_process_completion_wakes_waiters_without_polling() {
         assert_eq!(joined.unwrap(), Some(outcome.clone()));
     }
     assert!(
-        completed_at.elapsed() < Duration::from_secs(2),
+        completed_at.elapsed() < Duration::from_secs(5),
         "woken by the completion, not by a poll: {:?}",
         completed_at.elapsed()
     );
