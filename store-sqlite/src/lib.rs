@@ -54,9 +54,11 @@
 //!
 //! - **WAL journal** (`journal_mode=WAL`): readers never block the writer and
 //!   the writer never blocks readers, so a `get` stays fast while another
-//!   process writes. WAL is a property of the file and stays on; it needs
-//!   the `-wal` and `-shm` files beside the database and a local file system
-//!   (not NFS/SMB), which is also what makes it safe for several processes.
+//!   process writes. WAL is a property of the file and stays on (also for
+//!   an application's own database that the store shares). It needs the
+//!   `-wal` and `-shm` files beside the database and a local file system:
+//!   processes coordinate through shared memory mapped from `-shm`, which
+//!   NFS and SMB do not provide.
 //! - **`synchronous=FULL`**: every commit is fsynced before it returns. A
 //!   refreshed token often comes with a rotated refresh token and the old one
 //!   is dead at the provider; with `NORMAL` a power cut could roll the file

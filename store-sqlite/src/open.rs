@@ -176,7 +176,7 @@ async fn connect_pool(
     }
 }
 
-/// The newest schema version recorded in `table`, if the table exists.
+/// The newest schema version recorded in our migrations table, if it exists.
 async fn recorded_version(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<Option<i64>> {
     let exists: Option<i64> =
         sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")
