@@ -39,7 +39,6 @@ pub mod memory {
 /// The SQLite backend.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_store_sqlite::*;
 }
 
