@@ -91,8 +91,11 @@ impl ChildProcess {
                 .await
                 .expect("the child process stopped reporting")
                 .expect("reading the child's stdout")?;
-            if let Some(report) = line.strip_prefix(PREFIX) {
-                return Some(report.to_owned());
+            // Not only at the start of a line: with --nocapture, libtest
+            // writes "test <name> ... " before the test runs, without a
+            // newline, so the first report follows it on the same line.
+            if let Some(at) = line.find(PREFIX) {
+                return Some(line[at + PREFIX.len()..].to_owned());
             }
         }
     }
