@@ -85,6 +85,7 @@ fn tls_client(
     if !tls.is_set() {
         return Client::open(info).map_err(|e| Error::invalid_input("redis url", e.to_string()));
     }
+    check_pem(tls)?;
     let certificates = redis::TlsCertificates {
         client_tls: tls
             .client_identity
@@ -104,6 +105,44 @@ fn tls_client(
             ),
         )
     })
+}
+
+/// redis-rs reads PEM leniently (text without a certificate is an empty
+/// list, and every server then fails verification); catch that here, where
+/// it is a configuration error rather than a connection failure.
+#[cfg(feature = "tls")]
+fn check_pem(tls: &crate::config::TlsOptions) -> Result<(), Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certificates = |pem: &[u8]| {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|certificates| !certificates.is_empty())
+    };
+    if let Some(roots) = &tls.root_certificates_pem
+        && !certificates(roots)
+    {
+        return Err(Error::invalid_input(
+            "redis tls root certificates",
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+        ));
+    }
+    if let Some(identity) = &tls.client_identity {
+        if !certificates(&identity.certificate_pem) {
+            return Err(Error::invalid_input(
+                "redis tls client certificate",
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+            ));
+        }
+        if PrivateKeyDer::from_pem_slice(&identity.key_pem).is_err() {
+            return Err(Error::invalid_input(
+                "redis tls client key",
+                "no PEM private key (PKCS#8, PKCS#1 or SEC1) found",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "tls"))]

@@ -131,6 +131,10 @@
 //! `mcp-authkit-store-encrypted` to keep tokens encrypted at rest.
 //!
 //! [`codec`]: mcp_authkit_core::codec
+//! [`TokenStore`]: mcp_authkit_core::TokenStore
+//! [`PendingStore`]: mcp_authkit_core::PendingStore
+//! [`PendingStore::purge_expired`]: mcp_authkit_core::PendingStore::purge_expired
+//! [`Error::is_retryable`]: mcp_authkit_core::Error::is_retryable
 
 #![warn(missing_docs)]
 
@@ -150,8 +154,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mcp_authkit_core::{Clock, Result};
-#[doc(no_inline)]
-pub use mcp_authkit_core::{Error, PendingStore, TokenStore};
 use redis::aio::ConnectionManager;
 use redis::{Client, FromRedisValue, RedisResult};
 
@@ -265,17 +267,19 @@ impl RedisStore {
                 )
                 .await
                 .map_err(|e| error::backend("delete namespace", e))?;
-            let ours: Vec<&String> = names
-                .iter()
-                .filter(|name| self.inner.keys.is_ours(name))
-                .collect();
-            if !ours.is_empty() {
-                let removed: u64 = self
+            // One UNLINK per key (pipelined): keys of different hash tags
+            // live on different cluster shards.
+            let mut pipeline = redis::pipe();
+            for name in names.iter().filter(|name| self.inner.keys.is_ours(name)) {
+                pipeline.cmd("UNLINK").arg(name);
+            }
+            if !pipeline.is_empty() {
+                let removed: Vec<u64> = self
                     .inner
-                    .query(redis::cmd("UNLINK").arg(&ours))
+                    .query_pipeline(&pipeline)
                     .await
                     .map_err(|e| error::backend("delete namespace", e))?;
-                deleted += removed;
+                deleted += removed.iter().sum::<u64>();
             }
             if next == 0 {
                 return Ok(deleted);
