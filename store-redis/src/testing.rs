@@ -2,8 +2,9 @@
 //!
 //! [`redis_url`] finds one: `REDIS_URL` (default `redis://127.0.0.1:6379`)
 //! if it answers; otherwise, with the `testcontainers` feature and outside
-//! CI, a Redis container; otherwise the test fails with a message that says
-//! how to provide one. A test never skips silently for want of Redis.
+//! CI, a `redis:7` container started with the `docker` command line;
+//! otherwise the test fails with a message that says how to provide one. A
+//! test never skips silently for want of Redis.
 //!
 //! Give every test its own [`unique_prefix`] and remove its keys afterwards
 //! with [`RedisStore::delete_namespace`](crate::RedisStore::delete_namespace),
@@ -96,35 +97,77 @@ pub fn missing_redis_message(url: &str, error: &str, ci: bool) -> String {
     message
 }
 
+/// The Docker fallback: a throwaway `redis:7` container, started through
+/// the `docker` command line (no Docker client library is compiled).
 #[cfg(feature = "testcontainers")]
 mod container {
-    use testcontainers_modules::redis::{REDIS_PORT, Redis};
-    use testcontainers_modules::testcontainers::runners::AsyncRunner;
-    use testcontainers_modules::testcontainers::{ImageExt, ReuseDirective};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
 
-    /// The container's name; kept running between runs (and shared with the
-    /// child processes the cross-process tests start), removed with
-    /// `docker rm -f mcp-authkit-test-redis`.
+    /// The container's name. It is kept running after the tests, so later
+    /// runs and the child processes of the cross-process tests (which find
+    /// it by name) reuse it; `docker stop mcp-authkit-test-redis` removes it.
     const NAME: &str = "mcp-authkit-test-redis";
 
+    fn docker(args: &[&str]) -> Result<String, String> {
+        let output = Command::new("docker")
+            .args(args)
+            .output()
+            .map_err(|e| format!("running `docker`: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "`docker {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    /// The URL of the running container, if there is one.
+    fn running() -> Option<String> {
+        // `docker port` prints e.g. "127.0.0.1:49153".
+        let address = docker(&["port", NAME, "6379/tcp"]).ok()?;
+        let address = address.lines().next()?.trim().to_owned();
+        Some(format!("redis://{address}"))
+    }
+
     pub(super) async fn start() -> Result<String, String> {
-        let container = Redis::default()
-            .with_tag("7.2")
-            .with_container_name(NAME)
-            .with_reuse(ReuseDirective::Always)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
-        let host = container.get_host().await.map_err(|e| e.to_string())?;
-        let port = container
-            .get_host_port_ipv4(REDIS_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let url = tokio::task::spawn_blocking(|| {
+            if let Some(url) = running() {
+                return Ok(url);
+            }
+            let started = docker(&[
+                "run",
+                "--detach",
+                "--rm",
+                "--name",
+                NAME,
+                "--publish",
+                "127.0.0.1::6379",
+                "redis:7",
+            ]);
+            // Another test process may have started it at the same moment.
+            running().ok_or_else(|| started.err().unwrap_or_else(|| "no port published".into()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match super::probe(&url).await {
+                Ok(()) => break,
+                Err(error) if Instant::now() > deadline => {
+                    return Err(format!("container {NAME} at {url} did not answer: {error}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
         eprintln!(
-            "[mcp-authkit-store-redis] using Redis in container {NAME} at {host}:{port}; \
-             it is kept for the next run (docker rm -f {NAME} removes it)"
+            "[mcp-authkit-store-redis] using Redis in container {NAME} at {url}; it keeps \
+             running for the next run (docker stop {NAME} removes it)"
         );
-        Ok(format!("redis://{host}:{port}"))
+        Ok(url)
     }
 }
 
