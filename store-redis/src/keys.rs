@@ -36,9 +36,13 @@ fn is_kept(byte: u8) -> bool {
         )
 }
 
-/// Percent-encodes `text` with the [`is_kept`] set.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+/// Percent-encodes `text` with the [`is_kept`] set, appending to `out`.
+fn escape_into(out: &mut String, text: &str) {
+    // Most names (provider ids, subjects, states) need no escaping.
+    if text.bytes().all(is_kept) {
+        out.push_str(text);
+        return;
+    }
     for &byte in text.as_bytes() {
         if is_kept(byte) {
             out.push(byte as char);
@@ -49,6 +53,12 @@ pub(crate) fn escape(text: &str) -> String {
             out.push(HEX[usize::from(byte & 0xF)] as char);
         }
     }
+}
+
+/// Percent-encodes `text` with the [`is_kept`] set.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    escape_into(&mut out, text);
     out
 }
 
@@ -83,10 +93,15 @@ pub(crate) fn unescape(text: &str) -> Option<String> {
 /// The hash tag of a token key: `escape(provider).escape(subject)`. It is
 /// never empty (it always holds the `.`), and never contains `}`.
 fn token_tag(key: &TokenKey) -> String {
-    let mut tag = escape(key.provider());
-    tag.push('.');
-    tag.push_str(&escape(key.subject()));
+    let mut tag = String::with_capacity(key.provider().len() + key.subject().len() + 1);
+    push_token_tag(&mut tag, key);
     tag
+}
+
+fn push_token_tag(out: &mut String, key: &TokenKey) {
+    escape_into(out, key.provider());
+    out.push('.');
+    escape_into(out, key.subject());
 }
 
 /// The hash tag of a flow state. Generated states are base64url, which
@@ -132,7 +147,14 @@ impl Keys {
 
     /// `prefix:tok:{tag}`: a hash with the record and its revision.
     pub(crate) fn token(&self, key: &TokenKey) -> String {
-        format!("{}{}}}", self.token_start, token_tag(key))
+        // The hot path of every read: one allocation.
+        let mut name = String::with_capacity(
+            self.token_start.len() + key.provider().len() + key.subject().len() + 2,
+        );
+        name.push_str(&self.token_start);
+        push_token_tag(&mut name, key);
+        name.push('}');
+        name
     }
 
     /// `prefix:tomb:{tag}`: the last revision of a deleted token, kept for a
