@@ -49,6 +49,11 @@
 //! waits longer than the configured timeouts: an unreachable server is an
 //! error after the connect timeout.
 //!
+//! With Redis ACLs, give the store's user the rules of [`acl_rules`]: the
+//! prefix's keys, its completion channel, and the commands the store uses.
+//! (Users created on Redis 7 have no pub/sub channels by default; without
+//! the channel, `complete` and `wait` fail with a permission error.)
+//!
 //! # Key layout
 //!
 //! Every key starts with the prefix `P` (default `mcp-authkit`) and carries a
@@ -150,7 +155,7 @@ pub mod testing;
 mod tokens;
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_authkit_core::{Clock, Result};
@@ -184,8 +189,9 @@ struct Inner {
     scripts: Scripts,
     tombstone_ttl_ms: u64,
     clock: Arc<dyn Clock>,
-    /// Started by the first wait.
-    completions: OnceLock<Completions>,
+    /// Started by the first wait; started again if the runtime it ran on
+    /// has shut down (a store shared by several test runtimes).
+    completions: Mutex<Option<Arc<Completions>>>,
     address: String,
     _renamer: AbortOnDrop,
 }
@@ -231,7 +237,7 @@ impl RedisStore {
                 scripts: Scripts::new(),
                 tombstone_ttl_ms: millis(tombstone_ttl),
                 clock,
-                completions: OnceLock::new(),
+                completions: Mutex::new(None),
                 _renamer: renamer,
             }),
         })
@@ -327,15 +333,47 @@ impl Inner {
         }
     }
 
-    fn completions(&self) -> &Completions {
-        self.completions.get_or_init(|| {
-            Completions::start(
-                self.client.clone(),
-                self.settings.clone(),
-                self.keys.channel().to_owned(),
-            )
-        })
+    fn completions(&self) -> Arc<Completions> {
+        let mut current = self
+            .completions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*current {
+            Some(completions) if completions.is_running() => Arc::clone(completions),
+            _ => {
+                let started = Arc::new(Completions::start(
+                    self.client.clone(),
+                    self.settings.clone(),
+                    self.keys.channel().to_owned(),
+                ));
+                *current = Some(Arc::clone(&started));
+                started
+            }
+        }
     }
+}
+
+/// The Redis ACL rules a user needs to run a store on `prefix`, and nothing
+/// more: its keys, its completion channel, and the commands the store and
+/// its scripts send. For example, in `redis-cli`:
+///
+/// ```text
+/// ACL SETUSER mcp-auth on >password <the rules>
+/// ```
+///
+/// ```
+/// let rules = mcp_authkit_store_redis::acl_rules("myapp:auth");
+/// assert!(rules.contains("~myapp:auth:*"));
+/// ```
+pub fn acl_rules(prefix: &str) -> String {
+    let prefix = keys::escape_glob(prefix);
+    format!(
+        "resetkeys ~{prefix}:* resetchannels &{prefix}:completions -@all \
+         +hello +auth +select +ping +client|setname \
+         +get +set +del +unlink +pttl +type +time +scan \
+         +hmget +hget +hexists +hset \
+         +eval +evalsha +script|load +subscribe +publish"
+    )
 }
 
 /// Whole milliseconds, at least one (Redis refuses a zero TTL).

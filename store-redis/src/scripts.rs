@@ -185,9 +185,12 @@ if outcome_kind ~= 'none' then
   local version = version_of(redis.call('GET', KEYS[2]))
   if not version or version < 1 or version > tonumber(ARGV[6]) then return -2 end
 end
+-- Published first: the script is atomic, so nobody sees the message before
+-- the outcome is stored, and a refused PUBLISH (an ACL without the channel)
+-- fails the script before it has written anything.
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 if flow_kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 "#;
 

@@ -86,7 +86,7 @@ impl Shared {
 /// connection.
 pub(crate) struct Completions {
     shared: Arc<Shared>,
-    _task: AbortOnDrop,
+    task: AbortOnDrop,
 }
 
 impl Completions {
@@ -100,8 +100,14 @@ impl Completions {
         let task = tokio::spawn(listen(Arc::clone(&shared), client, settings, channel));
         Completions {
             shared,
-            _task: AbortOnDrop(task),
+            task: AbortOnDrop(task),
         }
+    }
+
+    /// Whether the listener still runs (it stops when the runtime it was
+    /// started on shuts down).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.task.0.is_finished()
     }
 
     /// Registers a waiter for the state with this tag; it receives every

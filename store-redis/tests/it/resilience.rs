@@ -432,3 +432,56 @@ async fn bad_urls_and_unreachable_servers_are_clear_errors() {
     let store = RedisStore::connect(&url).await.unwrap();
     assert!(format!("{store:?}").contains("prefix"));
 }
+
+/// A store kept across runtimes (a static store shared by several
+/// `#[tokio::test]`s): its listener dies with the runtime of the first wait
+/// and is started again on the next.
+#[test]
+fn waits_work_on_a_runtime_after_the_first_one_shut_down() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (url, ns, store) = first.block_on(async {
+        let url = shared_url().await;
+        let ns = Namespace::new(&url, "runtimes");
+        let store = ns.store().await;
+        let waited = store
+            .wait(&FlowState::generate(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(waited, None);
+        (url, ns, store)
+    });
+    drop(first);
+
+    runtime().block_on(async {
+        let key = TokenKey::new("github", "runtimes");
+        let f = flow(&key);
+        let waiter = {
+            let store = store.clone();
+            let state = f.state.clone();
+            tokio::spawn(async move { store.wait(&state, Duration::from_secs(10)).await })
+        };
+        let completer = RedisStore::builder(&url)
+            .prefix(ns.prefix())
+            .connect()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        completer
+            .complete(&key, &f.state, &outcome(3), MINUTE)
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(waited, Some(outcome(3)));
+    });
+}

@@ -206,3 +206,91 @@ async fn rediss_urls_verify_the_server_and_present_client_certificates() {
         assert!(error.to_string().contains("tls"), "{error}");
     }
 }
+
+/// The ACL rules the crate docs give are enough; without the channel
+/// permission, complete and wait fail at once instead of waiting in vain.
+#[tokio::test]
+async fn a_least_privilege_acl_user_is_enough() {
+    let server = PrivateRedis::start(&[]);
+    let mut admin = crate::common::raw(&server.url()).await;
+    let prefix = "acl-app";
+    let rules = mcp_authkit_store_redis::acl_rules(prefix);
+    for (user, rules) in [
+        ("auth", rules.clone()),
+        ("deaf", rules.replace(&format!("&{prefix}:completions"), "")),
+    ] {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("on")
+            .arg(">pw")
+            .arg(rules.split_whitespace().collect::<Vec<_>>())
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    let url = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}", server.port);
+    let store = RedisStore::builder(url("auth"))
+        .prefix(prefix)
+        .connect()
+        .await
+        .unwrap();
+    round_trip(&store).await;
+    let key = TokenKey::new("github", "acl");
+    let lease = store
+        .try_acquire_lease(&key, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.release_lease(&key, &lease).await.unwrap());
+    let revision = store
+        .put(&key, &TokenRecord::new("t", Timestamp::now()))
+        .await
+        .unwrap();
+    assert!(store.delete_if_revision(&key, revision).await.unwrap());
+    assert!(store.scan(None, 10).await.unwrap().items.is_empty());
+    // Another prefix is off limits for this user.
+    let elsewhere = RedisStore::builder(url("auth"))
+        .prefix("other-app")
+        .connect()
+        .await
+        .unwrap();
+    assert!(TokenStore::get(&elsewhere, &key).await.is_err());
+
+    let deaf = RedisStore::builder(url("deaf"))
+        .prefix(prefix)
+        .connect()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let error = deaf
+        .wait(
+            &mcp_authkit_core::FlowState::generate(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    assert!(
+        error.to_string().to_lowercase().contains("noperm"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let state = mcp_authkit_core::FlowState::generate();
+    let error = deaf
+        .complete(
+            &key,
+            &state,
+            &FlowOutcome::Failed { reason: "x".into() },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("publish"), "{error}");
+    assert_eq!(
+        store.outcome(&state).await.unwrap(),
+        None,
+        "the refused completion wrote nothing"
+    );
+}
