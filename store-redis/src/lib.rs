@@ -84,8 +84,9 @@
 //! server, which refuses cross-slot scripts):
 //!
 //! - token writes, compare-and-swap and deletes are one script over
-//!   `P:tok:{T}` and `P:tomb:{T}`; leases are one `SET NX PX` or one
-//!   compare-and-delete script on `P:lease:{T}`;
+//!   `P:tok:{T}` and `P:tomb:{T}`; leases are one `SET NX PX` (with a
+//!   `PTTL` in the same round trip) or one compare-and-delete script on
+//!   `P:lease:{T}`;
 //! - `take(state)` knows only the state, so a flow lives under `{S}`, and
 //!   taking it is one script on `P:flow:{S}`;
 //! - `complete` removes the flow and stores the outcome in one script on
@@ -134,6 +135,16 @@
 //!
 //! Values are the versioned bytes of [`codec`]; wrap the store in
 //! `mcp-authkit-store-encrypted` to keep tokens encrypted at rest.
+//!
+//! # Features
+//!
+//! - `tls` (default): rediss:// URLs, through rustls on the aws-lc-rs
+//!   provider. Without it, a rediss:// URL is a configuration error.
+//! - `testing`: the `testing` module, helpers that find a Redis
+//!   for tests (`REDIS_URL`) or fail saying how to provide one.
+//! - `testcontainers`: `testing` also starts a throwaway `redis:7`
+//!   container (through the `docker` command line) when no Redis answers,
+//!   outside CI.
 //!
 //! [`codec`]: mcp_authkit_core::codec
 //! [`TokenStore`]: mcp_authkit_core::TokenStore
