@@ -358,7 +358,9 @@ async fn benchmark() {
     }
 
     let (wake, publish) = cross_process_wakes(&store, &prefix).await;
-    table.row("redis", wake, Some(publish));
+    table.row("redis", wake, Some(publish.clone()));
+    // The baseline's own percentiles, for comparison.
+    table.row("redis-rs", publish, None);
 
     println!("{}", table.render());
     println!(
