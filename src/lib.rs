@@ -45,7 +45,6 @@ pub mod sqlite {
 /// The Redis backend.
 #[cfg(feature = "redis")]
 pub mod redis {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_store_redis::*;
 }
 
