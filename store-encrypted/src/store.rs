@@ -295,8 +295,8 @@ impl<S: PendingStore> PendingStore for EncryptedStore<S> {
         self.inner.insert(&self.encrypt_flow(flow)).await
     }
 
-    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        let Some(mut flow) = self.inner.get(state).await? else {
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        let Some(mut flow) = self.inner.get_flow(state).await? else {
             return Ok(None);
         };
         self.open_flow(&mut flow)?;

@@ -121,7 +121,7 @@ where
     S: PendingStore + ?Sized,
 {
     let what = format!("pending flow for {}", original.key);
-    let stored = match inner.get(&original.state).await {
+    let stored = match inner.get_flow(&original.state).await {
         Ok(Some(stored)) => stored,
         Ok(None) => panic!("the inner store holds no {what}"),
         Err(error) => panic!("reading {what} from the inner store failed: {error}"),

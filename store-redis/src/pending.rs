@@ -159,7 +159,7 @@ impl PendingStore for RedisStore {
         }
     }
 
-    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         let name = self.inner.keys.flow(state);
         let location = self.flow_location(state);
         let bytes: Option<Vec<u8>> = self

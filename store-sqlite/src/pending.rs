@@ -80,7 +80,7 @@ impl PendingStore for SqliteStore {
         Ok(outcome)
     }
 
-    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         let bytes: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT flow FROM mcp_authkit_flows WHERE state = ?1 AND expires_at > ?2",
         )

@@ -211,7 +211,7 @@ async fn purge_removes_and_counts_expired_rows() {
     assert_eq!(count(&store, "mcp_authkit_outcomes").await, 0);
     assert_eq!(count(&store, "mcp_authkit_leases").await, 1);
     assert!(
-        PendingStore::get(&store, &live.state)
+        PendingStore::get_flow(&store, &live.state)
             .await
             .unwrap()
             .is_some()

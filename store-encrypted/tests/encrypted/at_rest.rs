@@ -136,7 +136,7 @@ async fn flows_round_trip_and_stay_sealed_in_the_backend() {
             InsertOutcome::Joined(original.state.clone()),
             "one active flow per key, as the inner store decides"
         );
-        let got = PendingStore::get(&store, &original.state)
+        let got = PendingStore::get_flow(&store, &original.state)
             .await
             .unwrap()
             .unwrap();

@@ -208,11 +208,11 @@ async fn a_ciphertext_moved_to_another_place_does_not_open() {
     let second = flow(&bob);
     store.insert(&first).await.unwrap();
     store.insert(&second).await.unwrap();
-    let first_raw = PendingStore::get(&backend, &first.state)
+    let first_raw = PendingStore::get_flow(&backend, &first.state)
         .await
         .unwrap()
         .unwrap();
-    let second_raw = PendingStore::get(&backend, &second.state)
+    let second_raw = PendingStore::get_flow(&backend, &second.state)
         .await
         .unwrap()
         .unwrap();
@@ -351,7 +351,7 @@ async fn undecryptable_tokens_can_read_as_absent() {
     let wrong = EncryptedStore::new(backend, Keyring::new(key("k1", 2)))
         .treat_undecryptable_tokens_as_absent(true);
     assert!(TokenStore::get(&wrong, &alice).await.unwrap().is_none());
-    let error = PendingStore::get(&wrong, &f.state).await.unwrap_err();
+    let error = PendingStore::get_flow(&wrong, &f.state).await.unwrap_err();
     assert!(matches!(
         EncryptionError::find_in(&error),
         Some(EncryptionError::WrongKey { .. })

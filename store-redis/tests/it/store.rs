@@ -302,7 +302,10 @@ async fn values_that_are_not_ours_are_decode_errors_and_stay_untouched() {
     let f = flow(&key);
     assert_names(&store.insert(&f).await.unwrap_err(), &mark);
     assert!(
-        PendingStore::get(&store, &f.state).await.unwrap().is_none(),
+        PendingStore::get_flow(&store, &f.state)
+            .await
+            .unwrap()
+            .is_none(),
         "the flow was removed"
     );
     assert_names(&store.active_flow(&key).await.unwrap_err(), &mark);
@@ -315,7 +318,7 @@ async fn values_that_are_not_ours_are_decode_errors_and_stay_untouched() {
     let flow_key = format!("{p}:flow:{{{s}}}");
     let _: () = connection.set(&flow_key, "garbage").await.unwrap();
     for error in [
-        PendingStore::get(&store, &state).await.unwrap_err(),
+        PendingStore::get_flow(&store, &state).await.unwrap_err(),
         store.take(&state).await.unwrap_err(),
     ] {
         assert_names(&error, &shown);
@@ -384,7 +387,7 @@ async fn inserting_the_same_flow_again_is_idempotent() {
         InsertOutcome::Joined(f.state.clone())
     );
     assert!(
-        PendingStore::get(&store, &other.state)
+        PendingStore::get_flow(&store, &other.state)
             .await
             .unwrap()
             .is_none(),
@@ -398,7 +401,7 @@ async fn inserting_the_same_flow_again_is_idempotent() {
         InsertOutcome::Inserted
     );
     assert!(
-        PendingStore::get(&store, &expired.state)
+        PendingStore::get_flow(&store, &expired.state)
             .await
             .unwrap()
             .is_none()
@@ -533,7 +536,12 @@ async fn every_operation_runs_on_a_cluster_node() {
         store.insert(&flow(&key)).await.unwrap(),
         InsertOutcome::Joined(_)
     ));
-    assert!(PendingStore::get(&store, &f.state).await.unwrap().is_some());
+    assert!(
+        PendingStore::get_flow(&store, &f.state)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(
         store.active_flow(&key).await.unwrap(),
         Some(f.state.clone())
