@@ -345,9 +345,7 @@ pub(crate) async fn register(
                 None,
             )
         })?,
-        None if client_secret.is_some() && requested == TokenEndpointAuthMethod::None => {
-            TokenEndpointAuthMethod::choose(metadata, true)
-        }
+        // Not named: the requested one was registered (RFC 7591 3.2.1).
         None => requested,
     };
     if auth_method != TokenEndpointAuthMethod::None && client_secret.is_none() {
