@@ -354,7 +354,9 @@ impl fmt::Debug for AuthChallenge {
 mod tests {
     use super::*;
 
-    fn parse(value: &str) -> Vec<(String, Option<String>, Vec<(String, String)>)> {
+    type Parsed = (String, Option<String>, Vec<(String, String)>);
+
+    fn parse(value: &str) -> Vec<Parsed> {
         parse_www_authenticate(value)
             .into_iter()
             .map(|c| (c.scheme, c.token68, c.params))

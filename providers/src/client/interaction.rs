@@ -256,3 +256,39 @@ where
 
 /// How long a user has to finish signing in before the flow is abandoned.
 pub(crate) const DEFAULT_AUTHORIZATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt() -> AuthorizationPrompt {
+        AuthorizationPrompt {
+            url: Url::parse("https://as.example/authorize?state=s").unwrap(),
+            redirect_uri: "http://127.0.0.1:9/callback".into(),
+            scopes: vec![],
+            issuer: "https://as.example".into(),
+            resource: "https://mcp.example/mcp".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn printing_the_url_waits_for_the_redirect() {
+        let outcome = PrintUrl.authorize(&prompt()).await.unwrap();
+        assert!(matches!(outcome, PromptOutcome::AwaitRedirect));
+    }
+
+    #[test]
+    fn redirects_are_matched_on_origin_and_path() {
+        let redirect = Url::parse("http://127.0.0.1:9/callback").unwrap();
+        let matches = |u: &str| is_redirect_to(&Url::parse(u).unwrap(), &redirect);
+        assert!(matches("http://127.0.0.1:9/callback?code=x&state=y"));
+        assert!(!matches("http://127.0.0.1:10/callback?code=x"));
+        assert!(!matches("http://127.0.0.1:9/other?code=x"));
+        assert!(!matches("https://127.0.0.1:9/callback?code=x"));
+        let debug = format!(
+            "{:?}",
+            PromptOutcome::Redirected(Url::parse("http://x/?code=secret").unwrap())
+        );
+        assert!(!debug.contains("secret"));
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mcp_authkit_core::{
     Access, BeginOutcome, CallbackParams, Clock, ExposeSecret, FlowOutcome, FlowRequest, FlowState,
-    LifecycleConfig, OAuthError, OAuthErrorKind, PendingFlow, PendingStore, SecretString,
+    LifecycleConfig, OAuthError, OAuthErrorKind, PendingFlow, PendingStore, Revision, SecretString,
     SystemClock, TokenKey, TokenLifecycle, TokenRecord, TokenStore,
 };
 use serde_json::{Value, json};
@@ -116,9 +116,18 @@ struct Inner {
     listener: tokio::sync::Mutex<Option<LoopbackListener>>,
     /// Flows this provider is showing to the user right now.
     own_flows: Mutex<HashSet<String>>,
-    /// The scopes of the latest step-up and how many step-ups in a row
-    /// asked for exactly them.
-    last_step_up: Mutex<Option<(BTreeSet<String>, u32)>>,
+    /// The latest step-up: how many in a row asked for the same scopes.
+    last_step_up: Mutex<Option<StepUp>>,
+}
+
+/// Step-ups in a row for one set of scopes.
+struct StepUp {
+    scopes: BTreeSet<String>,
+    attempts: u32,
+    /// The revision of the refused token that triggered the latest one:
+    /// another refusal of that same token is a concurrent request, not a
+    /// new attempt.
+    from: Option<Revision>,
 }
 
 /// What discovery found for the MCP server, and the lifecycle that serves
@@ -709,23 +718,38 @@ impl OAuthClientProvider {
     }
 
     /// Runs (or joins) an authorization for `scopes` and returns the new
-    /// token.
+    /// token. `replacing` is the revision of the stored token (if any) when
+    /// the caller decided it needs a new one.
     async fn authorize(
         &self,
         session: Arc<Session>,
         scopes: Vec<String>,
+        replacing: Option<Revision>,
+        needed: &[String],
     ) -> Result<BearerToken, ClientAuthError> {
         let redirect_uri = self.redirect_uri(&session).await?;
         let session = self.session_with_identity(session, &redirect_uri).await?;
         let request = FlowRequest::default()
-            .scopes(scopes)
+            .scopes(scopes.clone())
             .redirect_uri(redirect_uri.clone());
         let begun = session
             .lifecycle
             .begin_authorization(&session.resource, request)
             .await?;
         match begun {
-            BeginOutcome::Started(flow) => self.run_flow(&session, flow).await?,
+            BeginOutcome::Started(flow) => {
+                // A concurrent request's flow may have finished between our
+                // decision and this start (its token is stored before its
+                // flow ends): then ours is not needed.
+                if let Some(fresh) = self.fresh_token(&session, replacing, needed).await? {
+                    let outcome = FlowOutcome::Authorized {
+                        revision: fresh.revision().expect("a stored token has a revision"),
+                    };
+                    session.lifecycle.abandon_flow(&flow.state, outcome).await?;
+                    return Ok(fresh);
+                }
+                self.run_flow(&session, flow).await?
+            }
             BeginOutcome::Joined(flow)
                 if matches!(self.inner.redirect, RedirectTarget::Loopback(_))
                     && flow.redirect_uri == redirect_uri
@@ -748,6 +772,24 @@ impl OAuthClientProvider {
                  meanwhile",
             ))),
         }
+    }
+
+    /// A valid stored token other than the one at `replacing` that has the
+    /// `scopes` the server asked for.
+    async fn fresh_token(
+        &self,
+        session: &Session,
+        replacing: Option<Revision>,
+        scopes: &[String],
+    ) -> Result<Option<BearerToken>, ClientAuthError> {
+        let key = session.token_key(&self.inner.namespace);
+        let Some(stored) = self.inner.tokens.get(&key).await? else {
+            return Ok(None);
+        };
+        let fresh = Some(stored.revision) != replacing
+            && !stored.record.is_expired_at(self.inner.clock.now())
+            && stored.record.has_scopes(scopes);
+        Ok(fresh.then(|| BearerToken::from_stored(&stored)))
     }
 
     fn is_own_flow(&self, state: &FlowState) -> bool {
@@ -897,11 +939,21 @@ impl OAuthClientProvider {
         union(previously_granted, &scopes)
     }
 
-    fn count_step_up(&self, scopes: &[String]) -> Result<(), ClientAuthError> {
+    /// Counts a step-up for `scopes` triggered by the refusal of the token at
+    /// `from`; refuses once `max_step_up_attempts` in a row asked for the
+    /// same scopes.
+    fn count_step_up(
+        &self,
+        scopes: &[String],
+        from: Option<Revision>,
+    ) -> Result<(), ClientAuthError> {
         let wanted: BTreeSet<String> = scopes.iter().cloned().collect();
         let mut last = lock(&self.inner.last_step_up);
         let attempts = match last.as_ref() {
-            Some((previous, n)) if *previous == wanted => n + 1,
+            Some(step) if step.scopes == wanted && from.is_some() && step.from == from => {
+                return Ok(());
+            }
+            Some(step) if step.scopes == wanted => step.attempts + 1,
             _ => 1,
         };
         if attempts > self.inner.max_step_up_attempts {
@@ -910,7 +962,11 @@ impl OAuthClientProvider {
                 attempts: attempts - 1,
             });
         }
-        *last = Some((wanted, attempts));
+        *last = Some(StepUp {
+            scopes: wanted,
+            attempts,
+            from,
+        });
         Ok(())
     }
 }
@@ -944,7 +1000,9 @@ impl AuthProvider for OAuthClientProvider {
         let scopes = self.scopes_after_unauthorized(&session, challenge, &granted);
         *lock(&self.inner.last_step_up) = None;
         let session = self.session().unwrap_or(session);
-        self.authorize(session, scopes).await
+        let refused = challenge.rejected_token().and_then(BearerToken::revision);
+        self.authorize(session, scopes, refused, &challenge.scopes())
+            .await
     }
 
     async fn handle_forbidden(
@@ -959,25 +1017,32 @@ impl AuthProvider for OAuthClientProvider {
         }
         let session = self.session_for(challenge).await?;
         let key = session.token_key(&self.inner.namespace);
-        let granted = match challenge.rejected_token() {
-            Some(token) if !token.scopes().is_empty() => token.scopes().to_vec(),
-            _ => self
-                .inner
-                .tokens
-                .get(&key)
-                .await?
-                .map(|s| s.record.scopes)
-                .unwrap_or_default(),
+        let refused = challenge.rejected_token();
+        let stored = self.inner.tokens.get(&key).await?;
+        let granted = match (refused, &stored) {
+            (Some(token), _) if !token.scopes().is_empty() => token.scopes().to_vec(),
+            (_, Some(stored)) => stored.record.scopes.clone(),
+            _ => Vec::new(),
         };
         let mut required = challenge.scopes();
         if required.is_empty() {
             required = session.scopes_supported.clone().unwrap_or_default();
         }
         let scopes = union(&granted, &required);
-        self.count_step_up(&scopes)?;
+        if let (Some(refused), Some(stored)) = (refused, &stored)
+            && refused.revision() != Some(stored.revision)
+            && !stored.record.is_expired_at(self.inner.clock.now())
+            && stored.record.has_scopes(&scopes)
+        {
+            // A concurrent request already stepped up to these scopes.
+            return Ok(BearerToken::from_stored(stored));
+        }
+        self.count_step_up(&scopes, refused.and_then(BearerToken::revision))?;
         tracing::info!(?scopes, "stepping up scopes");
         let session = self.session().unwrap_or(session);
-        self.authorize(session, scopes).await
+        let refused = refused.and_then(BearerToken::revision);
+        self.authorize(session, scopes.clone(), refused, &scopes)
+            .await
     }
 }
 

@@ -27,8 +27,7 @@ async fn whoami(client: &RunningService<RoleClient, ()>) -> String {
         .call_tool(CallToolRequestParams::new("whoami"))
         .await
         .expect("the tool call succeeds");
-    let text = result.content[0].as_text().expect("text").text.clone();
-    text
+    result.content[0].as_text().expect("text").text.clone()
 }
 
 #[tokio::test]
@@ -82,4 +81,40 @@ async fn a_static_token_is_sent_and_a_refusal_is_final() {
         "never retried"
     );
     assert_eq!(world.resource.hits(ResourceEvent::Authorized), 0);
+}
+
+#[tokio::test]
+async fn the_transport_bounds_step_ups_per_request() {
+    // The user never grants the write scope the server requires.
+    let world = World::with(
+        mcp_authkit_testkit::TestAuthServer::builder().settings(|s| {
+            s.grant_only = Some(vec!["notes:read".into()]);
+        }),
+    )
+    .await;
+    world
+        .resource
+        .update_settings(|s| s.required_scopes = vec!["notes:read".into()]);
+    let provider = world.provider().build().unwrap();
+    let client = ()
+        .serve(StreamableHttpClientTransport::with_client(
+            AuthorizedHttpClient::new(reqwest::Client::new(), provider).max_step_ups(1),
+            StreamableHttpClientTransportConfig::with_uri(world.mcp_url.as_str()),
+        ))
+        .await
+        .expect("connected with notes:read");
+
+    world.resource.update_settings(|s| {
+        s.required_scopes = vec!["notes:read".into(), "notes:write".into()];
+    });
+    let error = client
+        .call_tool(CallToolRequestParams::new("whoami"))
+        .await
+        .expect_err("still forbidden");
+    assert!(format!("{error:?}").contains("Insufficient"), "{error:?}");
+    // The sign-in, then exactly one step-up, also when the SSE stream's GET
+    // was refused at the same time as the tool call.
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 2);
+    let forbidden = world.resource.hits(ResourceEvent::Forbidden);
+    assert!((2..=4).contains(&forbidden), "{forbidden} refusals");
 }
