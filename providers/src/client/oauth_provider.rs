@@ -136,6 +136,9 @@ struct Session {
     issuer: String,
     resource: String,
     resource_metadata_url: String,
+    /// The `resource_metadata` of the challenge that led to this discovery
+    /// (the metadata may have been found elsewhere, at a fallback URL).
+    challenge_metadata_url: Option<String>,
     scopes_supported: Option<Vec<String>>,
     server: Arc<AuthorizationServerMetadata>,
     credentials: Option<ClientCredentials>,
@@ -479,9 +482,10 @@ impl OAuthClientProvider {
     ) -> Result<Arc<Session>, ClientAuthError> {
         let keep = |session: &Session| {
             session.live
-                && challenge
-                    .resource_metadata()
-                    .is_none_or(|url| url == session.resource_metadata_url)
+                && challenge.resource_metadata().is_none_or(|url| {
+                    url == session.resource_metadata_url
+                        || session.challenge_metadata_url.as_deref() == Some(url)
+                })
         };
         if let Some(session) = self.session().filter(|s| keep(s)) {
             return Ok(session);
@@ -502,15 +506,17 @@ impl OAuthClientProvider {
             )
             .await?;
         let credentials = self.known_credentials(&server.metadata).await?;
-        let session = Arc::new(self.new_session(
+        let mut session = self.new_session(
             &resource.metadata.resource,
             resource.url.as_str(),
             resource.metadata.scopes_supported.clone(),
             server.metadata,
             credentials,
             true,
-        )?);
+        )?;
+        session.challenge_metadata_url = challenge.resource_metadata().map(str::to_owned);
         tracing::debug!(issuer = %session.issuer, resource = %session.resource, "discovered");
+        let session = Arc::new(session);
         self.set_session(Arc::clone(&session));
         Ok(session)
     }
@@ -568,6 +574,7 @@ impl OAuthClientProvider {
             issuer: metadata.issuer.clone(),
             resource: resource.to_owned(),
             resource_metadata_url: resource_metadata_url.to_owned(),
+            challenge_metadata_url: None,
             scopes_supported,
             server: metadata,
             credentials,
@@ -681,14 +688,16 @@ impl OAuthClientProvider {
         {
             return Ok(session);
         }
-        let updated = Arc::new(self.new_session(
+        let mut updated = self.new_session(
             &session.resource,
             &session.resource_metadata_url,
             session.scopes_supported.clone(),
             (*session.server).clone(),
             Some(registration.credentials),
             session.live,
-        )?);
+        )?;
+        updated.challenge_metadata_url = session.challenge_metadata_url.clone();
+        let updated = Arc::new(updated);
         self.set_session(Arc::clone(&updated));
         Ok(updated)
     }
@@ -862,9 +871,9 @@ impl OAuthClientProvider {
             }
         };
         let params = callback_params(&callback, &flow)?;
-        guard.completing();
+        // From here on the lifecycle ends the flow, whatever happens.
+        guard.disarm();
         let completed = session.lifecycle.complete_authorization(params).await?;
-        guard.done();
         match completed.outcome {
             FlowOutcome::Authorized { .. } => Ok(()),
             outcome => Err(outcome_error(outcome)),
@@ -1141,8 +1150,7 @@ struct FlowGuard {
     provider: OAuthClientProvider,
     lifecycle: TokenLifecycle,
     state: FlowState,
-    completing: bool,
-    done: bool,
+    armed: bool,
 }
 
 impl FlowGuard {
@@ -1152,26 +1160,21 @@ impl FlowGuard {
             provider: provider.clone(),
             lifecycle: session.lifecycle.clone(),
             state: state.clone(),
-            completing: false,
-            done: false,
+            armed: true,
         }
     }
 
-    /// The callback is being processed: from now on, completion (or its
-    /// failure) ends the flow.
-    fn completing(&mut self) {
-        self.completing = true;
-    }
-
-    fn done(&mut self) {
-        self.done = true;
+    /// The callback is being processed: completion (or its failure) ends
+    /// the flow, not this guard.
+    fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for FlowGuard {
     fn drop(&mut self) {
         lock(&self.provider.inner.own_flows).remove(self.state.as_str());
-        if self.done || self.completing {
+        if !self.armed {
             return;
         }
         let lifecycle = self.lifecycle.clone();

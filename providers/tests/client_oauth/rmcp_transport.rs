@@ -49,10 +49,13 @@ async fn an_rmcp_client_signs_in_refreshes_and_steps_up() {
         "only the first request"
     );
 
-    // The token dies at the server: the next request refreshes and retries.
+    // The token dies at the server: the next request refreshes and retries,
+    // without discovering again.
+    let metadata_fetches = world.resource.hits(ResourceEvent::Metadata);
     world.auth.expire_access_tokens();
     assert_eq!(whoami(&client).await, "test-user [notes:read]");
     assert_eq!(world.auth.hits(Endpoint::RefreshTokenGrant), 1);
+    assert_eq!(world.resource.hits(ResourceEvent::Metadata), metadata_fetches);
 
     // An operation needs more scopes: 403 -> step up -> retry.
     world
