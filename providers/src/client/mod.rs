@@ -14,8 +14,8 @@
 //! - [`UserInteraction`]: how the user signs in ([`OpenBrowser`],
 //!   [`PrintUrl`], [`HeadlessRedirect`], or your own), with a built-in
 //!   loopback redirect listener ([`LoopbackRedirect`]).
-//! - With the `rmcp` feature: [`transport`], an rmcp streamable-HTTP client
-//!   that uses any `AuthProvider`, and [`rmcp_stores`], rmcp's own
+//! - With the `rmcp` feature: `transport`, an rmcp streamable-HTTP client
+//!   that uses any `AuthProvider`, and `rmcp_stores`, rmcp's own
 //!   `CredentialStore`/`StateStore` on mcp-authkit stores.
 //!
 //! # Example: an rmcp client that signs in once and stays signed in

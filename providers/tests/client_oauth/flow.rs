@@ -228,8 +228,33 @@ async fn concurrent_401s_share_one_sign_in() {
     assert_eq!(world.auth.hits(Endpoint::AuthorizationCodeGrant), 1);
 }
 
+/// Collects every log line, at every level.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
-async fn secrets_never_show_in_debug_output_or_errors() {
+async fn secrets_never_show_in_debug_output_errors_or_logs() {
+    // A current-thread runtime: every task of this test logs through this
+    // thread's subscriber.
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
     let world = World::with(
         TestAuthServer::builder().settings(|s| s.iss_parameter = IssParameter::Correct),
     )
@@ -257,12 +282,18 @@ async fn secrets_never_show_in_debug_output_or_errors() {
         .auth
         .update_settings(|s| s.consent = ConsentMode::Deny);
     let error = world.whoami(&provider).await.unwrap_err().auth();
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("registered a client"),
+        "the logs were captured"
+    );
     let printed = [
         format!("{provider:?}"),
         format!("{token:?}"),
         format!("{stored:?}"),
         format!("{error:?}"),
         error.to_string(),
+        logged,
     ];
     for text in &printed {
         for secret in &secrets {

@@ -55,7 +55,10 @@ async fn an_rmcp_client_signs_in_refreshes_and_steps_up() {
     world.auth.expire_access_tokens();
     assert_eq!(whoami(&client).await, "test-user [notes:read]");
     assert_eq!(world.auth.hits(Endpoint::RefreshTokenGrant), 1);
-    assert_eq!(world.resource.hits(ResourceEvent::Metadata), metadata_fetches);
+    assert_eq!(
+        world.resource.hits(ResourceEvent::Metadata),
+        metadata_fetches
+    );
 
     // An operation needs more scopes: 403 -> step up -> retry.
     world
