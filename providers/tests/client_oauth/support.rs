@@ -4,6 +4,9 @@
 //! store that outlives provider instances, as a persistent store would
 //! outlive a process.
 
+// Shared by several test binaries, each using part of it.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 
 use axum::Router;
