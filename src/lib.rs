@@ -39,21 +39,18 @@ pub mod memory {
 /// The SQLite backend.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_store_sqlite::*;
 }
 
 /// The Redis backend.
 #[cfg(feature = "redis")]
 pub mod redis {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_store_redis::*;
 }
 
 /// Encryption at rest over any store.
 #[cfg(feature = "encrypted")]
 pub mod encrypted {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_store_encrypted::*;
 }
 

@@ -91,7 +91,10 @@ impl ChildProcess {
                 .await
                 .expect("the child process stopped reporting")
                 .expect("reading the child's stdout")?;
-            if let Some(report) = line.strip_prefix(PREFIX) {
+            // Not only at the start: with one test thread, libtest prints
+            // "test <name> ... " before the test runs, on the same line as
+            // the child's first report.
+            if let Some((_, report)) = line.split_once(PREFIX) {
                 return Some(report.to_owned());
             }
         }

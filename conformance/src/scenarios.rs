@@ -549,7 +549,11 @@ pub async fn pending_insert_get_take(h: Harness) {
     let key = unique_key("flow");
     let f = flow(&key, MINUTE);
     assert_eq!(store.insert(&f).await.unwrap(), InsertOutcome::Inserted);
-    let read = store.get(&f.state).await.unwrap().expect("inserted flow");
+    let read = store
+        .get_flow(&f.state)
+        .await
+        .unwrap()
+        .expect("inserted flow");
     assert_eq!(read.state, f.state);
     assert_eq!(read.key, f.key);
     assert_eq!(
@@ -579,10 +583,16 @@ pub async fn pending_insert_get_take(h: Harness) {
         "a flow is taken once"
     );
     assert!(
-        store.get(&f.state).await.unwrap().is_none(),
+        store.get_flow(&f.state).await.unwrap().is_none(),
         "a taken flow is gone"
     );
-    assert!(store.get(&FlowState::generate()).await.unwrap().is_none());
+    assert!(
+        store
+            .get_flow(&FlowState::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.take(&FlowState::generate()).await.unwrap().is_none());
 }
 
@@ -628,7 +638,7 @@ pub async fn pending_expiry(h: Harness) {
     assert!(
         replicas[1]
             .pending
-            .get(&short.state)
+            .get_flow(&short.state)
             .await
             .unwrap()
             .is_some()
@@ -637,7 +647,7 @@ pub async fn pending_expiry(h: Harness) {
     assert!(
         replicas[1]
             .pending
-            .get(&short.state)
+            .get_flow(&short.state)
             .await
             .unwrap()
             .is_none(),
@@ -837,7 +847,7 @@ pub async fn wait_times_out(h: Harness) {
         "returned long after its timeout: {elapsed:?}"
     );
     assert!(
-        store.get(&f.state).await.unwrap().is_some(),
+        store.get_flow(&f.state).await.unwrap().is_some(),
         "a timed-out wait leaves the flow alone"
     );
 }
@@ -922,12 +932,12 @@ pub async fn purge_removes_expired_only(h: Harness) {
         "purge counted live entries: {report:?}"
     );
     for f in &expiring {
-        assert!(store.get(&f.state).await.unwrap().is_none());
+        assert!(store.get_flow(&f.state).await.unwrap().is_none());
         assert!(store.active_flow(&f.key).await.unwrap().is_none());
     }
     assert!(store.outcome(&done.state).await.unwrap().is_none());
     assert!(
-        store.get(&live.state).await.unwrap().is_some(),
+        store.get_flow(&live.state).await.unwrap().is_some(),
         "purge keeps live flows"
     );
     assert_eq!(

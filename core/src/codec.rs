@@ -45,8 +45,17 @@ struct VersionOnly {
 }
 
 fn version_of(bytes: &[u8], what: &'static str, supported: u64) -> Result<u64, CodecError> {
-    let VersionOnly { v } =
-        serde_json::from_slice(bytes).map_err(|e| CodecError::Malformed(e.into()))?;
+    // Every encoder here writes `{"v":N,` first, so reading the digits
+    // spares a second JSON parse on each read; anything else (hand-edited or
+    // foreign data) takes the full parse.
+    let v = match leading_version(bytes) {
+        Some(v) => v,
+        None => {
+            let VersionOnly { v } =
+                serde_json::from_slice(bytes).map_err(|e| CodecError::Malformed(e.into()))?;
+            v
+        }
+    };
     if v > supported || v == 0 {
         return Err(CodecError::UnsupportedVersion {
             what,
@@ -55,6 +64,16 @@ fn version_of(bytes: &[u8], what: &'static str, supported: u64) -> Result<u64, C
         });
     }
     Ok(v)
+}
+
+/// N of a value that starts with `{"v":N,` (at most 9 digits).
+fn leading_version(bytes: &[u8]) -> Option<u64> {
+    let rest = bytes.strip_prefix(br#"{"v":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || rest.get(digits) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 fn expose(secret: &SecretString) -> &str {
@@ -286,6 +305,26 @@ mod tests {
         assert!(matches!(
             decode_flow(br#"{"x":1}"#),
             Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn version_is_read_fast_or_by_a_full_parse() {
+        assert_eq!(leading_version(br#"{"v":1,"a":2}"#), Some(1));
+        assert_eq!(leading_version(br#"{"v":12,"a":2}"#), Some(12));
+        assert_eq!(leading_version(br#"{ "v":1,"a":2}"#), None);
+        assert_eq!(leading_version(br#"{"v":1}"#), None);
+        assert_eq!(leading_version(br#"{"v":-1,"#), None);
+        // Other spellings of the same document still decode.
+        let spaced = br#"{ "access_token":"a", "v": 1, "token_type":"Bearer","obtained_at":7}"#;
+        assert_eq!(
+            decode_token(spaced).unwrap().access_token.expose_secret(),
+            "a"
+        );
+        let newer = br#"{"token_type":"x","v":3}"#;
+        assert!(matches!(
+            decode_token(newer),
+            Err(CodecError::UnsupportedVersion { found: 3, .. })
         ));
     }
 

@@ -14,11 +14,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// No variant ever carries a token, a refresh token, a PKCE verifier or an
 /// authorization code; every message names what failed and what to do.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// A backend could not be reached or refused the operation.
-    #[error("{backend} store: {operation} failed: {source}")]
     Backend {
         /// Which backend (`"sqlite"`, `"redis"`, ...).
         backend: &'static str,
@@ -28,30 +27,20 @@ pub enum Error {
         /// a busy database), as opposed to a permanent refusal.
         retryable: bool,
         /// The backend's own error.
-        #[source]
         source: BoxError,
     },
 
     /// A stored value is not in a format this library wrote.
-    #[error(
-        "{backend} store: the value at {location} is not a record this library can read \
-         (corrupt, or written by something else): {source}"
-    )]
     Decode {
         /// Which backend.
         backend: &'static str,
         /// Where the value is (a key name or row), never its content.
         location: String,
         /// The decoder's error.
-        #[source]
         source: BoxError,
     },
 
     /// Stored data or a schema was written by a newer release.
-    #[error(
-        "{what} uses format version {found}, but this release of mcp-authkit reads versions \
-         up to {supported}: upgrade mcp-authkit, or point it at data this release wrote"
-    )]
     UnsupportedFormat {
         /// What carries the version (`"token record"`, `"sqlite schema"`, ...).
         what: &'static str,
@@ -62,7 +51,6 @@ pub enum Error {
     },
 
     /// A configuration value or argument is not usable.
-    #[error("invalid {what}: {reason}")]
     InvalidInput {
         /// What was wrong (`"redis url"`, `"flow ttl"`, ...).
         what: &'static str,
@@ -71,18 +59,12 @@ pub enum Error {
     },
 
     /// An authorization server refused or failed a request.
-    #[error(transparent)]
-    OAuth(#[from] OAuthError),
+    OAuth(OAuthError),
 
     /// A callback named a flow that is unknown, expired or already used.
-    #[error(
-        "no pending authorization flow matches this state: it is unknown, expired, or was \
-         already completed; start the action again to get a new link"
-    )]
     FlowNotFound,
 
     /// An operation did not finish in time.
-    #[error("{operation} did not finish within {after:?}")]
     Timeout {
         /// What timed out.
         operation: &'static str,
@@ -91,8 +73,72 @@ pub enum Error {
     },
 
     /// A bug or a broken invariant inside mcp-authkit; please report it.
-    #[error("internal error in mcp-authkit: {0}")]
     Internal(String),
+}
+
+/// Hands out the inner error of a shared source, so `downcast_ref` along
+/// `source()` finds the backend's own error type.
+fn shared(source: &BoxError) -> &(dyn std::error::Error + 'static) {
+    &**source
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Backend {
+                backend,
+                operation,
+                source,
+                ..
+            } => write!(f, "{backend} store: {operation} failed: {source}"),
+            Error::Decode {
+                backend,
+                location,
+                source,
+            } => write!(
+                f,
+                "{backend} store: the value at {location} is not a record this library can read \
+                 (corrupt, or written by something else): {source}"
+            ),
+            Error::UnsupportedFormat {
+                what,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{what} uses format version {found}, but this release of mcp-authkit reads \
+                 versions up to {supported}: upgrade mcp-authkit, or point it at data this \
+                 release wrote"
+            ),
+            Error::InvalidInput { what, reason } => write!(f, "invalid {what}: {reason}"),
+            Error::OAuth(error) => std::fmt::Display::fmt(error, f),
+            Error::FlowNotFound => f.write_str(
+                "no pending authorization flow matches this state: it is unknown, expired, or \
+                 was already completed; start the action again to get a new link",
+            ),
+            Error::Timeout { operation, after } => {
+                write!(f, "{operation} did not finish within {after:?}")
+            }
+            Error::Internal(message) => write!(f, "internal error in mcp-authkit: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Backend { source, .. } | Error::Decode { source, .. } => Some(shared(source)),
+            // Transparent: the OAuth error's own cause comes next.
+            Error::OAuth(error) => std::error::Error::source(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<OAuthError> for Error {
+    fn from(error: OAuthError) -> Self {
+        Error::OAuth(error)
+    }
 }
 
 impl Error {
@@ -240,15 +286,25 @@ pub enum OAuthErrorKind {
 }
 
 /// A classified failure from an authorization server or the OAuth client.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
+#[derive(Debug, Clone)]
 pub struct OAuthError {
     kind: OAuthErrorKind,
     message: String,
     code: Option<String>,
     status: Option<u16>,
-    #[source]
     source: Option<BoxError>,
+}
+
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OAuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(shared)
+    }
 }
 
 impl OAuthError {
@@ -381,7 +437,11 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::BrokenPipe),
         );
         assert!(backend.is_retryable());
-        assert!(std::error::Error::source(&backend).is_some(), "source kept");
+        let source = std::error::Error::source(&backend).expect("source kept");
+        assert!(
+            source.downcast_ref::<std::io::Error>().is_some(),
+            "the chain hands out the backend's own error, not the Arc around it"
+        );
     }
 
     #[test]

@@ -809,7 +809,7 @@ impl TokenLifecycle {
         flow.attributes = request.attributes;
         match self.inner.pending.insert(&flow).await? {
             InsertOutcome::Inserted => Ok(BeginOutcome::Started(flow)),
-            InsertOutcome::Joined(state) => Ok(match self.inner.pending.get(&state).await? {
+            InsertOutcome::Joined(state) => Ok(match self.inner.pending.get_flow(&state).await? {
                 Some(existing) => BeginOutcome::Joined(existing),
                 None => BeginOutcome::Completing(state),
             }),
@@ -821,7 +821,7 @@ impl TokenLifecycle {
         Ok(self
             .inner
             .pending
-            .get(state)
+            .get_flow(state)
             .await?
             .filter(|flow| flow.key.provider() == self.inner.provider))
     }

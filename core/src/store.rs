@@ -203,7 +203,7 @@ pub trait PendingStore: Send + Sync + 'static {
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome>;
 
     /// The pending flow with this state, without taking it.
-    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>>;
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>>;
 
     /// The state of the key's active flow, pending or being completed.
     async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>>;
@@ -350,8 +350,8 @@ impl<T: PendingStore + ?Sized> PendingStore for Arc<T> {
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         (**self).insert(flow).await
     }
-    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        (**self).get(state).await
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        (**self).get_flow(state).await
     }
     async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
         (**self).active_flow(key).await

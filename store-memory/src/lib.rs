@@ -285,7 +285,7 @@ impl PendingStore for MemoryStore {
         Ok(InsertOutcome::Inserted)
     }
 
-    async fn get(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         let now = self.now();
         Ok(self.lock().live_flow(state, now).cloned())
     }

@@ -1,1 +1,395 @@
-//! Placeholder: filled by its own issue.
+//! # mcp-authkit-store-redis
+//!
+//! The Redis backend of mcp-authkit: tokens, refresh leases and pending
+//! authorization flows shared by every replica of an application. Use it
+//! when several server processes sit behind a load balancer: the tool call
+//! waits on replica A while the OAuth callback lands on replica B, and A
+//! wakes within milliseconds.
+//!
+//! [`RedisStore`] implements both [`TokenStore`] and [`PendingStore`] with
+//! every guarantee those traits list (the `mcp-authkit-conformance` suite
+//! checks them against a real server, with a second OS process). It needs
+//! Redis 6.2 or newer (or a compatible server speaking RESP3).
+//!
+//! ```
+//! use mcp_authkit_core::{TokenKey, TokenRecord, TokenStore, Timestamp};
+//! use mcp_authkit_store_redis::RedisStore;
+//! # use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> mcp_authkit_core::Result<()> {
+//! # let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+//! # let prefix = format!("doc-example:{}", mcp_authkit_core::random_urlsafe(8));
+//! let store = RedisStore::builder(url) // redis://, rediss:// or unix:///path
+//!     .prefix(prefix)                   // every key of this store starts with it
+//!     .connect_timeout(Duration::from_secs(2))
+//!     .connect()
+//!     .await?;
+//! let key = TokenKey::new("github", "user-1");
+//! let revision = store.put(&key, &TokenRecord::new("gho_x", Timestamp::now())).await?;
+//! assert_eq!(store.get(&key).await?.unwrap().revision, revision);
+//! # store.delete_namespace().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connections
+//!
+//! A store holds one command connection (a redis-rs `ConnectionManager`,
+//! which reconnects by itself after a drop) and, once something waits for a
+//! flow, one subscription connection. Clones share both: however many flows
+//! a process waits on, it uses two connections per store. Both carry the
+//! `CLIENT SETNAME` given to [`RedisStoreBuilder::client_name`], so they are
+//! easy to find in `CLIENT LIST`.
+//!
+//! When Redis goes away (a killed connection, a restart), operations in
+//! flight fail with a retryable error ([`Error::is_retryable`]), later
+//! operations reconnect by themselves, and waiters re-subscribe and read the
+//! stored outcome again, so they still see every completion. Nothing ever
+//! waits longer than the configured timeouts: an unreachable server is an
+//! error after the connect timeout.
+//!
+//! With Redis ACLs, give the store's user the rules of [`acl_rules`]: the
+//! prefix's keys, its completion channel, and the commands the store uses.
+//! (Users created on Redis 7 have no pub/sub channels by default; without
+//! the channel, `complete` and `wait` fail with a permission error.)
+//!
+//! # Key layout
+//!
+//! Every key starts with the prefix `P` (default `mcp-authkit`) and carries a
+//! [hash tag](https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags)
+//! in braces. `T` stands for a token key, written as
+//! `escape(provider).escape(subject)`, and `S` for a flow state, written as
+//! `escape(state)`, where `escape` percent-encodes every byte except ASCII
+//! letters, digits and `-_~@+=!$&,;:/#'()` (so `{`, `}`, `.`, `%`, spaces and
+//! non-ASCII are escaped, and names stay readable in `redis-cli`). The
+//! prefix may not contain braces, so the tag is always ours.
+//!
+//! | key | type | holds | expires |
+//! |---|---|---|---|
+//! | `P:tok:{T}` | hash | `rev` (revision), `rec` (the record, [`codec`] bytes) | never |
+//! | `P:tomb:{T}` | string | the revision of a deleted token | after the tombstone TTL (24 h) |
+//! | `P:lease:{T}` | string | the refresh lease holder's random token | after the lease TTL |
+//! | `P:active:{T}` | string | the state of the key's active flow | with the flow |
+//! | `P:flow:{S}` | string | a pending flow ([`codec`] bytes) | at the flow's `expires_at` |
+//! | `P:out:{S}` | string | a completed flow's outcome ([`codec`] bytes) | after `keep_for` |
+//!
+//! Completions are announced on the pub/sub channel `P:completions` with the
+//! message `S <outcome>`.
+//!
+//! ## Why it works on Redis Cluster
+//!
+//! Every command and every script touches keys of one hash tag only, so each
+//! runs on one shard (a test runs the whole store against a cluster-mode
+//! server, which refuses cross-slot scripts):
+//!
+//! - token writes, compare-and-swap and deletes are one script over
+//!   `P:tok:{T}` and `P:tomb:{T}`; leases are one `SET NX PX` (with a
+//!   `PTTL` in the same round trip) or one compare-and-delete script on
+//!   `P:lease:{T}`;
+//! - `take(state)` knows only the state, so a flow lives under `{S}`, and
+//!   taking it is one script on `P:flow:{S}`;
+//! - `complete` removes the flow and stores the outcome in one script on
+//!   `P:flow:{S}` and `P:out:{S}`, which also publishes the completion.
+//!
+//! Two operations need keys of both kinds, and run as two single-tag steps
+//! in an order that is safe whatever happens between them:
+//!
+//! - `insert(flow)` first stores the flow under `{S}`, then claims
+//!   `P:active:{T}`. Until the claim lands nobody knows the new state, so
+//!   the unclaimed flow is invisible; a caller that joins an active flow
+//!   always finds it stored. If the claim loses (another flow is active),
+//!   the flow is removed again; if the process dies in between, the flow
+//!   expires by its TTL.
+//! - `complete` first ends the active mark (only if it still names this
+//!   state), then stores the outcome and publishes it, so a woken waiter
+//!   that starts a new flow is not joined to the finished one.
+//!
+//! On a single server both steps go out as one pipeline, in that order, in
+//! one round trip. Revisions come from the server clock (see below), never
+//! from a shared counter key, which would need its own slot. Cluster
+//! support itself (a cluster client, sharded pub/sub) is not in this release.
+//!
+//! # Guarantees and how they are kept
+//!
+//! - **Revisions** are `max(previous + 1, server time in µs)`, computed in
+//!   the write script. A delete leaves the last revision in a tombstone for
+//!   [`RedisStoreBuilder::tombstone_ttl`], so a token written again continues
+//!   above it; after that the server clock alone keeps revisions growing.
+//! - **Compare-and-swap** and **delete-if-revision** are scripts that compare
+//!   the stored revision and write in one atomic step.
+//! - **Leases**: `SET NX PX` with a random token; release deletes the key
+//!   only if it still holds that token.
+//! - **take** is a script that reads and deletes the flow: exactly one caller
+//!   gets it.
+//! - **TTLs**: every pending flow, active mark, outcome, lease and tombstone
+//!   expires by Redis itself, so nothing of a flow stays forever and
+//!   [`PendingStore::purge_expired`] has nothing to do.
+//! - **wait** never polls: it subscribes (through the store's one
+//!   subscription connection) before it reads the stored outcome, so a
+//!   completion is either stored already or delivered.
+//! - **Foreign data**: a value under our prefix that this library did not
+//!   write (another type, another shape) is a decode error naming the key,
+//!   and no operation overwrites or deletes it. Flow and outcome keys are
+//!   named with the state shortened, since a state is a credential.
+//!
+//! Values are the versioned bytes of [`codec`]; wrap the store in
+//! `mcp-authkit-store-encrypted` to keep tokens encrypted at rest.
+//!
+//! # Features
+//!
+//! - `tls` (default): rediss:// URLs, through rustls on the aws-lc-rs
+//!   provider. Without it, a rediss:// URL is a configuration error.
+//! - `testing`: the `testing` module, helpers that find a Redis
+//!   for tests (`REDIS_URL`) or fail saying how to provide one.
+//! - `testcontainers`: `testing` also starts a throwaway `redis:7`
+//!   container (through the `docker` command line) when no Redis answers,
+//!   outside CI.
+//!
+//! [`codec`]: mcp_authkit_core::codec
+//! [`TokenStore`]: mcp_authkit_core::TokenStore
+//! [`PendingStore`]: mcp_authkit_core::PendingStore
+//! [`PendingStore::purge_expired`]: mcp_authkit_core::PendingStore::purge_expired
+//! [`Error::is_retryable`]: mcp_authkit_core::Error::is_retryable
+
+#![warn(missing_docs)]
+
+mod config;
+mod connection;
+mod error;
+mod keys;
+mod pending;
+mod scripts;
+mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tokens;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcp_authkit_core::{Clock, Result};
+use redis::aio::ConnectionManager;
+use redis::{Client, FromRedisValue, RedisResult};
+
+pub use config::{
+    DEFAULT_CLIENT_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_TOMBSTONE_TTL, RedisStoreBuilder,
+};
+
+use connection::{AbortOnDrop, Settings};
+use keys::Keys;
+use scripts::Scripts;
+use subscription::Completions;
+
+/// The backend name in errors.
+const BACKEND: &str = "redis";
+
+/// A token and pending-flow store on Redis; clones share the connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    settings: Settings,
+    manager: ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+    tombstone_ttl_ms: u64,
+    clock: Arc<dyn Clock>,
+    /// Started by the first wait; started again if the runtime it ran on
+    /// has shut down (a store shared by several test runtimes).
+    completions: Mutex<Option<Arc<Completions>>>,
+    address: String,
+    _renamer: AbortOnDrop,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("address", &self.inner.address)
+            .field("prefix", &self.inner.keys.prefix())
+            .field("client_name", &self.inner.settings.client_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` with the default prefix and timeouts; see
+    /// [`builder`](Self::builder) for the options.
+    pub async fn connect(url: &str) -> Result<RedisStore> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for a store on `url`: `redis://[user:password@]host:port/db`,
+    /// `rediss://...` for TLS, or `unix:///path/to/redis.sock`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url)
+    }
+
+    async fn open(
+        client: Client,
+        settings: Settings,
+        prefix: &str,
+        tombstone_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedisStore> {
+        let (manager, renamer) = connection::command_connection(&client, &settings).await?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                address: connection::describe_addr(&client),
+                client,
+                settings,
+                manager,
+                keys: Keys::new(prefix),
+                scripts: Scripts::new(),
+                tombstone_ttl_ms: millis(tombstone_ttl),
+                clock,
+                completions: Mutex::new(None),
+                _renamer: renamer,
+            }),
+        })
+    }
+
+    /// The key prefix of this store.
+    pub fn prefix(&self) -> &str {
+        self.inner.keys.prefix()
+    }
+
+    /// The `CLIENT SETNAME` of this store's connections.
+    pub fn client_name(&self) -> &str {
+        &self.inner.settings.client_name
+    }
+
+    /// Deletes every key of this store's prefix (and no other prefix's, even
+    /// one that starts with this one); returns how many. For tests and for
+    /// removing a tenant: it is not atomic, so stop using the prefix first.
+    pub async fn delete_namespace(&self) -> Result<u64> {
+        let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
+        let mut cursor = 0u64;
+        let mut deleted = 0;
+        loop {
+            let (next, names): (u64, Vec<String>) = self
+                .inner
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500),
+                )
+                .await
+                .map_err(|e| error::backend("delete namespace", e))?;
+            // One UNLINK per key (pipelined): keys of different hash tags
+            // live on different cluster shards.
+            let mut pipeline = redis::pipe();
+            for name in names.iter().filter(|name| self.inner.keys.is_ours(name)) {
+                pipeline.cmd("UNLINK").arg(name);
+            }
+            if !pipeline.is_empty() {
+                let removed: Vec<u64> = self
+                    .inner
+                    .query_pipeline(&pipeline)
+                    .await
+                    .map_err(|e| error::backend("delete namespace", e))?;
+                deleted += removed.iter().sum::<u64>();
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Inner {
+    /// Runs `cmd`; once more if the connection could not be opened (the
+    /// command never left, and the manager has started a new connection).
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        let mut connection = self.manager.clone();
+        match cmd.query_async(&mut connection).await {
+            Err(error) if error::never_sent(&error) => cmd.query_async(&mut connection).await,
+            result => result,
+        }
+    }
+
+    /// [`query`](Self::query) for a pipeline.
+    async fn query_pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        let mut connection = self.manager.clone();
+        match pipeline.query_async(&mut connection).await {
+            Err(error) if error::never_sent(&error) => pipeline.query_async(&mut connection).await,
+            result => result,
+        }
+    }
+
+    /// [`query`](Self::query) for a script (EVALSHA, loading it if the
+    /// server lost it).
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        let mut connection = self.manager.clone();
+        match invocation.invoke_async(&mut connection).await {
+            Err(error) if error::never_sent(&error) => {
+                invocation.invoke_async(&mut connection).await
+            }
+            result => result,
+        }
+    }
+
+    fn completions(&self) -> Arc<Completions> {
+        let mut current = self
+            .completions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*current {
+            Some(completions) if completions.is_running() => Arc::clone(completions),
+            _ => {
+                let started = Arc::new(Completions::start(
+                    self.client.clone(),
+                    self.settings.clone(),
+                    self.keys.channel().to_owned(),
+                ));
+                *current = Some(Arc::clone(&started));
+                started
+            }
+        }
+    }
+}
+
+/// The Redis ACL rules a user needs to run a store on `prefix`, and nothing
+/// more: its keys, its completion channel, and the commands the store and
+/// its scripts send. For example, in `redis-cli`:
+///
+/// ```text
+/// ACL SETUSER mcp-auth on >password <the rules>
+/// ```
+///
+/// ```
+/// let rules = mcp_authkit_store_redis::acl_rules("myapp:auth");
+/// assert!(rules.contains("~myapp:auth:*"));
+/// ```
+pub fn acl_rules(prefix: &str) -> String {
+    let prefix = keys::escape_glob(prefix);
+    format!(
+        "resetkeys ~{prefix}:* resetchannels &{prefix}:completions -@all \
+         +hello +auth +select +ping +client|setname \
+         +get +set +del +unlink +pttl +type +time +scan \
+         +hmget +hget +hexists +hset \
+         +eval +evalsha +script|load +subscribe +publish"
+    )
+}
+
+/// Whole milliseconds, at least one (Redis refuses a zero TTL).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}

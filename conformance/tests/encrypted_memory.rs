@@ -1,0 +1,17 @@
+//! The conformance suite through `EncryptedStore` over the in-process
+//! backend, and the check that secrets reach that backend sealed.
+
+mod backends {
+    pub mod encrypted;
+    pub mod memory;
+}
+
+use backends::encrypted::Encrypted;
+use backends::memory::Memory;
+
+mcp_authkit_conformance::conformance_tests!(Encrypted::new(Memory));
+
+#[test]
+fn secrets_stay_sealed_at_rest() {
+    backends::encrypted::secrets_stay_sealed_at_rest(Memory);
+}

@@ -1,0 +1,1239 @@
+//! [`OAuthClientProvider`]: OAuth 2.1 for MCP clients as the MCP
+//! authorization specification (2025-11-25) describes it, with tokens and
+//! registrations in mcp-authkit stores.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mcp_authkit_core::{
+    Access, BeginOutcome, CallbackParams, Clock, ExposeSecret, FlowOutcome, FlowRequest, FlowState,
+    LifecycleConfig, OAuthError, OAuthErrorKind, PendingFlow, PendingStore, Revision, SecretString,
+    SystemClock, TokenKey, TokenLifecycle, TokenRecord, TokenStore,
+};
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::client::challenge::AuthChallenge;
+use crate::client::discovery::{
+    AuthorizationServerMetadata, DiscoveredResource, DiscoveredServer, canonical_server_url,
+    check_server_metadata, discover_authorization_server, discover_resource,
+};
+use crate::client::error::ClientAuthError;
+use crate::client::fetch::Fetcher;
+use crate::client::interaction::{
+    AuthorizationPrompt, DEFAULT_AUTHORIZATION_TIMEOUT, OpenBrowser, PromptOutcome,
+    UserInteraction, is_redirect_to,
+};
+use crate::client::oauth::{ClientCredentials, ServerClient, TokenEndpointAuthMethod};
+use crate::client::provider::{AuthProvider, BearerToken};
+use crate::client::redirect::{LoopbackListener, LoopbackRedirect, RedirectTarget};
+use crate::client::registration::{ClientMetadata, PreRegisteredClient, Registration, register};
+use crate::http::OAuthHttpClient;
+
+/// The default [`namespace`](OAuthClientProviderBuilder::namespace) of
+/// stored records.
+pub const DEFAULT_NAMESPACE: &str = "mcp-client";
+
+/// The `token_type` that marks a stored discovery record.
+const DISCOVERY_RECORD: &str = "mcp-authkit/discovery";
+
+/// OAuth 2.1 for an MCP client, per the MCP authorization specification
+/// (2025-11-25); tokens and client registrations live in mcp-authkit stores.
+///
+/// On a `401` it discovers the MCP server's Protected Resource Metadata
+/// (RFC 9728) and its authorization server's metadata (RFC 8414 / OpenID
+/// Connect, with path insertion; the issuer is checked, and PKCE S256 must
+/// be advertised), finds a client identity (pre-registered, else a Client ID
+/// Metadata Document when the server accepts it, else dynamic client
+/// registration with the real redirect URI, stored and reused), and runs the
+/// authorization code flow with PKCE S256, `state`, the RFC 9207 `iss` check
+/// and the RFC 8707 `resource` on every request. The user completes it
+/// through a [`UserInteraction`] hook; the redirect arrives at the built-in
+/// loopback listener (or at the hook, headlessly).
+///
+/// Tokens are refreshed before they expire and when the server refuses
+/// them, single-flight in the process and (through the store's lease)
+/// across processes; a refresh token the server rejects (`invalid_grant`)
+/// leads to a new authorization. A `403 insufficient_scope` steps up to the
+/// union of the granted and the challenged scopes, a bounded number of
+/// times.
+///
+/// Records are keyed by authorization server and resource, under a
+/// namespace (default [`DEFAULT_NAMESPACE`]):
+///
+/// | record | provider | subject |
+/// |---|---|---|
+/// | the token | `{namespace}:{issuer}` | the resource (the MCP server's metadata `resource`) |
+/// | a dynamic client registration | `{namespace}/registration` | the issuer |
+/// | what discovery found | `{namespace}/discovery` | the MCP server URL |
+///
+/// so a persistent store (SQLite, Redis, encrypted, ...) keeps the client
+/// signed in across restarts without new discovery, registration or sign-in.
+///
+/// ```no_run
+/// use mcp_authkit_providers::client::{AuthProvider, ClientMetadata, OAuthClientProvider};
+/// use mcp_authkit_store_memory::MemoryStore;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = MemoryStore::new(); // a persistent store keeps users signed in
+/// let provider = OAuthClientProvider::builder("https://mcp.example.com/mcp")
+///     .store(store)
+///     .client_metadata(ClientMetadata::new("Notes CLI"))
+///     .build()?;
+/// // Hand it to a transport (see `client::transport` with the `rmcp`
+/// // feature), or drive it yourself:
+/// let token = provider.token().await?; // None until the first sign-in
+/// # let _ = token;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct OAuthClientProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    server: Url,
+    fetcher: Fetcher,
+    tokens: Arc<dyn TokenStore>,
+    pending: Arc<dyn PendingStore>,
+    clock: Arc<dyn Clock>,
+    namespace: String,
+    client_metadata: ClientMetadata,
+    pre_registered: Option<PreRegisteredClient>,
+    metadata_document_url: Option<String>,
+    redirect: RedirectTarget,
+    interaction: Arc<dyn UserInteraction>,
+    refresh_skew: Duration,
+    authorization_timeout: Duration,
+    max_step_up_attempts: u32,
+    session: RwLock<Option<Arc<Session>>>,
+    /// Serializes discovery and registration: concurrent 401s discover once
+    /// and register one client.
+    setup: tokio::sync::Mutex<()>,
+    listener: tokio::sync::Mutex<Option<LoopbackListener>>,
+    /// Flows this provider is showing to the user right now.
+    own_flows: Mutex<HashSet<String>>,
+    /// The latest step-up: how many in a row asked for the same scopes.
+    last_step_up: Mutex<Option<StepUp>>,
+}
+
+/// Step-ups in a row for one set of scopes.
+struct StepUp {
+    scopes: BTreeSet<String>,
+    attempts: u32,
+    /// The revision of the refused token that triggered the latest one:
+    /// another refusal of that same token is a concurrent request, not a
+    /// new attempt.
+    from: Option<Revision>,
+}
+
+/// What discovery found for the MCP server, and the lifecycle that serves
+/// its token.
+struct Session {
+    issuer: String,
+    resource: String,
+    resource_metadata_url: String,
+    /// The `resource_metadata` of the challenge that led to this discovery
+    /// (the metadata may have been found elsewhere, at a fallback URL).
+    challenge_metadata_url: Option<String>,
+    scopes_supported: Option<Vec<String>>,
+    server: Arc<AuthorizationServerMetadata>,
+    credentials: Option<ClientCredentials>,
+    lifecycle: TokenLifecycle,
+    /// Discovered by this process (as opposed to read back from the store).
+    live: bool,
+}
+
+impl Session {
+    fn token_key(&self, namespace: &str) -> TokenKey {
+        TokenKey::new(
+            token_provider(namespace, &self.issuer),
+            self.resource.clone(),
+        )
+    }
+}
+
+fn token_provider(namespace: &str, issuer: &str) -> String {
+    format!("{namespace}:{issuer}")
+}
+
+impl fmt::Debug for OAuthClientProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let session = self.session();
+        f.debug_struct("OAuthClientProvider")
+            .field("server", &self.inner.server.as_str())
+            .field("namespace", &self.inner.namespace)
+            .field("issuer", &session.as_ref().map(|s| s.issuer.clone()))
+            .field("resource", &session.as_ref().map(|s| s.resource.clone()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`OAuthClientProvider`].
+pub struct OAuthClientProviderBuilder {
+    server: String,
+    tokens: Option<Arc<dyn TokenStore>>,
+    pending: Option<Arc<dyn PendingStore>>,
+    http: Option<OAuthHttpClient>,
+    clock: Arc<dyn Clock>,
+    namespace: String,
+    client_metadata: ClientMetadata,
+    pre_registered: Option<PreRegisteredClient>,
+    metadata_document_url: Option<String>,
+    redirect: RedirectTarget,
+    interaction: Arc<dyn UserInteraction>,
+    refresh_skew: Duration,
+    authorization_timeout: Duration,
+    max_step_up_attempts: u32,
+    allow_insecure_http: bool,
+}
+
+impl OAuthClientProvider {
+    /// Configures a provider for the MCP server at `server_url`.
+    pub fn builder(server_url: impl Into<String>) -> OAuthClientProviderBuilder {
+        OAuthClientProviderBuilder {
+            server: server_url.into(),
+            tokens: None,
+            pending: None,
+            http: None,
+            clock: Arc::new(SystemClock),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            client_metadata: ClientMetadata::default(),
+            pre_registered: None,
+            metadata_document_url: None,
+            redirect: RedirectTarget::Loopback(LoopbackRedirect::new()),
+            interaction: Arc::new(OpenBrowser),
+            refresh_skew: Duration::from_secs(60),
+            authorization_timeout: DEFAULT_AUTHORIZATION_TIMEOUT,
+            max_step_up_attempts: 2,
+            allow_insecure_http: false,
+        }
+    }
+}
+
+impl OAuthClientProviderBuilder {
+    /// Keeps tokens, registrations and pending flows in `store`.
+    pub fn store<S>(self, store: S) -> Self
+    where
+        S: TokenStore + PendingStore,
+    {
+        let store = Arc::new(store);
+        self.token_store(store.clone()).pending_store(store)
+    }
+
+    /// Keeps tokens, registrations and discovery results here.
+    pub fn token_store(mut self, tokens: Arc<dyn TokenStore>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Keeps authorization flows (state, PKCE verifier) here.
+    pub fn pending_store(mut self, pending: Arc<dyn PendingStore>) -> Self {
+        self.pending = Some(pending);
+        self
+    }
+
+    /// Sends every request through this client (custom TLS roots, proxy);
+    /// it must not follow redirects.
+    pub fn http_client(mut self, http: OAuthHttpClient) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Names and describes the client in registrations and documents.
+    pub fn client_metadata(mut self, metadata: ClientMetadata) -> Self {
+        self.client_metadata = metadata;
+        self
+    }
+
+    /// A client registered out of band; used before anything else.
+    pub fn pre_registered(mut self, client: PreRegisteredClient) -> Self {
+        self.pre_registered = Some(client);
+        self
+    }
+
+    /// The https URL of this client's Client ID Metadata Document, used as
+    /// its `client_id` at servers that advertise
+    /// `client_id_metadata_document_supported` (see
+    /// [`ClientMetadata::metadata_document`]).
+    pub fn client_metadata_document(mut self, url: impl Into<String>) -> Self {
+        self.metadata_document_url = Some(url.into());
+        self
+    }
+
+    /// Where the browser comes back to. Default: the loopback listener on
+    /// `http://127.0.0.1:{free port}/callback`.
+    pub fn redirect(mut self, redirect: RedirectTarget) -> Self {
+        self.redirect = redirect;
+        self
+    }
+
+    /// How the user completes an authorization. Default [`OpenBrowser`].
+    pub fn interaction(mut self, interaction: impl UserInteraction) -> Self {
+        self.interaction = Arc::new(interaction);
+        self
+    }
+
+    /// Prefixes every stored record's provider name (default
+    /// [`DEFAULT_NAMESPACE`]); give each application, or each local user
+    /// account of one application, its own.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Refreshes tokens this long before they expire. Default 60 s.
+    pub fn refresh_skew(mut self, skew: Duration) -> Self {
+        self.refresh_skew = skew;
+        self
+    }
+
+    /// How long the user has to finish signing in. Default 5 min.
+    pub fn authorization_timeout(mut self, timeout: Duration) -> Self {
+        self.authorization_timeout = timeout;
+        self
+    }
+
+    /// How many step-up authorizations in a row may ask for the same scopes
+    /// before [`ClientAuthError::StepUpLimit`]. Default 2.
+    pub fn max_step_up_attempts(mut self, attempts: u32) -> Self {
+        self.max_step_up_attempts = attempts;
+        self
+    }
+
+    /// Accepts plain-HTTP authorization servers and metadata on any host,
+    /// not only on loopback. For development only.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// Reads time from `clock`.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the configuration and builds the provider. Nothing is
+    /// fetched yet.
+    pub fn build(self) -> Result<OAuthClientProvider, ClientAuthError> {
+        let server = canonical_server_url(&self.server)?;
+        let (Some(tokens), Some(pending)) = (self.tokens, self.pending) else {
+            return Err(ClientAuthError::Config {
+                what: "OAuthClientProvider",
+                reason: "no store: call .store(..) (or .token_store(..) and .pending_store(..))"
+                    .to_owned(),
+            });
+        };
+        if let Some(url) = &self.metadata_document_url {
+            let parsed = Url::parse(url).map_err(|e| ClientAuthError::Config {
+                what: "client metadata document URL",
+                reason: format!("{url:?} is not a URL ({e})"),
+            })?;
+            if parsed.scheme() != "https" && !crate::client::fetch::is_loopback(&parsed) {
+                return Err(ClientAuthError::Config {
+                    what: "client metadata document URL",
+                    reason: format!("{url} must be an https URL"),
+                });
+            }
+        }
+        if let RedirectTarget::External(uri) = &self.redirect {
+            Url::parse(uri).map_err(|e| ClientAuthError::Config {
+                what: "redirect URI",
+                reason: format!("{uri:?} is not a URL ({e})"),
+            })?;
+        }
+        let http = match self.http {
+            Some(http) => http,
+            None => OAuthHttpClient::new().map_err(|e| ClientAuthError::Config {
+                what: "HTTP client",
+                reason: format!("it could not be built ({e})"),
+            })?,
+        };
+        Ok(OAuthClientProvider {
+            inner: Arc::new(Inner {
+                server,
+                fetcher: Fetcher::new(http, self.allow_insecure_http),
+                tokens,
+                pending,
+                clock: self.clock,
+                namespace: self.namespace,
+                client_metadata: self.client_metadata,
+                pre_registered: self.pre_registered,
+                metadata_document_url: self.metadata_document_url,
+                redirect: self.redirect,
+                interaction: self.interaction,
+                refresh_skew: self.refresh_skew,
+                authorization_timeout: self.authorization_timeout,
+                max_step_up_attempts: self.max_step_up_attempts,
+                session: RwLock::new(None),
+                setup: tokio::sync::Mutex::new(()),
+                listener: tokio::sync::Mutex::new(None),
+                own_flows: Mutex::new(HashSet::new()),
+                last_step_up: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+impl OAuthClientProvider {
+    /// The MCP server's URL.
+    pub fn server_url(&self) -> &str {
+        self.inner.server.as_str()
+    }
+
+    /// The authorization server in use, once discovered (or read back).
+    pub fn issuer(&self) -> Option<String> {
+        self.session().map(|s| s.issuer.clone())
+    }
+
+    /// The resource identifier tokens are requested for, once discovered.
+    pub fn resource(&self) -> Option<String> {
+        self.session().map(|s| s.resource.clone())
+    }
+
+    /// The key the token is stored under, once discovered.
+    pub fn token_key(&self) -> Option<TokenKey> {
+        self.session().map(|s| s.token_key(&self.inner.namespace))
+    }
+
+    /// Forgets the stored token (the registration and discovery results
+    /// stay); the next request signs in again. Returns whether a token was
+    /// stored.
+    pub async fn sign_out(&self) -> Result<bool, ClientAuthError> {
+        let Some(session) = self.current_session().await? else {
+            return Ok(false);
+        };
+        let key = session.token_key(&self.inner.namespace);
+        Ok(self.inner.tokens.delete(&key).await?)
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        self.inner
+            .session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_session(&self, session: Arc<Session>) {
+        *self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(session);
+    }
+
+    fn discovery_key(&self) -> TokenKey {
+        TokenKey::new(
+            format!("{}/discovery", self.inner.namespace),
+            self.inner.server.as_str(),
+        )
+    }
+
+    fn registration_key(&self, issuer: &str) -> TokenKey {
+        TokenKey::new(format!("{}/registration", self.inner.namespace), issuer)
+    }
+
+    /// The session in memory, else the one a previous run stored.
+    async fn current_session(&self) -> Result<Option<Arc<Session>>, ClientAuthError> {
+        if let Some(session) = self.session() {
+            return Ok(Some(session));
+        }
+        let _setup = self.inner.setup.lock().await;
+        if let Some(session) = self.session() {
+            return Ok(Some(session));
+        }
+        let Some(stored) = self.inner.tokens.get(&self.discovery_key()).await? else {
+            return Ok(None);
+        };
+        let Some(discovery) = StoredDiscovery::from_record(&stored.record) else {
+            tracing::warn!("ignoring a stored discovery record this release cannot read");
+            return Ok(None);
+        };
+        let metadata = check_server_metadata(
+            &self.inner.fetcher,
+            &discovery.server_document,
+            &discovery.issuer,
+            &discovery.server_metadata_url,
+        )?;
+        let credentials = self.known_credentials(&metadata).await?;
+        let session = Arc::new(self.new_session(
+            &discovery.resource,
+            &discovery.resource_metadata_url,
+            discovery.scopes_supported,
+            metadata,
+            credentials,
+            false,
+        )?);
+        self.set_session(Arc::clone(&session));
+        Ok(Some(session))
+    }
+
+    /// Discovers (again) when there is no session, when the one in memory
+    /// was read back from the store, or when the challenge names other
+    /// metadata; else keeps the current one.
+    async fn session_for(
+        &self,
+        challenge: &AuthChallenge,
+    ) -> Result<Arc<Session>, ClientAuthError> {
+        let keep = |session: &Session| {
+            session.live
+                && challenge.resource_metadata().is_none_or(|url| {
+                    url == session.resource_metadata_url
+                        || session.challenge_metadata_url.as_deref() == Some(url)
+                })
+        };
+        if let Some(session) = self.session().filter(|s| keep(s)) {
+            return Ok(session);
+        }
+        let _setup = self.inner.setup.lock().await;
+        if let Some(session) = self.session().filter(|s| keep(s)) {
+            return Ok(session);
+        }
+        let fetcher = &self.inner.fetcher;
+        let resource =
+            discover_resource(fetcher, &self.inner.server, challenge.resource_metadata()).await?;
+        let server = self.discover_server(&resource).await?;
+        self.inner
+            .tokens
+            .put(
+                &self.discovery_key(),
+                &StoredDiscovery::record(&resource, &server, self.inner.clock.now()),
+            )
+            .await?;
+        let credentials = self.known_credentials(&server.metadata).await?;
+        let mut session = self.new_session(
+            &resource.metadata.resource,
+            resource.url.as_str(),
+            resource.metadata.scopes_supported.clone(),
+            server.metadata,
+            credentials,
+            true,
+        )?;
+        session.challenge_metadata_url = challenge.resource_metadata().map(str::to_owned);
+        tracing::debug!(issuer = %session.issuer, resource = %session.resource, "discovered");
+        let session = Arc::new(session);
+        self.set_session(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// The first authorization server of the metadata that answers with
+    /// usable metadata; the first error when none does.
+    async fn discover_server(
+        &self,
+        resource: &DiscoveredResource,
+    ) -> Result<DiscoveredServer, ClientAuthError> {
+        let mut first_error = None;
+        for issuer in &resource.metadata.authorization_servers {
+            match discover_authorization_server(&self.inner.fetcher, issuer).await {
+                Ok(server) => return Ok(server),
+                Err(error) => {
+                    tracing::warn!(%issuer, %error, "authorization server unusable");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.expect("protected resource metadata names at least one server"))
+    }
+
+    fn new_session(
+        &self,
+        resource: &str,
+        resource_metadata_url: &str,
+        scopes_supported: Option<Vec<String>>,
+        metadata: AuthorizationServerMetadata,
+        credentials: Option<ClientCredentials>,
+        live: bool,
+    ) -> Result<Session, ClientAuthError> {
+        let metadata = Arc::new(metadata);
+        let oauth = ServerClient {
+            fetcher: self.inner.fetcher.clone(),
+            metadata: Arc::clone(&metadata),
+            credentials: credentials.clone(),
+            resource: resource.to_owned(),
+        };
+        let mut config = LifecycleConfig::new(String::new(), Vec::new());
+        config.refresh_skew = self.inner.refresh_skew;
+        // A flow nobody completes expires when its waiter gives up, so a
+        // crashed run does not leave one that later runs would join.
+        config.flow_ttl = self.inner.authorization_timeout + Duration::from_secs(5);
+        let lifecycle = TokenLifecycle::builder(
+            token_provider(&self.inner.namespace, &metadata.issuer),
+            Arc::new(oauth),
+            Arc::clone(&self.inner.tokens),
+            Arc::clone(&self.inner.pending),
+        )
+        .config(config)
+        .clock(Arc::clone(&self.inner.clock))
+        .build()?;
+        Ok(Session {
+            issuer: metadata.issuer.clone(),
+            resource: resource.to_owned(),
+            resource_metadata_url: resource_metadata_url.to_owned(),
+            challenge_metadata_url: None,
+            scopes_supported,
+            server: metadata,
+            credentials,
+            lifecycle,
+            live,
+        })
+    }
+
+    /// The client identity known without registering: pre-registered, a
+    /// metadata document the server accepts, or a stored registration.
+    async fn known_credentials(
+        &self,
+        metadata: &AuthorizationServerMetadata,
+    ) -> Result<Option<ClientCredentials>, ClientAuthError> {
+        if let Some(credentials) = self.configured_credentials(metadata) {
+            return Ok(Some(credentials));
+        }
+        Ok(self
+            .stored_registration(&metadata.issuer)
+            .await?
+            .map(|r| r.credentials))
+    }
+
+    fn configured_credentials(
+        &self,
+        metadata: &AuthorizationServerMetadata,
+    ) -> Option<ClientCredentials> {
+        if let Some(client) = self
+            .inner
+            .pre_registered
+            .as_ref()
+            .filter(|c| c.applies_to(&metadata.issuer))
+        {
+            return Some(client.credentials(metadata));
+        }
+        if let Some(url) = &self.inner.metadata_document_url
+            && metadata.client_id_metadata_document_supported == Some(true)
+        {
+            return Some(ClientCredentials {
+                client_id: url.clone(),
+                client_secret: None,
+                auth_method: TokenEndpointAuthMethod::None,
+            });
+        }
+        None
+    }
+
+    async fn stored_registration(
+        &self,
+        issuer: &str,
+    ) -> Result<Option<Registration>, ClientAuthError> {
+        Ok(self
+            .inner
+            .tokens
+            .get(&self.registration_key(issuer))
+            .await?
+            .and_then(|stored| Registration::from_record(&stored.record)))
+    }
+
+    /// A session whose client identity works with `redirect_uri`: the
+    /// configured one, a stored registration for this redirect URI, or a new
+    /// dynamic registration (stored for next time).
+    async fn session_with_identity(
+        &self,
+        session: Arc<Session>,
+        redirect_uri: &str,
+    ) -> Result<Arc<Session>, ClientAuthError> {
+        if self.configured_credentials(&session.server).is_some() {
+            return Ok(session);
+        }
+        let _setup = self.inner.setup.lock().await;
+        // Another request may have registered (and swapped the session)
+        // while this one waited for the lock.
+        let session = self
+            .session()
+            .filter(|s| s.issuer == session.issuer && s.resource == session.resource)
+            .unwrap_or(session);
+        let now = self.inner.clock.now();
+        let registration = match self.stored_registration(&session.issuer).await? {
+            Some(registration) if registration.usable_for(redirect_uri, now) => registration,
+            _ => {
+                if session.server.registration_endpoint.is_none() {
+                    return Err(ClientAuthError::NoClientIdentity {
+                        issuer: session.issuer.clone(),
+                        cimd_supported: session.server.client_id_metadata_document_supported
+                            == Some(true),
+                    });
+                }
+                let registration = register(
+                    &self.inner.fetcher,
+                    &session.server,
+                    &self.inner.client_metadata,
+                    redirect_uri,
+                )
+                .await?;
+                self.inner
+                    .tokens
+                    .put(
+                        &self.registration_key(&session.issuer),
+                        &registration.to_record(now),
+                    )
+                    .await?;
+                tracing::info!(issuer = %session.issuer, client_id = %registration.credentials.client_id, "registered a client");
+                registration
+            }
+        };
+        if session
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.client_id == registration.credentials.client_id)
+        {
+            return Ok(session);
+        }
+        let mut updated = self.new_session(
+            &session.resource,
+            &session.resource_metadata_url,
+            session.scopes_supported.clone(),
+            (*session.server).clone(),
+            Some(registration.credentials),
+            session.live,
+        )?;
+        updated.challenge_metadata_url = session.challenge_metadata_url.clone();
+        let updated = Arc::new(updated);
+        self.set_session(Arc::clone(&updated));
+        Ok(updated)
+    }
+
+    /// The redirect URI of the next flow, starting the loopback listener if
+    /// it is the target.
+    async fn redirect_uri(&self, session: &Session) -> Result<String, ClientAuthError> {
+        match &self.inner.redirect {
+            RedirectTarget::External(uri) => Ok(uri.clone()),
+            RedirectTarget::Loopback(config) => {
+                let mut listener = self.inner.listener.lock().await;
+                if let Some(listener) = listener.as_ref() {
+                    return Ok(listener.redirect_uri().to_owned());
+                }
+                // Prefer the port a stored registration names, so it stays
+                // valid across restarts.
+                let preferred = self
+                    .stored_registration(&session.issuer)
+                    .await?
+                    .and_then(|r| r.redirect_uris.iter().find_map(|u| config.port_of(u)));
+                let started = LoopbackListener::bind(config, preferred).await?;
+                let uri = started.redirect_uri().to_owned();
+                *listener = Some(started);
+                Ok(uri)
+            }
+        }
+    }
+
+    /// Runs (or joins) an authorization for `scopes` and returns the new
+    /// token. `replacing` is the revision of the stored token (if any) when
+    /// the caller decided it needs a new one.
+    async fn authorize(
+        &self,
+        session: Arc<Session>,
+        scopes: Vec<String>,
+        replacing: Option<Revision>,
+        needed: &[String],
+    ) -> Result<BearerToken, ClientAuthError> {
+        let redirect_uri = self.redirect_uri(&session).await?;
+        let session = self.session_with_identity(session, &redirect_uri).await?;
+        let request = FlowRequest::default()
+            .scopes(scopes.clone())
+            .redirect_uri(redirect_uri.clone());
+        let begun = session
+            .lifecycle
+            .begin_authorization(&session.resource, request)
+            .await?;
+        match begun {
+            BeginOutcome::Started(flow) => {
+                // A concurrent request's flow may have finished between our
+                // decision and this start (its token is stored before its
+                // flow ends): then ours is not needed.
+                if let Some(fresh) = self.fresh_token(&session, replacing, needed).await? {
+                    let outcome = FlowOutcome::Authorized {
+                        revision: fresh.revision().expect("a stored token has a revision"),
+                    };
+                    session.lifecycle.abandon_flow(&flow.state, outcome).await?;
+                    return Ok(fresh);
+                }
+                self.run_flow(&session, flow).await?
+            }
+            BeginOutcome::Joined(flow)
+                if matches!(self.inner.redirect, RedirectTarget::Loopback(_))
+                    && flow.redirect_uri == redirect_uri
+                    && !self.is_own_flow(&flow.state) =>
+            {
+                // Our listener's port, which no live process but this one
+                // can hold, and a flow this provider is not running: a run
+                // that died mid-sign-in started it. Show it again rather
+                // than wait for nobody.
+                self.run_flow(&session, flow).await?
+            }
+            BeginOutcome::Joined(flow) => self.wait_for_flow(&session, &flow.state).await?,
+            BeginOutcome::Completing(state) => self.wait_for_flow(&session, &state).await?,
+        }
+        match session.lifecycle.access(&session.resource).await? {
+            Access::Ready(token) => Ok(BearerToken::from_access(&token)),
+            Access::NeedsAuthorization(_) => Err(ClientAuthError::Authorization(OAuthError::new(
+                OAuthErrorKind::Other,
+                "the authorization completed but no token is stored; it may have been signed out \
+                 meanwhile",
+            ))),
+        }
+    }
+
+    /// A valid stored token other than the one at `replacing` that has the
+    /// `scopes` the server asked for.
+    async fn fresh_token(
+        &self,
+        session: &Session,
+        replacing: Option<Revision>,
+        scopes: &[String],
+    ) -> Result<Option<BearerToken>, ClientAuthError> {
+        let key = session.token_key(&self.inner.namespace);
+        let Some(stored) = self.inner.tokens.get(&key).await? else {
+            return Ok(None);
+        };
+        let fresh = Some(stored.revision) != replacing
+            && !stored.record.is_expired_at(self.inner.clock.now())
+            && stored.record.has_scopes(scopes);
+        Ok(fresh.then(|| BearerToken::from_stored(&stored)))
+    }
+
+    fn is_own_flow(&self, state: &FlowState) -> bool {
+        lock(&self.inner.own_flows).contains(state.as_str())
+    }
+
+    async fn wait_for_flow(
+        &self,
+        session: &Session,
+        state: &FlowState,
+    ) -> Result<(), ClientAuthError> {
+        let outcome = session
+            .lifecycle
+            .wait(state, self.inner.authorization_timeout)
+            .await?;
+        match outcome {
+            Some(FlowOutcome::Authorized { .. }) => Ok(()),
+            Some(outcome) => Err(outcome_error(outcome)),
+            None => Err(ClientAuthError::TimedOut {
+                what: "the authorization another request started",
+                after: self.inner.authorization_timeout,
+            }),
+        }
+    }
+
+    /// Shows the flow to the user, receives the redirect and completes it.
+    async fn run_flow(&self, session: &Session, flow: PendingFlow) -> Result<(), ClientAuthError> {
+        let mut guard = FlowGuard::new(self, session, &flow.state);
+        let url = session.lifecycle.authorization_url(&flow)?;
+        let expected = match self.inner.listener.lock().await.as_ref() {
+            Some(listener) if listener.redirect_uri() == flow.redirect_uri => {
+                Some(listener.expect(flow.state.as_str()))
+            }
+            _ => None,
+        };
+        let prompt = AuthorizationPrompt {
+            url,
+            redirect_uri: flow.redirect_uri.clone(),
+            scopes: flow.scopes.clone(),
+            issuer: session.issuer.clone(),
+            resource: session.resource.clone(),
+        };
+        let callback = match self.inner.interaction.authorize(&prompt).await? {
+            PromptOutcome::Redirected(url) => url,
+            PromptOutcome::AwaitRedirect => {
+                let Some(mut expected) = expected else {
+                    return Err(ClientAuthError::Config {
+                        what: "user interaction",
+                        reason: "the redirect URI is external, so the interaction hook must \
+                                 return PromptOutcome::Redirected with the authorization response"
+                            .to_owned(),
+                    });
+                };
+                match tokio::time::timeout(self.inner.authorization_timeout, &mut expected.receiver)
+                    .await
+                {
+                    Ok(Ok(url)) => url,
+                    Ok(Err(_)) => {
+                        return Err(ClientAuthError::Interaction(
+                            "the redirect listener stopped".to_owned(),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(ClientAuthError::TimedOut {
+                            what: "signing in",
+                            after: self.inner.authorization_timeout,
+                        });
+                    }
+                }
+            }
+        };
+        let params = callback_params(&callback, &flow)?;
+        // From here on the lifecycle ends the flow, whatever happens.
+        guard.disarm();
+        let completed = session.lifecycle.complete_authorization(params).await?;
+        match completed.outcome {
+            FlowOutcome::Authorized { .. } => Ok(()),
+            outcome => Err(outcome_error(outcome)),
+        }
+    }
+
+    /// Marks the refused token expired so the lifecycle refreshes it
+    /// (single-flight); returns the token to retry with, or `None` when a
+    /// new authorization is needed.
+    async fn replace_refused_token(
+        &self,
+        session: &Session,
+        refused: Option<&BearerToken>,
+    ) -> Result<Option<BearerToken>, ClientAuthError> {
+        let tokens = &self.inner.tokens;
+        let key = session.token_key(&self.inner.namespace);
+        let now = self.inner.clock.now();
+        let Some(stored) = tokens.get(&key).await? else {
+            return Ok(None);
+        };
+        if let Some(refused) = refused {
+            if refused.revision() == Some(stored.revision) {
+                if stored.record.refresh_token.is_none() {
+                    tokens.delete_if_revision(&key, stored.revision).await?;
+                    return Ok(None);
+                }
+                // Record that the server no longer takes it, at exactly the
+                // refused revision: the lifecycle then refreshes it (once,
+                // under the store's lease). A conflict means another
+                // request got there first; the lifecycle reads its result.
+                let mut expired = stored.record.clone();
+                expired.expires_at = Some(now);
+                tokens
+                    .compare_and_swap(&key, Some(stored.revision), &expired)
+                    .await?;
+            } else if !stored.record.is_expired_at(now) {
+                // Another request already replaced the refused token.
+                return Ok(Some(BearerToken::from_stored(&stored)));
+            }
+        }
+        match session.lifecycle.access(&session.resource).await {
+            Ok(Access::Ready(token)) => Ok(Some(BearerToken::from_access(&token))),
+            Ok(Access::NeedsAuthorization(_)) => Ok(None),
+            Err(mcp_authkit_core::Error::OAuth(error))
+                if error.kind() == OAuthErrorKind::InvalidClient =>
+            {
+                // The server forgot our registration: register again.
+                tracing::warn!(%error, "client rejected at refresh; registering again");
+                tokens
+                    .delete(&self.registration_key(&session.issuer))
+                    .await?;
+                tokens.delete(&key).await?;
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The scopes of a new authorization after a 401: the challenge's, else
+    /// the resource's `scopes_supported`, else none; plus what the replaced
+    /// token had, so a re-authorization does not lose a step-up.
+    fn scopes_after_unauthorized(
+        &self,
+        session: &Session,
+        challenge: &AuthChallenge,
+        previously_granted: &[String],
+    ) -> Vec<String> {
+        let mut scopes = challenge.scopes();
+        if scopes.is_empty() {
+            scopes = session.scopes_supported.clone().unwrap_or_default();
+        }
+        union(previously_granted, &scopes)
+    }
+
+    /// Counts a step-up for `scopes` triggered by the refusal of the token at
+    /// `from`; refuses once `max_step_up_attempts` in a row asked for the
+    /// same scopes.
+    fn count_step_up(
+        &self,
+        scopes: &[String],
+        from: Option<Revision>,
+    ) -> Result<(), ClientAuthError> {
+        let wanted: BTreeSet<String> = scopes.iter().cloned().collect();
+        let mut last = lock(&self.inner.last_step_up);
+        let attempts = match last.as_ref() {
+            Some(step) if step.scopes == wanted && from.is_some() && step.from == from => {
+                return Ok(());
+            }
+            Some(step) if step.scopes == wanted => step.attempts + 1,
+            _ => 1,
+        };
+        if attempts > self.inner.max_step_up_attempts {
+            return Err(ClientAuthError::StepUpLimit {
+                scopes: scopes.to_vec(),
+                attempts: attempts - 1,
+            });
+        }
+        *last = Some(StepUp {
+            scopes: wanted,
+            attempts,
+            from,
+        });
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuthProvider for OAuthClientProvider {
+    async fn token(&self) -> Result<Option<BearerToken>, ClientAuthError> {
+        let Some(session) = self.current_session().await? else {
+            return Ok(None);
+        };
+        match session.lifecycle.access(&session.resource).await? {
+            Access::Ready(token) => Ok(Some(BearerToken::from_access(&token))),
+            Access::NeedsAuthorization(_) => Ok(None),
+        }
+    }
+
+    async fn handle_unauthorized(
+        &self,
+        challenge: &AuthChallenge,
+    ) -> Result<BearerToken, ClientAuthError> {
+        let session = self.session_for(challenge).await?;
+        let key = session.token_key(&self.inner.namespace);
+        let previous = self.inner.tokens.get(&key).await?;
+        if let Some(token) = self
+            .replace_refused_token(&session, challenge.rejected_token())
+            .await?
+        {
+            return Ok(token);
+        }
+        let granted = previous.map(|p| p.record.scopes).unwrap_or_default();
+        let scopes = self.scopes_after_unauthorized(&session, challenge, &granted);
+        *lock(&self.inner.last_step_up) = None;
+        let session = self.session().unwrap_or(session);
+        let refused = challenge.rejected_token().and_then(BearerToken::revision);
+        self.authorize(session, scopes, refused, &challenge.scopes())
+            .await
+    }
+
+    async fn handle_forbidden(
+        &self,
+        challenge: &AuthChallenge,
+    ) -> Result<BearerToken, ClientAuthError> {
+        if !challenge.is_insufficient_scope() {
+            return Err(ClientAuthError::Forbidden {
+                error: challenge.error().map(crate::client::error::cap),
+                description: challenge.error_description().map(crate::client::error::cap),
+            });
+        }
+        let session = self.session_for(challenge).await?;
+        let key = session.token_key(&self.inner.namespace);
+        let refused = challenge.rejected_token();
+        let stored = self.inner.tokens.get(&key).await?;
+        let granted = match (refused, &stored) {
+            (Some(token), _) if !token.scopes().is_empty() => token.scopes().to_vec(),
+            (_, Some(stored)) => stored.record.scopes.clone(),
+            _ => Vec::new(),
+        };
+        let mut required = challenge.scopes();
+        if required.is_empty() {
+            required = session.scopes_supported.clone().unwrap_or_default();
+        }
+        let scopes = union(&granted, &required);
+        if let (Some(refused), Some(stored)) = (refused, &stored)
+            && refused.revision() != Some(stored.revision)
+            && !stored.record.is_expired_at(self.inner.clock.now())
+            && stored.record.has_scopes(&scopes)
+        {
+            // A concurrent request already stepped up to these scopes.
+            return Ok(BearerToken::from_stored(stored));
+        }
+        self.count_step_up(&scopes, refused.and_then(BearerToken::revision))?;
+        tracing::info!(?scopes, "stepping up scopes");
+        let session = self.session().unwrap_or(session);
+        let refused = refused.and_then(BearerToken::revision);
+        self.authorize(session, scopes.clone(), refused, &scopes)
+            .await
+    }
+}
+
+/// `a` followed by what of `b` it lacks.
+fn union(a: &[String], b: &[String]) -> Vec<String> {
+    let mut all = a.to_vec();
+    for scope in b {
+        if !all.contains(scope) {
+            all.push(scope.clone());
+        }
+    }
+    all
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn outcome_error(outcome: FlowOutcome) -> ClientAuthError {
+    match outcome {
+        FlowOutcome::Denied { error, description } => ClientAuthError::Authorization(
+            OAuthError::from_response(None, &error, description.as_deref()),
+        ),
+        FlowOutcome::Failed { reason } => ClientAuthError::Authorization(OAuthError::new(
+            OAuthErrorKind::Other,
+            crate::client::error::cap(&reason),
+        )),
+        other => ClientAuthError::Authorization(OAuthError::new(
+            OAuthErrorKind::Other,
+            format!("the authorization ended unexpectedly ({other:?})"),
+        )),
+    }
+}
+
+/// The authorization response of `flow` from the redirect URL.
+fn callback_params(callback: &Url, flow: &PendingFlow) -> Result<CallbackParams, ClientAuthError> {
+    let expected = Url::parse(&flow.redirect_uri).map_err(|e| ClientAuthError::Config {
+        what: "redirect URI",
+        reason: format!("it is not a URL ({e})"),
+    })?;
+    if !is_redirect_to(callback, &expected) {
+        return Err(ClientAuthError::Interaction(
+            "the authorization response did not come to the redirect URI".to_owned(),
+        ));
+    }
+    let mut state = None;
+    let mut code = None;
+    let mut error = None;
+    let mut description = None;
+    let mut iss = None;
+    for (name, value) in callback.query_pairs() {
+        let slot = match name.as_ref() {
+            "state" => &mut state,
+            "code" => &mut code,
+            "error" => &mut error,
+            "error_description" => &mut description,
+            "iss" => &mut iss,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(ClientAuthError::Interaction(format!(
+                "the authorization response repeats the parameter {name}"
+            )));
+        }
+        *slot = Some(value.into_owned());
+    }
+    match state {
+        None => return Err(ClientAuthError::StateMismatch("missing")),
+        Some(state) if state != flow.state.as_str() => {
+            return Err(ClientAuthError::StateMismatch("different"));
+        }
+        Some(_) => {}
+    }
+    let mut params = match (code, error) {
+        (_, Some(error)) => CallbackParams::error(flow.state.clone(), error, description),
+        (Some(code), None) => {
+            let mut params = CallbackParams::success(flow.state.clone(), String::new());
+            params.code = Some(SecretString::from(code));
+            params
+        }
+        (None, None) => {
+            return Err(ClientAuthError::Interaction(
+                "the authorization response has neither a code nor an error".to_owned(),
+            ));
+        }
+    };
+    if let Some(iss) = iss {
+        params = params.with_iss(iss);
+    }
+    Ok(params)
+}
+
+/// Keeps track of a flow this provider shows, and ends it (so waiters stop
+/// waiting) if it is dropped before the callback completed it.
+struct FlowGuard {
+    provider: OAuthClientProvider,
+    lifecycle: TokenLifecycle,
+    state: FlowState,
+    armed: bool,
+}
+
+impl FlowGuard {
+    fn new(provider: &OAuthClientProvider, session: &Session, state: &FlowState) -> Self {
+        lock(&provider.inner.own_flows).insert(state.as_str().to_owned());
+        FlowGuard {
+            provider: provider.clone(),
+            lifecycle: session.lifecycle.clone(),
+            state: state.clone(),
+            armed: true,
+        }
+    }
+
+    /// The callback is being processed: completion (or its failure) ends
+    /// the flow, not this guard.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        lock(&self.provider.inner.own_flows).remove(self.state.as_str());
+        if !self.armed {
+            return;
+        }
+        let lifecycle = self.lifecycle.clone();
+        let state = self.state.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let outcome = FlowOutcome::Failed {
+                    reason: "the client stopped waiting for this sign-in".to_owned(),
+                };
+                if let Err(error) = lifecycle.abandon_flow(&state, outcome).await {
+                    tracing::warn!(%error, "could not end an abandoned authorization flow");
+                }
+            });
+        }
+    }
+}
+
+/// What discovery found, stored so a restarted client can serve and
+/// refresh its token without discovering again.
+struct StoredDiscovery {
+    issuer: String,
+    resource: String,
+    resource_metadata_url: String,
+    scopes_supported: Option<Vec<String>>,
+    server_document: Value,
+    server_metadata_url: Url,
+}
+
+impl StoredDiscovery {
+    fn record(
+        resource: &DiscoveredResource,
+        server: &DiscoveredServer,
+        now: mcp_authkit_core::Timestamp,
+    ) -> TokenRecord {
+        TokenRecord::new(String::new(), now)
+            .with_token_type(DISCOVERY_RECORD)
+            .with_extra("issuer", server.metadata.issuer.clone())
+            .with_extra("resource", resource.metadata.resource.clone())
+            .with_extra("resource_metadata_url", resource.url.to_string())
+            .with_extra(
+                "scopes_supported",
+                json!(resource.metadata.scopes_supported).to_string(),
+            )
+            .with_extra("authorization_server_metadata", server.document.to_string())
+            .with_extra("authorization_server_metadata_url", server.url.to_string())
+    }
+
+    fn from_record(record: &TokenRecord) -> Option<StoredDiscovery> {
+        if record.token_type != DISCOVERY_RECORD {
+            return None;
+        }
+        let extra = |name: &str| record.extra.get(name).map(|v| v.expose_secret().to_owned());
+        Some(StoredDiscovery {
+            issuer: extra("issuer")?,
+            resource: extra("resource")?,
+            resource_metadata_url: extra("resource_metadata_url")?,
+            scopes_supported: serde_json::from_str(&extra("scopes_supported")?).ok()?,
+            server_document: serde_json::from_str(&extra("authorization_server_metadata")?).ok()?,
+            server_metadata_url: Url::parse(&extra("authorization_server_metadata_url")?).ok()?,
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! [`PendingStore`] on Redis.
+
+use std::time::Duration;
+
+use mcp_authkit_core::codec::{FLOW_FORMAT_VERSION, OUTCOME_FORMAT_VERSION};
+use mcp_authkit_core::{
+    FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, PurgeReport, Result,
+    TokenKey, async_trait, codec,
+};
+use redis::Value;
+use tokio::time::Instant;
+
+use crate::error::{self, not_ours};
+use crate::keys::state_tag;
+use crate::scripts::{CLAIM_ACTIVE, COMPARE_AND_DELETE, STORE_FLOW};
+use crate::subscription::Link;
+use crate::{RedisStore, millis};
+
+/// How soon a waiter reads the stored outcome again after that read failed
+/// while the subscription stayed up.
+const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
+
+/// A script reply `{status}` or `{status, text}`.
+fn status_and_text(reply: &Value) -> Option<(i64, Option<Vec<u8>>)> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let status = match items.first()? {
+        Value::Int(status) => *status,
+        _ => return None,
+    };
+    let text = match items.get(1) {
+        Some(Value::BulkString(bytes)) => Some(bytes.clone()),
+        Some(Value::SimpleString(text)) => Some(text.clone().into_bytes()),
+        _ => None,
+    };
+    Some((status, text))
+}
+
+impl RedisStore {
+    fn flow_location(&self, state: &FlowState) -> String {
+        self.inner.keys.describe_state_key("flow", state)
+    }
+
+    fn outcome_location(&self, state: &FlowState) -> String {
+        self.inner.keys.describe_state_key("out", state)
+    }
+
+    /// Best-effort removal of a flow this call stored and must not keep; a
+    /// failure leaves it to its TTL (nobody knows its state).
+    async fn forget_flow(&self, flow_key: &str) {
+        if let Err(error) = self
+            .inner
+            .query::<i64>(redis::cmd("DEL").arg(flow_key))
+            .await
+        {
+            tracing::warn!(%error, "could not remove an unused pending flow; it expires by its TTL");
+        }
+    }
+
+    /// Best-effort end of an active mark this call set and must not keep.
+    async fn release_mark(&self, key: &TokenKey, state: &FlowState) {
+        let mut invocation = self.inner.scripts.compare_and_delete.prepare_invoke();
+        invocation
+            .key(self.inner.keys.active(key))
+            .arg(state.as_str());
+        if let Err(error) = self.inner.invoke::<i64>(&invocation).await {
+            tracing::warn!(%error, "could not end an active-flow mark; it expires with the flow");
+        }
+    }
+
+    /// The stored outcome, read through the command connection.
+    async fn stored_outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
+        let name = self.inner.keys.outcome(state);
+        let location = self.outcome_location(state);
+        let bytes: Option<Vec<u8>> = self
+            .inner
+            .query(redis::cmd("GET").arg(&name))
+            .await
+            .map_err(|e| error::on_key("read flow outcome", &location, e))?;
+        bytes
+            .map(|bytes| {
+                codec::decode_outcome(&bytes).map_err(|e| error::undecodable(&location, e))
+            })
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl PendingStore for RedisStore {
+    async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
+        let now = self.inner.clock.now();
+        if flow.is_expired_at(now) {
+            // Gone for every operation at once, as if it expired right away.
+            return Ok(InsertOutcome::Inserted);
+        }
+        let ttl = millis(flow.expires_at.saturating_duration_since(now));
+        let keys = &self.inner.keys;
+        let flow_key = keys.flow(&flow.state);
+        let mark = keys.active(&flow.key);
+        // Flow first, mark second, in one round trip: a caller that sees the
+        // mark always finds the flow (see the crate docs).
+        let (stored, claim): (i64, Value) = self
+            .inner
+            .query_pipeline(
+                redis::pipe()
+                    .cmd("EVAL")
+                    .arg(STORE_FLOW)
+                    .arg(1)
+                    .arg(&flow_key)
+                    .arg(codec::encode_flow(flow))
+                    .arg(ttl)
+                    .cmd("EVAL")
+                    .arg(CLAIM_ACTIVE)
+                    .arg(1)
+                    .arg(&mark)
+                    .arg(flow.state.as_str())
+                    .arg(ttl),
+            )
+            .await
+            .map_err(|e| error::backend("insert pending flow", e))?;
+        let claim = status_and_text(&claim)
+            .ok_or_else(|| error::unexpected("insert pending flow", format!("{claim:?}")))?;
+        if stored < 0 {
+            if claim.0 == 1 {
+                self.release_mark(&flow.key, &flow.state).await;
+            }
+            return Err(not_ours(
+                &self.flow_location(&flow.state),
+                "it holds another value under this flow's state (states must be unique)",
+            ));
+        }
+        match claim {
+            (1, _) => Ok(InsertOutcome::Inserted),
+            (0, Some(active)) => {
+                // Ours (stored now, or by an earlier try of this insert)
+                // and never active: nobody else knows it.
+                if stored >= 0 {
+                    self.forget_flow(&flow_key).await;
+                }
+                let active = String::from_utf8(active).map_err(|_| {
+                    not_ours(&mark, "it should hold the state of the key's active flow")
+                })?;
+                Ok(InsertOutcome::Joined(FlowState::new(active)))
+            }
+            (-1, _) => {
+                if stored >= 0 {
+                    self.forget_flow(&flow_key).await;
+                }
+                Err(not_ours(
+                    &mark,
+                    "it should hold the state of the key's active flow, with an expiry",
+                ))
+            }
+            other => Err(error::unexpected(
+                "insert pending flow",
+                format!("status {}", other.0),
+            )),
+        }
+    }
+
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        let name = self.inner.keys.flow(state);
+        let location = self.flow_location(state);
+        let bytes: Option<Vec<u8>> = self
+            .inner
+            .query(redis::cmd("GET").arg(&name))
+            .await
+            .map_err(|e| error::on_key("read pending flow", &location, e))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let flow = codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
+        Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
+    }
+
+    async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
+        let name = self.inner.keys.active(key);
+        let state: Option<String> = self
+            .inner
+            .query(redis::cmd("GET").arg(&name))
+            .await
+            .map_err(|e| error::on_key("read active flow", &name, e))?;
+        Ok(state.map(FlowState::new))
+    }
+
+    async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        let location = self.flow_location(state);
+        let mut invocation = self.inner.scripts.take_flow.prepare_invoke();
+        invocation
+            .key(self.inner.keys.flow(state))
+            .arg(FLOW_FORMAT_VERSION);
+        let reply: Value = self
+            .inner
+            .invoke(&invocation)
+            .await
+            .map_err(|e| error::backend("take pending flow", e))?;
+        let (status, bytes) = status_and_text(&reply)
+            .ok_or_else(|| error::unexpected("take pending flow", format!("{reply:?}")))?;
+        match (status, bytes) {
+            (0, _) => Ok(None),
+            (1, Some(bytes)) => {
+                let flow =
+                    codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
+                Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
+            }
+            (-1, Some(bytes)) => Err(match codec::decode_flow(&bytes) {
+                Err(e) => error::undecodable(&location, e),
+                Ok(_) => not_ours(&location, "it is not in the form this library writes"),
+            }),
+            (-1, None) => Err(not_ours(
+                &location,
+                "it holds a Redis type this library never writes there",
+            )),
+            (status, _) => Err(error::unexpected(
+                "take pending flow",
+                format!("status {status}"),
+            )),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &TokenKey,
+        state: &FlowState,
+        outcome: &FlowOutcome,
+        keep_for: Duration,
+    ) -> Result<()> {
+        let keys = &self.inner.keys;
+        let mark = keys.active(key);
+        let encoded = codec::encode_outcome(outcome);
+        let mut message = state_tag(state).into_bytes();
+        message.push(b' ');
+        message.extend_from_slice(&encoded);
+        // The mark ends first, so a waiter woken by the announcement that
+        // starts a new flow is not joined to this one (see the crate docs).
+        let (mark_ended, finished): (i64, i64) = self
+            .inner
+            .query_pipeline(
+                redis::pipe()
+                    .cmd("EVAL")
+                    .arg(COMPARE_AND_DELETE)
+                    .arg(1)
+                    .arg(&mark)
+                    .arg(state.as_str())
+                    .cmd("EVAL")
+                    .arg(&self.inner.scripts.finish_flow)
+                    .arg(2)
+                    .arg(keys.flow(state))
+                    .arg(keys.outcome(state))
+                    .arg(encoded)
+                    .arg(millis(keep_for))
+                    .arg(keys.channel())
+                    .arg(message)
+                    .arg(FLOW_FORMAT_VERSION)
+                    .arg(OUTCOME_FORMAT_VERSION),
+            )
+            .await
+            .map_err(|e| error::backend("complete flow", e))?;
+        match finished {
+            1 => {}
+            -1 => {
+                return Err(not_ours(
+                    &self.flow_location(state),
+                    "it is not a pending flow this release can read",
+                ));
+            }
+            -2 => {
+                return Err(not_ours(
+                    &self.outcome_location(state),
+                    "it is not a flow outcome this release can read",
+                ));
+            }
+            other => {
+                return Err(error::unexpected(
+                    "complete flow",
+                    format!("status {other}"),
+                ));
+            }
+        }
+        if mark_ended < 0 {
+            return Err(not_ours(
+                &mark,
+                "it should hold the state of the key's active flow",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
+        self.stored_outcome(state).await
+    }
+
+    async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
+        let deadline = Instant::now() + timeout;
+        let completions = self.inner.completions();
+        // Registered before the stored outcome is read: what is published
+        // from now on reaches this waiter.
+        let mut registration = completions.register(state_tag(state));
+        let mut link = completions.link();
+        loop {
+            // Until the subscription is confirmed, a read could miss a
+            // completion published right after it.
+            loop {
+                match &*link.borrow_and_update() {
+                    Link::Up => break,
+                    // A refusal that retrying cannot fix (say, an ACL that
+                    // forbids SUBSCRIBE) would otherwise look like a wait
+                    // that never ends.
+                    Link::Down(Some(error)) if !error.is_retryable() => return Err(error.clone()),
+                    Link::Down(_) => {}
+                }
+                match tokio::time::timeout_at(deadline, link.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        return Err(mcp_authkit_core::Error::Internal(
+                            "the completion listener stopped".into(),
+                        ));
+                    }
+                    // Out of time without a subscription: answer from the
+                    // store, which is what the subscription would have told.
+                    Err(_) => return self.stored_outcome(state).await,
+                }
+            }
+            let mut recheck = false;
+            match self.stored_outcome(state).await {
+                Ok(Some(outcome)) => return Ok(Some(outcome)),
+                Ok(None) => {}
+                Err(error) if error.is_retryable() => recheck = true,
+                Err(error) => return Err(error),
+            }
+            tokio::select! {
+                outcome = registration.delivered() => return Ok(Some(outcome)),
+                // Dropped or re-subscribed: read the store again, since
+                // announcements made in between were not delivered.
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return Err(mcp_authkit_core::Error::Internal(
+                            "the completion listener stopped".into(),
+                        ));
+                    }
+                }
+                _ = tokio::time::sleep(RECHECK_AFTER_ERROR), if recheck => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<PurgeReport> {
+        // Every flow, mark, outcome, lease and tombstone carries a Redis TTL.
+        Ok(PurgeReport::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mcp_authkit_core::{FlowState, PendingStore};
+
+    use crate::{RedisStore, testing};
+
+    #[tokio::test]
+    async fn waiters_that_time_out_leave_nothing_registered() {
+        let store = RedisStore::builder(testing::redis_url().await)
+            .prefix(testing::unique_prefix("unregister"))
+            .connect()
+            .await
+            .unwrap();
+        let mut waits = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let store = store.clone();
+            // Some states twice, so entries shared by two waiters are covered.
+            let state = FlowState::new(format!("never-completed-{}", i % 40));
+            waits.spawn(async move { store.wait(&state, Duration::from_millis(200)).await });
+        }
+        while let Some(waited) = waits.join_next().await {
+            assert_eq!(waited.unwrap().unwrap(), None);
+        }
+        assert_eq!(store.inner.completions().waited_states(), 0);
+        store.delete_namespace().await.unwrap();
+    }
+}

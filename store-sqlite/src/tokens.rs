@@ -1,0 +1,302 @@
+//! `TokenStore` on the tokens and leases tables.
+
+use std::time::Duration;
+
+use mcp_authkit_core::{
+    CasOutcome, Error, LeaseToken, Result, Revision, ScanCursor, ScanPage, StoredToken, TokenKey,
+    TokenRecord, TokenStore, async_trait, codec,
+};
+use sqlx::Row;
+
+use crate::SqliteStore;
+use crate::error::{db, decode, out_of_range};
+
+/// Writes the record at the next revision of the database-wide counter,
+/// whatever the key holds; the counter follows by trigger, in the same
+/// statement.
+const PUT: &str = "
+INSERT INTO mcp_authkit_tokens (provider, subject, revision, expires_at, record)
+VALUES (?1, ?2,
+        (SELECT last_revision + 1 FROM mcp_authkit_revision_counter WHERE id = 1), ?3, ?4)
+ON CONFLICT (provider, subject) DO UPDATE SET
+    revision = excluded.revision,
+    expires_at = excluded.expires_at,
+    record = excluded.record
+RETURNING revision";
+
+/// Writes only if the key holds no record.
+const CREATE: &str = "
+INSERT INTO mcp_authkit_tokens (provider, subject, revision, expires_at, record)
+VALUES (?1, ?2,
+        (SELECT last_revision + 1 FROM mcp_authkit_revision_counter WHERE id = 1), ?3, ?4)
+ON CONFLICT (provider, subject) DO NOTHING
+RETURNING revision";
+
+/// Writes only if the key is at revision ?5.
+const SWAP: &str = "
+UPDATE mcp_authkit_tokens SET
+    revision = (SELECT last_revision + 1 FROM mcp_authkit_revision_counter WHERE id = 1),
+    expires_at = ?3,
+    record = ?4
+WHERE provider = ?1 AND subject = ?2 AND revision = ?5
+RETURNING revision";
+
+fn revision_of(value: i64) -> Revision {
+    // Revisions start at 1 and only grow; a negative value cannot be stored
+    // by this crate.
+    Revision::new(u64::try_from(value).unwrap_or(0))
+}
+
+fn revision_param(revision: Revision) -> Result<i64> {
+    i64::try_from(revision.get()).map_err(|_| out_of_range("token revision", revision))
+}
+
+fn location(key: &TokenKey) -> String {
+    format!("mcp_authkit_tokens row {key}")
+}
+
+/// A scan position: the last key returned, length-prefixed so no character
+/// in the provider can fake the split.
+fn encode_cursor(key: &TokenKey) -> ScanCursor {
+    ScanCursor::new(format!(
+        "{}:{}{}",
+        key.provider().len(),
+        key.provider(),
+        key.subject()
+    ))
+}
+
+fn decode_cursor(cursor: &ScanCursor) -> Result<TokenKey> {
+    let bad = || Error::invalid_input("scan cursor", "it was not returned by this store");
+    let (len, rest) = cursor.as_str().split_once(':').ok_or_else(bad)?;
+    let len: usize = len.parse().map_err(|_| bad())?;
+    if len > rest.len() || !rest.is_char_boundary(len) {
+        return Err(bad());
+    }
+    let (provider, subject) = rest.split_at(len);
+    Ok(TokenKey::new(provider, subject))
+}
+
+impl SqliteStore {
+    async fn current_revision(&self, key: &TokenKey) -> Result<Option<Revision>> {
+        let revision: Option<i64> = sqlx::query_scalar(
+            "SELECT revision FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2",
+        )
+        .bind(key.provider())
+        .bind(key.subject())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| db("read token revision", e))?;
+        Ok(revision.map(revision_of))
+    }
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
+        let row = sqlx::query(
+            "SELECT revision, record FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2",
+        )
+        .bind(key.provider())
+        .bind(key.subject())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| db("get token", e))?;
+        let Some(row) = row else { return Ok(None) };
+        let revision: i64 = row.try_get(0).map_err(|e| db("get token", e))?;
+        let bytes: &[u8] = row.try_get(1).map_err(|e| db("get token", e))?;
+        let record = codec::decode_token(bytes).map_err(|e| decode(location(key), e))?;
+        Ok(Some(StoredToken {
+            record,
+            revision: revision_of(revision),
+        }))
+    }
+
+    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
+        let bytes = codec::encode_token(record);
+        let _writer = self.hub().writer().await;
+        let revision: i64 = sqlx::query_scalar(PUT)
+            .bind(key.provider())
+            .bind(key.subject())
+            .bind(record.expires_at.map(|at| at.unix_millis()))
+            .bind(bytes)
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| db("put token", e))?;
+        Ok(revision_of(revision))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &TokenKey,
+        expected: Option<Revision>,
+        record: &TokenRecord,
+    ) -> Result<CasOutcome> {
+        let bytes = codec::encode_token(record);
+        let expires_at = record.expires_at.map(|at| at.unix_millis());
+        let expected_param = expected.map(revision_param).transpose()?;
+        loop {
+            let written: Option<i64> = {
+                let _writer = self.hub().writer().await;
+                let query = match expected_param {
+                    Some(expected) => sqlx::query_scalar(SWAP)
+                        .bind(key.provider())
+                        .bind(key.subject())
+                        .bind(expires_at)
+                        .bind(&bytes)
+                        .bind(expected),
+                    None => sqlx::query_scalar(CREATE)
+                        .bind(key.provider())
+                        .bind(key.subject())
+                        .bind(expires_at)
+                        .bind(&bytes),
+                };
+                query
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(|e| db("compare and swap token", e))?
+            };
+            if let Some(revision) = written {
+                return Ok(CasOutcome::Swapped(revision_of(revision)));
+            }
+            // The write found another revision. Revisions are never reused,
+            // so what is read now differs from `expected`, except when a
+            // create-only write met a record that was deleted since: then
+            // the key is free again and the write is tried once more.
+            let current = self.current_revision(key).await?;
+            if current != expected {
+                return Ok(CasOutcome::Conflict { current });
+            }
+        }
+    }
+
+    async fn delete(&self, key: &TokenKey) -> Result<bool> {
+        let _writer = self.hub().writer().await;
+        let done =
+            sqlx::query("DELETE FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2")
+                .bind(key.provider())
+                .bind(key.subject())
+                .execute(self.pool())
+                .await
+                .map_err(|e| db("delete token", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
+        let revision = revision_param(revision)?;
+        let _writer = self.hub().writer().await;
+        let done = sqlx::query(
+            "DELETE FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2 AND revision = ?3",
+        )
+        .bind(key.provider())
+        .bind(key.subject())
+        .bind(revision)
+        .execute(self.pool())
+        .await
+        .map_err(|e| db("delete token by revision", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
+        let lease = LeaseToken::generate();
+        let now = self.now();
+        let until = now.saturating_add(ttl);
+        let _writer = self.hub().writer().await;
+        // Takes a free key, or replaces a lease whose TTL has passed; a live
+        // lease makes the statement change nothing and return no row.
+        let taken: Option<String> = sqlx::query_scalar(
+            "INSERT INTO mcp_authkit_leases (provider, subject, lease_token, expires_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (provider, subject) DO UPDATE SET
+                 lease_token = excluded.lease_token,
+                 expires_at = excluded.expires_at
+             WHERE mcp_authkit_leases.expires_at <= ?5
+             RETURNING lease_token",
+        )
+        .bind(key.provider())
+        .bind(key.subject())
+        .bind(lease.as_str())
+        .bind(until.unix_millis())
+        .bind(now.unix_millis())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| db("acquire refresh lease", e))?;
+        Ok(taken.map(|_| lease))
+    }
+
+    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
+        let now = self.now();
+        let _writer = self.hub().writer().await;
+        let until: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM mcp_authkit_leases
+             WHERE provider = ?1 AND subject = ?2 AND lease_token = ?3
+             RETURNING expires_at",
+        )
+        .bind(key.provider())
+        .bind(key.subject())
+        .bind(lease.as_str())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| db("release refresh lease", e))?;
+        // A lease that ran out was no longer held, even if nobody took it.
+        Ok(until.is_some_and(|until| until > now.unix_millis()))
+    }
+
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
+        let limit = limit.clamp(1, 10_000);
+        let after = cursor.map(decode_cursor).transpose()?;
+        // One row more than the page tells whether another page follows.
+        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let query = match &after {
+            Some(after) => sqlx::query(
+                "SELECT provider, subject FROM mcp_authkit_tokens
+                 WHERE (provider, subject) > (?1, ?2)
+                 ORDER BY provider, subject LIMIT ?3",
+            )
+            .bind(after.provider())
+            .bind(after.subject())
+            .bind(fetch),
+            None => sqlx::query(
+                "SELECT provider, subject FROM mcp_authkit_tokens
+                 ORDER BY provider, subject LIMIT ?1",
+            )
+            .bind(fetch),
+        };
+        let rows = query
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| db("scan tokens", e))?;
+        let mut items = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            let provider: &str = row.try_get(0).map_err(|e| db("scan tokens", e))?;
+            let subject: &str = row.try_get(1).map_err(|e| db("scan tokens", e))?;
+            items.push(TokenKey::new(provider, subject));
+        }
+        let next = if rows.len() > limit {
+            items.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Ok(ScanPage { items, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_keys_with_separators() {
+        for key in [
+            TokenKey::new("a:b", "c"),
+            TokenKey::new("a", ":b:c"),
+            TokenKey::new("", ""),
+            TokenKey::new("ü", "1:2"),
+        ] {
+            assert_eq!(decode_cursor(&encode_cursor(&key)).unwrap(), key);
+        }
+        for bad in ["nonsense", "99:short", "1:ü"] {
+            assert!(decode_cursor(&ScanCursor::new(bad)).is_err(), "{bad}");
+        }
+    }
+}
