@@ -648,3 +648,230 @@ async fn an_expired_link_is_refused() {
     assert_eq!(h.auth.hits(Endpoint::Token), 0);
     pending.abort();
 }
+
+// --- replicas ---------------------------------------------------------------
+//
+// Two (three) server processes share Redis. The test binary re-executes
+// itself as each replica (`replica_process`); the test itself is the MCP
+// client and the user's browser, and runs the authorization server.
+
+mod replicas {
+    use std::process::Stdio;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use mcp_authkit_core::{PendingStore, TokenStore};
+    use mcp_authkit_providers::server::ElicitationStyle;
+    use mcp_authkit_store_redis::RedisStore;
+    use mcp_authkit_store_redis::testing::{redis_url, unique_prefix};
+    use mcp_authkit_testkit::{Endpoint, TestAuthServer};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    use tokio::process::{Child, Command};
+
+    use super::server_support::*;
+
+    const ROLE: &str = "MCP_AUTHKIT_REPLICA";
+    const READY: &str = "REPLICA-READY ";
+
+    fn var(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the parent test"))
+    }
+
+    /// A replica: serves until the parent closes its stdin.
+    #[test]
+    fn replica_process() {
+        if std::env::var(ROLE).is_err() {
+            return; // an ordinary test run: nothing to do
+        }
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = Arc::new(
+                RedisStore::builder(var("REPLICA_REDIS_URL"))
+                    .prefix(var("REPLICA_PREFIX"))
+                    .connect()
+                    .await
+                    .expect("the replica connects to Redis"),
+            );
+            let info = AuthServerInfo {
+                issuer: var("REPLICA_ISSUER"),
+                authorization_endpoint: var("REPLICA_AUTHORIZE"),
+                token_endpoint: var("REPLICA_TOKEN"),
+                userinfo_endpoint: var("REPLICA_USERINFO"),
+                client_id: var("REPLICA_CLIENT_ID"),
+                client_secret: var("REPLICA_CLIENT_SECRET"),
+            };
+            let options = Options {
+                style: match var("REPLICA_STYLE").as_str() {
+                    "fail-fast" => ElicitationStyle::FailFast,
+                    _ => ElicitationStyle::Wait,
+                },
+                tokens: Some(store.clone() as Arc<dyn TokenStore>),
+                pending: Some(store as Arc<dyn PendingStore>),
+                public_base: std::env::var("REPLICA_PUBLIC_BASE").ok(),
+                ..Options::default()
+            };
+            let server = McpServer::start(options, |_| info).await;
+            println!("{READY}{}", server.base);
+            // Until the parent goes away.
+            let mut rest = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut rest).await;
+            drop(server);
+        });
+    }
+
+    struct Replica {
+        base: String,
+        _child: Child,
+    }
+
+    async fn spawn_replica(
+        auth: &AuthServerInfo,
+        redis: &str,
+        prefix: &str,
+        style: &str,
+        public_base: Option<&str>,
+    ) -> Replica {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = Command::new(exe);
+        command
+            .args([
+                "--exact",
+                "replicas::replica_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, "1")
+            .env("REPLICA_REDIS_URL", redis)
+            .env("REPLICA_PREFIX", prefix)
+            .env("REPLICA_STYLE", style)
+            .env("REPLICA_ISSUER", &auth.issuer)
+            .env("REPLICA_AUTHORIZE", &auth.authorization_endpoint)
+            .env("REPLICA_TOKEN", &auth.token_endpoint)
+            .env("REPLICA_USERINFO", &auth.userinfo_endpoint)
+            .env("REPLICA_CLIENT_ID", &auth.client_id)
+            .env("REPLICA_CLIENT_SECRET", &auth.client_secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(base) = public_base {
+            command.env("REPLICA_PUBLIC_BASE", base);
+        }
+        let mut child = command
+            .spawn()
+            .expect("re-executing the test binary as a replica");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                // libtest may have printed "test ... " on the same line.
+                if let Some((_, base)) = line.split_once(READY) {
+                    return base.trim().trim_end_matches('/').to_owned();
+                }
+            }
+            panic!("the replica exited before it was ready");
+        })
+        .await
+        .expect("the replica starts within 30 s");
+        // Keep draining its stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Replica {
+            base,
+            _child: child,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_call_waits_on_one_replica_while_the_callback_lands_on_another() {
+        let redis = redis_url().await;
+        let prefix = unique_prefix("providers-replicas");
+        // Replica B's port is only known once it runs: let the third party
+        // accept the loopback redirect URI on any port (RFC 8252 7.3).
+        let auth = TestAuthServer::builder()
+            .settings(|s| s.loopback_redirect_any_port = true)
+            .start()
+            .await
+            .unwrap();
+        let info = AuthServerInfo::register(&auth, "http://127.0.0.1:1/oauth/github/callback");
+
+        let b = spawn_replica(&info, &redis, &prefix, "wait", None).await;
+        let (a, a_fail_fast) = tokio::join!(
+            spawn_replica(&info, &redis, &prefix, "wait", Some(&b.base)),
+            spawn_replica(&info, &redis, &prefix, "fail-fast", Some(&b.base)),
+        );
+
+        // Wait mode: the call stays open on A; the browser lands on B.
+        let mut spec = ClientSpec::legacy("alice");
+        spec.behavior = Behavior::AcceptOnly;
+        let alice = TestClient::new(&spec);
+        let session =
+            Arc::new(connect(&format!("{}/mcp", a.base), Some("alice"), alice.clone()).await);
+        let pending = {
+            let session = session.clone();
+            tokio::spawn(async move { call(&session, "whoami").await })
+        };
+        alice
+            .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+            .await;
+        let (url, id, _) = alice.elicitations()[0].clone();
+        assert!(
+            url.starts_with(&format!("{}/oauth/github/connect", b.base)),
+            "{url}"
+        );
+        let visit = alice.open(&url).await;
+        let landed = Instant::now();
+        assert_eq!(visit.status, 200, "B handled the callback: {}", visit.body);
+        let result = pending.await.unwrap().unwrap();
+        let resumed = landed.elapsed();
+        assert_eq!(text(&result), "github user: gh-alice");
+        alice
+            .wait_until("A's completion notice", |c| {
+                c.completions() == vec![id.clone()]
+            })
+            .await;
+        println!("replica A resumed {resumed:?} after replica B's callback page");
+        // The token B stored serves A's next call.
+        let result = call(&session, "whoami").await.unwrap();
+        assert_eq!(text(&result), "github user: gh-alice");
+        assert_eq!(alice.elicitations().len(), 1);
+
+        // Fail-fast: A' answers -32042, the callback lands on B, and A'
+        // tells the originating session.
+        let bob = TestClient::new(&ClientSpec::legacy("bob"));
+        let session = connect(
+            &format!("{}/mcp", a_fail_fast.base),
+            Some("bob"),
+            bob.clone(),
+        )
+        .await;
+        let error = match call(&session, "whoami").await.unwrap_err() {
+            rmcp::service::ServiceError::McpError(error) => error,
+            other => panic!("expected -32042, got {other}"),
+        };
+        assert_eq!(error.code.0, -32042);
+        let data = error.data.unwrap();
+        let url = data["elicitations"][0]["url"].as_str().unwrap().to_owned();
+        let id = data["elicitations"][0]["elicitationId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(url.starts_with(&b.base));
+        assert_eq!(bob.open(&url).await.status, 200);
+        bob.wait_until("the completion notice from A'", |c| {
+            c.completions() == vec![id.clone()]
+        })
+        .await;
+        let result = call(&session, "whoami").await.unwrap();
+        assert_eq!(text(&result), "github user: gh-bob");
+        assert_eq!(auth.hits(Endpoint::AuthorizationCodeGrant), 2);
+
+        drop((a, a_fail_fast, b));
+        RedisStore::builder(redis)
+            .prefix(prefix)
+            .connect()
+            .await
+            .unwrap()
+            .delete_namespace()
+            .await
+            .unwrap();
+    }
+}
