@@ -649,6 +649,138 @@ async fn an_expired_link_is_refused() {
     pending.abort();
 }
 
+#[tokio::test]
+async fn a_valid_token_costs_one_store_read_and_no_network() {
+    let counting = std::sync::Arc::new(CountingStore::new(std::sync::Arc::new(
+        mcp_authkit_store_memory::MemoryStore::new(),
+    )));
+    let h = Harness::start(Options {
+        tokens: Some(counting.clone()),
+        ..Options::default()
+    })
+    .await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    call(&session, "whoami").await.unwrap();
+
+    counting.reset();
+    h.auth.reset_counters();
+    for _ in 0..3 {
+        let result = call(&session, "whoami").await.unwrap();
+        assert_eq!(text(&result), "github user: gh-alice");
+    }
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(counting.gets.load(SeqCst), 3, "one read per call");
+    assert_eq!(
+        counting.others.load(SeqCst),
+        0,
+        "no writes, leases or scans"
+    );
+    assert_eq!(h.auth.hits(Endpoint::Token), 0, "no OAuth request");
+    assert_eq!(client.elicitations().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_an_expiring_token_refresh_once() {
+    let h = Harness::start(Options::default()).await;
+    // Refreshing twice with one refresh token would revoke everything.
+    h.auth
+        .update_settings(|s| s.revoke_on_refresh_token_reuse = true);
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session =
+        std::sync::Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    call(&session, "whoami").await.unwrap();
+    h.server.clock.advance(Duration::from_secs(3600));
+    let calls: Vec<_> = (0..8).map(|_| spawn_call(&session)).collect();
+    for call in calls {
+        let result = call.await.unwrap().unwrap();
+        assert_eq!(text(&result), "github user: gh-alice");
+    }
+    assert_eq!(h.auth.hits(Endpoint::RefreshTokenGrant), 1, "single-flight");
+    assert_eq!(client.elicitations().len(), 1);
+}
+
+#[tokio::test]
+async fn a_custom_flow_gates_tools_the_same_way() {
+    let h = Harness::start(Options {
+        custom_flow: true,
+        ..Options::default()
+    })
+    .await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    let exchange = h
+        .auth
+        .last_request(Endpoint::AuthorizationCodeGrant)
+        .unwrap();
+    assert!(
+        exchange.param("code_verifier").is_some(),
+        "PKCE through the custom flow"
+    );
+
+    // It cannot refresh: an expired token means asking the user again.
+    h.server.clock.advance(Duration::from_secs(3600));
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    assert_eq!(client.elicitations().len(), 2);
+    assert_eq!(h.auth.hits(Endpoint::RefreshTokenGrant), 0);
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_debug_output_errors_and_pages() {
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    call(&session, "whoami").await.unwrap();
+    let token = h.provider().token("alice").await.unwrap().unwrap();
+    let secret = {
+        use mcp_authkit_core::ExposeSecret;
+        token.secret().expose_secret().to_owned()
+    };
+    let stored = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    let refresh = {
+        use mcp_authkit_core::ExposeSecret;
+        stored
+            .record
+            .refresh_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    };
+    let pending = h
+        .provider()
+        .begin_authorization("bob", Some("s"))
+        .await
+        .unwrap();
+    let printed = format!("{token:?} {:?} {pending:?} {stored:?}", h.provider());
+    assert!(!printed.contains(&secret), "{printed}");
+    assert!(!printed.contains(&refresh), "{printed}");
+    for page in client.visits() {
+        assert!(!page.body.contains(&secret) && !page.body.contains(&refresh));
+    }
+
+    // A client without URL elicitation is told what to do, without a link.
+    let mut spec = ClientSpec::legacy("carol");
+    spec.url_elicitation = false;
+    let carol = TestClient::new(&spec);
+    let session = connect(&h.server.mcp_url, Some("carol"), carol).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert!(
+        !text(&result).contains("http"),
+        "no URL in the tool error: {}",
+        text(&result)
+    );
+}
+
 // --- replicas ---------------------------------------------------------------
 //
 // Two (three) server processes share Redis. The test binary re-executes

@@ -15,15 +15,11 @@
 //!   once, checks `iss`, exchanges the code, stores the token and wakes the
 //!   waiting tool call, on whichever replica it waits.
 //!
-//! With the `rmcp` feature, a tool of an rmcp server needs one line:
-//!
-//! ```ignore
-//! let token = self.github.require_token(&ctx).await?;
-//! ```
-//!
-//! See [`OAuthProvider::require_token`] (with the `rmcp` feature) for the
-//! protocol: wait mode, fail-fast mode (`-32042`), and `InputRequiredResult`
-//! on 2026-07-28 sessions.
+//! With the `rmcp` feature, a tool of an rmcp server needs one line,
+//! `let token = self.github.require_token(&ctx).await?;`, and the server
+//! wraps its tool router once with `gate_tools` (see its docs for a whole
+//! server). `require_token` documents the protocol: wait mode, fail-fast
+//! mode (`-32042`), and `InputRequiredResult` on 2026-07-28 sessions.
 //!
 //! # Example
 //!

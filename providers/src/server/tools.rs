@@ -276,7 +276,7 @@ pub enum TokenError {
     },
     /// The user must open a link first (fail-fast and 2026-07-28).
     #[error("{}", .0.message)]
-    AuthorizationRequired(AuthorizationRequired),
+    AuthorizationRequired(Box<AuthorizationRequired>),
     /// The user declined to open the link.
     #[error(
         "you declined to connect {display}, so this tool cannot run; run it again to get a new link"
@@ -436,18 +436,50 @@ type ToolFuture<'a> =
 /// rmcp's `#[tool_handler]` builds a fresh router per call unless told to
 /// use a field, so keep the gated router in one and name it:
 ///
-/// ```ignore
-/// #[tool_router]
-/// impl MyServer { /* tools that call require_token */ }
+/// ```
+/// use mcp_authkit_providers::server::{OAuthProvider, gate_tools, subject_from_extension};
+/// use mcp_authkit_providers::standard::StandardOAuthClient;
+/// use rmcp::handler::server::router::tool::ToolRouter;
+/// use rmcp::model::{CallToolResult, ContentBlock, ErrorData, ServerCapabilities, ServerConfig};
+/// use rmcp::service::{RequestContext, RoleServer};
+/// use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+/// use secrecy::ExposeSecret;
 ///
+/// /// What the server's own auth middleware put into the HTTP request.
+/// #[derive(Clone)]
+/// struct Claims { sub: String }
+///
+/// #[derive(Clone)]
+/// struct MyServer { github: OAuthProvider, tool_router: ToolRouter<Self> }
+///
+/// #[tool_router]
 /// impl MyServer {
-///     fn new(github: OAuthProvider) -> Self {
-///         Self { github, tool_router: gate_tools(Self::tool_router()) }
+///     #[tool(description = "List my repositories")]
+///     async fn my_repos(&self, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
+///         let token = self.github.require_token(&ctx).await?;
+///         let _bearer = token.secret().expose_secret(); // call the GitHub API with it
+///         Ok(CallToolResult::success(vec![ContentBlock::text("...")]))
 ///     }
 /// }
 ///
 /// #[tool_handler(router = self.tool_router)]
-/// impl ServerHandler for MyServer { /* get_info */ }
+/// impl ServerHandler for MyServer {
+///     fn get_info(&self) -> ServerConfig {
+///         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let github = OAuthProvider::builder("github", "https://mcp.example.com/oauth/github")
+///     .client(StandardOAuthClient::github("client-id", "client-secret").build()?)
+///     .subject_resolver(subject_from_extension(|claims: &Claims| Some(claims.sub.clone())))
+///     .browser_user(|_: &axum::http::request::Parts| {
+///         mcp_authkit_providers::server::BrowserIdentity::SignedOut // your sign-in check
+///     })
+///     .build()?;
+/// let server = MyServer { github, tool_router: gate_tools(MyServer::tool_router()) };
+/// # let _ = server;
+/// # Ok(()) }
 /// ```
 pub fn gate_tools<S>(mut router: ToolRouter<S>) -> ToolRouter<S>
 where
@@ -579,13 +611,7 @@ impl OAuthProvider {
     /// authorize first when there is none: the one line at the top of a
     /// gated tool.
     ///
-    /// ```ignore
-    /// #[tool(description = "List my repositories")]
-    /// async fn my_repos(&self, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-    ///     let token = self.github.require_token(&ctx).await?;
-    ///     // call the API with token.secret()
-    /// }
-    /// ```
+    /// See [`gate_tools`] for a whole server.
     ///
     /// - A valid token is returned at once: one store read, no network I/O.
     ///   One about to expire is refreshed (single-flight across replicas).
@@ -815,13 +841,15 @@ impl OAuthProvider {
             };
         }
         self.watch_for_completion(ctx.peer.clone(), session.unwrap_or_default(), &pending);
-        Err(TokenError::AuthorizationRequired(AuthorizationRequired {
-            provider: self.inner.name.clone(),
-            message: self.prompt(false),
-            url: pending.connect_url().clone(),
-            elicitation_id: pending.elicitation_id().to_owned(),
-            request_state: None,
-        }))
+        Err(TokenError::AuthorizationRequired(Box::new(
+            AuthorizationRequired {
+                provider: self.inner.name.clone(),
+                message: self.prompt(false),
+                url: pending.connect_url().clone(),
+                elicitation_id: pending.elicitation_id().to_owned(),
+                request_state: None,
+            },
+        )))
     }
 
     /// Sends `notifications/elicitation/complete` to the session once the
@@ -906,13 +934,15 @@ impl OAuthProvider {
             }
         }
         let pending = self.begin_authorization(&subject, None).await?;
-        Err(TokenError::AuthorizationRequired(AuthorizationRequired {
-            provider: self.inner.name.clone(),
-            message: self.prompt(false),
-            url: pending.connect_url().clone(),
-            elicitation_id: pending.elicitation_id().to_owned(),
-            request_state: Some(request_state(&self.inner.name, pending.elicitation_id())),
-        }))
+        Err(TokenError::AuthorizationRequired(Box::new(
+            AuthorizationRequired {
+                provider: self.inner.name.clone(),
+                message: self.prompt(false),
+                url: pending.connect_url().clone(),
+                elicitation_id: pending.elicitation_id().to_owned(),
+                request_state: Some(request_state(&self.inner.name, pending.elicitation_id())),
+            },
+        )))
     }
 
     /// The user's flow in progress, if any, as a handle to wait on.

@@ -14,7 +14,10 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use mcp_authkit_core::{ExposeSecret, ManualClock, PendingStore, TokenStore};
+use mcp_authkit_core::{
+    ExposeSecret, ManualClock, OAuthClient, OAuthError, OAuthErrorKind, PendingFlow, PendingStore,
+    SecretString, TokenResponse, TokenStore,
+};
 use mcp_authkit_providers::http::OAuthHttpClient;
 use mcp_authkit_providers::server::{
     BrowserIdentity, ElicitationStyle, OAuthProvider, TokenError, gate_tools,
@@ -174,6 +177,8 @@ pub struct Options {
     pub public_base: Option<String>,
     /// Bind this address instead of a random port.
     pub bind: Option<std::net::SocketAddr>,
+    /// Use the hand-written [`CustomFlow`] instead of the standard client.
+    pub custom_flow: bool,
 }
 
 impl Default for Options {
@@ -186,6 +191,7 @@ impl Default for Options {
             pending: None,
             public_base: None,
             bind: None,
+            custom_flow: false,
         }
     }
 }
@@ -214,6 +220,78 @@ impl AuthServerInfo {
             client_id: registered.client_id,
             client_secret: registered.client_secret.expect("confidential client"),
         }
+    }
+}
+
+/// A custom flow, as an application would write for a provider the
+/// standard client does not fit: its own authorize URL and code exchange,
+/// and no refresh.
+pub struct CustomFlow {
+    info: AuthServerInfo,
+}
+
+#[mcp_authkit_core::async_trait]
+impl OAuthClient for CustomFlow {
+    fn authorization_url(
+        &self,
+        request: &mcp_authkit_core::AuthorizationRequest<'_>,
+    ) -> Result<Url, OAuthError> {
+        let mut url = Url::parse(&self.info.authorization_endpoint).unwrap();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.info.client_id)
+            .append_pair("redirect_uri", request.redirect_uri)
+            .append_pair("state", request.state.as_str())
+            .append_pair("code_challenge", request.pkce_challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("scope", &request.scopes.join(" "));
+        Ok(url)
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &SecretString,
+        flow: &PendingFlow,
+    ) -> Result<TokenResponse, OAuthError> {
+        let response = http()
+            .post(&self.info.token_endpoint)
+            .basic_auth(&self.info.client_id, Some(&self.info.client_secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.expose_secret()),
+                ("redirect_uri", flow.redirect_uri.as_str()),
+                ("code_verifier", flow.pkce_verifier.expose_secret()),
+            ])
+            .send()
+            .await
+            .map_err(|e| OAuthError::transport("custom exchange", e))?;
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| OAuthError::transport("custom exchange", e))?;
+        let token = body["access_token"]
+            .as_str()
+            .ok_or_else(|| OAuthError::new(OAuthErrorKind::Protocol, "no access_token"))?;
+        let mut response = TokenResponse::new(token);
+        if let Some(seconds) = body["expires_in"].as_u64() {
+            response = response.with_expires_in(Duration::from_secs(seconds));
+        }
+        Ok(response)
+    }
+
+    async fn refresh(
+        &self,
+        _refresh_token: &SecretString,
+        _scopes: &[String],
+    ) -> Result<TokenResponse, OAuthError> {
+        Err(OAuthError::new(
+            OAuthErrorKind::Other,
+            "this flow cannot refresh",
+        ))
+    }
+
+    fn supports_refresh(&self) -> bool {
+        false
     }
 }
 
@@ -257,19 +335,25 @@ impl McpServer {
         let provider_base = format!("{public_base}/oauth/github");
         let info = register(&format!("{provider_base}/callback"));
         let clock = Arc::new(ManualClock::starting_now());
-        let client = StandardOAuthClient::builder(
-            info.client_id.clone(),
-            info.authorization_endpoint.clone(),
-            info.token_endpoint.clone(),
-        )
-        .client_secret(info.client_secret.clone())
-        .issuer(info.issuer.clone())
-        .http_client(OAuthHttpClient::from_reqwest(http()))
-        .build()
-        .unwrap();
+        let client: Arc<dyn OAuthClient> = if options.custom_flow {
+            Arc::new(CustomFlow { info: info.clone() })
+        } else {
+            Arc::new(
+                StandardOAuthClient::builder(
+                    info.client_id.clone(),
+                    info.authorization_endpoint.clone(),
+                    info.token_endpoint.clone(),
+                )
+                .client_secret(info.client_secret.clone())
+                .issuer(info.issuer.clone())
+                .http_client(OAuthHttpClient::from_reqwest(http()))
+                .build()
+                .unwrap(),
+            )
+        };
         let mut builder = OAuthProvider::builder("github", provider_base)
             .display_name("GitHub")
-            .client(client)
+            .shared_client(client)
             .scopes(["repo"])
             .clock(clock.clone())
             .token_timeout(options.token_timeout)
@@ -651,4 +735,94 @@ pub fn query_of(url: &str) -> HashMap<String, String> {
         .query_pairs()
         .into_owned()
         .collect()
+}
+
+/// A token store that counts its calls, over the memory store.
+pub struct CountingStore {
+    inner: Arc<dyn TokenStore>,
+    pub gets: AtomicUsize,
+    pub others: AtomicUsize,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn TokenStore>) -> Self {
+        CountingStore {
+            inner,
+            gets: AtomicUsize::new(0),
+            others: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn reset(&self) {
+        self.gets.store(0, Ordering::SeqCst);
+        self.others.store(0, Ordering::SeqCst);
+    }
+
+    fn other(&self) {
+        self.others.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[mcp_authkit_core::async_trait]
+impl TokenStore for CountingStore {
+    async fn get(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::StoredToken>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+        record: &mcp_authkit_core::TokenRecord,
+    ) -> mcp_authkit_core::Result<mcp_authkit_core::Revision> {
+        self.other();
+        self.inner.put(key, record).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+        expected: Option<mcp_authkit_core::Revision>,
+        record: &mcp_authkit_core::TokenRecord,
+    ) -> mcp_authkit_core::Result<mcp_authkit_core::CasOutcome> {
+        self.other();
+        self.inner.compare_and_swap(key, expected, record).await
+    }
+    async fn delete(&self, key: &mcp_authkit_core::TokenKey) -> mcp_authkit_core::Result<bool> {
+        self.other();
+        self.inner.delete(key).await
+    }
+    async fn delete_if_revision(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+        revision: mcp_authkit_core::Revision,
+    ) -> mcp_authkit_core::Result<bool> {
+        self.other();
+        self.inner.delete_if_revision(key, revision).await
+    }
+    async fn try_acquire_lease(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+        ttl: Duration,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::LeaseToken>> {
+        self.other();
+        self.inner.try_acquire_lease(key, ttl).await
+    }
+    async fn release_lease(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+        lease: &mcp_authkit_core::LeaseToken,
+    ) -> mcp_authkit_core::Result<bool> {
+        self.other();
+        self.inner.release_lease(key, lease).await
+    }
+    async fn scan(
+        &self,
+        cursor: Option<&mcp_authkit_core::ScanCursor>,
+        limit: usize,
+    ) -> mcp_authkit_core::Result<mcp_authkit_core::ScanPage<mcp_authkit_core::TokenKey>> {
+        self.other();
+        self.inner.scan(cursor, limit).await
+    }
 }
