@@ -378,10 +378,13 @@ impl TokenError {
             FlowOutcome::Denied { error, .. } if error == CANCELLED => {
                 TokenError::Cancelled { display }
             }
+            // The description is the authorization server's text and ends up
+            // in front of the model: keep it short and printable.
             FlowOutcome::Denied { error, description } => TokenError::Denied {
                 display,
                 error,
-                description,
+                description: description
+                    .map(|text| text.chars().filter(|c| !c.is_control()).take(200).collect()),
             },
             FlowOutcome::Failed { reason } => TokenError::Failed { display, reason },
             _ => TokenError::Failed {
@@ -805,6 +808,23 @@ impl OAuthProvider {
         }
     }
 
+    /// Waits up to the token timeout for `pending` to end, then returns the
+    /// token it stored or why there is none.
+    async fn wait_then_token(
+        &self,
+        subject: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<UserToken, TokenError> {
+        let timeout = self.inner.token_timeout;
+        match self.wait_for_authorization(pending, timeout).await? {
+            Some(outcome) => self.after_outcome(subject, outcome).await,
+            None => Err(TokenError::TimedOut {
+                display: self.inner.display_name.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
     async fn abandon_if_started(&self, pending: &PendingAuthorization, code: &str) {
         if !pending.started() {
             return;
@@ -828,17 +848,8 @@ impl OAuthProvider {
             .begin_authorization(&subject, session.as_deref())
             .await?;
         if pending.elicitation_id.is_empty() {
-            // The callback is being handled right now: wait briefly for it.
-            let outcome = self
-                .wait_for_authorization(&pending, self.inner.token_timeout)
-                .await?;
-            return match outcome {
-                Some(outcome) => self.after_outcome(&subject, outcome).await,
-                None => Err(TokenError::TimedOut {
-                    display: self.inner.display_name.clone(),
-                    after: self.inner.token_timeout,
-                }),
-            };
+            // The callback is being handled right now: no link to show.
+            return self.wait_then_token(&subject, &pending).await;
         }
         self.watch_for_completion(ctx.peer.clone(), session.unwrap_or_default(), &pending);
         Err(TokenError::AuthorizationRequired(Box::new(
@@ -905,16 +916,7 @@ impl OAuthProvider {
             };
             match (action.as_str(), current) {
                 ("accept", Some(current)) if matches => {
-                    let outcome = self
-                        .wait_for_authorization(&current, self.inner.token_timeout)
-                        .await?;
-                    return match outcome {
-                        Some(outcome) => self.after_outcome(&subject, outcome).await,
-                        None => Err(TokenError::TimedOut {
-                            display,
-                            after: self.inner.token_timeout,
-                        }),
-                    };
+                    return self.wait_then_token(&subject, &current).await;
                 }
                 ("accept", None) => return Err(TokenError::Incomplete { display }),
                 ("decline", current) => {
@@ -934,6 +936,10 @@ impl OAuthProvider {
             }
         }
         let pending = self.begin_authorization(&subject, None).await?;
+        if pending.elicitation_id.is_empty() {
+            // The callback is being handled right now: no link to show.
+            return self.wait_then_token(&subject, &pending).await;
+        }
         Err(TokenError::AuthorizationRequired(Box::new(
             AuthorizationRequired {
                 provider: self.inner.name.clone(),
