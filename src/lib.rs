@@ -57,6 +57,5 @@ pub mod encrypted {
 /// Server-side and client-side OAuth providers.
 #[cfg(feature = "providers")]
 pub mod providers {
-    #[allow(unused_imports)] // placeholder crate until its issue lands
     pub use mcp_authkit_providers::*;
 }
