@@ -1,6 +1,7 @@
 //! `mcp-authkit`: the operator's tool for mcp-authkit stores.
 //!
 //! ```text
+//! mcp-authkit demo [--store memory|sqlite|redis] [--encrypt]
 //! mcp-authkit keys generate [--id ID]
 //! mcp-authkit inspect --store STORE [--provider P]
 //! mcp-authkit purge   --store STORE
@@ -11,6 +12,7 @@
 //! (with `--redis-prefix`), or `memory`. No command ever prints a token,
 //! refresh token or verifier.
 
+mod demo;
 mod key_spec;
 mod store_spec;
 
@@ -46,6 +48,22 @@ struct StoreArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole lifecycle end to end on loopback: elicitation, browser,
+    /// callback, token stored, refresh, invalidation. No credentials needed.
+    Demo {
+        /// The backend to run on.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: demo::DemoStore,
+        /// Keep the SQLite database at this path instead of a temporary file.
+        #[arg(long, value_name = "PATH")]
+        sqlite_path: Option<std::path::PathBuf>,
+        /// The Redis server for --store redis.
+        #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// Wrap the store in AES-256-GCM encryption (with a fresh key).
+        #[arg(long)]
+        encrypt: bool,
+    },
     /// Encryption keys.
     Keys {
         #[command(subcommand)]
@@ -103,6 +121,20 @@ type CommandResult = Result<(), String>;
 
 async fn run(command: Command) -> CommandResult {
     match command {
+        Command::Demo {
+            store,
+            sqlite_path,
+            redis_url,
+            encrypt,
+        } => {
+            demo::run(demo::DemoOptions {
+                store,
+                sqlite_path,
+                redis_url,
+                encrypt,
+            })
+            .await
+        }
         Command::Keys {
             command: KeysCommand::Generate { id },
         } => {

@@ -254,3 +254,56 @@ fn an_unreachable_redis_fails_fast() {
     assert!(stderr.contains("cannot open the store"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10), "no hang");
 }
+
+/// The README's main command, on each embedded store, plain and encrypted:
+/// it checks every lifecycle step itself and exits 0, and never prints a
+/// token, refresh token or code (the test server's start with at_, rt_, code_).
+#[test]
+fn the_demo_runs_end_to_end_without_printing_secrets() {
+    let redis_url =
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    for args in [
+        &["demo"][..],
+        &["demo", "--store", "memory"],
+        &["demo", "--store", "sqlite", "--encrypt"],
+        &[
+            "demo",
+            "--store",
+            "redis",
+            "--encrypt",
+            "--redis-url",
+            &redis_url,
+        ],
+    ] {
+        let output = cli(args, &[]);
+        let (stdout, stderr) = text(&output);
+        assert!(
+            output.status.success(),
+            "{args:?} failed:\n{stdout}\n{stderr}"
+        );
+        for step in [
+            "URL elicitation",
+            "callback page: 200",
+            "notifications/elicitation/complete received",
+            "refreshed silently: revision ",
+            "1 refresh request",
+            "GitHub API answered 401",
+            "2 elicitations, 2 code exchanges, 1 silent refresh, 1 invalidation",
+        ] {
+            assert!(
+                stdout.contains(step),
+                "{args:?} did not show {step:?}:\n{stdout}"
+            );
+        }
+        for secret_prefix in ["at_", "rt_", "code_"] {
+            assert!(
+                !stdout.contains(secret_prefix),
+                "{args:?} printed a secret:\n{stdout}"
+            );
+        }
+        if args.contains(&"--encrypt") {
+            assert!(stdout.contains("at rest encrypted"), "{stdout}");
+            assert!(!stdout.contains("at rest in clear"), "{stdout}");
+        }
+    }
+}
