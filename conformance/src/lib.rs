@@ -12,27 +12,48 @@
 //! database file, a unique key prefix) and opens independent store instances
 //! on it, which play the replicas of a deployment. Then, in a test file:
 //!
-//! ```ignore
-//! // tests/conformance.rs of your crate
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex};
 //! use mcp_authkit_conformance::{async_trait, Backend, Capabilities, Replica, SetupError};
+//! use mcp_authkit_store_memory::MemoryStore; // stands in for your store
 //!
-//! struct MyBackend;
+//! /// Your backend: fresh namespaces, and replicas opened on one.
+//! #[derive(Default)]
+//! struct MyBackend {
+//!     namespaces: Mutex<HashMap<String, MemoryStore>>,
+//! }
 //!
 //! #[async_trait]
 //! impl Backend for MyBackend {
 //!     fn name(&self) -> &str { "my-store" }
-//!     fn capabilities(&self) -> Capabilities { Capabilities::SHARED }
+//!     // A store shared across processes declares SHARED, and then must open
+//!     // a namespace from its name alone in another process.
+//!     fn capabilities(&self) -> Capabilities { Capabilities::PROCESS_LOCAL }
 //!     async fn create_namespace(&self) -> Result<String, SetupError> {
-//!         Ok(format!("test-{}", mcp_authkit_core::random_urlsafe(8)))
+//!         let name = mcp_authkit_core::random_urlsafe(8);
+//!         self.namespaces.lock().unwrap().insert(name.clone(), MemoryStore::new());
+//!         Ok(name)
 //!     }
 //!     async fn open(&self, namespace: &str) -> Result<Replica, SetupError> {
-//!         let store = std::sync::Arc::new(MyStore::connect(namespace).await?);
+//!         let store = self.namespaces.lock().unwrap().get(namespace).cloned().ok_or("unknown")?;
+//!         let store = Arc::new(store);
 //!         Ok(Replica::new(store.clone(), store))
 //!     }
-//!     async fn cleanup(&self, namespace: &str) { MyStore::drop_namespace(namespace).await; }
+//!     async fn cleanup(&self, namespace: &str) {
+//!         self.namespaces.lock().unwrap().remove(namespace);
+//!     }
 //! }
 //!
-//! mcp_authkit_conformance::conformance_tests!(MyBackend);
+//! // In tests/conformance.rs, one line makes a test of every scenario:
+//! //     mcp_authkit_conformance::conformance_tests!(MyBackend::default());
+//! // Here, one scenario run by hand:
+//! mcp_authkit_conformance::run_scenario(
+//!     "take_exactly_once",
+//!     |harness| Box::pin(mcp_authkit_conformance::scenarios::take_exactly_once(harness)),
+//!     MyBackend::default(),
+//!     None,
+//! );
 //! ```
 //!
 //! `cargo test` then lists one test per scenario (`token_crud_and_isolation`,
