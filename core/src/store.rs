@@ -87,6 +87,52 @@ impl ScanCursor {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A cursor that continues after `key`, for backends that list keys in
+    /// (provider, subject) order. Length-prefixed, so no character in the
+    /// provider can fake where it ends.
+    pub fn after_key(key: &TokenKey) -> Self {
+        ScanCursor(format!(
+            "{}:{}{}",
+            key.provider().len(),
+            key.provider(),
+            key.subject()
+        ))
+    }
+
+    /// The key an [`after_key`](Self::after_key) cursor continues after; an
+    /// error for a cursor this form never produces.
+    pub fn last_key(&self) -> Result<TokenKey> {
+        let bad =
+            || crate::Error::invalid_input("scan cursor", "it was not returned by this store");
+        let (len, rest) = self.0.split_once(':').ok_or_else(bad)?;
+        let len: usize = len.parse().map_err(|_| bad())?;
+        if len > rest.len() || !rest.is_char_boundary(len) {
+            return Err(bad());
+        }
+        let (provider, subject) = rest.split_at(len);
+        Ok(TokenKey::new(provider, subject))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_cursor_round_trips_keys_with_separators() {
+        for key in [
+            TokenKey::new("a:b", "c"),
+            TokenKey::new("a", ":b:c"),
+            TokenKey::new("", ""),
+            TokenKey::new("ü", "1:2"),
+        ] {
+            assert_eq!(ScanCursor::after_key(&key).last_key().unwrap(), key);
+        }
+        for bad in ["nonsense", "99:short", "1:ü"] {
+            assert!(ScanCursor::new(bad).last_key().is_err(), "{bad}");
+        }
+    }
 }
 
 /// One page of a scan.

@@ -209,9 +209,9 @@ impl TokenStore for MemoryStore {
 
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
         let state = self.lock();
-        // The cursor is the last key returned, as (provider, subject) JSON.
+        // The cursor names the last key returned (ScanCursor::after_key).
         let after = match cursor {
-            Some(cursor) => Some(decode_cursor(cursor)?),
+            Some(cursor) => Some(cursor.last_key()?),
             None => None,
         };
         let lower = match &after {
@@ -232,36 +232,12 @@ impl TokenStore for MemoryStore {
                     .next()
                     .is_some() =>
             {
-                Some(encode_cursor(last))
+                Some(ScanCursor::after_key(last))
             }
             _ => None,
         };
         Ok(ScanPage { items, next })
     }
-}
-
-fn encode_cursor(key: &TokenKey) -> ScanCursor {
-    let mut text = String::with_capacity(key.provider().len() + key.subject().len() + 1);
-    // Length-prefixed so no character in the provider can fake the split.
-    text.push_str(&key.provider().len().to_string());
-    text.push(':');
-    text.push_str(key.provider());
-    text.push_str(key.subject());
-    ScanCursor::new(text)
-}
-
-fn decode_cursor(cursor: &ScanCursor) -> Result<TokenKey> {
-    let bad = || {
-        mcp_authkit_core::Error::invalid_input("scan cursor", "it was not returned by this store")
-    };
-    let text = cursor.as_str();
-    let (len, rest) = text.split_once(':').ok_or_else(bad)?;
-    let len: usize = len.parse().map_err(|_| bad())?;
-    if !rest.is_char_boundary(len.min(rest.len())) || len > rest.len() {
-        return Err(bad());
-    }
-    let (provider, subject) = rest.split_at(len);
-    Ok(TokenKey::new(provider, subject))
 }
 
 #[async_trait]
@@ -395,24 +371,5 @@ impl PendingStore for MemoryStore {
             .waiters
             .retain(|_, sender| sender.receiver_count() > 0);
         Ok(report)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trips_keys_with_separators() {
-        for key in [
-            TokenKey::new("a:b", "c"),
-            TokenKey::new("a", ":b:c"),
-            TokenKey::new("", ""),
-            TokenKey::new("ü", "1:2"),
-        ] {
-            assert_eq!(decode_cursor(&encode_cursor(&key)).unwrap(), key);
-        }
-        assert!(decode_cursor(&ScanCursor::new("nonsense")).is_err());
-        assert!(decode_cursor(&ScanCursor::new("99:short")).is_err());
     }
 }
