@@ -11,9 +11,9 @@
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, measure_concurrent};
+use mcp_authkit_bench::{Stats, Table, interleaved_latencies, measure_concurrent};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
     TokenKey, TokenRecord, TokenStore, codec,
@@ -184,37 +184,27 @@ async fn interleaved(
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let ctx = Arc::clone(ctx);
-        handles.push(tokio::spawn(async move {
-            let mut times = Vec::with_capacity(iterations);
-            for i in 0..iterations + iterations / 10 {
-                let time = |raw: bool| {
-                    let ctx = &ctx;
-                    async move {
-                        let started = Instant::now();
-                        run(ctx, op, raw, next_number()).await;
-                        started.elapsed()
-                    }
-                };
-                let (base, ours) = if i % 2 == 0 {
-                    let base = time(true).await;
-                    (base, time(false).await)
-                } else {
-                    let ours = time(false).await;
-                    (time(true).await, ours)
-                };
-                if i >= iterations / 10 {
-                    times.push((base, ours));
-                }
+        // Plain closures returning futures, not async closures: the spawned
+        // task must be Send, which rustc cannot yet prove through an async
+        // closure's borrowing future.
+        let call = move |raw: bool| {
+            let ctx = Arc::clone(&ctx);
+            move |_| {
+                let ctx = Arc::clone(&ctx);
+                async move { run(&ctx, op, raw, next_number()).await }
             }
-            times
-        }));
+        };
+        handles.push(tokio::spawn(interleaved_latencies(
+            iterations,
+            call(false),
+            call(true),
+        )));
     }
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for handle in handles {
-        for (b, o) in handle.await.unwrap() {
-            base.push(b);
-            ours.push(o);
-        }
+        let (o, b) = handle.await.unwrap();
+        ours.extend(o);
+        base.extend(b);
     }
     let wall = |latencies: &[Duration]| latencies.iter().sum::<Duration>() / tasks as u32;
     let (base_wall, ours_wall) = (wall(&base), wall(&ours));

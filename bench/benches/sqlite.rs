@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, measure_concurrent};
+use mcp_authkit_bench::{Stats, Table, interleaved, measure_concurrent};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, PendingFlow, PendingStore, Revision, Timestamp, TokenKey, TokenRecord,
     TokenStore, codec,
@@ -41,52 +41,6 @@ fn flow(subject: String) -> PendingFlow {
 
 fn unix_nanos(at: SystemTime) -> u128 {
     at.duration_since(UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// Times `ours` and `baseline` alternately, operation by operation and
-/// switching which goes first, so load from elsewhere on this shared
-/// machine falls on both alike. Each gets the call number (unique, from 0 to
-/// `n + n / 10`); the first tenth warms caches and is not counted.
-/// Throughput is that of back-to-back operations (one over the mean
-/// latency).
-async fn interleaved(
-    n: usize,
-    (our_name, baseline_name): (&str, &str),
-    mut ours: impl AsyncFnMut(usize),
-    mut baseline: impl AsyncFnMut(usize),
-) -> (Stats, Stats) {
-    let warm_up = n / 10;
-    let mut our_latencies = Vec::with_capacity(n);
-    let mut baseline_latencies = Vec::with_capacity(n);
-    for i in 0..warm_up + n {
-        let (our_time, baseline_time) = if i % 2 == 0 {
-            let started = Instant::now();
-            ours(i).await;
-            let our_time = started.elapsed();
-            let started = Instant::now();
-            baseline(i).await;
-            (our_time, started.elapsed())
-        } else {
-            let started = Instant::now();
-            baseline(i).await;
-            let baseline_time = started.elapsed();
-            let started = Instant::now();
-            ours(i).await;
-            (started.elapsed(), baseline_time)
-        };
-        if i >= warm_up {
-            our_latencies.push(our_time);
-            baseline_latencies.push(baseline_time);
-        }
-    }
-    let stats = |name: &str, latencies: Vec<Duration>| {
-        let busy = latencies.iter().sum();
-        Stats::from_latencies(name, latencies, busy)
-    };
-    (
-        stats(our_name, our_latencies),
-        stats(baseline_name, baseline_latencies),
-    )
 }
 
 #[tokio::main]

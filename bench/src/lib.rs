@@ -102,6 +102,60 @@ where
     Stats::from_latencies(name, latencies, started.elapsed())
 }
 
+/// Times `ours` and `baseline` alternately, operation by operation and
+/// switching which goes first, so load from elsewhere on this shared machine
+/// falls on both alike. Each closure gets the call number (0 to
+/// `n + n / 10`); the first tenth warms caches and is not kept. Returns the
+/// `n` kept latencies of ours and of the baseline.
+pub async fn interleaved_latencies(
+    n: usize,
+    mut ours: impl AsyncFnMut(usize),
+    mut baseline: impl AsyncFnMut(usize),
+) -> (Vec<Duration>, Vec<Duration>) {
+    let warm_up = n / 10;
+    let mut our_latencies = Vec::with_capacity(n);
+    let mut baseline_latencies = Vec::with_capacity(n);
+    for i in 0..warm_up + n {
+        let (our_time, baseline_time) = if i % 2 == 0 {
+            let started = Instant::now();
+            ours(i).await;
+            let our_time = started.elapsed();
+            let started = Instant::now();
+            baseline(i).await;
+            (our_time, started.elapsed())
+        } else {
+            let started = Instant::now();
+            baseline(i).await;
+            let baseline_time = started.elapsed();
+            let started = Instant::now();
+            ours(i).await;
+            (started.elapsed(), baseline_time)
+        };
+        if i >= warm_up {
+            our_latencies.push(our_time);
+            baseline_latencies.push(baseline_time);
+        }
+    }
+    (our_latencies, baseline_latencies)
+}
+
+/// [`interleaved_latencies`] on one task, as two rows whose throughput is
+/// that of back-to-back operations (one over the mean latency), so the ratio
+/// compares mean latencies measured under the same conditions.
+pub async fn interleaved(
+    n: usize,
+    (our_name, baseline_name): (&str, &str),
+    ours: impl AsyncFnMut(usize),
+    baseline: impl AsyncFnMut(usize),
+) -> (Stats, Stats) {
+    let (ours, baseline) = interleaved_latencies(n, ours, baseline).await;
+    let stats = |name: &str, latencies: Vec<Duration>| {
+        let busy = latencies.iter().sum();
+        Stats::from_latencies(name, latencies, busy)
+    };
+    (stats(our_name, ours), stats(baseline_name, baseline))
+}
+
 fn format_duration(d: Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;
     if micros < 1000.0 {
