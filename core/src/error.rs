@@ -278,6 +278,10 @@ pub enum OAuthErrorKind {
     Transient,
     /// The server answered something that is not valid OAuth.
     Protocol,
+    /// The server's TLS certificate was refused (unknown issuer, expired,
+    /// wrong name, revoked): trust its certificate authority or fix the URL.
+    /// Trying again cannot help, so this is not [`Transient`](Self::Transient).
+    CertificateRejected,
     /// The authorization response came from an unexpected issuer (RFC 9207),
     /// or an issuer was required and missing.
     IssuerMismatch,
@@ -391,9 +395,73 @@ impl OAuthError {
     }
 }
 
+/// The first error of type `E` in `error`'s cause chain (including `error`
+/// itself), looking inside `std::io::Error`s and `Arc<dyn Error>`s too:
+/// their `source()` skips the error they wrap, and transports (TLS, sockets)
+/// hand their real cause over that way. Backends use it to classify a failure by its root cause, for
+/// example a TLS certificate refusal that no retry can fix.
+///
+/// ```
+/// use std::io;
+/// use mcp_authkit_core::find_cause;
+///
+/// let inner = std::fmt::Error;
+/// let io = io::Error::new(io::ErrorKind::InvalidData, inner);
+/// assert!(find_cause::<std::fmt::Error>(&io).is_some());
+/// assert!(find_cause::<std::str::Utf8Error>(&io).is_none());
+/// ```
+pub fn find_cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        if let Some(found) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| find_cause::<E>(inner))
+        {
+            return Some(found);
+        }
+        // A shared `Arc<dyn Error>` (redis-rs keeps its causes so) is an
+        // error of its own type whose source() is its content's source.
+        if let Some(shared) = error.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            let inner: &(dyn std::error::Error + 'static) = &**shared;
+            if let Some(found) = find_cause::<E>(inner) {
+                return Some(found);
+            }
+        }
+        next = error.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_cause_looks_through_sources_io_errors_and_shared_errors() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Arc<dyn std::error::Error + Send + Sync>);
+
+        let root = std::io::Error::new(std::io::ErrorKind::InvalidData, std::fmt::Error);
+        let shared: Arc<dyn std::error::Error + Send + Sync> = Arc::new(root);
+        let error = Outer(shared);
+        assert!(find_cause::<std::fmt::Error>(&error).is_some());
+        assert!(find_cause::<std::io::Error>(&error).is_some());
+        assert!(find_cause::<Outer>(&error).is_some());
+        assert!(find_cause::<std::str::Utf8Error>(&error).is_none());
+        // Without the wrappers' help, source() alone never reaches the root.
+        let mut chain = std::error::Error::source(&error);
+        while let Some(next) = chain {
+            assert!(next.downcast_ref::<std::fmt::Error>().is_none());
+            chain = next.source();
+        }
+    }
 
     #[test]
     fn classifies_token_endpoint_errors() {

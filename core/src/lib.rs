@@ -86,7 +86,9 @@ mod store;
 pub mod testing;
 mod time;
 
-pub use error::{BoxError, CodecError, Error, MalformedRecord, OAuthError, OAuthErrorKind, Result};
+pub use error::{
+    BoxError, CodecError, Error, MalformedRecord, OAuthError, OAuthErrorKind, Result, find_cause,
+};
 pub use flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow, PkceVerifier, random_urlsafe};
 pub use lifecycle::{
     Access, AccessToken, AuthorizationReason, BeginOutcome, CallbackParams, CompletedFlow,
