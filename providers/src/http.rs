@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use mcp_authkit_core::OAuthError;
+use mcp_authkit_core::{OAuthError, OAuthErrorKind};
 
 /// Why an HTTP exchange failed below the OAuth layer.
 #[derive(Debug, thiserror::Error)]
@@ -30,19 +30,41 @@ pub enum HttpError {
 
 impl HttpError {
     /// As a classified OAuth error: transport failures and timeouts are
-    /// transient, anything else is a protocol problem.
+    /// transient, except a refused server certificate, which stays refused
+    /// until someone changes the trust settings; anything else is a protocol
+    /// problem.
     pub fn into_oauth_error(self, what: &str) -> OAuthError {
         match &self {
+            HttpError::Transport(error) if is_certificate_rejection(error) => OAuthError::new(
+                OAuthErrorKind::CertificateRejected,
+                format!(
+                    "{what}: the server's TLS certificate was rejected; \
+                     trust its certificate authority in the HTTP client"
+                ),
+            )
+            .with_source(self),
             HttpError::Transport(_) => {
                 OAuthError::transport(format!("{what}: request failed"), self)
             }
-            _ => OAuthError::new(
-                mcp_authkit_core::OAuthErrorKind::Protocol,
-                format!("{what}: {self}"),
-            )
-            .with_source(self),
+            _ => OAuthError::new(OAuthErrorKind::Protocol, format!("{what}: {self}"))
+                .with_source(self),
         }
     }
+}
+
+/// Whether `error` (or anything in its source chain) is rustls refusing the
+/// server's certificate. Such a failure looks like any other connect error
+/// to reqwest, but retrying it can never succeed, so it must not be reported
+/// as transient.
+pub(crate) fn is_certificate_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        mcp_authkit_core::find_cause::<rustls::Error>(error),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::InvalidCertRevocationList(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+    )
 }
 
 /// A `reqwest` client usable as the `oauth2` crate's async HTTP client.

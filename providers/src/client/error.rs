@@ -217,6 +217,21 @@ pub enum ClientAuthError {
         source: std::sync::Arc<reqwest::Error>,
     },
 
+    /// The server's TLS certificate was refused (unknown issuer, expired,
+    /// wrong name). Not retryable: trust the server's certificate authority
+    /// in the HTTP client the provider is built with, or fix the URL.
+    #[error(
+        "the TLS certificate of {url} was rejected: {source}; \
+         trust its certificate authority in the HTTP client or fix the URL"
+    )]
+    CertificateRejected {
+        /// The URL requested.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: std::sync::Arc<reqwest::Error>,
+    },
+
     /// The token store or the pending-flow store failed.
     #[error(transparent)]
     Store(mcp_authkit_core::Error),
@@ -261,9 +276,12 @@ impl ClientAuthError {
     pub(crate) fn http(url: &str, source: reqwest::Error) -> Self {
         // The URL is ours (a metadata or token endpoint); reqwest's own copy
         // is dropped so that no query string ever reaches a log.
-        ClientAuthError::Http {
-            url: url.to_owned(),
-            source: std::sync::Arc::new(source.without_url()),
+        let url = url.to_owned();
+        let source = std::sync::Arc::new(source.without_url());
+        if crate::http::is_certificate_rejection(&*source) {
+            ClientAuthError::CertificateRejected { url, source }
+        } else {
+            ClientAuthError::Http { url, source }
         }
     }
 
