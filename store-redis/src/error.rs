@@ -10,6 +10,11 @@ use crate::BACKEND;
 /// read-only for a moment. Authentication, permission, configuration and
 /// script errors stay until someone changes something.
 pub(crate) fn is_retryable(error: &RedisError) -> bool {
+    if is_certificate_rejection(error) {
+        // redis-rs reports it as one more I/O error, but no retry can make
+        // an untrusted certificate trusted.
+        return false;
+    }
     match error.kind() {
         // redis-rs marks permission and unsupported-operation I/O errors
         // (a unix socket we may not open) as not worth retrying.
@@ -27,6 +32,25 @@ pub(crate) fn is_retryable(error: &RedisError) -> bool {
         ),
         _ => false,
     }
+}
+
+/// Whether rustls refused the server's certificate (unknown issuer,
+/// expired, wrong name, revoked).
+#[cfg(feature = "tls")]
+fn is_certificate_rejection(error: &RedisError) -> bool {
+    matches!(
+        mcp_authkit_core::find_cause::<rustls::Error>(error),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::InvalidCertRevocationList(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+    )
+}
+
+#[cfg(not(feature = "tls"))]
+fn is_certificate_rejection(_: &RedisError) -> bool {
+    false
 }
 
 /// Whether the command never reached the server (the connection could not

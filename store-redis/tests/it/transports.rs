@@ -186,7 +186,10 @@ async fn rediss_urls_verify_the_server_and_present_client_certificates() {
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await;
-    assert!(untrusted.is_err(), "an unknown CA is refused");
+    // A refused certificate stays refused: not worth retrying, and said.
+    let error = untrusted.expect_err("an unknown CA is refused");
+    assert!(!error.is_retryable(), "{error:?}");
+    assert!(error.to_string().contains("certificate"), "{error}");
     // The server requires a client certificate.
     let anonymous = RedisStore::builder(&url)
         .prefix(ns.prefix())
