@@ -438,6 +438,23 @@ pub fn find_cause<'a, E: std::error::Error + 'static>(
     None
 }
 
+/// Whether rustls refusing the server's certificate (unknown issuer,
+/// expired, wrong name, revoked, none presented) is anywhere in `error`'s
+/// cause chain. Transports report such a refusal as one more I/O error, but
+/// no retry can make an untrusted certificate trusted, so backends use this
+/// to keep it out of [`Error::is_retryable`]'s transient failures.
+#[cfg(feature = "rustls")]
+pub fn is_certificate_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        find_cause::<rustls::Error>(error),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::InvalidCertRevocationList(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,8 @@ mod store;
 pub mod testing;
 mod time;
 
+#[cfg(feature = "rustls")]
+pub use error::is_certificate_refusal;
 pub use error::{
     BoxError, CodecError, Error, MalformedRecord, OAuthError, OAuthErrorKind, Result, find_cause,
 };

@@ -35,14 +35,16 @@ impl HttpError {
     /// problem.
     pub fn into_oauth_error(self, what: &str) -> OAuthError {
         match &self {
-            HttpError::Transport(error) if is_certificate_rejection(error) => OAuthError::new(
-                OAuthErrorKind::CertificateRejected,
-                format!(
-                    "{what}: the server's TLS certificate was rejected; \
-                     trust its certificate authority in the HTTP client"
-                ),
-            )
-            .with_source(self),
+            HttpError::Transport(error) if mcp_authkit_core::is_certificate_refusal(error) => {
+                OAuthError::new(
+                    OAuthErrorKind::CertificateRejected,
+                    format!(
+                        "{what}: the server's TLS certificate was rejected; \
+                         trust its certificate authority in the HTTP client"
+                    ),
+                )
+                .with_source(self)
+            }
             HttpError::Transport(_) => {
                 OAuthError::transport(format!("{what}: request failed"), self)
             }
@@ -50,21 +52,6 @@ impl HttpError {
                 .with_source(self),
         }
     }
-}
-
-/// Whether `error` (or anything in its source chain) is rustls refusing the
-/// server's certificate. Such a failure looks like any other connect error
-/// to reqwest, but retrying it can never succeed, so it must not be reported
-/// as transient.
-pub(crate) fn is_certificate_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(
-        mcp_authkit_core::find_cause::<rustls::Error>(error),
-        Some(
-            rustls::Error::InvalidCertificate(_)
-                | rustls::Error::InvalidCertRevocationList(_)
-                | rustls::Error::NoCertificatesPresented
-        )
-    )
 }
 
 /// A `reqwest` client usable as the `oauth2` crate's async HTTP client.

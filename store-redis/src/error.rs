@@ -1,5 +1,7 @@
 //! How Redis failures become [`mcp_authkit_core::Error`]s.
 
+#[cfg(feature = "tls")]
+use mcp_authkit_core::is_certificate_refusal;
 use mcp_authkit_core::{CodecError, Error, MalformedRecord};
 use redis::{ErrorKind, RedisError, RetryMethod, ServerErrorKind};
 
@@ -10,7 +12,7 @@ use crate::BACKEND;
 /// read-only for a moment. Authentication, permission, configuration and
 /// script errors stay until someone changes something.
 pub(crate) fn is_retryable(error: &RedisError) -> bool {
-    if is_certificate_rejection(error) {
+    if is_certificate_refusal(error) {
         // redis-rs reports it as one more I/O error, but no retry can make
         // an untrusted certificate trusted.
         return false;
@@ -34,22 +36,9 @@ pub(crate) fn is_retryable(error: &RedisError) -> bool {
     }
 }
 
-/// Whether rustls refused the server's certificate (unknown issuer,
-/// expired, wrong name, revoked).
-#[cfg(feature = "tls")]
-fn is_certificate_rejection(error: &RedisError) -> bool {
-    matches!(
-        mcp_authkit_core::find_cause::<rustls::Error>(error),
-        Some(
-            rustls::Error::InvalidCertificate(_)
-                | rustls::Error::InvalidCertRevocationList(_)
-                | rustls::Error::NoCertificatesPresented
-        )
-    )
-}
-
+/// Without TLS there is no certificate to refuse.
 #[cfg(not(feature = "tls"))]
-fn is_certificate_rejection(_: &RedisError) -> bool {
+fn is_certificate_refusal(_: &RedisError) -> bool {
     false
 }
 

@@ -278,7 +278,7 @@ impl ClientAuthError {
         // is dropped so that no query string ever reaches a log.
         let url = url.to_owned();
         let source = std::sync::Arc::new(source.without_url());
-        if crate::http::is_certificate_rejection(&*source) {
+        if mcp_authkit_core::is_certificate_refusal(&*source) {
             ClientAuthError::CertificateRejected { url, source }
         } else {
             ClientAuthError::Http { url, source }
