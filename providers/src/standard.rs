@@ -9,7 +9,9 @@
 //! - Extra authorize parameters (`prompt`, `access_type` ...) and an RFC 8707
 //!   `resource`, sent on the authorize, code and refresh requests.
 //! - Every request goes through one [`OAuthHttpClient`] (custom TLS roots,
-//!   proxies, timeouts), which never follows redirects.
+//!   proxies, timeouts) by [`send_token_request`]: whatever client it
+//!   wraps, no redirect carries the request on and no redirected answer is
+//!   accepted, and an answer larger than 1 MiB is refused.
 //! - Every failure is classified as an [`OAuthErrorKind`]: `invalid_grant`
 //!   drops the token, network errors, timeouts, 5xx and 429 are transient
 //!   and never do.
@@ -37,7 +39,7 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::http::{HttpError, OAuthHttpClient};
+use crate::http::{HttpError, OAuthHttpClient, send_token_request};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -610,7 +612,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for ObservedHttp<'_> {
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let mut response = oauth2::AsyncHttpClient::call(self.http, request).await?;
+            let mut response = send_token_request(self.http.reqwest(), request).await?;
             if response.status() == http::StatusCode::OK && is_error_body(response.body()) {
                 *response.status_mut() = http::StatusCode::BAD_REQUEST;
             }
