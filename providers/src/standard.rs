@@ -212,8 +212,17 @@ impl StandardOAuthClient {
         }
     }
 
-    /// A GitHub OAuth App or GitHub App: its endpoints, `client_secret_post`,
-    /// and GitHub's issuer for RFC 9207.
+    /// A GitHub OAuth App or GitHub App: its endpoints and
+    /// `client_secret_post`.
+    ///
+    /// No issuer is configured, so `iss` is not checked: GitHub does not
+    /// document an RFC 9207 `iss` in its authorization responses, and a
+    /// guessed issuer would refuse every sign-in if GitHub sent another
+    /// value. Mix-ups between providers are prevented by each provider's
+    /// own redirect URI (one callback path per
+    /// [`OAuthProvider`](crate::server::OAuthProvider)). Should GitHub
+    /// start sending `iss`, call
+    /// [`issuer`](StandardOAuthClientBuilder::issuer) with its value.
     pub fn github(
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
@@ -664,6 +673,15 @@ mod tests {
                 .build()
                 .unwrap_err();
         assert!(error.to_string().contains("state"), "{error}");
+    }
+
+    #[test]
+    fn github_checks_no_issuer_as_documented() {
+        let client = StandardOAuthClient::github("id", "secret").build().unwrap();
+        assert_eq!(client.issuer(), None);
+        assert!(!client.require_issuer);
+        assert!(client.check_issuer(None).is_ok());
+        assert!(client.check_issuer(Some("https://github.com")).is_ok());
     }
 
     #[test]
