@@ -164,10 +164,12 @@ pub struct AuthorizationRequired {
 
 impl fmt::Debug for AuthorizationRequired {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The link and the elicitation id (also inside the request state)
+        // start the sign-in for whoever holds them under trust_link_holder.
         f.debug_struct("AuthorizationRequired")
             .field("provider", &self.provider)
-            .field("url", &self.url.as_str())
-            .field("elicitation_id", &self.elicitation_id)
+            .field("url", &"[redacted]")
+            .field("elicitation_id", &"[redacted]")
             .field("input_required", &self.request_state.is_some())
             .finish()
     }
@@ -635,6 +637,10 @@ impl OAuthProvider {
     ///   - A client that did not declare URL elicitation gets
     ///     [`TokenError::UrlElicitationUnsupported`]; no flow is started and
     ///     no other mode is tried.
+    ///
+    /// The elicited URL is this server's connect page with an opaque link
+    /// handle: no subject, no OAuth `state` (see the [module docs](super)
+    /// for the browser binding that guards the callback).
     pub async fn require_token(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -961,25 +967,39 @@ impl OAuthProvider {
         let Some(state) = lifecycle.pending_store().active_flow(&key).await? else {
             return Ok(None);
         };
-        let flow = lifecycle.pending_flow(&state).await?;
-        let now = self.inner.clock.now();
-        Ok(Some(match flow {
-            Some(flow) => PendingAuthorization {
-                subject: subject.to_owned(),
-                connect_url: self.connect_url_for(subject, &flow.elicitation_id),
-                elicitation_id: flow.elicitation_id,
-                expires_in: Some(flow.expires_at.saturating_duration_since(now)),
-                state,
-                started: true,
-            },
+        Ok(Some(match lifecycle.pending_flow(&state).await? {
+            Some(flow) => self.pending_for(subject, flow, true),
             None => PendingAuthorization {
                 subject: subject.to_owned(),
-                connect_url: self.connect_url_for(subject, ""),
+                connect_url: self.inner.connect_url.clone(),
                 elicitation_id: String::new(),
                 expires_in: None,
                 state,
                 started: false,
             },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_authorization_required_leaves_out_the_link() {
+        let handle = "bGluay1oYW5kbGUtMjU2LWJpdHMtcmFuZG9tLXZhbHVl";
+        let required = AuthorizationRequired {
+            provider: "github".into(),
+            message: "open the link".into(),
+            url: Url::parse(&format!(
+                "https://mcp.example.com/oauth/github/connect?flow={handle}"
+            ))
+            .unwrap(),
+            elicitation_id: handle.into(),
+            request_state: Some(request_state("github", handle)),
+        };
+        let printed = format!("{required:?}");
+        assert!(!printed.contains(handle), "{printed}");
+        assert!(printed.contains("github") && printed.contains("input_required: true"));
     }
 }
