@@ -598,6 +598,34 @@ async fn elicited_urls_carry_no_subject_and_logs_no_link_secret() {
 }
 
 #[tokio::test]
+async fn an_old_protocol_version_is_told_it_is_too_old() {
+    let h = Harness::start(Options::default()).await;
+    for version in [
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+        rmcp::model::ProtocolVersion::V_2025_03_26,
+    ] {
+        // It declares URL elicitation, which its version does not have.
+        let client = TestClient::new(&ClientSpec::new(version.clone(), "alice"));
+        let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+        let result = call(&session, "whoami").await.unwrap();
+        assert_tool_error(
+            &result,
+            &format!("protocol version {version}, which is too old"),
+        );
+        assert!(
+            !text(&result).contains("did not declare"),
+            "{version}: {}",
+            text(&result)
+        );
+        assert!(client.elicitations().is_empty(), "{version}: nothing sent");
+        assert!(
+            !active_flow(&h, "alice").await,
+            "{version}: no flow started"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_call_without_a_user_is_refused() {
     let h = Harness::start(Options::default()).await;
     let client = TestClient::new(&ClientSpec::legacy("alice"));

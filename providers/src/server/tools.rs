@@ -265,6 +265,19 @@ pub enum TokenError {
         /// The provider's display name.
         display: String,
     },
+    /// The client declared URL-mode elicitation on a protocol version that
+    /// has none (2025-06-18 and older), so it cannot be sent.
+    #[error(
+        "{display} authorization is required, but this MCP session uses protocol version \
+         {version}, which is too old for authorization links (URL-mode elicitation needs \
+         2025-11-25 or newer). Update your MCP client, then try again"
+    )]
+    ProtocolTooOld {
+        /// The provider's display name.
+        display: String,
+        /// The session's negotiated protocol version.
+        version: String,
+    },
     /// The client did not declare URL-mode elicitation, so it cannot show
     /// the link.
     #[error(
@@ -635,8 +648,10 @@ impl OAuthProvider {
     ///     retried call finds the token, or waits for the flow the user
     ///     accepted.
     ///   - A client that did not declare URL elicitation gets
-    ///     [`TokenError::UrlElicitationUnsupported`]; no flow is started and
-    ///     no other mode is tried.
+    ///     [`TokenError::UrlElicitationUnsupported`]; one that declared it
+    ///     on a protocol version without it (2025-06-18 and older) gets
+    ///     [`TokenError::ProtocolTooOld`]. No flow is started and no other
+    ///     mode is tried.
     ///
     /// The elicited URL is this server's connect page with an opaque link
     /// handle: no subject, no OAuth `state` (see the [module docs](super)
@@ -681,9 +696,15 @@ impl OAuthProvider {
             .client_capabilities()
             .and_then(|caps| caps.elicitation)
             .is_some_and(|elicitation| elicitation.url.is_some());
-        if !declares_url || !supports_url_elicitation(&version) {
+        if !declares_url {
             return Err(TokenError::UrlElicitationUnsupported {
                 display: display.clone(),
+            });
+        }
+        if !supports_url_elicitation(&version) {
+            return Err(TokenError::ProtocolTooOld {
+                display: display.clone(),
+                version: version.as_str().to_owned(),
             });
         }
         if uses_input_required(&version) {
