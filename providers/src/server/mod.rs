@@ -131,6 +131,12 @@ pub enum ElicitationStyle {
     /// (`URLElicitationRequiredError`) carrying the elicitation; send
     /// `notifications/elicitation/complete` to the session when the
     /// callback lands, and let the client retry the call.
+    ///
+    /// rmcp 3.11 logs every JSON-RPC error response at `WARN` level, the
+    /// elicited link included: under
+    /// [`trust_link_holder`](OAuthProviderBuilder::trust_link_holder),
+    /// where the link starts the sign-in for whoever holds it, keep
+    /// `rmcp::service` below `warn` in logs others read.
     FailFast,
 }
 

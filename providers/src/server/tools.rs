@@ -656,6 +656,19 @@ impl OAuthProvider {
     /// The elicited URL is this server's connect page with an opaque link
     /// handle: no subject, no OAuth `state` (see the [module docs](super)
     /// for the browser binding that guards the callback).
+    ///
+    /// # Where the completion notice goes
+    ///
+    /// rmcp's streamable HTTP server (3.11) sends a server notification on
+    /// the tool call's own response stream only for progress and
+    /// cancellation; every other notification, `notifications/elicitation/complete`
+    /// included, goes on the session's standalone `GET` stream (server
+    /// requests such as `elicitation/create` do ride the call's stream, by
+    /// their originating request). rmcp has no way to tag a notification
+    /// with its request, so a client that never opens that optional stream
+    /// does not see the notice: in wait mode it still gets the tool's result
+    /// on the call's stream right after; in fail-fast mode it learns that
+    /// the user finished when it retries.
     pub async fn require_token(
         &self,
         ctx: &RequestContext<RoleServer>,
