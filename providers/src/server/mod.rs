@@ -89,6 +89,9 @@
 
 mod binding;
 mod browser;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod html;
 mod query;
 mod routes;

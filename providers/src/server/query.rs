@@ -67,6 +67,14 @@ impl Query {
         Ok(Query { params })
     }
 
+    /// Every parameter, in no particular order.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
     /// A parameter, refused when longer than `limit` bytes.
     pub(crate) fn get(&self, name: &'static str, limit: usize) -> Result<Option<&str>, QueryError> {
         match self.params.get(name) {
