@@ -423,7 +423,10 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             Some(claims.sub.clone())
         }))
         // The connect page checks that the browser is the MCP user's own
-        // (here: an app session cookie), so a forwarded link is useless.
+        // (here: an app session cookie) and binds that browser to the flow;
+        // the callback accepts only that browser. So neither a forwarded
+        // connect link nor a forwarded authorize URL connects anyone else's
+        // account (the headless browser keeps cookies, like a real one).
         .browser_user(|parts: &axum::http::request::Parts| {
             parts
                 .headers
