@@ -597,6 +597,161 @@ async fn elicited_urls_carry_no_subject_and_logs_no_link_secret() {
     );
 }
 
+/// A streamable-HTTP POST answered with an SSE stream, read message by
+/// message.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn next(&mut self) -> Option<serde_json::Value> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if !data.is_empty() {
+                    return Some(serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("the stream stalled")
+                .unwrap()?;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+        }
+    }
+}
+
+/// What the provider docs say about rmcp 3.11: the completion notice goes
+/// on the standalone GET stream, never on the tool call's own stream, so a
+/// client that never opens the GET stream does not see it (and still gets
+/// its result). If rmcp starts routing it to the call's stream, this test
+/// fails and the docs must change.
+#[tokio::test]
+async fn without_the_get_stream_the_completion_notice_is_not_seen_but_the_result_is() {
+    let h = Harness::start(Options::default()).await;
+    let post = |session: Option<&str>, body: serde_json::Value| {
+        let mut request = http()
+            .post(&h.server.mcp_url)
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", "Bearer user-alice")
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let init = post(
+        None,
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": { "elicitation": { "url": {} } },
+                "clientInfo": { "name": "raw", "version": "1" },
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut init = SseReader {
+        response: init,
+        buffer: String::new(),
+    };
+    assert_eq!(init.next().await.unwrap()["id"], 1);
+    let initialized = post(
+        Some(&session),
+        serde_json::json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+    )
+    .await
+    .unwrap();
+    assert!(initialized.status().is_success());
+
+    let call = post(
+        Some(&session),
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": { "name": "whoami", "arguments": {} },
+        }),
+    )
+    .await
+    .unwrap();
+    let mut stream = SseReader {
+        response: call,
+        buffer: String::new(),
+    };
+    let elicitation = stream.next().await.unwrap();
+    assert_eq!(elicitation["method"], "elicitation/create", "{elicitation}");
+    let url = elicitation["params"]["url"].as_str().unwrap().to_owned();
+    let elicitation_id = elicitation["params"]["elicitationId"].clone();
+    let accepted = post(
+        Some(&session),
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": elicitation["id"], "result": { "action": "accept" },
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(accepted.status().is_success());
+    let browser = TestClient::new(&ClientSpec::legacy("alice"));
+    assert_eq!(browser.open(&url).await.status, 200);
+
+    let mut seen = Vec::new();
+    let result = loop {
+        let message = stream
+            .next()
+            .await
+            .expect("the call's stream ends with its result");
+        if message["id"] == 2 {
+            break message;
+        }
+        seen.push(message);
+    };
+    assert_eq!(
+        result["result"]["content"][0]["text"], "github user: gh-alice",
+        "{result}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m["method"] == "notifications/elicitation/complete"),
+        "the notice now rides the call's stream ({elicitation_id}): update the provider docs: {seen:?}"
+    );
+    // It went to the standalone stream: opened now, it delivers the notice.
+    let get = http()
+        .get(&h.server.mcp_url)
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer user-alice")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    let mut standalone = SseReader {
+        response: get,
+        buffer: String::new(),
+    };
+    let notice = standalone.next().await.unwrap();
+    assert_eq!(
+        notice["method"], "notifications/elicitation/complete",
+        "{notice}"
+    );
+    assert_eq!(notice["params"]["elicitationId"], elicitation_id);
+}
+
 #[tokio::test]
 async fn an_old_protocol_version_is_told_it_is_too_old() {
     let h = Harness::start(Options::default()).await;

@@ -666,9 +666,10 @@ impl OAuthProvider {
     /// requests such as `elicitation/create` do ride the call's stream, by
     /// their originating request). rmcp has no way to tag a notification
     /// with its request, so a client that never opens that optional stream
-    /// does not see the notice: in wait mode it still gets the tool's result
-    /// on the call's stream right after; in fail-fast mode it learns that
-    /// the user finished when it retries.
+    /// does not see the notice (one that opens it later gets it then): in
+    /// wait mode it still gets the tool's result on the call's stream right
+    /// after; in fail-fast mode it learns that the user finished when it
+    /// retries.
     pub async fn require_token(
         &self,
         ctx: &RequestContext<RoleServer>,
