@@ -45,10 +45,12 @@ mod challenge;
 mod discovery;
 mod error;
 mod fetch;
+mod identity;
 mod interaction;
 mod oauth;
 mod oauth_provider;
 mod provider;
+mod records;
 mod redirect;
 mod registration;
 #[cfg(feature = "rmcp")]
@@ -64,7 +66,9 @@ pub use interaction::{
     prompt_fn,
 };
 pub use oauth::TokenEndpointAuthMethod;
-pub use oauth_provider::{DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder};
+pub use oauth_provider::{
+    DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder, SignOut,
+};
 pub use provider::{AuthProvider, BearerToken, StaticProvider};
 pub use redirect::{LoopbackRedirect, RedirectTarget};
 pub use registration::{ClientMetadata, PreRegisteredClient};
