@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::{ManualClock, Timestamp};
-use mcp_authkit_testkit::{ClientAuthMethod, Endpoint, TestAuthServer};
+use mcp_authkit_testkit::{ClientAuthMethod, Endpoint, InvalidTokenAnswer, TestAuthServer};
 
 use crate::support::{World, call_whoami};
 
@@ -172,5 +172,37 @@ async fn a_server_whose_client_secrets_expire() {
     assert_eq!(call_whoami(&client).await.unwrap(), "test-user []");
     assert_eq!(world.auth.hits(Endpoint::Registration), 3);
     assert_ne!(registered_client_id(&world), second);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_error_for_a_refused_token_is_a_clear_error_not_a_hang() {
+    let world = World::start().await;
+    world
+        .resource
+        .update_settings(|s| s.invalid_token_answer = InvalidTokenAnswer::InternalError);
+    let client = world
+        .connect(world.provider().build().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(call_whoami(&client).await.unwrap(), "test-user []");
+
+    // The server drops the token but answers it with 500, not 401.
+    world.auth.expire_access_tokens();
+    let error = tokio::time::timeout(Duration::from_secs(30), call_whoami(&client))
+        .await
+        .expect("an answer, not a hang")
+        .expect_err("the server refuses the token");
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!(" / {cause}"));
+        source = cause.source();
+    }
+    assert!(text.contains("HTTP 500"), "{text}");
+    assert!(text.contains("not an authorization challenge"), "{text}");
+    assert!(text.contains("sign_out"), "says what to do: {text}");
+    // It did not sign in again on its own: nothing said it should.
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 1);
     client.cancel().await.unwrap();
 }
