@@ -59,6 +59,45 @@ pub const DEFAULT_NAMESPACE: &str = "mcp-client";
 /// union of the granted and the challenged scopes, a bounded number of
 /// times.
 ///
+/// # How it authenticates at the token endpoint
+///
+/// A dynamic registration asks for a **public client** (`none`) whenever
+/// the server advertises `none` in `token_endpoint_auth_methods_supported`:
+/// a client on the user's machine cannot keep a secret (RFC 8252 section
+/// 8.5), and PKCE protects its codes. Otherwise it asks for the secret
+/// method the server advertises, `client_secret_basic` unless only
+/// `client_secret_post` is (Basic is the one RFC 6749 requires servers to
+/// support, and RFC 8414's default when nothing is advertised); it never
+/// asks for an unadvertised `none`, which a server could register and still
+/// refuse after the user signed in. The method the server assigns in its
+/// answer is the one used. With Basic, `client_id` also goes in the form
+/// body (RFC 6749 section 2.3.1 allows it, and servers built on the MCP
+/// Python SDK, FastMCP included, refuse a token request without it).
+/// Pre-registered clients use the method the server advertises, or the one
+/// set with [`PreRegisteredClient::auth_method`].
+///
+/// # When the server forgets the client
+///
+/// A dynamic registration is reused across runs, but never past its
+/// secret's expiry (`client_secret_expires_at`, counted from
+/// `client_id_issued_at` so the two clocks need not agree): a sign-in its
+/// secret would not outlive registers anew, and a refresh never sends an
+/// expired secret. When the server refuses the registered client
+/// (`invalid_client` or `unauthorized_client` from the token or
+/// authorization endpoint, or an error page instead of a redirect at the
+/// authorization endpoint, as from an in-memory server that restarted), the
+/// registration is dropped and the sign-in runs once more with a new one; if the new one is
+/// refused too, the error is returned and nothing is kept. A sign-in that
+/// times out drops its registration as well, so the next attempt starts
+/// clean. Replicas sharing the store read the registration before each
+/// token request, so they follow the one that registered again.
+/// Pre-registered and metadata-document clients are never replaced: their
+/// refusal is returned as a configuration error.
+/// [`sign_out(SignOut::ForgetRegistration)`](Self::sign_out) forgets the
+/// registration on request.
+///
+/// # What it stores
+///
 /// Records are keyed by authorization server and resource, under a
 /// namespace (default [`DEFAULT_NAMESPACE`]):
 ///
@@ -70,6 +109,14 @@ pub const DEFAULT_NAMESPACE: &str = "mcp-client";
 ///
 /// so a persistent store (SQLite, Redis, encrypted, ...) keeps the client
 /// signed in across restarts without new discovery, registration or sign-in.
+/// Registrations and discovery results are typed records with their own
+/// versioned format, kept as `TokenRecord`s whose token is the whole record
+/// (`token_type` `mcp-authkit/client-registration` or
+/// `mcp-authkit/discovery`), so an encrypting store encrypts client secrets
+/// too. One registration is kept per authorization server (and namespace),
+/// for one redirect URI: processes that sign in at the same time should
+/// share a redirect URI (a fixed [`LoopbackRedirect::port`]), or each
+/// replaces the other's registration.
 ///
 /// ```no_run
 /// use mcp_authkit_providers::client::{AuthProvider, ClientMetadata, OAuthClientProvider};
