@@ -438,5 +438,23 @@ mod tests {
             "client_secret_basic"
         );
         assert_eq!(choose(None, false), "none");
+
+        // What a dynamic registration asks for: public when advertised.
+        let requested = |methods| {
+            crate::client::registration::requested_auth_method(&metadata(methods)).as_str()
+        };
+        // The TypeScript SDK's servers.
+        assert_eq!(requested(Some(vec!["client_secret_post", "none"])), "none");
+        // The Python SDK's.
+        assert_eq!(
+            requested(Some(vec!["client_secret_post", "client_secret_basic"])),
+            "client_secret_basic"
+        );
+        assert_eq!(
+            requested(Some(vec!["client_secret_post"])),
+            "client_secret_post"
+        );
+        // RFC 8414: nothing advertised means client_secret_basic.
+        assert_eq!(requested(None), "client_secret_basic");
     }
 }

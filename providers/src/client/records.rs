@@ -245,17 +245,10 @@ mod tests {
     fn registration() -> Registration {
         let at = Timestamp::from_unix_millis(1_700_000_000_000);
         Registration {
-            credentials: ClientCredentials {
-                client_id: "client-1".into(),
-                client_secret: Some(SecretString::from("s3cret-value".to_owned())),
-                auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
-            },
-            redirect_uris: vec!["http://127.0.0.1:5/cb".into()],
-            registered_at: at,
             issued_at: Some(1_699_999_000),
-            secret_expires_at: Some(at.saturating_add(Duration::from_secs(3600))),
             registration_access_token: Some(SecretString::from("rat-value".to_owned())),
             registration_client_uri: Some("https://as/register/client-1".into()),
+            ..Registration::example(at, Some(Duration::from_secs(3600)))
         }
     }
 

@@ -237,6 +237,28 @@ impl fmt::Debug for Registration {
     }
 }
 
+#[cfg(test)]
+impl Registration {
+    /// A confidential registration of `client-1` (secret `s3cret-value`)
+    /// for `http://127.0.0.1:5/cb`, received at `at`, whose secret lives
+    /// `expires_in`.
+    pub(crate) fn example(at: Timestamp, expires_in: Option<Duration>) -> Registration {
+        Registration {
+            credentials: ClientCredentials {
+                client_id: "client-1".into(),
+                client_secret: Some(SecretString::from("s3cret-value".to_owned())),
+                auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
+            },
+            redirect_uris: vec!["http://127.0.0.1:5/cb".into()],
+            registered_at: at,
+            issued_at: None,
+            secret_expires_at: expires_in.map(|ttl| at.saturating_add(ttl)),
+            registration_access_token: None,
+            registration_client_uri: None,
+        }
+    }
+}
+
 /// When a secret that the server says expires at `expires_at` (its clock,
 /// seconds; 0 never) expires on the client's clock.
 ///
@@ -425,20 +447,10 @@ mod tests {
     use super::*;
 
     fn registration(expires_in: Option<u64>) -> Registration {
-        let at = Timestamp::from_unix_millis(1_000_000);
-        Registration {
-            credentials: ClientCredentials {
-                client_id: "client-1".into(),
-                client_secret: Some(SecretString::from("s3cret".to_owned())),
-                auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
-            },
-            redirect_uris: vec!["http://127.0.0.1:5/cb".into()],
-            registered_at: at,
-            issued_at: None,
-            secret_expires_at: expires_in.map(|s| at.saturating_add(Duration::from_secs(s))),
-            registration_access_token: None,
-            registration_client_uri: None,
-        }
+        Registration::example(
+            Timestamp::from_unix_millis(1_000_000),
+            expires_in.map(Duration::from_secs),
+        )
     }
 
     #[test]
@@ -482,31 +494,5 @@ mod tests {
             Some(Timestamp::from_unix_millis(1_003_600_000))
         );
         assert_eq!(local_expiry(0, Some(1), received), None, "0: never");
-    }
-
-    #[test]
-    fn public_when_advertised_else_the_advertised_secret_method() {
-        let metadata = |methods: Option<Vec<&str>>| -> AuthorizationServerMetadata {
-            serde_json::from_value(json!({
-                "issuer": "https://as", "authorization_endpoint": "https://as/a",
-                "token_endpoint": "https://as/t",
-                "token_endpoint_auth_methods_supported": methods,
-            }))
-            .unwrap()
-        };
-        let requested = |methods| requested_auth_method(&metadata(methods)).as_str();
-        // The TypeScript SDK's servers.
-        assert_eq!(requested(Some(vec!["client_secret_post", "none"])), "none");
-        // The Python SDK's.
-        assert_eq!(
-            requested(Some(vec!["client_secret_post", "client_secret_basic"])),
-            "client_secret_basic"
-        );
-        assert_eq!(
-            requested(Some(vec!["client_secret_post"])),
-            "client_secret_post"
-        );
-        // RFC 8414: nothing advertised means client_secret_basic.
-        assert_eq!(requested(None), "client_secret_basic");
     }
 }
