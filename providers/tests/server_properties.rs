@@ -361,7 +361,7 @@ async fn no_callback_without_state_and_binding_takes_a_flow_or_stores_a_token() 
 async fn no_connect_query_panics_or_reveals_a_flow() {
     let routes = Routes::start().await;
     let seed = seed();
-    let mut rng = Rng(seed ^ 0xC0FF_EE);
+    let mut rng = Rng(seed ^ 0x00C0_FFEE);
     let (_pending, known) = routes.flow("alice").await;
     for case in 0..cases() {
         let query = query(&mut rng, &known);
