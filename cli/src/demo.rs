@@ -202,9 +202,10 @@ impl ClientHandler for DemoClient {
         let shown = Url::parse(&url)
             .map(|u| without_query(&u))
             .unwrap_or_default();
-        say(&format!(
-            "[client] URL elicitation {elicitation_id}: {message}"
-        ));
+        // The elicitation id is also the link's handle: show a prefix only,
+        // as the link itself is shown without its query.
+        let id: String = elicitation_id.chars().take(6).collect();
+        say(&format!("[client] URL elicitation {id}…: {message}"));
         say(&format!(
             "[client] the user accepts and the browser opens {shown}"
         ));
