@@ -119,6 +119,19 @@ impl Site {
             .with_user(&format!("gh-{user}"))
     }
 
+    /// Begins `subject`'s flow at `provider` and opens its connect link in
+    /// `browser`: the flow, and the authorize URL the browser was sent to.
+    async fn start_flow(
+        &self,
+        provider: &OAuthProvider,
+        subject: &str,
+        browser: &Browser,
+    ) -> (PendingAuthorization, Url) {
+        let flow = provider.begin_authorization(subject, None).await.unwrap();
+        let authorize = self.connect(browser, &flow).await;
+        (flow, authorize)
+    }
+
     /// Opens the connect link in `browser` and stops before the third
     /// party: the authorize URL the connect page sent the browser to.
     async fn connect(&self, browser: &Browser, pending: &PendingAuthorization) -> Url {
@@ -210,12 +223,7 @@ async fn a_callback_without_the_binding_is_refused_in_both_connect_modes() {
     for trust_link_holder in [false, true] {
         let site = Site::start(trust_link_holder).await;
         let alice = site.browser("alice");
-        let flow = site
-            .github
-            .begin_authorization("alice", None)
-            .await
-            .unwrap();
-        let authorize = site.connect(&alice, &flow).await;
+        let (_, authorize) = site.start_flow(&site.github, "alice", &alice).await;
         let state = state_of(&authorize);
 
         // The same user in another browser (so only the binding differs).
@@ -246,12 +254,7 @@ async fn a_callback_without_the_binding_is_refused_in_both_connect_modes() {
 async fn a_wrong_cookie_or_another_flows_cookie_is_refused() {
     let site = Site::start(false).await;
     let alice = site.browser("alice");
-    let flow = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let authorize = site.connect(&alice, &flow).await;
+    let (_, authorize) = site.start_flow(&site.github, "alice", &alice).await;
     let state = state_of(&authorize);
     let (name, value) = binding_cookie(&alice, &site.github);
 
@@ -267,8 +270,7 @@ async fn a_wrong_cookie_or_another_flows_cookie_is_refused() {
     // Bob's own flow of the same provider: his cookie is for his flow only,
     // under its own name or moved under Alice's.
     let bob = site.browser("bob");
-    let bobs = site.github.begin_authorization("bob", None).await.unwrap();
-    site.connect(&bob, &bobs).await;
+    site.start_flow(&site.github, "bob", &bob).await;
     let (_, bob_value) = binding_cookie(&bob, &site.github);
     let mallory = site.browser("alice").with_new_cookie_jar();
     let with_bobs = bob.clone().with_header(APP_USER, "alice");
@@ -288,17 +290,11 @@ async fn a_wrong_cookie_or_another_flows_cookie_is_refused() {
 async fn another_providers_cookie_is_refused() {
     let site = Site::start(false).await;
     let alice = site.browser("alice");
-    let github_flow = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let github_authorize = site.connect(&alice, &github_flow).await;
+    let (_, github_authorize) = site.start_flow(&site.github, "alice", &alice).await;
 
     // This browser passed only Jira's connect page.
     let other = site.browser("alice");
-    let jira_flow = site.jira.begin_authorization("alice", None).await.unwrap();
-    site.connect(&other, &jira_flow).await;
+    site.start_flow(&site.jira, "alice", &other).await;
     let (_, jira_value) = binding_cookie(&other, &site.jira);
     assert!(
         other.stored_cookies(site.github.redirect_uri()).is_empty(),
@@ -317,12 +313,7 @@ async fn another_providers_cookie_is_refused() {
 async fn a_replayed_callback_with_the_right_cookie_changes_nothing() {
     let site = Site::start(false).await;
     let alice = site.browser("alice");
-    let flow = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let authorize = site.connect(&alice, &flow).await;
+    let (_, authorize) = site.start_flow(&site.github, "alice", &alice).await;
     let (name, value) = binding_cookie(&alice, &site.github);
     let navigation = alice.get(authorize.as_str()).await.unwrap();
     assert_eq!(navigation.page().unwrap().status, 200);
@@ -364,14 +355,8 @@ async fn two_flows_in_one_browser_keep_their_own_bindings() {
     // Two providers, one user.
     let site = Site::start(false).await;
     let alice = site.browser("alice");
-    let github = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let jira = site.jira.begin_authorization("alice", None).await.unwrap();
-    let github_authorize = site.connect(&alice, &github).await;
-    let jira_authorize = site.connect(&alice, &jira).await;
+    let (_, github_authorize) = site.start_flow(&site.github, "alice", &alice).await;
+    let (_, jira_authorize) = site.start_flow(&site.jira, "alice", &alice).await;
     assert_eq!(site.open(&alice, jira_authorize.as_str()).await.0, 200);
     assert_eq!(site.open(&alice, github_authorize.as_str()).await.0, 200);
     assert!(token_of(&site.github, "alice").await.is_some());
@@ -380,14 +365,8 @@ async fn two_flows_in_one_browser_keep_their_own_bindings() {
     // Two MCP users, one browser (a local setup that trusts the link holder).
     let site = Site::start(true).await;
     let browser = site.browser("shared");
-    let alice = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let bob = site.github.begin_authorization("bob", None).await.unwrap();
-    let alice_authorize = site.connect(&browser, &alice).await;
-    let bob_authorize = site.connect(&browser, &bob).await;
+    let (_, alice_authorize) = site.start_flow(&site.github, "alice", &browser).await;
+    let (_, bob_authorize) = site.start_flow(&site.github, "bob", &browser).await;
     assert_eq!(
         browser.stored_cookies(site.github.redirect_uri()).len(),
         2,
@@ -403,12 +382,7 @@ async fn two_flows_in_one_browser_keep_their_own_bindings() {
 async fn the_callback_asks_the_browser_user_hook_again() {
     let site = Site::start(false).await;
     let alice = site.browser("alice");
-    let flow = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let authorize = site.connect(&alice, &flow).await;
+    let (_, authorize) = site.start_flow(&site.github, "alice", &alice).await;
     // The same browser profile (the binding cookie), now signed in to the
     // application as someone else.
     let switched = alice.clone().with_header(APP_USER, "bob");
@@ -492,12 +466,7 @@ async fn pages_tell_the_truth_about_a_link() {
 
     // A flow whose callback is being handled right now (taken, not yet
     // completed): "finishing" only for its own user.
-    let flow = site
-        .github
-        .begin_authorization("alice", None)
-        .await
-        .unwrap();
-    let authorize = site.connect(&alice, &flow).await;
+    let (flow, authorize) = site.start_flow(&site.github, "alice", &alice).await;
     let state = state_of(&authorize);
     let taken = site.store.take(&state).await.unwrap().unwrap();
     let link = flow.connect_url().as_str();
@@ -558,8 +527,7 @@ async fn pages_tell_the_truth_about_a_link() {
 
     // One provider's link on another provider's connect page is unknown
     // there, even once its flow completed.
-    let jira = site.jira.begin_authorization("alice", None).await.unwrap();
-    let jira_authorize = site.connect(&alice, &jira).await;
+    let (jira, jira_authorize) = site.start_flow(&site.jira, "alice", &alice).await;
     assert_eq!(site.open(&alice, jira_authorize.as_str()).await.0, 200);
     let handle = query_value(jira.connect_url(), "flow");
     let on_github = format!("{}/oauth/github/connect?flow={handle}", site.base);
