@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::request::Parts;
-use mcp_authkit_core::{FlowState, ManualClock, PendingStore};
+use mcp_authkit_core::{FlowState, ManualClock, PendingStore, TokenStore};
 use mcp_authkit_providers::http::OAuthHttpClient;
 use mcp_authkit_providers::server::{BrowserIdentity, OAuthProvider, PendingAuthorization};
 use mcp_authkit_providers::standard::StandardOAuthClient;
@@ -46,7 +46,7 @@ struct Site {
     base: String,
     github: OAuthProvider,
     jira: OAuthProvider,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn PendingStore>,
     clock: Arc<ManualClock>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,12 +58,22 @@ impl Drop for Site {
 }
 
 impl Site {
+    /// Over the memory store, on a clock the test moves.
     async fn start(trust_link_holder: bool) -> Site {
+        let clock = Arc::new(ManualClock::starting_now());
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        Site::start_on(trust_link_holder, clock, store.clone(), store).await
+    }
+
+    async fn start_on(
+        trust_link_holder: bool,
+        clock: Arc<ManualClock>,
+        tokens: Arc<dyn TokenStore>,
+        store: Arc<dyn PendingStore>,
+    ) -> Site {
         let auth = TestAuthServer::start().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let clock = Arc::new(ManualClock::starting_now());
-        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
         let provider = |name: &str, display: &str| {
             let provider_base = format!("{base}/oauth/{name}");
             let registered = auth
@@ -86,7 +96,8 @@ impl Site {
                 .client(client)
                 .scopes(["repo"])
                 .clock(clock.clone())
-                .store(store.clone());
+                .token_store(tokens.clone())
+                .pending_store(store.clone());
             let builder = if trust_link_holder {
                 builder.trust_link_holder()
             } else {
@@ -238,9 +249,24 @@ async fn a_callback_without_the_binding_is_refused_in_both_connect_modes() {
         );
         assert!(pending(&site.github, &state).await, "the flow is intact");
 
+        // The stored flow holds a digest of the browser secret, not the
+        // secret; no page shows it.
+        let (_, secret) = binding_cookie(&alice, &site.github);
+        let stored = site.store.get_flow(&state).await.unwrap().unwrap();
+        assert!(
+            !stored
+                .attributes
+                .values()
+                .any(|value| value.contains(&secret)),
+            "{:?}",
+            stored.attributes.keys()
+        );
+        assert!(!refused.1.contains(&secret));
+
         // The browser that passed the connect page finishes.
         let (status, body) = site.open(&alice, authorize.as_str()).await;
         assert_eq!(status, 200, "{body}");
+        assert!(!body.contains(&secret));
         let token = token_of(&site.github, "alice").await.unwrap();
         assert_eq!(account_of(&site, &token).await, "gh-alice");
         assert!(
@@ -248,6 +274,62 @@ async fn a_callback_without_the_binding_is_refused_in_both_connect_modes() {
             "the binding is removed once the flow ended"
         );
     }
+}
+
+/// The handle and the binding need nothing of a backend but `get_flow` and
+/// the flow's attributes: the same refusal and the same rightful finish on
+/// SQLite, encrypted SQLite and Redis (and memory, above).
+#[tokio::test]
+async fn the_binding_holds_on_every_backend() {
+    use mcp_authkit_store_encrypted::{EncryptedStore, EncryptionKey, Keyring};
+    use mcp_authkit_store_redis::RedisStore;
+    use mcp_authkit_store_sqlite::SqliteStore;
+
+    let directory = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        SqliteStore::open(directory.path().join("plain.db"))
+            .await
+            .unwrap(),
+    );
+    let encrypted = Arc::new(EncryptedStore::new(
+        SqliteStore::open(directory.path().join("encrypted.db"))
+            .await
+            .unwrap(),
+        Keyring::new(EncryptionKey::generate("test")),
+    ));
+    let prefix = mcp_authkit_store_redis::testing::unique_prefix("providers-binding");
+    let redis = Arc::new(
+        RedisStore::builder(mcp_authkit_store_redis::testing::redis_url().await)
+            .prefix(prefix)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    type Backend = (&'static str, Arc<dyn TokenStore>, Arc<dyn PendingStore>);
+    let backends: Vec<Backend> = vec![
+        ("sqlite", sqlite.clone(), sqlite),
+        ("encrypted(sqlite)", encrypted.clone(), encrypted),
+        ("redis", redis.clone(), redis.clone()),
+    ];
+    for (name, tokens, flows) in backends {
+        let clock = Arc::new(ManualClock::starting_now());
+        let site = Site::start_on(false, clock, tokens, flows).await;
+        let alice = site.browser("alice");
+        let (flow, authorize) = site.start_flow(&site.github, "alice", &alice).await;
+        assert!(
+            !flow.connect_url().as_str().contains("alice"),
+            "{name}: {}",
+            flow.connect_url()
+        );
+        let refused = site.open(&site.browser("alice"), authorize.as_str()).await;
+        assert_refused_as_other_browser(&refused);
+        assert!(pending(&site.github, &state_of(&authorize)).await, "{name}");
+        let (status, body) = site.open(&alice, authorize.as_str()).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(token_of(&site.github, "alice").await.is_some(), "{name}");
+        assert_eq!(site.exchanges(), 1, "{name}");
+    }
+    redis.delete_namespace().await.unwrap();
 }
 
 #[tokio::test]
