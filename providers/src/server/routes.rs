@@ -296,6 +296,14 @@ pub(crate) enum CallbackQuery {
 }
 
 impl CallbackQuery {
+    /// Why it cannot be used, for the page.
+    fn unusable_reason(&self) -> String {
+        match self {
+            CallbackQuery::Unusable(reason) => reason.clone(),
+            _ => "the response names no flow".into(),
+        }
+    }
+
     /// The flow it names, if any.
     pub(crate) fn state(&self) -> Option<&FlowState> {
         match self {
@@ -411,12 +419,7 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
         &provider.inner.cookies,
         &parts.headers,
     ) {
-        Gate::Unusable => {
-            let CallbackQuery::Unusable(reason) = query else {
-                unreachable!("only an unusable query names no flow")
-            };
-            return malformed_page(&provider, reason);
-        }
+        Gate::Unusable => return malformed_page(&provider, query.unusable_reason()),
         Gate::UnknownFlow => return unknown_response(&provider),
         Gate::OtherBrowser(presented) => {
             warn!(provider = %provider.name(), ?presented, "callback refused: this browser did not open the connect link of the flow");
@@ -442,7 +445,10 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
             abandon_malformed(&provider, &state, reason).await
         }
         CallbackQuery::Response(raw) => complete(&provider, raw).await,
-        CallbackQuery::Unusable(_) => unreachable!("gated above"),
+        // The gate lets no such query through.
+        unusable @ CallbackQuery::Unusable(_) => {
+            (malformed_page(&provider, unusable.unusable_reason()), false)
+        }
     };
     if ended {
         // The flow is over: its binding has nothing left to guard.
