@@ -50,6 +50,8 @@ pub struct FakeOAuthClient {
     accept_any_refresh_token: std::sync::atomic::AtomicBool,
     serial: AtomicU64,
     refresh_calls: AtomicU64,
+    /// Signalled at the start of every refresh call.
+    refresh_started: tokio::sync::Notify,
     exchange_calls: AtomicU64,
 }
 
@@ -72,6 +74,7 @@ impl FakeOAuthClient {
             accept_any_refresh_token: std::sync::atomic::AtomicBool::new(false),
             serial: AtomicU64::new(0),
             refresh_calls: AtomicU64::new(0),
+            refresh_started: tokio::sync::Notify::new(),
             exchange_calls: AtomicU64::new(0),
         }
     }
@@ -107,6 +110,20 @@ impl FakeOAuthClient {
     /// How many refresh calls were made.
     pub fn refresh_calls(&self) -> u64 {
         self.refresh_calls.load(Ordering::SeqCst)
+    }
+
+    /// Returns once `n` refresh calls have started (at once if they have):
+    /// lets a test act while a slow refresh is in flight.
+    pub async fn refresh_calls_reach(&self, n: u64) {
+        loop {
+            let mut started = std::pin::pin!(self.refresh_started.notified());
+            // Registered before the count is read, so no start is missed.
+            started.as_mut().enable();
+            if self.refresh_calls() >= n {
+                return;
+            }
+            started.await;
+        }
     }
 
     /// How many code exchanges were made.
@@ -199,6 +216,7 @@ impl OAuthClient for FakeOAuthClient {
         _scopes: &[String],
     ) -> Result<TokenResponse, OAuthError> {
         self.refresh_calls.fetch_add(1, Ordering::SeqCst);
+        self.refresh_started.notify_waiters();
         let delay = *self.refresh_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

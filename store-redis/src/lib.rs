@@ -387,9 +387,16 @@ pub fn acl_rules(prefix: &str) -> String {
     )
 }
 
-/// Whole milliseconds, at least one (Redis refuses a zero TTL).
+/// The longest TTL this store sets: 1,000 years. Redis refuses an expiry
+/// that overflows its clock (`PX` of `Duration::MAX` is "invalid expire
+/// time"), where the other backends take a huge duration as "as long as
+/// possible"; this keeps Redis in line with them.
+const MAX_TTL_MS: u64 = 1000 * 365 * 24 * 3600 * 1000;
+
+/// Whole milliseconds for a Redis TTL: at least one (Redis refuses a zero
+/// TTL), at most [`MAX_TTL_MS`].
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
-        .max(1)
+        .clamp(1, MAX_TTL_MS)
 }
