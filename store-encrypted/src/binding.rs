@@ -3,11 +3,11 @@
 //!
 //! A record's first secret field (a token's access token, a flow's PKCE
 //! verifier) carries, sealed in front of the secret, a fingerprint of the
-//! record's clear fields: a 16-byte digest of all of them, then 4 bytes per
-//! field. Opening the envelope checks the fingerprint against the fields
-//! read beside it. The full digest is what protects them (128 bits, under
-//! AES-GCM's authentication); the per-field bytes only tell which field was
-//! changed, so the error can name it.
+//! record's clear fields: a 16-byte SHA-256 digest of all of them, then a
+//! 4-byte hint per field. Opening the envelope checks the fingerprint
+//! against the fields read beside it. The digest is what protects them
+//! (128 bits, under AES-GCM's authentication); the hints (FNV-1a, cheap)
+//! only tell which field was changed, so the error can name it.
 
 use mcp_authkit_core::{PendingFlow, TokenRecord};
 use sha2::{Digest, Sha256};
@@ -28,116 +28,142 @@ pub(crate) const fn fingerprint_len(fields: usize) -> usize {
     DIGEST_LEN + HINT_LEN * fields
 }
 
-/// One field's canonical bytes: every part length-prefixed, so no two
-/// values share an encoding.
-struct Field {
-    name: &'static str,
-    hasher: Sha256,
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+const FNV_PRIME: u32 = 0x0100_0193;
+
+/// Feeds the canonical bytes of a record's clear fields, one field after
+/// another, to one SHA-256 of them all and to a hint per field. Every part
+/// is length-prefixed, so no two values share an encoding.
+struct Writer<const N: usize> {
+    all: Sha256,
+    hints: [(&'static str, u32); N],
+    next: usize,
 }
 
-impl Field {
-    fn new(name: &'static str) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(b"mcp-authkit-store-encrypted clear field v2\0");
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        Field { name, hasher }
+impl<const N: usize> Writer<N> {
+    fn new() -> Self {
+        let mut all = Sha256::new();
+        all.update(b"mcp-authkit-store-encrypted clear fields v2\0");
+        Writer {
+            all,
+            hints: [("", FNV_OFFSET); N],
+            next: 0,
+        }
     }
 
-    fn part(mut self, bytes: &[u8]) -> Self {
-        self.hasher.update((bytes.len() as u64).to_be_bytes());
-        self.hasher.update(bytes);
+    /// Starts the next field.
+    fn field(&mut self, name: &'static str) -> &mut Self {
+        self.hints[self.next] = (name, FNV_OFFSET);
+        self.next += 1;
+        self.part(name.as_bytes())
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.all.update(bytes);
+        let hint = &mut self.hints[self.next - 1].1;
+        for &byte in bytes {
+            *hint = (*hint ^ u32::from(byte)).wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    fn part(&mut self, bytes: &[u8]) -> &mut Self {
+        self.bytes(&(bytes.len() as u64).to_be_bytes());
+        self.bytes(bytes);
         self
     }
 
-    fn count(self, n: usize) -> Self {
+    fn count(&mut self, n: usize) -> &mut Self {
         self.part(&(n as u64).to_be_bytes())
     }
 
-    fn list<'a>(self, items: impl ExactSizeIterator<Item = &'a str>) -> Self {
-        let mut field = self.count(items.len());
+    fn list<'a>(&mut self, items: impl ExactSizeIterator<Item = &'a str>) -> &mut Self {
+        self.count(items.len());
         for item in items {
-            field = field.part(item.as_bytes());
+            self.part(item.as_bytes());
         }
-        field
+        self
     }
 
-    fn optional(self, value: Option<&[u8]>) -> Self {
+    fn optional(&mut self, value: Option<&[u8]>) -> &mut Self {
         match value {
             None => self.part(b"none"),
             Some(value) => self.part(b"some").part(value),
         }
     }
-}
 
-/// The per-field digests of a record's clear fields.
-pub(crate) struct Fingerprint<const N: usize> {
-    fields: [(&'static str, [u8; 32]); N],
-}
-
-fn finish<const N: usize>(fields: [Field; N]) -> Fingerprint<N> {
-    Fingerprint {
-        fields: fields.map(|field| (field.name, field.hasher.finalize().into())),
+    fn finish(self) -> Fingerprint<N> {
+        debug_assert_eq!(self.next, N, "every field written");
+        let digest: [u8; 32] = self.all.finalize().into();
+        Fingerprint {
+            digest: digest[..DIGEST_LEN].try_into().expect("16 bytes"),
+            hints: self.hints,
+        }
     }
+}
+
+/// The fingerprint of a record's clear fields.
+pub(crate) struct Fingerprint<const N: usize> {
+    digest: [u8; DIGEST_LEN],
+    hints: [(&'static str, u32); N],
 }
 
 /// A token's clear fields: token type, scopes, expiry, when it was
 /// obtained, whether it has a refresh token, and the names of its extra
 /// fields (their values are sealed, each in its own envelope).
 pub(crate) fn token(record: &TokenRecord) -> Fingerprint<TOKEN_FIELDS> {
-    let millis = |at: mcp_authkit_core::Timestamp| at.unix_millis().to_be_bytes();
-    finish([
-        Field::new("token_type").part(record.token_type.as_bytes()),
-        Field::new("scopes").list(record.scopes.iter().map(String::as_str)),
-        Field::new("expires_at").optional(record.expires_at.map(millis).as_ref().map(|b| &b[..])),
-        Field::new("obtained_at").part(&millis(record.obtained_at)),
-        Field::new("refresh_token").part(&[u8::from(record.refresh_token.is_some())]),
-        Field::new("extra field names").list(
-            record
-                .extra
-                .iter()
-                .map(|(name, _)| name)
-                .collect::<Vec<_>>()
-                .into_iter(),
-        ),
-    ])
+    let mut w = Writer::new();
+    w.field("token_type").part(record.token_type.as_bytes());
+    w.field("scopes")
+        .list(record.scopes.iter().map(String::as_str));
+    w.field("expires_at").optional(
+        record
+            .expires_at
+            .map(|at| at.unix_millis().to_be_bytes())
+            .as_ref()
+            .map(|bytes| &bytes[..]),
+    );
+    w.field("obtained_at")
+        .part(&record.obtained_at.unix_millis().to_be_bytes());
+    w.field("refresh_token")
+        .part(&[u8::from(record.refresh_token.is_some())]);
+    let names = w.field("extra field names");
+    names.count(record.extra.len());
+    for (name, _) in record.extra.iter() {
+        names.part(name.as_bytes());
+    }
+    w.finish()
 }
 
 /// A flow's clear fields besides its state and key (which are in the
 /// envelope's associated data): redirect URI, scopes, elicitation id, who
 /// started it, its attributes, and its creation and expiry times.
 pub(crate) fn flow(flow: &PendingFlow) -> Fingerprint<FLOW_FIELDS> {
-    let mut attributes = Field::new("attributes").count(flow.attributes.len());
+    let mut w = Writer::new();
+    w.field("redirect_uri").part(flow.redirect_uri.as_bytes());
+    w.field("scopes").list(flow.scopes.iter().map(String::as_str));
+    w.field("elicitation_id")
+        .part(flow.elicitation_id.as_bytes());
+    w.field("started_by")
+        .optional(flow.started_by.as_deref().map(str::as_bytes));
+    let attributes = w.field("attributes");
+    attributes.count(flow.attributes.len());
     for (name, value) in &flow.attributes {
-        attributes = attributes.part(name.as_bytes()).part(value.as_bytes());
+        attributes.part(name.as_bytes()).part(value.as_bytes());
     }
-    finish([
-        Field::new("redirect_uri").part(flow.redirect_uri.as_bytes()),
-        Field::new("scopes").list(flow.scopes.iter().map(String::as_str)),
-        Field::new("elicitation_id").part(flow.elicitation_id.as_bytes()),
-        Field::new("started_by").optional(flow.started_by.as_deref().map(str::as_bytes)),
-        attributes,
-        Field::new("created_at").part(&flow.created_at.unix_millis().to_be_bytes()),
-        Field::new("expires_at").part(&flow.expires_at.unix_millis().to_be_bytes()),
-    ])
+    w.field("created_at")
+        .part(&flow.created_at.unix_millis().to_be_bytes());
+    w.field("expires_at")
+        .part(&flow.expires_at.unix_millis().to_be_bytes());
+    w.finish()
 }
 
 impl<const N: usize> Fingerprint<N> {
-    fn digest(&self) -> [u8; 32] {
-        let mut all = Sha256::new();
-        all.update(b"mcp-authkit-store-encrypted clear fields v2\0");
-        for (_, digest) in &self.fields {
-            all.update(digest);
-        }
-        all.finalize().into()
-    }
-
     /// The bytes sealed in front of the secret.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(fingerprint_len(N));
-        out.extend_from_slice(&self.digest()[..DIGEST_LEN]);
-        for (_, digest) in &self.fields {
-            out.extend_from_slice(&digest[..HINT_LEN]);
+        out.extend_from_slice(&self.digest);
+        for (_, hint) in &self.hints {
+            out.extend_from_slice(&hint.to_be_bytes());
         }
         out
     }
@@ -145,17 +171,16 @@ impl<const N: usize> Fingerprint<N> {
     /// Checks the fingerprint that was sealed against the fields read now;
     /// on a mismatch, names the field that changed.
     pub(crate) fn check(&self, sealed: &[u8]) -> Result<(), EncryptionError> {
-        if sealed.len() == fingerprint_len(N) && sealed[..DIGEST_LEN] == self.digest()[..DIGEST_LEN]
-        {
+        if sealed.len() == fingerprint_len(N) && sealed[..DIGEST_LEN] == self.digest {
             return Ok(());
         }
         let changed = self
-            .fields
+            .hints
             .iter()
             .enumerate()
-            .find(|(i, (_, digest))| {
+            .find(|(i, (_, hint))| {
                 let at = DIGEST_LEN + i * HINT_LEN;
-                sealed.get(at..at + HINT_LEN) != Some(&digest[..HINT_LEN])
+                sealed.get(at..at + HINT_LEN) != Some(&hint.to_be_bytes()[..])
             })
             .map_or("a field stored in clear", |(_, (name, _))| *name);
         Err(EncryptionError::ClearFieldTampered { field: changed })

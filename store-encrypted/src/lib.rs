@@ -173,12 +173,14 @@
 //! # Cost
 //!
 //! Each secret field costs one AES-256-GCM operation, a base64 step and one
-//! string allocation; nonces come from a per-thread batch of OS randomness
+//! string allocation, and each record one SHA-256 of its clear fields (the
+//! fingerprint); nonces come from a per-thread batch of OS randomness
 //! (discarded in a forked child), not a system call per write. Over the
-//! in-memory store, on a 2-core AMD EPYC (AVX-512) virtual machine, a typical
-//! token (access and refresh token) costs about 1.3 µs more per get and
-//! 1.5 µs more per put than without encryption; a token with a 1 KB
-//! `id_token` about 3.5 µs and 4 µs. Network backends take tens to hundreds
+//! in-memory store, on a loaded 2-core AMD EPYC (AVX-512) virtual machine, a
+//! typical token (access and refresh token) costs about 1.7 µs more per get
+//! and 1.8 µs more per put than without encryption (median; the fingerprint
+//! is about 0.5 µs of it); a token with a 1 KB `id_token` about 3.7 µs and
+//! 3.9 µs. Network backends take tens to hundreds
 //! of microseconds per operation, so the wrapper adds a few percent there.
 //! Measure on your machine with `cargo bench -p mcp-authkit-bench --bench
 //! encrypted`.
