@@ -14,7 +14,8 @@
 # Redis part needs a Redis at REDIS_URL (default redis://127.0.0.1:6379) and
 # starts private redis-server processes. Results: mutants.out/<part>/
 # (caught.txt, missed.txt, timeout.txt, unviable.txt, outcomes.json).
-# Exits non-zero when a mutant was missed or timed out.
+# Exits non-zero when a mutant was missed or timed out. MUTANTS_JOBS=2 tests
+# two mutants at a time (each in its own copy of the tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,7 @@ run_part() {
         return 1
     }
     local mutant_args=(--no-shuffle --baseline skip --timeout 300 --build-timeout 900
+        --jobs "${MUTANTS_JOBS:-1}"
         --output "$out/$part" -p "$package" "${file_args[@]}" --exclude-re "$common_exclude")
     [ -z "$exclude" ] || mutant_args+=(--exclude-re "$exclude")
     for p in $test_packages; do mutant_args+=(--test-package "$p"); done

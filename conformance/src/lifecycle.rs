@@ -362,10 +362,7 @@ pub async fn huge_durations_in_the_lifecycle(h: Harness) {
     let subject = unique_subject("huge-lifecycle");
     let refresh = oauth.issue().refresh_token.unwrap();
     lifecycles[0]
-        .store_token(
-            &subject,
-            &expiring_record("old", refresh.expose_secret()),
-        )
+        .store_token(&subject, &expiring_record("old", refresh.expose_secret()))
         .await
         .unwrap();
     match lifecycles[1].access(&subject).await.unwrap() {
@@ -396,7 +393,10 @@ pub async fn huge_durations_in_the_lifecycle(h: Harness) {
         Some(completed.outcome.clone())
     );
     assert_eq!(
-        lifecycles[1].wait(&flow.state, Duration::MAX).await.unwrap(),
+        lifecycles[1]
+            .wait(&flow.state, Duration::MAX)
+            .await
+            .unwrap(),
         Some(completed.outcome),
         "the outcome is kept"
     );

@@ -981,7 +981,11 @@ pub async fn huge_durations_mean_as_long_as_possible(h: Harness) {
             "the lease is held"
         );
         assert!(
-            replicas[1].tokens.release_lease(&key, &lease).await.unwrap(),
+            replicas[1]
+                .tokens
+                .release_lease(&key, &lease)
+                .await
+                .unwrap(),
             "still held when released"
         );
 
@@ -991,7 +995,14 @@ pub async fn huge_durations_mean_as_long_as_possible(h: Harness) {
             replicas[0].pending.insert(&f).await.unwrap(),
             InsertOutcome::Inserted
         );
-        assert!(replicas[1].pending.get_flow(&f.state).await.unwrap().is_some());
+        assert!(
+            replicas[1]
+                .pending
+                .get_flow(&f.state)
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(
             replicas[1].pending.active_flow(&key).await.unwrap(),
             Some(f.state.clone())

@@ -140,7 +140,8 @@ pub(crate) fn token(record: &TokenRecord) -> Fingerprint<TOKEN_FIELDS> {
 pub(crate) fn flow(flow: &PendingFlow) -> Fingerprint<FLOW_FIELDS> {
     let mut w = Writer::new();
     w.field("redirect_uri").part(flow.redirect_uri.as_bytes());
-    w.field("scopes").list(flow.scopes.iter().map(String::as_str));
+    w.field("scopes")
+        .list(flow.scopes.iter().map(String::as_str));
     w.field("elicitation_id")
         .part(flow.elicitation_id.as_bytes());
     w.field("started_by")

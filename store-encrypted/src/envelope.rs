@@ -111,7 +111,13 @@ impl Place<'_> {
                 // Version 1 had no empty parts: an extra field's name was
                 // the fifth part only when there was one.
                 let mut count = 4;
-                if matches!(self, Place::Token { field: TokenField::Extra(_), .. }) {
+                if matches!(
+                    self,
+                    Place::Token {
+                        field: TokenField::Extra(_),
+                        ..
+                    }
+                ) {
                     parts[count] = name;
                     count += 1;
                 }

@@ -157,7 +157,12 @@ impl<S> EncryptedStore<S> {
         secret: &SecretString,
         fingerprint_len: usize,
     ) -> std::result::Result<Option<Opened>, EncryptionError> {
-        match open(&self.keyring, place, secret.expose_secret(), fingerprint_len) {
+        match open(
+            &self.keyring,
+            place,
+            secret.expose_secret(),
+            fingerprint_len,
+        ) {
             Ok(opened) => Ok(Some(opened)),
             Err(EncryptionError::NotEncrypted) if self.accept_unencrypted => Ok(None),
             Err(error) => Err(error),
@@ -177,9 +182,8 @@ impl<S> EncryptedStore<S> {
             field: TokenField::AccessToken,
             record_nonce: None,
         };
-        let fail = |place: &Place<'_>, error: EncryptionError| {
-            error.into_store_error(place.describe())
-        };
+        let fail =
+            |place: &Place<'_>, error: EncryptionError| error.into_store_error(place.describe());
         let anchor = self
             .open_field(
                 &anchor_place,
@@ -282,7 +286,9 @@ impl<S> EncryptedStore<S> {
             .map_err(fail)?;
         if let Some(opened) = opened {
             if opened.version >= 2 {
-                binding::flow(flow).check(&opened.fingerprint).map_err(fail)?;
+                binding::flow(flow)
+                    .check(&opened.fingerprint)
+                    .map_err(fail)?;
             }
             flow.pkce_verifier = SecretString::from(opened.secret);
         }

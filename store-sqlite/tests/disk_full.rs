@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Error, ExposeSecret, FlowOutcome, LeaseToken, PendingFlow, PendingStore, Revision,
-    Timestamp, TokenKey, TokenRecord, TokenStore,
+    Error, ExposeSecret, FlowOutcome, LeaseToken, PendingFlow, PendingStore, Revision, Timestamp,
+    TokenKey, TokenRecord, TokenStore,
 };
 use mcp_authkit_store_sqlite::SqliteStore;
 use tokio::task::JoinSet;
@@ -113,7 +113,10 @@ fn a_full_disk_fails_writes_and_loses_nothing() {
         "the full-disk scenario failed in the child ({}); its output:\n{stdout}",
         output.status
     );
-    for line in stdout.lines().filter_map(|line| line.strip_prefix("DISK-FULL:")) {
+    for line in stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("DISK-FULL:"))
+    {
         eprintln!("child: {line}");
     }
 }
@@ -156,7 +159,10 @@ impl Disk {
             Disk::Tmpfs { filler } => {
                 self.fill();
                 let len = std::fs::metadata(filler).unwrap().len();
-                let file = std::fs::OpenOptions::new().write(true).open(filler).unwrap();
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(filler)
+                    .unwrap();
                 file.set_len(len.saturating_sub(bytes)).unwrap();
             }
             Disk::FileSizeLimit => {
@@ -261,9 +267,15 @@ async fn full_disk_scenario(dir: &Path, disk: &Disk) {
         .await
         .unwrap()
         .expect("a free lease");
-    let contested = flow(&TokenKey::new("github", "contested"), Duration::from_secs(600));
+    let contested = flow(
+        &TokenKey::new("github", "contested"),
+        Duration::from_secs(600),
+    );
     a.insert(&contested).await.unwrap();
-    let to_complete = flow(&TokenKey::new("github", "completing"), Duration::from_secs(600));
+    let to_complete = flow(
+        &TokenKey::new("github", "completing"),
+        Duration::from_secs(600),
+    );
     a.insert(&to_complete).await.unwrap();
     a.take(&to_complete.state).await.unwrap().expect("taken");
     let done = flow(&TokenKey::new("github", "done"), Duration::from_secs(600));
@@ -272,10 +284,18 @@ async fn full_disk_scenario(dir: &Path, disk: &Disk) {
     let done_outcome = FlowOutcome::Authorized {
         revision: Revision::new(7),
     };
-    a.complete(&done.key, &done.state, &done_outcome, Duration::from_secs(600))
-        .await
-        .unwrap();
-    let expiring = flow(&TokenKey::new("github", "expiring"), Duration::from_millis(1));
+    a.complete(
+        &done.key,
+        &done.state,
+        &done_outcome,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let expiring = flow(
+        &TokenKey::new("github", "expiring"),
+        Duration::from_millis(1),
+    );
     a.insert(&expiring).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
 
@@ -345,7 +365,9 @@ async fn full_disk_scenario(dir: &Path, disk: &Disk) {
         let (state, key) = (contested.state.clone(), leased.clone());
         races.spawn(async move {
             let taken = store.take(&state).await;
-            let lease = store.try_acquire_lease(&key, Duration::from_secs(600)).await;
+            let lease = store
+                .try_acquire_lease(&key, Duration::from_secs(600))
+                .await;
             (taken.map(|f| f.is_some()), lease.map(|l| l.is_some()))
         });
     }
@@ -365,7 +387,12 @@ async fn full_disk_scenario(dir: &Path, disk: &Disk) {
         Some(("swap-1".into(), swap_revision))
     );
     assert!(b.get(&to_delete).await.unwrap().is_some());
-    assert!(b.get(&TokenKey::new("github", "new")).await.unwrap().is_none());
+    assert!(
+        b.get(&TokenKey::new("github", "new"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(b.active_flow(&fresh.key).await.unwrap(), None);
     assert!(b.get_flow(&contested.state).await.unwrap().is_some());
     assert_eq!(b.outcome(&to_complete.state).await.unwrap(), None);
@@ -418,7 +445,11 @@ async fn full_disk_scenario(dir: &Path, disk: &Disk) {
             .unwrap(),
         mcp_authkit_core::CasOutcome::Swapped(_)
     ));
-    assert!(a.delete_if_revision(&to_delete, delete_revision).await.unwrap());
+    assert!(
+        a.delete_if_revision(&to_delete, delete_revision)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         a.insert(&fresh).await.unwrap(),
         mcp_authkit_core::InsertOutcome::Inserted

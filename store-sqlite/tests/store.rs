@@ -180,7 +180,10 @@ async fn bad_rows_are_reported_without_their_secrets() {
         )
         .await
         .unwrap();
-    for table in ["mcp_authkit_flows SET flow", "mcp_authkit_outcomes SET outcome"] {
+    for table in [
+        "mcp_authkit_flows SET flow",
+        "mcp_authkit_outcomes SET outcome",
+    ] {
         sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {table} = ?1")))
             .bind(&br#"{"v":1,"pkce_verifier":"s3cr3t-verifier"}"#[..])
             .execute(store.pool())

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Error, ExposeSecret, FlowOutcome, PendingFlow, PendingStore, SecretString,
-    Timestamp, TokenKey, TokenRecord, TokenStore, codec,
+    Error, ExposeSecret, FlowOutcome, PendingFlow, PendingStore, SecretString, Timestamp, TokenKey,
+    TokenRecord, TokenStore, codec,
 };
 use mcp_authkit_store_encrypted::{
     ENVELOPE_VERSION, EncryptedStore, EncryptionError, EncryptionKey, EnvelopeInfo, Keyring,
@@ -35,7 +35,9 @@ async fn an_edited_clear_field_of_a_token_is_refused_and_named() {
         ("scopes", |r| r.scopes.push("admin:org".into())),
         ("scopes", |r| r.scopes.reverse()),
         ("expires_at", |r| {
-            r.expires_at = r.expires_at.map(|at| at.saturating_add(Duration::from_secs(86_400)))
+            r.expires_at = r
+                .expires_at
+                .map(|at| at.saturating_add(Duration::from_secs(86_400)))
         }),
         ("obtained_at", |r| {
             r.obtained_at = r.obtained_at.saturating_sub(Duration::from_secs(1))
@@ -48,7 +50,11 @@ async fn an_edited_clear_field_of_a_token_is_refused_and_named() {
     for (i, (field, edit)) in edits.into_iter().enumerate() {
         let key = TokenKey::new("github", format!("user-{i}"));
         store.put(&key, &record("x")).await.unwrap();
-        let mut raw = TokenStore::get(&backend, &key).await.unwrap().unwrap().record;
+        let mut raw = TokenStore::get(&backend, &key)
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
         edit(&mut raw);
         backend.put(&key, &raw).await.unwrap();
         let error = store.get(&key).await.unwrap_err();
@@ -122,9 +128,17 @@ async fn fields_of_two_writes_cannot_be_mixed() {
     let (backend, store) = encrypted(keyring("k1", 1));
     let key = TokenKey::new("github", "alice");
     store.put(&key, &record("first")).await.unwrap();
-    let first = TokenStore::get(&backend, &key).await.unwrap().unwrap().record;
+    let first = TokenStore::get(&backend, &key)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     store.put(&key, &record("second")).await.unwrap();
-    let mut mixed = TokenStore::get(&backend, &key).await.unwrap().unwrap().record;
+    let mut mixed = TokenStore::get(&backend, &key)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     mixed.refresh_token = first.refresh_token.clone();
     backend.put(&key, &mixed).await.unwrap();
     let error = store.get(&key).await.unwrap_err();
@@ -195,7 +209,11 @@ async fn first_release_records_still_read_and_are_rewritten() {
     // A rekey rewrites them in the current version.
     let report = store.rekey_tokens().await.unwrap();
     assert_eq!(report.rekeyed, 1, "{report:?}");
-    let stored = TokenStore::get(&backend, &key).await.unwrap().unwrap().record;
+    let stored = TokenStore::get(&backend, &key)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     assert_eq!(versions(&stored), [ENVELOPE_VERSION; 3]);
     assert_eq!(
         store
@@ -215,11 +233,19 @@ async fn first_release_records_still_read_and_are_rewritten() {
     backend.put(&other, &v1).await.unwrap();
     let fresh = TokenRecord::new("gho_new", Timestamp::now()).with_refresh_token("ghr_new");
     store.put(&other, &fresh).await.unwrap();
-    let stored = TokenStore::get(&backend, &other).await.unwrap().unwrap().record;
+    let stored = TokenStore::get(&backend, &other)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     assert_eq!(versions(&stored), [ENVELOPE_VERSION; 2]);
 
     // A version 1 field slipped into a version 2 record is refused.
-    let mut mixed = TokenStore::get(&backend, &key).await.unwrap().unwrap().record;
+    let mut mixed = TokenStore::get(&backend, &key)
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     mixed.refresh_token = Some(SecretString::from(
         v1.refresh_token.unwrap().expose_secret().to_owned(),
     ));

@@ -358,8 +358,7 @@ impl Proxy {
 
     /// Refuses (closes at once) every new connection while `on`.
     pub fn refuse(&self, on: bool) {
-        self.refusing
-            .store(on, std::sync::atomic::Ordering::SeqCst);
+        self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes every connection open through the proxy.

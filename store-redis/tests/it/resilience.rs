@@ -12,8 +12,8 @@ use mcp_authkit_store_redis::RedisStore;
 use tokio::task::JoinSet;
 
 use crate::common::{
-    Namespace, PrivateRedis, Proxy, clients_named, eventually, kill_clients_named, raw,
-    shared_url, subscribed, unique_client_name,
+    Namespace, PrivateRedis, Proxy, clients_named, eventually, kill_clients_named, raw, shared_url,
+    subscribed, unique_client_name,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -265,7 +265,10 @@ async fn a_least_privilege_acl_user_is_enough() {
     // Listing keys is not the application's business: SCAN would show every
     // key name of the database.
     let error = store.scan(None, 10).await.unwrap_err();
-    assert!(error.to_string().to_lowercase().contains("noperm"), "{error}");
+    assert!(
+        error.to_string().to_lowercase().contains("noperm"),
+        "{error}"
+    );
     assert!(store.delete_namespace().await.is_err());
     let mut app_connection = redis::Client::open(url("auth"))
         .unwrap()
