@@ -107,7 +107,7 @@
 //! application's `_sqlx_migrations`, so neither migrator sees the other's
 //! versions. A database whose schema is newer than this release
 //! ([`SCHEMA_VERSION`]) is refused with
-//! [`Error::UnsupportedFormat`](mcp_authkit_core::Error::UnsupportedFormat)
+//! [`Error::UnsupportedFormat`]
 //! before anything is written. Records are stored as the versioned JSON of
 //! [`mcp_authkit_core::codec`]; revisions and expiry times live in columns
 //! beside them so SQL can act on them.
