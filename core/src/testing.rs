@@ -48,6 +48,7 @@ pub struct FakeOAuthClient {
     /// Refresh tokens the fake still honours; rotation retires the old one.
     live_refresh_tokens: Mutex<HashMap<String, ()>>,
     accept_any_refresh_token: std::sync::atomic::AtomicBool,
+    supports_refresh: std::sync::atomic::AtomicBool,
     serial: AtomicU64,
     refresh_calls: AtomicU64,
     /// Signalled at the start of every refresh call.
@@ -72,6 +73,7 @@ impl FakeOAuthClient {
             codes: Mutex::new(HashMap::new()),
             live_refresh_tokens: Mutex::new(HashMap::new()),
             accept_any_refresh_token: std::sync::atomic::AtomicBool::new(false),
+            supports_refresh: std::sync::atomic::AtomicBool::new(true),
             serial: AtomicU64::new(0),
             refresh_calls: AtomicU64::new(0),
             refresh_started: tokio::sync::Notify::new(),
@@ -105,6 +107,12 @@ impl FakeOAuthClient {
     pub fn accept_any_refresh_token(&self, accept: bool) {
         self.accept_any_refresh_token
             .store(accept, Ordering::SeqCst);
+    }
+
+    /// Says whether this client can refresh at all
+    /// ([`OAuthClient::supports_refresh`]); refresh calls are still counted.
+    pub fn set_supports_refresh(&self, supported: bool) {
+        self.supports_refresh.store(supported, Ordering::SeqCst);
     }
 
     /// How many refresh calls were made.
@@ -251,6 +259,10 @@ impl OAuthClient for FakeOAuthClient {
                 Ok(self.issue())
             }
         }
+    }
+
+    fn supports_refresh(&self) -> bool {
+        self.supports_refresh.load(Ordering::SeqCst)
     }
 
     fn check_issuer(&self, iss: Option<&str>) -> Result<(), OAuthError> {

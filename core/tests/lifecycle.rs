@@ -213,6 +213,24 @@ async fn expired_token_without_refresh_needs_authorization_but_expiring_one_is_s
     assert_eq!(f.oauth.refresh_calls(), 0);
 }
 
+/// A client that cannot refresh is never asked to, even for a token that
+/// carries a refresh token: an expiring token is served as it is, an
+/// expired one leads to a new authorization.
+#[tokio::test]
+async fn a_client_without_refresh_is_never_asked_to_refresh() {
+    let oauth = FakeOAuthClient::new();
+    oauth.set_supports_refresh(false);
+    let f = fixture_with(oauth);
+    let revision = f.seed("carol", Duration::from_secs(30)).await;
+    assert_eq!(f.access_token("carol").await.revision(), revision);
+    f.clock.advance(Duration::from_secs(31));
+    assert!(matches!(
+        f.lifecycle.access("carol").await.unwrap(),
+        Access::NeedsAuthorization(AuthorizationReason::Expired)
+    ));
+    assert_eq!(f.oauth.refresh_calls(), 0);
+}
+
 #[tokio::test]
 async fn invalid_grant_removes_the_token() {
     let f = fixture();
