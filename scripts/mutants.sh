@@ -74,7 +74,8 @@ sqlite() {
 }
 
 redis() {
-    run_part redis mcp-authkit-store-redis "tokens.rs pending.rs" "" \
+    run_part redis mcp-authkit-store-redis "tokens.rs pending.rs" \
+        'replace status_and_text -> |replace RedisStore::(flow|outcome)_location -> ' \
         "mcp-authkit-store-redis mcp-authkit-conformance" \
         "--lib --test=it --test=redis"
 }
