@@ -112,7 +112,8 @@ pub trait Backend: Send + Sync + 'static {
     /// A short name for messages.
     fn name(&self) -> &str;
 
-    /// What the backend can do; scenarios it cannot run are skipped, saying so.
+    /// What the backend can do. Declare the same in [`conformance_tests!`]: the
+    /// scenarios it cannot run are then listed as ignored, with the reason.
     fn capabilities(&self) -> Capabilities;
 
     /// Prepares a fresh, empty namespace for one scenario and returns its
