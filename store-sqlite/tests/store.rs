@@ -409,3 +409,26 @@ async fn racing_waits_and_completions_lose_nothing() {
         "no wait ran into its timeout"
     );
 }
+
+/// A scan whose last page is exactly full says it is complete, rather than
+/// sending the caller after an empty page.
+#[tokio::test]
+async fn a_full_last_page_ends_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = temp_store(&dir).await;
+    for i in 0..6 {
+        store
+            .put(
+                &TokenKey::new("scan", format!("user-{i}")),
+                &TokenRecord::new("t", Timestamp::now()),
+            )
+            .await
+            .unwrap();
+    }
+    let first = store.scan(None, 3).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    let next = first.next.expect("three more keys follow");
+    let last = store.scan(Some(&next), 3).await.unwrap();
+    assert_eq!(last.items.len(), 3);
+    assert_eq!(last.next, None, "nothing follows the last key");
+}
