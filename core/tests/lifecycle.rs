@@ -333,6 +333,51 @@ async fn waits_for_another_process_lease_and_uses_its_token() {
     assert_eq!(f.oauth.refresh_calls(), 0, "no second refresh");
 }
 
+/// While another process holds the lease, a caller reads the store with a
+/// growing pause (no busy loop), and takes the other process's token as
+/// soon as it is stored, without waiting for the lease to be released.
+#[tokio::test]
+async fn waiting_on_another_process_backs_off_and_takes_its_token_at_once() {
+    let f = fixture();
+    let old = f.seed("dave", Duration::from_secs(30)).await;
+    let key = f.lifecycle.key("dave");
+    let other = MemoryStore::clone(&f.store);
+    let _held = other
+        .try_acquire_lease(&key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = f.tokens.gets.load(Ordering::SeqCst);
+    let access = {
+        let lifecycle = f.lifecycle.clone();
+        tokio::spawn(async move { lifecycle.access("dave").await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = f.tokens.gets.load(Ordering::SeqCst) - before;
+    assert!(reads < 40, "{reads} store reads in one second of waiting");
+    let newer = TokenRecord::new("from-other-process", f.clock.now())
+        .with_refresh_token("r")
+        .with_expires_at(f.clock.now().saturating_add(Duration::from_secs(3600)));
+    let CasOutcome::Swapped(revision) = other
+        .compare_and_swap(&key, Some(old), &newer)
+        .await
+        .unwrap()
+    else {
+        panic!("cas");
+    };
+    // The lease stays held; lease_wait (3 s) has not run out.
+    let access = tokio::time::timeout(Duration::from_millis(1500), access)
+        .await
+        .expect("the stored token is taken at once, not at the end of the wait")
+        .unwrap()
+        .unwrap();
+    match access {
+        Access::Ready(token) => assert_eq!(token.revision(), revision),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.oauth.refresh_calls(), 0, "no second refresh");
+}
+
 #[tokio::test]
 async fn a_dead_holders_lease_runs_out_and_the_refresh_happens() {
     let f = fixture();
