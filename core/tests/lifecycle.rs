@@ -378,6 +378,32 @@ async fn waiting_on_another_process_backs_off_and_takes_its_token_at_once() {
     assert_eq!(f.oauth.refresh_calls(), 0, "no second refresh");
 }
 
+/// A caller waits for another process's refresh no longer than
+/// `lease_wait` (3 s here), even while that process keeps its lease: an
+/// expired token is then a timeout, a still-valid one is served.
+#[tokio::test]
+async fn waiting_on_another_process_gives_up_after_lease_wait() {
+    let f = fixture();
+    f.seed("erin", Duration::from_secs(30)).await;
+    let key = f.lifecycle.key("erin");
+    let _held = MemoryStore::clone(&f.store)
+        .try_acquire_lease(&key, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    f.clock.advance(Duration::from_secs(31));
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), f.lifecycle.access("erin"))
+        .await
+        .expect("gives up at lease_wait, not when the other lease runs out");
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "an expired token and no refresh in sight: {result:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(f.oauth.refresh_calls(), 0);
+}
+
 #[tokio::test]
 async fn a_dead_holders_lease_runs_out_and_the_refresh_happens() {
     let f = fixture();
