@@ -15,7 +15,9 @@
 # starts private redis-server processes. Results: mutants.out/<part>/
 # (caught.txt, missed.txt, timeout.txt, unviable.txt, outcomes.json).
 # Exits non-zero when a mutant was missed or timed out. MUTANTS_JOBS=2 tests
-# two mutants at a time (each in its own copy of the tree).
+# two mutants at a time (each in its own copy of the tree); MUTANTS_RE=regex
+# tests only the mutants whose names match (say, the ones missed last time);
+# MUTANTS_OUT and MUTANTS_TARGET_DIR move the results and the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +54,7 @@ run_part() {
         --jobs "${MUTANTS_JOBS:-1}"
         --output "$out/$part" -p "$package" "${file_args[@]}" --exclude-re "$common_exclude")
     [ -z "$exclude" ] || mutant_args+=(--exclude-re "$exclude")
+    [ -z "${MUTANTS_RE:-}" ] || mutant_args+=(--re "$MUTANTS_RE")
     for p in $test_packages; do mutant_args+=(--test-package "$p"); done
     for t in $targets; do mutant_args+=("--cargo-test-arg=$t"); done
     local status=0
