@@ -261,23 +261,26 @@ impl SqliteStore {
             .acquire()
             .await
             .map_err(|e| error::db(operation, e))?;
+        let mut began = false;
         let result = async {
             let mut tx = conn
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(|e| error::db(operation, e))?;
+            began = true;
             let value = work(&mut tx).await?;
             tx.commit().await.map_err(|e| error::db(operation, e))?;
             Ok(value)
         }
         .await;
-        if result.is_err() {
+        if result.is_err() && began {
             // SQLite rolls a transaction back by itself on some errors (a
             // full disk, an I/O error); sqlx's ROLLBACK then fails and sqlx
             // goes on counting the connection as inside a transaction,
             // refusing every later BEGIN on it. So the connection is closed
             // rather than returned to the pool: a new one is cheap, a
-            // poisoned one would fail every write it is given.
+            // poisoned one would fail every write it is given. (A BEGIN
+            // that failed, say on a busy database, leaves it sound.)
             conn.close_on_drop();
         }
         result
