@@ -243,6 +243,123 @@ async fn invalid_grant_removes_the_token() {
     assert!(f.lifecycle.stored_token("alice").await.unwrap().is_none());
 }
 
+/// A refresh refused with `invalid_grant` while another writer stored an
+/// already expired token meanwhile: nothing is deleted by key, and the
+/// expired token is not served; the user authorizes again.
+#[tokio::test]
+async fn invalid_grant_never_serves_an_expired_token_written_meanwhile() {
+    let f = fixture();
+    f.seed("frank", Duration::from_secs(10)).await;
+    f.oauth.set_refresh_behavior(RefreshBehavior::InvalidGrant);
+    f.oauth.set_refresh_delay(Duration::from_millis(200));
+    let access = {
+        let lifecycle = f.lifecycle.clone();
+        tokio::spawn(async move { lifecycle.access("frank").await })
+    };
+    f.oauth.refresh_calls_reach(1).await;
+    let stale = TokenRecord::new("stale", f.clock.now())
+        .with_expires_at(f.clock.now().saturating_sub(Duration::from_secs(1)));
+    let revision = f.lifecycle.store_token("frank", &stale).await.unwrap();
+    assert!(matches!(
+        access.await.unwrap().unwrap(),
+        Access::NeedsAuthorization(AuthorizationReason::RefreshRejected)
+    ));
+    assert_eq!(
+        f.lifecycle
+            .stored_token("frank")
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        revision,
+        "the token written meanwhile is not deleted by the refused refresh"
+    );
+}
+
+/// A token store whose first lease request is preceded by another
+/// replica's refresh landing (and its lease being released): the race the
+/// re-read under the lease exists for.
+struct RefreshedBeforeLease {
+    inner: MemoryStore,
+    landing: Mutex<Option<(TokenKey, Revision, TokenRecord)>>,
+}
+
+#[async_trait]
+impl TokenStore for RefreshedBeforeLease {
+    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
+        TokenStore::get(&self.inner, key).await
+    }
+    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
+        self.inner.put(key, record).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &TokenKey,
+        expected: Option<Revision>,
+        record: &TokenRecord,
+    ) -> Result<CasOutcome> {
+        self.inner.compare_and_swap(key, expected, record).await
+    }
+    async fn delete(&self, key: &TokenKey) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
+        self.inner.delete_if_revision(key, revision).await
+    }
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
+        let landing = self.landing.lock().unwrap().take();
+        if let Some((key, expected, record)) = landing {
+            let outcome = self
+                .inner
+                .compare_and_swap(&key, Some(expected), &record)
+                .await?;
+            assert!(matches!(outcome, CasOutcome::Swapped(_)));
+        }
+        self.inner.try_acquire_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
+        self.inner.release_lease(key, lease).await
+    }
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
+        self.inner.scan(cursor, limit).await
+    }
+}
+
+/// Under the lease the token is read again: a refresh another replica
+/// finished just before is used, even when its token is itself within the
+/// refresh skew, and no second refresh is sent.
+#[tokio::test]
+async fn a_refresh_that_landed_just_before_the_lease_is_used() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let oauth = Arc::new(FakeOAuthClient::new());
+    let store = MemoryStore::new();
+    let tokens = Arc::new(RefreshedBeforeLease {
+        inner: store.clone(),
+        landing: Mutex::new(None),
+    });
+    let lifecycle =
+        TokenLifecycle::builder("github", oauth.clone(), tokens.clone(), Arc::new(store))
+            .clock(clock.clone())
+            .config(config())
+            .build()
+            .unwrap();
+    let expiring = TokenRecord::new("old", clock.now())
+        .with_refresh_token("r-old")
+        .with_expires_at(clock.now().saturating_add(Duration::from_secs(30)));
+    let old = lifecycle.store_token("gina", &expiring).await.unwrap();
+    let theirs = TokenRecord::new("from-other-replica", clock.now())
+        .with_refresh_token("r-new")
+        .with_expires_at(clock.now().saturating_add(Duration::from_secs(45)));
+    *tokens.landing.lock().unwrap() = Some((lifecycle.key("gina"), old, theirs));
+    match lifecycle.access("gina").await.unwrap() {
+        Access::Ready(token) => {
+            assert_eq!(token.secret().expose_secret(), "from-other-replica")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(oauth.refresh_calls(), 0, "no second refresh");
+}
+
 #[tokio::test]
 async fn transient_failure_serves_the_valid_token_and_backs_off() {
     let f = fixture();

@@ -360,6 +360,17 @@ async fn values_that_are_not_ours_are_decode_errors_and_stay_untouched() {
     let _: () = connection.sadd(&outcome_key, "x").await.unwrap();
     let shown = format!("{p}:out:{{{}…}}", &s[..4]);
     assert_names(&store.outcome(&state).await.unwrap_err(), &shown);
+    // A waiter reports it at once too, rather than re-reading until its
+    // timeout and answering "not completed".
+    let started = std::time::Instant::now();
+    assert_names(
+        &store
+            .wait(&state, Duration::from_secs(10))
+            .await
+            .unwrap_err(),
+        &shown,
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     let _: () = connection.del(&flow_key).await.unwrap();
     let error = store
         .complete(
