@@ -8,7 +8,8 @@
 #   bash scripts/mutants.sh                 # core, sqlite and redis
 #   bash scripts/mutants.sh sqlite redis    # some of them
 #
-# Scoped to fit a shared 2-core machine (about an hour for all three):
+# Scoped to fit a shared 2-core machine (measured: 57, 71 and 71 mutants,
+# about 25 minutes a part on a loaded 2-core machine):
 # accessors, builders and Debug impls are left out, and each part runs only
 # the test targets that cover it (no doctests, no other backends). The
 # Redis part needs a Redis at REDIS_URL (default redis://127.0.0.1:6379) and
