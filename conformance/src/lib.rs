@@ -45,8 +45,10 @@
 //!     }
 //! }
 //!
-//! // In tests/conformance.rs, one line makes a test of every scenario:
-//! //     mcp_authkit_conformance::conformance_tests!(MyBackend::default());
+//! // In tests/conformance.rs, one line makes a test of every scenario
+//! // (`; process_local`: this backend cannot run the cross-process ones,
+//! // which are listed as ignored):
+//! //     mcp_authkit_conformance::conformance_tests!(MyBackend::default(); process_local);
 //! // Here, one scenario run by hand:
 //! mcp_authkit_conformance::run_scenario(
 //!     "take_exactly_once",
@@ -61,8 +63,10 @@
 //! The cross-process scenario re-runs your test binary as a child process
 //! (through the hidden `conformance_child_entry` test) and opens the same
 //! namespace there, so [`Backend::open`] must work from a namespace name
-//! alone. A backend that declares [`Capabilities::PROCESS_LOCAL`] skips it
-//! and prints why.
+//! alone. A backend that declares [`Capabilities::PROCESS_LOCAL`] says so in
+//! the macro too (`conformance_tests!(MyBackend::default(); process_local)`),
+//! and `cargo test` lists the cross-process scenario as ignored, with the
+//! reason.
 //!
 //! Each scenario has a 60 second limit; a whole backend's suite runs well
 //! under a minute, as the scenarios run in parallel.
@@ -74,7 +78,6 @@ pub mod lifecycle;
 pub mod scenarios;
 
 use std::future::Future;
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +112,8 @@ pub trait Backend: Send + Sync + 'static {
     /// A short name for messages.
     fn name(&self) -> &str;
 
-    /// What the backend can do; scenarios it cannot run are skipped, saying so.
+    /// What the backend can do. Declare the same in [`conformance_tests!`]: the
+    /// scenarios it cannot run are then listed as ignored, with the reason.
     fn capabilities(&self) -> Capabilities;
 
     /// Prepares a fresh, empty namespace for one scenario and returns its
@@ -189,16 +193,6 @@ impl Harness {
     pub(crate) fn child_test(&self) -> Option<&'static str> {
         self.child_test
     }
-
-    /// Reports a skipped scenario on the test's stderr, past libtest's
-    /// output capture, so `cargo test` shows it even when the test passes.
-    pub fn report_skip(&self, scenario: &str, why: &str) {
-        let line = format!(
-            "[mcp-authkit-conformance] SKIPPED {scenario} on backend {:?}: {why}\n",
-            self.backend.name()
-        );
-        let _ = std::io::stderr().write_all(line.as_bytes());
-    }
 }
 
 /// A scenario: an async function of a [`Harness`].
@@ -248,9 +242,58 @@ pub fn run_scenario(
 /// expression evaluated afresh for each test), plus the hidden entry point
 /// the cross-process scenario re-executes.
 ///
+/// A backend that lives inside one process says so after a semicolon, and
+/// the scenarios it cannot run show up in `cargo test` as ignored, with the
+/// reason:
+///
+/// ```ignore
+/// mcp_authkit_conformance::conformance_tests!(MyBackend::default());                // shared
+/// mcp_authkit_conformance::conformance_tests!(MyBackend::default(); process_local); // in-process
+/// ```
+///
+/// The declaration must match [`Backend::capabilities`]: a test of the
+/// `process_local` form checks that the backend really is process-local,
+/// and the cross-process scenario fails on a process-local backend that
+/// was not declared so. A guarantee is thus either checked or visibly not.
+///
 /// Invoke it once per test binary; put it in a module to group the names.
 #[macro_export]
 macro_rules! conformance_tests {
+    ($backend:expr) => {
+        $crate::conformance_tests!($backend; shared);
+    };
+    ($backend:expr; shared) => {
+        $crate::__conformance_common_scenarios!($backend);
+        $crate::__conformance_scenarios! { $backend;
+            lifecycle::cross_process,
+        }
+
+        /// Entry point of the cross-process scenario's child process; does
+        /// nothing when run as a normal test.
+        #[test]
+        fn conformance_child_entry() {
+            $crate::run_child_if_requested($backend);
+        }
+    };
+    ($backend:expr; process_local) => {
+        $crate::__conformance_common_scenarios!($backend);
+        $crate::__conformance_ignored_scenarios! { $backend;
+            "the backend is process-local (Capabilities::PROCESS_LOCAL): no other process sees its data";
+            lifecycle::cross_process,
+        }
+
+        /// The backend is process-local, as the invocation declared.
+        #[test]
+        fn conformance_declared_process_local() {
+            $crate::check_declared_capabilities($backend, $crate::Capabilities::PROCESS_LOCAL);
+        }
+    };
+}
+
+/// The scenarios every backend runs.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_common_scenarios {
     ($backend:expr) => {
         $crate::__conformance_scenarios! { $backend;
             scenarios::token_crud_and_isolation,
@@ -270,18 +313,13 @@ macro_rules! conformance_tests {
             scenarios::wait_times_out,
             scenarios::outcome_ttl,
             scenarios::purge_removes_expired_only,
+            scenarios::huge_durations_mean_as_long_as_possible,
             lifecycle::single_flight_refresh_across_replicas,
             lifecycle::invalid_grant_leads_to_new_authorization,
+            lifecycle::invalid_grant_spares_a_token_written_meanwhile,
             lifecycle::transient_refresh_failure_keeps_token,
             lifecycle::flow_completes_across_replicas,
-            lifecycle::cross_process,
-        }
-
-        /// Entry point of the cross-process scenario's child process; does
-        /// nothing when run as a normal test.
-        #[test]
-        fn conformance_child_entry() {
-            $crate::run_child_if_requested($backend);
+            lifecycle::huge_durations_in_the_lifecycle,
         }
     };
 }
@@ -305,4 +343,44 @@ macro_rules! __conformance_scenarios {
             }
         )*
     };
+}
+
+/// Scenarios the backend declared it cannot run: ignored tests that carry
+/// the reason, so `cargo test` lists them as not checked.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_ignored_scenarios {
+    ($backend:expr; $reason:literal; $($module:ident :: $scenario:ident),* $(,)?) => {
+        $(
+            #[test]
+            #[ignore = $reason]
+            fn $scenario() {
+                $crate::refuse_ignored_scenario(stringify!($scenario), $reason, $backend);
+            }
+        )*
+    };
+}
+
+/// What an ignored scenario does when run anyway (`--ignored`): it fails
+/// with the reason, since the guarantee it stands for was not checked.
+#[doc(hidden)]
+pub fn refuse_ignored_scenario(scenario: &str, reason: &str, backend: impl Backend) {
+    panic!(
+        "scenario {scenario} cannot run on backend {:?}: {reason}",
+        backend.name()
+    );
+}
+
+/// Fails unless `backend` declares `declared` at run time, so that what
+/// the suite ignores and what the backend says of itself cannot drift apart.
+#[doc(hidden)]
+pub fn check_declared_capabilities(backend: impl Backend, declared: Capabilities) {
+    let actual = backend.capabilities();
+    assert_eq!(
+        actual,
+        declared,
+        "backend {:?} was declared {declared:?} in conformance_tests!, but its capabilities() \
+         say {actual:?}: fix the declaration, or scenarios it can run go unchecked",
+        backend.name()
+    );
 }

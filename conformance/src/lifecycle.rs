@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mcp_authkit_core::testing::{FakeOAuthClient, RefreshBehavior};
 use mcp_authkit_core::{
-    Access, AuthorizationReason, BeginOutcome, CallbackParams, Error, ExposeSecret, FlowOutcome,
-    FlowRequest, LifecycleConfig, Timestamp, TokenLifecycle, TokenRecord,
+    Access, AuthorizationReason, BeginOutcome, CallbackParams, CasOutcome, Error, ExposeSecret,
+    FlowOutcome, FlowRequest, LifecycleConfig, Timestamp, TokenLifecycle, TokenRecord,
 };
 use tokio::task::JoinSet;
 
@@ -159,6 +159,60 @@ pub async fn invalid_grant_leads_to_new_authorization(h: Harness) {
     }
 }
 
+/// A refresh refused with `invalid_grant` removes only the token it tried
+/// to refresh: a newer token that another replica wrote while the refused
+/// request was in flight (its own refresh, or a new authorization) is kept
+/// and served.
+pub async fn invalid_grant_spares_a_token_written_meanwhile(h: Harness) {
+    let replicas = h.replicas(2).await;
+    let oauth = Arc::new(FakeOAuthClient::new());
+    oauth.set_refresh_behavior(RefreshBehavior::InvalidGrant);
+    // A slow refusal leaves time for the other replica's write.
+    oauth.set_refresh_delay(Duration::from_millis(300));
+    let a = lifecycle_on(&replicas[0], Arc::clone(&oauth));
+    let b = lifecycle_on(&replicas[1], Arc::clone(&oauth));
+    let subject = unique_subject("invalid-grant-race");
+    a.store_token(&subject, &expiring_record("stale", "revoked-refresh"))
+        .await
+        .unwrap();
+
+    let refreshing = {
+        let (a, subject) = (a.clone(), subject.clone());
+        tokio::spawn(async move { a.access(&subject).await })
+    };
+    oauth.refresh_calls_reach(1).await;
+    let seen = b.stored_token(&subject).await.unwrap().expect("stored");
+    let now = Timestamp::now();
+    let newer = TokenRecord::new("written-meanwhile", now)
+        .with_refresh_token("fresh-refresh")
+        .with_scopes(["read"])
+        .with_expires_at(now.saturating_add(Duration::from_secs(3600)));
+    let newer_revision = match b
+        .token_store()
+        .compare_and_swap(&b.key(&subject), Some(seen.revision), &newer)
+        .await
+        .unwrap()
+    {
+        CasOutcome::Swapped(revision) => revision,
+        other => panic!("the other replica's write must land, got {other:?}"),
+    };
+
+    match refreshing.await.unwrap().unwrap() {
+        Access::Ready(token) => {
+            assert_eq!(token.secret().expose_secret(), "written-meanwhile");
+            assert_eq!(token.revision(), newer_revision);
+        }
+        other => panic!("the newer token is served after the refused refresh, got {other:?}"),
+    }
+    let stored = b
+        .stored_token(&subject)
+        .await
+        .unwrap()
+        .expect("the token written meanwhile survives the refused refresh");
+    assert_eq!(stored.revision, newer_revision);
+    assert_eq!(oauth.refresh_calls(), 1);
+}
+
 /// A transient refresh failure never deletes the token: a still-valid token
 /// keeps being served, an expired one gives a retryable error.
 pub async fn transient_refresh_failure_keeps_token(h: Harness) {
@@ -276,19 +330,91 @@ pub async fn flow_completes_across_replicas(h: Harness) {
     assert_eq!(stored.revision, revision, "the replay stored nothing");
 }
 
+/// A lifecycle configured with durations too large for the clock
+/// (`Duration::MAX` lease TTL, lease wait, flow TTL and outcome TTL) works
+/// like any other: it refreshes, runs a flow and wakes its waiter.
+pub async fn huge_durations_in_the_lifecycle(h: Harness) {
+    let replicas = h.replicas(2).await;
+    let oauth = Arc::new(FakeOAuthClient::new());
+    let lifecycles: Vec<_> = replicas
+        .iter()
+        .map(|replica| {
+            let mut config =
+                LifecycleConfig::new("http://127.0.0.1:9/callback", vec!["read".into()]);
+            config.lease_ttl = Duration::MAX;
+            config.lease_wait = Duration::MAX;
+            config.flow_ttl = Duration::MAX;
+            config.outcome_ttl = Duration::MAX;
+            config.refresh_timeout = Duration::from_secs(u64::MAX / 2);
+            config.refresh_retry_after = Duration::MAX;
+            TokenLifecycle::builder(
+                PROVIDER,
+                Arc::clone(&oauth) as Arc<dyn mcp_authkit_core::OAuthClient>,
+                Arc::clone(&replica.tokens),
+                Arc::clone(&replica.pending),
+            )
+            .config(config)
+            .build()
+            .expect("huge durations are a valid configuration")
+        })
+        .collect();
+
+    let subject = unique_subject("huge-lifecycle");
+    let refresh = oauth.issue().refresh_token.unwrap();
+    lifecycles[0]
+        .store_token(&subject, &expiring_record("old", refresh.expose_secret()))
+        .await
+        .unwrap();
+    match lifecycles[1].access(&subject).await.unwrap() {
+        Access::Ready(token) => assert_ne!(token.secret().expose_secret(), "old"),
+        other => panic!("the expiring token is refreshed, got {other:?}"),
+    }
+    assert_eq!(oauth.refresh_calls(), 1);
+
+    let other = unique_subject("huge-lifecycle-flow");
+    let BeginOutcome::Started(flow) = lifecycles[0]
+        .begin_authorization(&other, FlowRequest::default())
+        .await
+        .unwrap()
+    else {
+        panic!("a new flow starts");
+    };
+    let waiter = {
+        let (lifecycle, state) = (lifecycles[0].clone(), flow.state.clone());
+        tokio::spawn(async move { lifecycle.wait(&state, Duration::MAX).await })
+    };
+    let code = oauth.approve(&lifecycles[0].authorization_url(&flow).unwrap());
+    let completed = lifecycles[1]
+        .complete_authorization(CallbackParams::success(flow.state.clone(), code))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiter.await.unwrap().unwrap(),
+        Some(completed.outcome.clone())
+    );
+    assert_eq!(
+        lifecycles[1]
+            .wait(&flow.state, Duration::MAX)
+            .await
+            .unwrap(),
+        Some(completed.outcome),
+        "the outcome is kept"
+    );
+}
+
 /// A second OS process (this test binary, re-executed) races this one:
 /// both take contested flows (each is taken exactly once overall), the child
 /// completes a flow this process waits on, both refresh the same expiring
 /// token (one refresh in total), and a lease the child takes and never
 /// releases blocks this process until its TTL passes.
 pub async fn cross_process(h: Harness) {
-    if !h.capabilities().shared_across_processes {
-        h.report_skip(
-            "cross_process",
-            "the backend declares it does not share state across processes",
-        );
-        return;
-    }
+    assert!(
+        h.capabilities().shared_across_processes,
+        "backend {:?} declares Capabilities::PROCESS_LOCAL: invoke \
+         conformance_tests!(backend; process_local), so this scenario is listed as ignored \
+         instead of failing",
+        h.backend_name()
+    );
     child::race_with_child(&h).await;
     child::lease_outlives_dead_child(&h).await;
 }

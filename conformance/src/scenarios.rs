@@ -952,3 +952,93 @@ pub async fn purge_removes_expired_only(h: Harness) {
     let again = store.purge_expired().await.unwrap();
     assert_eq!(again.total(), 0, "a second purge finds nothing: {again:?}");
 }
+
+/// Durations too large for the clock (`Duration::MAX`, `u64::MAX / 2`
+/// seconds) mean "as long as possible" on every backend alike: a lease with
+/// such a TTL is held until released, a flow with such a TTL stays pending,
+/// an outcome kept that long stays readable, and a wait that long returns
+/// when the flow completes. No panic, no error.
+pub async fn huge_durations_mean_as_long_as_possible(h: Harness) {
+    let replicas = h.replicas(2).await;
+    for (i, huge) in [Duration::MAX, Duration::from_secs(u64::MAX / 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let key = unique_key(&format!("huge-lease-{i}"));
+        let lease = replicas[0]
+            .tokens
+            .try_acquire_lease(&key, huge)
+            .await
+            .unwrap()
+            .expect("a free lease is taken whatever its TTL");
+        assert!(
+            replicas[1]
+                .tokens
+                .try_acquire_lease(&key, huge)
+                .await
+                .unwrap()
+                .is_none(),
+            "the lease is held"
+        );
+        assert!(
+            replicas[1]
+                .tokens
+                .release_lease(&key, &lease)
+                .await
+                .unwrap(),
+            "still held when released"
+        );
+
+        let key = unique_key(&format!("huge-flow-{i}"));
+        let f = flow(&key, huge);
+        assert_eq!(
+            replicas[0].pending.insert(&f).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+        assert!(
+            replicas[1]
+                .pending
+                .get_flow(&f.state)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            replicas[1].pending.active_flow(&key).await.unwrap(),
+            Some(f.state.clone())
+        );
+        let waiter = {
+            let (pending, state) = (Arc::clone(&replicas[0].pending), f.state.clone());
+            tokio::spawn(async move { pending.wait(&state, huge).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let taken = replicas[1].pending.take(&f.state).await.unwrap();
+        assert!(taken.is_some(), "a flow with a huge TTL is pending");
+        let outcome = FlowOutcome::Authorized {
+            revision: Revision::new(40 + i as u64),
+        };
+        replicas[1]
+            .pending
+            .complete(&key, &f.state, &outcome, huge)
+            .await
+            .unwrap();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("a waiter with a huge timeout wakes on completion")
+                .unwrap()
+                .unwrap(),
+            Some(outcome.clone())
+        );
+        assert_eq!(
+            replicas[0].pending.outcome(&f.state).await.unwrap(),
+            Some(outcome.clone()),
+            "an outcome kept for a huge time is readable"
+        );
+        assert_eq!(
+            replicas[1].pending.wait(&f.state, huge).await.unwrap(),
+            Some(outcome),
+            "a huge wait after completion returns at once"
+        );
+    }
+}

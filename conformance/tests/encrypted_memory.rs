@@ -9,7 +9,7 @@ mod backends {
 use backends::encrypted::Encrypted;
 use backends::memory::Memory;
 
-mcp_authkit_conformance::conformance_tests!(Encrypted::new(Memory));
+mcp_authkit_conformance::conformance_tests!(Encrypted::new(Memory); process_local);
 
 #[test]
 fn secrets_stay_sealed_at_rest() {

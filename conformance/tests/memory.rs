@@ -4,4 +4,4 @@ mod backends {
     pub mod memory;
 }
 
-mcp_authkit_conformance::conformance_tests!(backends::memory::Memory);
+mcp_authkit_conformance::conformance_tests!(backends::memory::Memory; process_local);

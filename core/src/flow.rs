@@ -252,6 +252,22 @@ mod tests {
     }
 
     #[test]
+    fn only_an_authorized_outcome_is_authorized() {
+        assert!(
+            FlowOutcome::Authorized {
+                revision: Revision::new(1)
+            }
+            .is_authorized()
+        );
+        let denied = FlowOutcome::Denied {
+            error: "access_denied".into(),
+            description: None,
+        };
+        assert!(!denied.is_authorized());
+        assert!(!FlowOutcome::Failed { reason: "x".into() }.is_authorized());
+    }
+
+    #[test]
     fn generated_values_are_long_and_distinct() {
         let a = FlowState::generate();
         let b = FlowState::generate();

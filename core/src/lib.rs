@@ -102,7 +102,7 @@ pub use store::{
     Capabilities, CasOutcome, LeaseGuard, LeaseToken, PendingStore, PurgeReport, ScanCursor,
     ScanPage, TokenStore,
 };
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, deadline_after};
 
 /// Re-exported so stores implement the traits with the same macro version.
 pub use async_trait::async_trait;

@@ -622,7 +622,7 @@ impl TokenLifecycle {
         observed: StoredToken,
     ) -> Result<Access> {
         let config = &self.inner.config;
-        let deadline = tokio::time::Instant::now() + config.lease_wait;
+        let deadline = crate::time::deadline_after(config.lease_wait);
         let mut backoff = Duration::from_millis(5);
         let guard = loop {
             let tokens = Arc::clone(&self.inner.tokens);

@@ -48,8 +48,11 @@ pub struct FakeOAuthClient {
     /// Refresh tokens the fake still honours; rotation retires the old one.
     live_refresh_tokens: Mutex<HashMap<String, ()>>,
     accept_any_refresh_token: std::sync::atomic::AtomicBool,
+    supports_refresh: std::sync::atomic::AtomicBool,
     serial: AtomicU64,
     refresh_calls: AtomicU64,
+    /// Signalled at the start of every refresh call.
+    refresh_started: tokio::sync::Notify,
     exchange_calls: AtomicU64,
 }
 
@@ -70,8 +73,10 @@ impl FakeOAuthClient {
             codes: Mutex::new(HashMap::new()),
             live_refresh_tokens: Mutex::new(HashMap::new()),
             accept_any_refresh_token: std::sync::atomic::AtomicBool::new(false),
+            supports_refresh: std::sync::atomic::AtomicBool::new(true),
             serial: AtomicU64::new(0),
             refresh_calls: AtomicU64::new(0),
+            refresh_started: tokio::sync::Notify::new(),
             exchange_calls: AtomicU64::new(0),
         }
     }
@@ -104,9 +109,29 @@ impl FakeOAuthClient {
             .store(accept, Ordering::SeqCst);
     }
 
+    /// Says whether this client can refresh at all
+    /// ([`OAuthClient::supports_refresh`]); refresh calls are still counted.
+    pub fn set_supports_refresh(&self, supported: bool) {
+        self.supports_refresh.store(supported, Ordering::SeqCst);
+    }
+
     /// How many refresh calls were made.
     pub fn refresh_calls(&self) -> u64 {
         self.refresh_calls.load(Ordering::SeqCst)
+    }
+
+    /// Returns once `n` refresh calls have started (at once if they have):
+    /// lets a test act while a slow refresh is in flight.
+    pub async fn refresh_calls_reach(&self, n: u64) {
+        loop {
+            let mut started = std::pin::pin!(self.refresh_started.notified());
+            // Registered before the count is read, so no start is missed.
+            started.as_mut().enable();
+            if self.refresh_calls() >= n {
+                return;
+            }
+            started.await;
+        }
     }
 
     /// How many code exchanges were made.
@@ -199,6 +224,7 @@ impl OAuthClient for FakeOAuthClient {
         _scopes: &[String],
     ) -> Result<TokenResponse, OAuthError> {
         self.refresh_calls.fetch_add(1, Ordering::SeqCst);
+        self.refresh_started.notify_waiters();
         let delay = *self.refresh_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -233,6 +259,10 @@ impl OAuthClient for FakeOAuthClient {
                 Ok(self.issue())
             }
         }
+    }
+
+    fn supports_refresh(&self) -> bool {
+        self.supports_refresh.load(Ordering::SeqCst)
     }
 
     fn check_issuer(&self, iss: Option<&str>) -> Result<(), OAuthError> {

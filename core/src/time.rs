@@ -128,6 +128,38 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     }
 }
 
+/// How far ahead a deadline that cannot be represented is put: about 30
+/// years, as tokio does for `sleep(Duration::MAX)`. "Never" for every
+/// caller, and far from the end of the monotonic clock's range.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `timeout` from now, for `tokio::time::timeout_at` and
+/// `sleep_until`.
+///
+/// `Instant::now() + timeout` panics when the sum does not fit the clock
+/// (`Duration::MAX`, `u64::MAX / 2` seconds); a caller may pass any
+/// duration, so a timeout that large means "no deadline" here: about 30
+/// years ahead. Stores and the lifecycle take every caller-given timeout
+/// through this.
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_authkit_core::deadline_after;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let never = deadline_after(Duration::MAX); // no panic
+/// assert!(never > deadline_after(Duration::from_secs(3600 * 24 * 365)));
+/// # }
+/// ```
+pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        // Unreachable on every supported clock: 30 years always fit.
+        .unwrap_or(now)
+}
+
 /// Where the lifecycle reads the current time.
 ///
 /// Expiry, refresh skew and flow lifetimes are decided against this clock, so

@@ -213,6 +213,24 @@ async fn expired_token_without_refresh_needs_authorization_but_expiring_one_is_s
     assert_eq!(f.oauth.refresh_calls(), 0);
 }
 
+/// A client that cannot refresh is never asked to, even for a token that
+/// carries a refresh token: an expiring token is served as it is, an
+/// expired one leads to a new authorization.
+#[tokio::test]
+async fn a_client_without_refresh_is_never_asked_to_refresh() {
+    let oauth = FakeOAuthClient::new();
+    oauth.set_supports_refresh(false);
+    let f = fixture_with(oauth);
+    let revision = f.seed("carol", Duration::from_secs(30)).await;
+    assert_eq!(f.access_token("carol").await.revision(), revision);
+    f.clock.advance(Duration::from_secs(31));
+    assert!(matches!(
+        f.lifecycle.access("carol").await.unwrap(),
+        Access::NeedsAuthorization(AuthorizationReason::Expired)
+    ));
+    assert_eq!(f.oauth.refresh_calls(), 0);
+}
+
 #[tokio::test]
 async fn invalid_grant_removes_the_token() {
     let f = fixture();
@@ -223,6 +241,123 @@ async fn invalid_grant_removes_the_token() {
         Access::NeedsAuthorization(AuthorizationReason::RefreshRejected)
     ));
     assert!(f.lifecycle.stored_token("alice").await.unwrap().is_none());
+}
+
+/// A refresh refused with `invalid_grant` while another writer stored an
+/// already expired token meanwhile: nothing is deleted by key, and the
+/// expired token is not served; the user authorizes again.
+#[tokio::test]
+async fn invalid_grant_never_serves_an_expired_token_written_meanwhile() {
+    let f = fixture();
+    f.seed("frank", Duration::from_secs(10)).await;
+    f.oauth.set_refresh_behavior(RefreshBehavior::InvalidGrant);
+    f.oauth.set_refresh_delay(Duration::from_millis(200));
+    let access = {
+        let lifecycle = f.lifecycle.clone();
+        tokio::spawn(async move { lifecycle.access("frank").await })
+    };
+    f.oauth.refresh_calls_reach(1).await;
+    let stale = TokenRecord::new("stale", f.clock.now())
+        .with_expires_at(f.clock.now().saturating_sub(Duration::from_secs(1)));
+    let revision = f.lifecycle.store_token("frank", &stale).await.unwrap();
+    assert!(matches!(
+        access.await.unwrap().unwrap(),
+        Access::NeedsAuthorization(AuthorizationReason::RefreshRejected)
+    ));
+    assert_eq!(
+        f.lifecycle
+            .stored_token("frank")
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        revision,
+        "the token written meanwhile is not deleted by the refused refresh"
+    );
+}
+
+/// A token store whose first lease request is preceded by another
+/// replica's refresh landing (and its lease being released): the race the
+/// re-read under the lease exists for.
+struct RefreshedBeforeLease {
+    inner: MemoryStore,
+    landing: Mutex<Option<(TokenKey, Revision, TokenRecord)>>,
+}
+
+#[async_trait]
+impl TokenStore for RefreshedBeforeLease {
+    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
+        TokenStore::get(&self.inner, key).await
+    }
+    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
+        self.inner.put(key, record).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &TokenKey,
+        expected: Option<Revision>,
+        record: &TokenRecord,
+    ) -> Result<CasOutcome> {
+        self.inner.compare_and_swap(key, expected, record).await
+    }
+    async fn delete(&self, key: &TokenKey) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
+        self.inner.delete_if_revision(key, revision).await
+    }
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
+        let landing = self.landing.lock().unwrap().take();
+        if let Some((key, expected, record)) = landing {
+            let outcome = self
+                .inner
+                .compare_and_swap(&key, Some(expected), &record)
+                .await?;
+            assert!(matches!(outcome, CasOutcome::Swapped(_)));
+        }
+        self.inner.try_acquire_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
+        self.inner.release_lease(key, lease).await
+    }
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
+        self.inner.scan(cursor, limit).await
+    }
+}
+
+/// Under the lease the token is read again: a refresh another replica
+/// finished just before is used, even when its token is itself within the
+/// refresh skew, and no second refresh is sent.
+#[tokio::test]
+async fn a_refresh_that_landed_just_before_the_lease_is_used() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let oauth = Arc::new(FakeOAuthClient::new());
+    let store = MemoryStore::new();
+    let tokens = Arc::new(RefreshedBeforeLease {
+        inner: store.clone(),
+        landing: Mutex::new(None),
+    });
+    let lifecycle =
+        TokenLifecycle::builder("github", oauth.clone(), tokens.clone(), Arc::new(store))
+            .clock(clock.clone())
+            .config(config())
+            .build()
+            .unwrap();
+    let expiring = TokenRecord::new("old", clock.now())
+        .with_refresh_token("r-old")
+        .with_expires_at(clock.now().saturating_add(Duration::from_secs(30)));
+    let old = lifecycle.store_token("gina", &expiring).await.unwrap();
+    let theirs = TokenRecord::new("from-other-replica", clock.now())
+        .with_refresh_token("r-new")
+        .with_expires_at(clock.now().saturating_add(Duration::from_secs(45)));
+    *tokens.landing.lock().unwrap() = Some((lifecycle.key("gina"), old, theirs));
+    match lifecycle.access("gina").await.unwrap() {
+        Access::Ready(token) => {
+            assert_eq!(token.secret().expose_secret(), "from-other-replica")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(oauth.refresh_calls(), 0, "no second refresh");
 }
 
 #[tokio::test]
@@ -313,6 +448,77 @@ async fn waits_for_another_process_lease_and_uses_its_token() {
         other => panic!("{other:?}"),
     }
     assert_eq!(f.oauth.refresh_calls(), 0, "no second refresh");
+}
+
+/// While another process holds the lease, a caller reads the store with a
+/// growing pause (no busy loop), and takes the other process's token as
+/// soon as it is stored, without waiting for the lease to be released.
+#[tokio::test]
+async fn waiting_on_another_process_backs_off_and_takes_its_token_at_once() {
+    let f = fixture();
+    let old = f.seed("dave", Duration::from_secs(30)).await;
+    let key = f.lifecycle.key("dave");
+    let other = MemoryStore::clone(&f.store);
+    let _held = other
+        .try_acquire_lease(&key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = f.tokens.gets.load(Ordering::SeqCst);
+    let access = {
+        let lifecycle = f.lifecycle.clone();
+        tokio::spawn(async move { lifecycle.access("dave").await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = f.tokens.gets.load(Ordering::SeqCst) - before;
+    assert!(reads < 40, "{reads} store reads in one second of waiting");
+    let newer = TokenRecord::new("from-other-process", f.clock.now())
+        .with_refresh_token("r")
+        .with_expires_at(f.clock.now().saturating_add(Duration::from_secs(3600)));
+    let CasOutcome::Swapped(revision) = other
+        .compare_and_swap(&key, Some(old), &newer)
+        .await
+        .unwrap()
+    else {
+        panic!("cas");
+    };
+    // The lease stays held; lease_wait (3 s) has not run out.
+    let access = tokio::time::timeout(Duration::from_millis(1500), access)
+        .await
+        .expect("the stored token is taken at once, not at the end of the wait")
+        .unwrap()
+        .unwrap();
+    match access {
+        Access::Ready(token) => assert_eq!(token.revision(), revision),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.oauth.refresh_calls(), 0, "no second refresh");
+}
+
+/// A caller waits for another process's refresh no longer than
+/// `lease_wait` (3 s here), even while that process keeps its lease: an
+/// expired token is then a timeout, a still-valid one is served.
+#[tokio::test]
+async fn waiting_on_another_process_gives_up_after_lease_wait() {
+    let f = fixture();
+    f.seed("erin", Duration::from_secs(30)).await;
+    let key = f.lifecycle.key("erin");
+    let _held = MemoryStore::clone(&f.store)
+        .try_acquire_lease(&key, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    f.clock.advance(Duration::from_secs(31));
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), f.lifecycle.access("erin"))
+        .await
+        .expect("gives up at lease_wait, not when the other lease runs out");
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "an expired token and no refresh in sight: {result:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(f.oauth.refresh_calls(), 0);
 }
 
 #[tokio::test]

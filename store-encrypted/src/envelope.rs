@@ -2,12 +2,17 @@
 //! data that binds it to its place.
 //!
 //! ```text
-//! mcpenc:v1:<key id>:<payload bytes>:<base64url(check ‖ nonce ‖ ciphertext ‖ tag)>
+//! mcpenc:v2:<key id>:<payload bytes>:<base64url(check ‖ nonce ‖ ciphertext ‖ tag)>
 //! ```
 //!
 //! - `mcpenc:` marks an encrypted value, so a value stored in clear is
 //!   recognized as such instead of failing as garbage.
-//! - `v1` is the envelope version; a later release keeps reading `v1`.
+//! - `v2` is the envelope version. Version 2 authenticates the whole
+//!   record: the first secret field of a record seals a fingerprint of the
+//!   record's clear fields in front of the secret (see [`crate::binding`]),
+//!   and the record's other secret fields are bound to that field's nonce,
+//!   so all of them come from one write. Version 1 (the first release)
+//!   bound each field to its place only; it is still read.
 //! - the key id names the keyring key that opens it.
 //! - the payload length lets a value cut short by the store be reported as
 //!   truncated rather than as tampered.
@@ -31,7 +36,9 @@ use crate::key::{CHECK_LEN, EncryptionKey, Keyring, is_valid_id};
 /// What starts every encrypted value.
 pub const ENVELOPE_PREFIX: &str = "mcpenc:";
 /// The envelope version this release writes.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub const ENVELOPE_VERSION: u32 = 2;
+/// The first release's envelope version, still read.
+pub(crate) const V1: u32 = 1;
 
 pub(crate) const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -55,6 +62,10 @@ pub(crate) enum Place<'a> {
         key: &'a TokenKey,
         /// Which field.
         field: TokenField<'a>,
+        /// In version 2, a field other than the access token is also bound
+        /// to the nonce of the record's access token envelope: fields of
+        /// different writes cannot be mixed.
+        record_nonce: Option<&'a [u8; NONCE_LEN]>,
     },
     /// A pending flow's PKCE verifier, bound to the flow's state and to the
     /// key the flow will store its token under.
@@ -75,23 +86,47 @@ pub(crate) enum TokenField<'a> {
 }
 
 impl Place<'_> {
-    /// The parts of the associated data, after the domain, version and key
-    /// id: at most five.
-    fn parts(&self) -> ([&[u8]; 5], usize) {
+    /// The parts of the associated data of an envelope of `version`, after
+    /// the domain, version and key id: at most six.
+    fn parts(&self, version: u32) -> ([&[u8]; 6], usize) {
         match self {
-            Place::Token { key, field } => {
-                let (field, name, count): (&[u8], &[u8], usize) = match field {
-                    TokenField::AccessToken => (b"access_token", b"", 4),
-                    TokenField::RefreshToken => (b"refresh_token", b"", 4),
-                    TokenField::Extra(name) => (b"extra", name.as_bytes(), 5),
+            Place::Token {
+                key,
+                field,
+                record_nonce,
+            } => {
+                let (field, name): (&[u8], &[u8]) = match field {
+                    TokenField::AccessToken => (b"access_token", b""),
+                    TokenField::RefreshToken => (b"refresh_token", b""),
+                    TokenField::Extra(name) => (b"extra", name.as_bytes()),
                 };
-                let parts = [
+                let mut parts = [
                     b"token".as_slice(),
                     key.provider().as_bytes(),
                     key.subject().as_bytes(),
                     field,
-                    name,
+                    b"",
+                    b"",
                 ];
+                // Version 1 had no empty parts: an extra field's name was
+                // the fifth part only when there was one.
+                let mut count = 4;
+                if matches!(
+                    self,
+                    Place::Token {
+                        field: TokenField::Extra(_),
+                        ..
+                    }
+                ) {
+                    parts[count] = name;
+                    count += 1;
+                }
+                if version >= 2
+                    && let Some(nonce) = record_nonce
+                {
+                    parts[count] = nonce.as_slice();
+                    count += 1;
+                }
                 (parts, count)
             }
             Place::FlowVerifier { state, key } => (
@@ -101,19 +136,25 @@ impl Place<'_> {
                     key.provider().as_bytes(),
                     key.subject().as_bytes(),
                     b"pkce_verifier",
+                    b"",
                 ],
                 5,
             ),
         }
     }
 
-    /// Calls `use_it` with the associated data for a value under `key_id`:
-    /// every part length-prefixed, so no two places (or key ids) share an
-    /// encoding whatever characters they contain. Built on the stack when it
-    /// fits.
-    fn with_associated_data<T>(&self, key_id: &str, use_it: impl FnOnce(&[u8]) -> T) -> T {
-        let (parts, count) = self.parts();
-        let version = ENVELOPE_VERSION.to_be_bytes();
+    /// Calls `use_it` with the associated data for a value of envelope
+    /// `version` under `key_id`: every part length-prefixed, so no two
+    /// places (or key ids) share an encoding whatever characters they
+    /// contain. Built on the stack when it fits.
+    fn with_associated_data<T>(
+        &self,
+        version: u32,
+        key_id: &str,
+        use_it: impl FnOnce(&[u8]) -> T,
+    ) -> T {
+        let (parts, count) = self.parts(version);
+        let version = version.to_be_bytes();
         let all = [DOMAIN, version.as_slice(), key_id.as_bytes()];
         let all = all.iter().chain(&parts[..count]);
         let len: usize = all.clone().map(|part| 4 + part.len()).sum();
@@ -138,13 +179,13 @@ impl Place<'_> {
 
     #[cfg(test)]
     fn associated_data(&self, key_id: &str) -> Vec<u8> {
-        self.with_associated_data(key_id, <[u8]>::to_vec)
+        self.with_associated_data(ENVELOPE_VERSION, key_id, <[u8]>::to_vec)
     }
 
     /// Where the value is, for error messages: never its content.
     pub(crate) fn describe(&self) -> String {
         match self {
-            Place::Token { key, field } => {
+            Place::Token { key, field, .. } => {
                 let field = match field {
                     TokenField::AccessToken => "access_token".to_owned(),
                     TokenField::RefreshToken => "refresh_token".to_owned(),
@@ -159,15 +200,19 @@ impl Place<'_> {
     }
 }
 
-/// Encrypts `plaintext` for `place` under `key` with `nonce`.
+/// Encrypts `fingerprint` (empty, or the record's clear fields, see
+/// [`crate::binding`]) followed by `plaintext` for `place` under `key` with
+/// `nonce`, as a current-version envelope.
 pub(crate) fn seal(
     key: &EncryptionKey,
     place: &Place<'_>,
     nonce: &[u8; NONCE_LEN],
+    fingerprint: &[u8],
     plaintext: &str,
 ) -> String {
     let inner = key.inner();
-    let payload_len = HEADER_LEN + plaintext.len() + TAG_LEN;
+    let sealed_len = fingerprint.len() + plaintext.len();
+    let payload_len = HEADER_LEN + sealed_len + TAG_LEN;
     let mut inline = [0u8; INLINE_PAYLOAD];
     let mut heap = Vec::new();
     let payload: &mut [u8] = if payload_len <= INLINE_PAYLOAD {
@@ -179,10 +224,11 @@ pub(crate) fn seal(
     let (header, rest) = payload.split_at_mut(HEADER_LEN);
     header[..CHECK_LEN].copy_from_slice(&inner.check);
     header[CHECK_LEN..].copy_from_slice(nonce);
-    let (message, tag_out) = rest.split_at_mut(plaintext.len());
-    message.copy_from_slice(plaintext.as_bytes());
+    let (message, tag_out) = rest.split_at_mut(sealed_len);
+    message[..fingerprint.len()].copy_from_slice(fingerprint);
+    message[fingerprint.len()..].copy_from_slice(plaintext.as_bytes());
     // Encrypted in place: the buffer holds no plaintext afterwards.
-    let tag = place.with_associated_data(&inner.id, |aad| {
+    let tag = place.with_associated_data(ENVELOPE_VERSION, &inner.id, |aad| {
         inner
             .cipher
             .encrypt_inout_detached(&Nonce::<Aes256Gcm>::from(*nonce), aad, message.into())
@@ -219,12 +265,36 @@ fn push_decimal(out: &mut String, mut n: usize) {
     out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
-/// Decrypts a value sealed for `place` with any key of `keyring`.
+/// What an opened envelope held.
+pub(crate) struct Opened {
+    /// Its version.
+    pub(crate) version: u32,
+    /// Its nonce, which the record's other fields are bound to.
+    pub(crate) nonce: [u8; NONCE_LEN],
+    /// The fingerprint sealed in front of the secret (empty in version 1,
+    /// and for fields that carry none).
+    pub(crate) fingerprint: Vec<u8>,
+    /// The secret.
+    pub(crate) secret: String,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decrypts a value sealed for `place` with any key of `keyring`; in a
+/// version 2 envelope, the first `fingerprint_len` bytes sealed are the
+/// record's fingerprint.
 pub(crate) fn open(
     keyring: &Keyring,
     place: &Place<'_>,
     value: &str,
-) -> Result<String, EncryptionError> {
+    fingerprint_len: usize,
+) -> Result<Opened, EncryptionError> {
     let envelope = parse(value)?;
     let key = keyring
         .find(envelope.key_id)
@@ -259,10 +329,11 @@ pub(crate) fn open(
     }
     let (header, rest) = payload.split_at_mut(HEADER_LEN);
     let (message, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-    let nonce = Nonce::<Aes256Gcm>::try_from(&header[CHECK_LEN..]).expect("12 nonce bytes");
+    let nonce_bytes: [u8; NONCE_LEN] = header[CHECK_LEN..].try_into().expect("12 nonce bytes");
+    let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
     let tag = Tag::<Aes256Gcm>::try_from(&*tag).expect("16 tag bytes");
     place
-        .with_associated_data(&inner.id, |aad| {
+        .with_associated_data(envelope.version, &inner.id, |aad| {
             inner
                 .cipher
                 .decrypt_inout_detached(&nonce, aad, (&mut *message).into(), &tag)
@@ -270,12 +341,31 @@ pub(crate) fn open(
         .map_err(|_| EncryptionError::Tampered {
             key_id: envelope.key_id.to_owned(),
         })?;
+    let fingerprint_len = if envelope.version >= 2 {
+        fingerprint_len
+    } else {
+        0
+    };
+    if message.len() < fingerprint_len {
+        // Authentic, yet without the fingerprint its place calls for: the
+        // envelope of a field sealed without one, moved here.
+        return Err(EncryptionError::Tampered {
+            key_id: envelope.key_id.to_owned(),
+        });
+    }
+    let (fingerprint, secret) = message.split_at(fingerprint_len);
     // Copied out into an exactly sized string; the buffer is zeroized on drop.
-    std::str::from_utf8(message)
+    let secret = std::str::from_utf8(secret)
         .map(str::to_owned)
         .map_err(|_| EncryptionError::Malformed {
             reason: "the decrypted value is not UTF-8",
-        })
+        })?;
+    Ok(Opened {
+        version: envelope.version,
+        nonce: nonce_bytes,
+        fingerprint: fingerprint.to_vec(),
+        secret,
+    })
 }
 
 /// Zeroizes a borrowed buffer when dropped, on every return path.
@@ -309,13 +399,14 @@ impl EnvelopeInfo {
     pub fn read(value: &str) -> Result<EnvelopeInfo, EncryptionError> {
         let envelope = parse(value)?;
         Ok(EnvelopeInfo {
-            version: ENVELOPE_VERSION,
+            version: envelope.version,
             key_id: envelope.key_id.to_owned(),
         })
     }
 }
 
 struct Envelope<'a> {
+    version: u32,
     key_id: &'a str,
     payload_len: usize,
     payload: &'a str,
@@ -352,7 +443,7 @@ fn parse(value: &str) -> Result<Envelope<'_>, EncryptionError> {
             reason: "the envelope version is not v<number>",
         })?;
     // Canonical digits start at 1, so anything else is newer.
-    if version != ENVELOPE_VERSION {
+    if !(V1..=ENVELOPE_VERSION).contains(&version) {
         return Err(EncryptionError::UnsupportedVersion {
             found: version,
             supported: ENVELOPE_VERSION,
@@ -391,6 +482,7 @@ fn parse(value: &str) -> Result<Envelope<'_>, EncryptionError> {
         });
     }
     Ok(Envelope {
+        version,
         key_id,
         payload_len,
         payload,
@@ -409,6 +501,7 @@ mod tests {
         Place::Token {
             key,
             field: TokenField::AccessToken,
+            record_nonce: None,
         }
     }
 
@@ -417,9 +510,12 @@ mod tests {
         let keyring = keyring();
         let key = TokenKey::new("github", "alice");
         for plaintext in ["", "gho_abc", &"x".repeat(5000), "ü ✓ \u{0}"] {
-            let sealed = seal(keyring.primary(), &place(&key), &[1; 12], plaintext);
-            assert!(sealed.starts_with("mcpenc:v1:k1:"), "{sealed}");
-            assert_eq!(open(&keyring, &place(&key), &sealed).unwrap(), plaintext);
+            let sealed = seal(keyring.primary(), &place(&key), &[1; 12], b"", plaintext);
+            assert!(sealed.starts_with("mcpenc:v2:k1:"), "{sealed}");
+            assert_eq!(
+                open(&keyring, &place(&key), &sealed, 0).unwrap().secret,
+                plaintext
+            );
             assert_eq!(EnvelopeInfo::read(&sealed).unwrap().key_id, "k1");
         }
     }
@@ -428,10 +524,10 @@ mod tests {
     fn every_prefix_of_an_envelope_is_reported_truncated() {
         let keyring = keyring();
         let key = TokenKey::new("github", "alice");
-        let sealed = seal(keyring.primary(), &place(&key), &[1; 12], "gho_abc");
+        let sealed = seal(keyring.primary(), &place(&key), &[1; 12], b"", "gho_abc");
         for end in 1..sealed.len() {
             let cut = &sealed[..end];
-            match open(&keyring, &place(&key), cut) {
+            match open(&keyring, &place(&key), cut, 0) {
                 Err(EncryptionError::Truncated { expected, found }) => {
                     assert_eq!(found, end);
                     assert!(expected > found, "{cut:?}: {expected} > {found}");
@@ -445,13 +541,13 @@ mod tests {
     fn damaged_headers_are_malformed_or_unsupported() {
         let keyring = keyring();
         let key = TokenKey::new("github", "alice");
-        let sealed = seal(keyring.primary(), &place(&key), &[1; 12], "gho_abc");
-        let body = sealed.strip_prefix("mcpenc:v1:").unwrap();
+        let sealed = seal(keyring.primary(), &place(&key), &[1; 12], b"", "gho_abc");
+        let body = sealed.strip_prefix("mcpenc:v2:").unwrap();
         let cases = [
             (format!("mcpenc:vx:{body}"), "version"),
             (format!("mcpenc:v0:{body}"), "version"),
             (format!("mcpenc:v01:{body}"), "version"),
-            (format!("mcpenc:v1:bad id:{}", &body[3..]), "key id"),
+            (format!("mcpenc:v2:bad id:{}", &body[3..]), "key id"),
             (format!("{sealed}AAAA"), "longer"),
             (sealed.replacen(":43:", ":4x:", 1), "length"),
             (sealed.replacen(":43:", ":1:", 1), "length"),
@@ -459,7 +555,7 @@ mod tests {
             (sealed.replacen(":43:", ":+43:", 1), "length"),
         ];
         for (value, reason_part) in cases {
-            match open(&keyring, &place(&key), &value) {
+            match open(&keyring, &place(&key), &value, 0) {
                 Err(EncryptionError::Malformed { reason }) => {
                     assert!(reason.contains(reason_part), "{value}: {reason}")
                 }
@@ -470,14 +566,14 @@ mod tests {
         bad_char.pop();
         bad_char.push('*');
         assert!(matches!(
-            open(&keyring, &place(&key), &bad_char),
+            open(&keyring, &place(&key), &bad_char, 0),
             Err(EncryptionError::Malformed { .. })
         ));
         assert!(matches!(
-            open(&keyring, &place(&key), &format!("mcpenc:v2:{body}")),
+            open(&keyring, &place(&key), &format!("mcpenc:v3:{body}"), 0),
             Err(EncryptionError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         ));
     }
@@ -494,6 +590,7 @@ mod tests {
         let extra_a = Place::Token {
             key: &a,
             field: TokenField::Extra("access_token"),
+            record_nonce: None,
         };
         assert_ne!(extra_a.associated_data("k"), place(&a).associated_data("k"));
         assert_ne!(

@@ -85,6 +85,21 @@ pub enum EncryptionError {
         key_id: String,
     },
 
+    /// The record's secret fields decrypt, but a field stored in clear
+    /// beside them (a token's scopes or expiry, a flow's redirect URI or
+    /// attributes, ...) is not what was written with them: the record was
+    /// edited in the backend.
+    #[error(
+        "the record's {field} was changed at rest: it no longer matches what was encrypted with \
+         the record, so someone edited the stored record; the record is refused (have the user \
+         authorize again)"
+    )]
+    ClearFieldTampered {
+        /// The field that changed (`scopes`, `expires_at`, `redirect_uri`,
+        /// ...).
+        field: &'static str,
+    },
+
     /// A key id that cannot be used.
     #[error(
         "invalid key id {key_id:?}: use 1 to {max} characters from A-Z, a-z, 0-9, '.', '_' and '-'",
@@ -153,6 +168,7 @@ impl EncryptionError {
                 | EncryptionError::UnknownKeyId { .. }
                 | EncryptionError::WrongKey { .. }
                 | EncryptionError::Tampered { .. }
+                | EncryptionError::ClearFieldTampered { .. }
         )
     }
 

@@ -28,7 +28,7 @@
 //! assert_eq!(read.record.access_token.expose_secret(), "gho_secret");
 //! // In the backend: an envelope.
 //! let raw = backend.get(&user).await?.unwrap();
-//! assert!(raw.record.access_token.expose_secret().starts_with("mcpenc:v1:2026-01:"));
+//! assert!(raw.record.access_token.expose_secret().starts_with("mcpenc:v2:2026-01:"));
 //! # Ok(())
 //! # }
 //! ```
@@ -38,11 +38,12 @@
 //! The wrapper rewrites only the secret fields of each record, in place, and
 //! passes every operation through to the inner store. Everything a backend
 //! acts on stays readable, so revisions, compare-and-swap, leases, scans,
-//! TTLs and purges work exactly as without the wrapper.
+//! TTLs and purges work exactly as without the wrapper. Fields in clear are
+//! still authenticated: see below.
 //!
-//! | record | encrypted | in clear, and why |
+//! | record | encrypted | in clear (authenticated), and why |
 //! |---|---|---|
-//! | token | access token, refresh token, the value of every `extra` field (`id_token`, ...) | provider and subject (the lookup key); revision (compare-and-swap); `expires_at` and `obtained_at` (refresh decisions, and backends that index expiry); token type and scopes (scope checks, and not secret); the *names* of extra fields |
+//! | token | access token, refresh token, the value of every `extra` field (`id_token`, ...) | provider and subject (the lookup key); revision (compare-and-swap; not authenticated, see below); `expires_at` and `obtained_at` (refresh decisions, and backends that index expiry); token type and scopes (scope checks, and not secret); the *names* of extra fields |
 //! | pending flow | the PKCE verifier | the state (the lookup key); the flow's provider and subject (one active flow per key); `expires_at` and `created_at` (TTL); redirect URI, scopes, elicitation id, `started_by` and attributes (not secret) |
 //! | flow outcome | nothing | it holds a revision or an OAuth error code, no secret |
 //! | lease | nothing | a random value that proves nothing outside the store |
@@ -58,21 +59,50 @@
 //! decrypt ([`EncryptionError::Tampered`]), and so does a flow whose clear
 //! provider or subject was changed to divert its token to another user.
 //!
-//! Not covered: fields in clear are not authenticated (someone who can write
-//! to the backend can change a token's expiry or scopes, or delete records),
-//! and an older ciphertext of the same field of the same row can be put back
-//! (the revision is assigned by the backend after encryption, so it cannot
-//! be bound). Encryption at rest protects the secrets from whoever can read
-//! the backend; it does not make a writable backend trustworthy.
+//! Every other field of the record is authenticated too (envelope version
+//! 2): the record's first secret (a token's access token, a flow's PKCE
+//! verifier) seals a fingerprint of its clear fields, listed in the table
+//! above, and the token's other secret fields are bound to that envelope,
+//! so all of a record's fields come from one write. Someone who can write
+//! to the backend and changes a token's scopes, expiry, token type or
+//! refresh-token presence, or a flow's redirect URI, attributes (where
+//! rmcp's stored issuer requirement lives), scopes or times, gets a record
+//! that no longer opens: [`EncryptionError::ClearFieldTampered`] names the
+//! field. So does a secret field taken from another write of the same
+//! record ([`EncryptionError::Tampered`]).
+//!
+//! ## What rollback can and cannot do
+//!
+//! The revision is assigned by the backend after encryption, so it cannot
+//! be bound: someone who can write to the backend can put back a whole
+//! earlier record of the *same key*, as it was once stored (a restored
+//! backup does the same). It opens, and it can only be a token that user
+//! once had, with the scopes and expiry it had then: an old access token
+//! the provider has probably expired or revoked, and a refresh token the
+//! provider rotated away, which it answers with `invalid_grant`, so the
+//! lifecycle removes it and the user authorizes again. Rollback cannot mix
+//! fields of two writes, change any field, move a record to another user,
+//! provider or flow, or make a record out of parts. A record of the first
+//! release (envelope version 1) authenticates its secret fields only:
+//! until [`EncryptedStore::rekey_tokens`] has rewritten every token, a
+//! version 1 record put back can carry edited clear fields. Encryption at
+//! rest protects the secrets and the records' integrity from whoever can
+//! read or write the backend; it does not stop that someone from deleting
+//! records or serving an old one.
 //!
 //! # Envelope
 //!
 //! An encrypted field is stored as text, where the secret was:
-//! `mcpenc:v1:<key id>:<payload length>:<base64url payload>`, the payload
-//! being an 8-byte key check, the nonce, the ciphertext and the 16-byte tag.
-//! The version lets a later release keep reading it; [`EnvelopeInfo::read`]
-//! tells which key encrypted a value without decrypting it. It adds about
-//! 80 characters to each secret field; mind column size limits.
+//! `mcpenc:v2:<key id>:<payload length>:<base64url payload>`, the payload
+//! being an 8-byte key check, the nonce, the ciphertext and the 16-byte tag;
+//! the first secret of a record carries 40 (token) or 44 (flow) bytes of
+//! fingerprint inside its ciphertext. The version lets a later release keep
+//! reading it: version 1 envelopes of the first release are still read, and
+//! rewritten in version 2 by the next write of the record or by
+//! [`EncryptedStore::rekey_tokens`] (flows expire within their TTL).
+//! [`EnvelopeInfo::read`] tells which key and version a value has without
+//! decrypting it. It adds about 80 characters to each secret field (about
+//! 135 to the first); mind column size limits.
 //!
 //! # Keys
 //!
@@ -126,8 +156,10 @@
 //! [`UnsupportedVersion`](EncryptionError::UnsupportedVersion),
 //! [`UnknownKeyId`](EncryptionError::UnknownKeyId),
 //! [`WrongKey`](EncryptionError::WrongKey) (the keyring's key of that id is
-//! a different key) and [`Tampered`](EncryptionError::Tampered) (right key,
-//! but the value or its place was changed). Store operations return it as
+//! a different key), [`Tampered`](EncryptionError::Tampered) (right key,
+//! but the value or its place was changed) and
+//! [`ClearFieldTampered`](EncryptionError::ClearFieldTampered) (a field in
+//! clear was edited). Store operations return it as
 //! the source of a [`mcp_authkit_core::Error::Decode`] whose location names
 //! the record and field; [`EncryptionError::find_in`] gets it back.
 //!
@@ -141,18 +173,21 @@
 //! # Cost
 //!
 //! Each secret field costs one AES-256-GCM operation, a base64 step and one
-//! string allocation; nonces come from a per-thread batch of OS randomness
+//! string allocation, and each record one SHA-256 of its clear fields (the
+//! fingerprint); nonces come from a per-thread batch of OS randomness
 //! (discarded in a forked child), not a system call per write. Over the
-//! in-memory store, on a 2-core AMD EPYC (AVX-512) virtual machine, a typical
-//! token (access and refresh token) costs about 1.3 µs more per get and
-//! 1.5 µs more per put than without encryption; a token with a 1 KB
-//! `id_token` about 3.5 µs and 4 µs. Network backends take tens to hundreds
+//! in-memory store, on a loaded 2-core AMD EPYC (AVX-512) virtual machine, a
+//! typical token (access and refresh token) costs about 1.7 µs more per get
+//! and 1.8 µs more per put than without encryption (median; the fingerprint
+//! is about 0.5 µs of it); a token with a 1 KB `id_token` about 3.7 µs and
+//! 3.9 µs. Network backends take tens to hundreds
 //! of microseconds per operation, so the wrapper adds a few percent there.
 //! Measure on your machine with `cargo bench -p mcp-authkit-bench --bench
 //! encrypted`.
 
 #![warn(missing_docs)]
 
+mod binding;
 mod envelope;
 mod error;
 mod key;

@@ -10,7 +10,10 @@ use mcp_authkit_core::{
     SecretString, StoredToken, TokenKey, TokenRecord, TokenStore, async_trait,
 };
 
-use crate::envelope::{ENVELOPE_VERSION, EnvelopeInfo, NONCE_LEN, Place, TokenField, open, seal};
+use crate::binding;
+use crate::envelope::{
+    ENVELOPE_VERSION, EnvelopeInfo, NONCE_LEN, Opened, Place, TokenField, V1, open, seal,
+};
 use crate::error::EncryptionError;
 use crate::key::Keyring;
 use crate::nonce;
@@ -90,7 +93,9 @@ impl<S> EncryptedStore<S> {
         &self.keyring
     }
 
-    /// The token with every secret field sealed under the primary key.
+    /// The token with every secret field sealed under the primary key: the
+    /// access token with the fingerprint of the clear fields, the other
+    /// fields bound to the access token's nonce.
     pub(crate) fn encrypt_token(&self, key: &TokenKey, record: &TokenRecord) -> TokenRecord {
         let fields = 1 + usize::from(record.refresh_token.is_some()) + record.extra.len();
         let mut inline = [0u8; INLINE_NONCES * NONCE_LEN];
@@ -106,20 +111,29 @@ impl<S> EncryptedStore<S> {
             .chunks_exact(NONCE_LEN)
             .map(|chunk| <&[u8; NONCE_LEN]>::try_from(chunk).expect("chunks of NONCE_LEN"));
         let primary = self.keyring.primary();
+        let anchor = nonces.next().expect("a nonce for the access token");
+        let access_token = seal(
+            primary,
+            &Place::Token {
+                key,
+                field: TokenField::AccessToken,
+                record_nonce: None,
+            },
+            anchor,
+            &binding::token(record).encode(),
+            record.access_token.expose_secret(),
+        );
         let mut seal_field = |field: TokenField<'_>, secret: &SecretString| {
             let nonce = nonces.next().expect("one nonce per field");
-            seal(
-                primary,
-                &Place::Token { key, field },
-                nonce,
-                secret.expose_secret(),
-            )
+            let place = Place::Token {
+                key,
+                field,
+                record_nonce: Some(anchor),
+            };
+            seal(primary, &place, nonce, b"", secret.expose_secret())
         };
 
-        let mut out = TokenRecord::new(
-            seal_field(TokenField::AccessToken, &record.access_token),
-            record.obtained_at,
-        );
+        let mut out = TokenRecord::new(access_token, record.obtained_at);
         out.refresh_token = record
             .refresh_token
             .as_ref()
@@ -135,35 +149,92 @@ impl<S> EncryptedStore<S> {
         out
     }
 
+    /// Opens one field; `None` when it is stored in clear and that is
+    /// accepted (migration).
     fn open_field(
         &self,
         place: &Place<'_>,
-        secret: &mut SecretString,
-    ) -> std::result::Result<(), EncryptionError> {
-        match open(&self.keyring, place, secret.expose_secret()) {
-            Ok(plaintext) => {
-                *secret = SecretString::from(plaintext);
-                Ok(())
-            }
-            Err(EncryptionError::NotEncrypted) if self.accept_unencrypted => Ok(()),
+        secret: &SecretString,
+        fingerprint_len: usize,
+    ) -> std::result::Result<Option<Opened>, EncryptionError> {
+        match open(
+            &self.keyring,
+            place,
+            secret.expose_secret(),
+            fingerprint_len,
+        ) {
+            Ok(opened) => Ok(Some(opened)),
+            Err(EncryptionError::NotEncrypted) if self.accept_unencrypted => Ok(None),
             Err(error) => Err(error),
         }
     }
 
     /// Opens every secret field of a stored token in place; on failure, the
     /// error names the field and the cause.
+    ///
+    /// In a version 2 record the access token comes first: its fingerprint
+    /// must match the clear fields read beside it, and every other field
+    /// must be a version 2 envelope bound to its nonce.
     pub(crate) fn open_token(&self, key: &TokenKey, record: &mut TokenRecord) -> Result<()> {
-        let open_one = |field: TokenField<'_>, secret: &mut SecretString| {
-            let place = Place::Token { key, field };
-            self.open_field(&place, secret)
-                .map_err(|error| error.into_store_error(place.describe()))
+        let fingerprint = binding::token(record);
+        let anchor_place = Place::Token {
+            key,
+            field: TokenField::AccessToken,
+            record_nonce: None,
         };
-        open_one(TokenField::AccessToken, &mut record.access_token)?;
+        let fail =
+            |place: &Place<'_>, error: EncryptionError| error.into_store_error(place.describe());
+        let anchor = self
+            .open_field(
+                &anchor_place,
+                &record.access_token,
+                binding::fingerprint_len(binding::TOKEN_FIELDS),
+            )
+            .map_err(|error| fail(&anchor_place, error))?;
+        let (version, nonce) = match &anchor {
+            Some(opened) => (opened.version, Some(opened.nonce)),
+            None => (V1, None),
+        };
+        if let Some(opened) = &anchor
+            && opened.version >= 2
+        {
+            fingerprint
+                .check(&opened.fingerprint)
+                .map_err(|error| fail(&anchor_place, error))?;
+        }
+        let open_one = |field: TokenField<'_>, secret: &mut SecretString| {
+            let place = Place::Token {
+                key,
+                field,
+                record_nonce: nonce.as_ref(),
+            };
+            match self.open_field(&place, secret, 0) {
+                Ok(Some(opened)) if opened.version < version => Err(fail(
+                    &place,
+                    // A field of an older envelope version in a newer
+                    // record: put back from an earlier write.
+                    EncryptionError::Tampered {
+                        key_id: EnvelopeInfo::read(secret.expose_secret())
+                            .map(|info| info.key_id)
+                            .unwrap_or_default(),
+                    },
+                )),
+                Ok(Some(opened)) => {
+                    *secret = SecretString::from(opened.secret);
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(error) => Err(fail(&place, error)),
+            }
+        };
         if let Some(refresh) = record.refresh_token.as_mut() {
             open_one(TokenField::RefreshToken, refresh)?;
         }
         for (name, value) in record.extra.values_mut() {
             open_one(TokenField::Extra(name), value)?;
+        }
+        if let Some(opened) = anchor {
+            record.access_token = SecretString::from(opened.secret);
         }
         Ok(())
     }
@@ -192,6 +263,7 @@ impl<S> EncryptedStore<S> {
             self.keyring.primary(),
             &place,
             &nonce,
+            &binding::flow(flow).encode(),
             flow.pkce_verifier.expose_secret(),
         );
         let mut out = flow.clone();
@@ -204,10 +276,22 @@ impl<S> EncryptedStore<S> {
             state: &flow.state,
             key: &flow.key,
         };
-        let mut verifier = flow.pkce_verifier.clone();
-        self.open_field(&place, &mut verifier)
-            .map_err(|error| error.into_store_error(place.describe()))?;
-        flow.pkce_verifier = verifier;
+        let fail = |error: EncryptionError| error.into_store_error(place.describe());
+        let opened = self
+            .open_field(
+                &place,
+                &flow.pkce_verifier,
+                binding::fingerprint_len(binding::FLOW_FIELDS),
+            )
+            .map_err(fail)?;
+        if let Some(opened) = opened {
+            if opened.version >= 2 {
+                binding::flow(flow)
+                    .check(&opened.fingerprint)
+                    .map_err(fail)?;
+            }
+            flow.pkce_verifier = SecretString::from(opened.secret);
+        }
         Ok(())
     }
 }

@@ -49,8 +49,10 @@
 //! waits longer than the configured timeouts: an unreachable server is an
 //! error after the connect timeout.
 //!
-//! With Redis ACLs, give the store's user the rules of [`acl_rules`]: the
-//! prefix's keys, its completion channel, and the commands the store uses.
+//! With Redis ACLs, give the application's user the rules of [`acl_rules`]:
+//! the prefix's keys, its completion channel, and the commands the store
+//! uses, without `SCAN` (which would list every key of the database); give
+//! operators (inspect, purge, rekey) the rules of [`acl_operator_rules`].
 //! (Users created on Redis 7 have no pub/sub channels by default; without
 //! the channel, `complete` and `wait` fail with a permission error.)
 //!
@@ -364,9 +366,9 @@ impl Inner {
     }
 }
 
-/// The Redis ACL rules a user needs to run a store on `prefix`, and nothing
-/// more: its keys, its completion channel, and the commands the store and
-/// its scripts send. For example, in `redis-cli`:
+/// The Redis ACL rules a user needs to run a store on `prefix` in an
+/// application, and nothing more: its keys, its completion channel, and the
+/// commands the store and its scripts send. For example, in `redis-cli`:
 ///
 /// ```text
 /// ACL SETUSER mcp-auth on >password <the rules>
@@ -375,21 +377,53 @@ impl Inner {
 /// ```
 /// let rules = mcp_authkit_store_redis::acl_rules("myapp:auth");
 /// assert!(rules.contains("~myapp:auth:*"));
+/// assert!(!rules.contains("+scan"), "SCAN would list every key of the database");
 /// ```
+///
+/// Left out on purpose:
+/// - `SCAN`, which ignores key patterns: a user allowed it can list the
+///   name of every key in the database, other applications' included. Only
+///   [`TokenStore::scan`](mcp_authkit_core::TokenStore::scan) and
+///   [`RedisStore::delete_namespace`] need it; they are operator work, see
+///   [`acl_operator_rules`].
+/// - `SELECT`: give the store a URL on database 0. A URL that names another
+///   database (`redis://host/2`) needs `+select` added, which also lets the
+///   user reach the prefix's keys in every database.
 pub fn acl_rules(prefix: &str) -> String {
     let prefix = keys::escape_glob(prefix);
     format!(
         "resetkeys ~{prefix}:* resetchannels &{prefix}:completions -@all \
-         +hello +auth +select +ping +client|setname \
-         +get +set +del +unlink +pttl +type +time +scan \
+         +hello +auth +ping +client|setname \
+         +get +set +del +pttl +type +time \
          +hmget +hget +hexists +hset \
          +eval +evalsha +script|load +subscribe +publish"
     )
 }
 
-/// Whole milliseconds, at least one (Redis refuses a zero TTL).
+/// The ACL rules for the operator commands on `prefix` (`mcp-authkit
+/// inspect`, `purge`, `rekey`, [`RedisStore::delete_namespace`]): those of
+/// [`acl_rules`] plus `SCAN`, which lists keys, and `UNLINK`. `SCAN` lets
+/// the user list the names (not the values) of every key in the database,
+/// so keep this user for operators and out of the application.
+///
+/// ```
+/// let rules = mcp_authkit_store_redis::acl_operator_rules("myapp:auth");
+/// assert!(rules.contains("+scan") && rules.contains("~myapp:auth:*"));
+/// ```
+pub fn acl_operator_rules(prefix: &str) -> String {
+    format!("{} +scan +unlink", acl_rules(prefix))
+}
+
+/// The longest TTL this store sets: 1,000 years. Redis refuses an expiry
+/// that overflows its clock (`PX` of `Duration::MAX` is "invalid expire
+/// time"), where the other backends take a huge duration as "as long as
+/// possible"; this keeps Redis in line with them.
+const MAX_TTL_MS: u64 = 1000 * 365 * 24 * 3600 * 1000;
+
+/// Whole milliseconds for a Redis TTL: at least one (Redis refuses a zero
+/// TTL), at most [`MAX_TTL_MS`].
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
-        .max(1)
+        .clamp(1, MAX_TTL_MS)
 }

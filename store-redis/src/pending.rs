@@ -8,7 +8,6 @@ use mcp_authkit_core::{
     TokenKey, async_trait, codec,
 };
 use redis::Value;
-use tokio::time::Instant;
 
 use crate::error::{self, not_ours};
 use crate::keys::state_tag;
@@ -292,7 +291,7 @@ impl PendingStore for RedisStore {
     }
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = mcp_authkit_core::deadline_after(timeout);
         let completions = self.inner.completions();
         // Registered before the stored outcome is read: what is published
         // from now on reaches this waiter.

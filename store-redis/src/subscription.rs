@@ -193,7 +193,9 @@ fn closed() -> Error {
 /// Keeps the subscription up for as long as the store lives.
 async fn listen(shared: Arc<Shared>, client: Client, settings: Settings, channel: String) {
     let mut delay = MIN_RECONNECT_DELAY;
-    let connect_limit = settings.connect_timeout + settings.response_timeout;
+    let connect_limit = settings
+        .connect_timeout
+        .saturating_add(settings.response_timeout);
     loop {
         let (pushes, mut incoming) = mpsc::unbounded_channel();
         let attempt = tokio::time::timeout(connect_limit, async {

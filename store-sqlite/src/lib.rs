@@ -71,6 +71,34 @@
 //!   process queue on an in-process lock first, so they never spin on
 //!   SQLite's busy handler against each other.
 //!
+//! # Durable or an error
+//!
+//! No write is reported done before its COMMIT succeeded: a full disk, a
+//! read-only file or an I/O error makes the operation fail, with an error
+//! naming the cause, and the transaction is rolled back, so after space is
+//! freed the store works again with every earlier write intact and nothing
+//! doubled. Writes of several statements run in an explicit
+//! `BEGIN IMMEDIATE` transaction whose `COMMIT` is checked. Single-statement
+//! writes with `RETURNING` (put, compare-and-swap, take, leases) read every
+//! row the statement returns: sqlx stops stepping a statement after the row
+//! `fetch_one`/`fetch_optional` asked for and resets it, and in autocommit
+//! mode SQLite commits at that reset, whose error sqlx drops, so a commit
+//! refused by a full disk would have been reported as done. Stepping the
+//! statement to its end moves the commit into the last step, whose error is
+//! returned; it costs nothing, unlike wrapping each statement in a
+//! transaction. These errors are not retryable ([`Error::is_retryable`]):
+//! someone has to free space or fix permissions first.
+//!
+//! # Files and permissions
+//!
+//! A new database is created readable and writable by its owner only (mode
+//! 0600 on Unix), and SQLite gives its `-wal` and `-shm` files the same
+//! mode: tokens and PKCE verifiers are secrets, and SQLite's own default,
+//! 0644 under the usual umask, would let every local account read them. An
+//! existing file keeps the mode it has (a warning is logged when other
+//! accounts can read it). Keep the directory private too if file names
+//! matter to you.
+//!
 //! # Schema and migrations
 //!
 //! Tables are named `mcp_authkit_*`, so the schema can share a file with an
@@ -79,7 +107,7 @@
 //! application's `_sqlx_migrations`, so neither migrator sees the other's
 //! versions. A database whose schema is newer than this release
 //! ([`SCHEMA_VERSION`]) is refused with
-//! [`Error::UnsupportedFormat`](mcp_authkit_core::Error::UnsupportedFormat)
+//! [`Error::UnsupportedFormat`]
 //! before anything is written. Records are stored as the versioned JSON of
 //! [`mcp_authkit_core::codec`]; revisions and expiry times live in columns
 //! beside them so SQL can act on them.
@@ -135,7 +163,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::{Clock, Result, SystemClock};
-use sqlx::SqlitePool;
+use sqlx::{Connection, SqlitePool};
 
 pub use open::database_files;
 pub use purge::PurgeTask;
@@ -143,7 +171,7 @@ pub use purge::PurgeTask;
 pub use sqlx;
 
 #[cfg(doc)]
-use mcp_authkit_core::{PendingStore, TokenStore};
+use mcp_authkit_core::{Error, PendingStore, TokenStore};
 
 /// The table that records which of this crate's migrations a database has.
 pub const MIGRATIONS_TABLE: &str = "mcp_authkit_migrations";
@@ -219,6 +247,44 @@ impl SqliteStore {
     pub(crate) fn hub(&self) -> &Arc<wake::Hub> {
         &self.inner.hub
     }
+
+    /// Runs `work` in a `BEGIN IMMEDIATE` transaction and commits it; the
+    /// caller holds this process's write turn. Reports done only once the
+    /// COMMIT succeeded.
+    pub(crate) async fn write_transaction<T>(
+        &self,
+        operation: &'static str,
+        work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| error::db(operation, e))?;
+        let mut began = false;
+        let result = async {
+            let mut tx = conn
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(|e| error::db(operation, e))?;
+            began = true;
+            let value = work(&mut tx).await?;
+            tx.commit().await.map_err(|e| error::db(operation, e))?;
+            Ok(value)
+        }
+        .await;
+        if result.is_err() && began {
+            // SQLite rolls a transaction back by itself on some errors (a
+            // full disk, an I/O error); sqlx's ROLLBACK then fails and sqlx
+            // goes on counting the connection as inside a transaction,
+            // refusing every later BEGIN on it. So the connection is closed
+            // rather than returned to the pool: a new one is cheap, a
+            // poisoned one would fail every write it is given. (A BEGIN
+            // that failed, say on a busy database, leaves it sound.)
+            conn.close_on_drop();
+        }
+        result
+    }
 }
 
 /// How to open a [`SqliteStore`]; from [`SqliteStore::options`].
@@ -266,9 +332,10 @@ impl SqliteStoreOptions {
     }
 
     /// How long a write waits for another process's write lock before it
-    /// fails with a retryable error (default 10 s).
+    /// fails with a retryable error (default 10 s; at most `i32::MAX`
+    /// milliseconds, about 24 days, which SQLite takes as its limit).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+        self.busy_timeout = timeout.min(Duration::from_millis(i32::MAX as u64));
         self
     }
 

@@ -100,9 +100,56 @@ fn check_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates the database file, empty and readable by this account only
+/// (mode 0600), when it does not exist yet. SQLite would create it with
+/// 0644 under the usual umask, readable by every local account, and it
+/// gives the `-wal` and `-shm` files the mode of the database file: tokens
+/// are secrets, so all three are made private from the start. An existing
+/// file keeps its mode (an operator may share it on purpose); one that other
+/// accounts can read is reported in a warning.
+#[cfg(unix)]
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(metadata) = std::fs::metadata(path)
+                && metadata.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", metadata.permissions().mode() & 0o777),
+                    "the token database can be read by other accounts; consider chmod 600 on it \
+                     and its -wal and -shm files"
+                );
+            }
+            Ok(())
+        }
+        Err(error) => Err(open_failure(
+            path,
+            false,
+            "the file cannot be opened or created; check that the path names a file this \
+             process may create in that directory",
+            Some(Box::new(error)),
+        )),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
 pub(crate) async fn open(options: SqliteStoreOptions) -> Result<SqliteStore> {
     let (connect, path) = location::resolve(&options.location)?;
     check_path(&path)?;
+    create_private(&path)?;
     let connect = connect
         .create_if_missing(true)
         .read_only(false)
@@ -149,7 +196,7 @@ async fn connect_pool(
     options: &SqliteStoreOptions,
     connect: &SqliteConnectOptions,
 ) -> sqlx::Result<SqlitePool> {
-    let give_up = tokio::time::Instant::now() + options.busy_timeout;
+    let give_up = mcp_authkit_core::deadline_after(options.busy_timeout);
     let mut pause = Duration::from_millis(2);
     loop {
         let attempt = SqlitePoolOptions::new()
@@ -166,7 +213,7 @@ async fn connect_pool(
         match attempt {
             Err(error)
                 if matches!(primary_code(&error), Some(SQLITE_BUSY | SQLITE_LOCKED))
-                    && tokio::time::Instant::now() + pause < give_up =>
+                    && mcp_authkit_core::deadline_after(pause) < give_up =>
             {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(100));

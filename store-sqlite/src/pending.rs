@@ -6,7 +6,6 @@ use mcp_authkit_core::{
     FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, PurgeReport, Result,
     TokenKey, async_trait, codec,
 };
-use sqlx::Connection;
 
 use crate::SqliteStore;
 use crate::error::{db, decode};
@@ -26,58 +25,55 @@ impl PendingStore for SqliteStore {
         let bytes = codec::encode_flow(flow);
         let now = self.now().unix_millis();
         let _writer = self.hub().writer().await;
-        let mut conn = self.pool().acquire().await.map_err(|e| db(OP, e))?;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| db(OP, e))?;
-        // The key's primary key decides: a free key, or one whose active
-        // flow expired, takes this flow; a live one makes this change
-        // nothing and return no row.
-        let claimed: Option<String> = sqlx::query_scalar(
-            "INSERT INTO mcp_authkit_active_flows (provider, subject, state, expires_at)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (provider, subject) DO UPDATE SET
-                 state = excluded.state,
-                 expires_at = excluded.expires_at
-             WHERE mcp_authkit_active_flows.expires_at <= ?5
-             RETURNING state",
-        )
-        .bind(flow.key.provider())
-        .bind(flow.key.subject())
-        .bind(flow.state.as_str())
-        .bind(flow.expires_at.unix_millis())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db(OP, e))?;
-        let outcome = if claimed.is_some() {
-            sqlx::query(
-                "INSERT INTO mcp_authkit_flows (state, provider, subject, expires_at, flow)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+        self.write_transaction(OP, async |tx| {
+            // The key's primary key decides: a free key, or one whose active
+            // flow expired, takes this flow; a live one makes this change
+            // nothing and return no row.
+            let claimed: Option<String> = sqlx::query_scalar(
+                "INSERT INTO mcp_authkit_active_flows (provider, subject, state, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (provider, subject) DO UPDATE SET
+                     state = excluded.state,
+                     expires_at = excluded.expires_at
+                 WHERE mcp_authkit_active_flows.expires_at <= ?5
+                 RETURNING state",
             )
+            .bind(flow.key.provider())
+            .bind(flow.key.subject())
             .bind(flow.state.as_str())
-            .bind(flow.key.provider())
-            .bind(flow.key.subject())
             .bind(flow.expires_at.unix_millis())
-            .bind(bytes)
-            .execute(&mut *tx)
+            .bind(now)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| db(OP, e))?;
-            InsertOutcome::Inserted
-        } else {
-            let active: String = sqlx::query_scalar(
-                "SELECT state FROM mcp_authkit_active_flows WHERE provider = ?1 AND subject = ?2",
-            )
-            .bind(flow.key.provider())
-            .bind(flow.key.subject())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| db(OP, e))?;
-            InsertOutcome::Joined(FlowState::new(active))
-        };
-        tx.commit().await.map_err(|e| db(OP, e))?;
-        Ok(outcome)
+            if claimed.is_some() {
+                sqlx::query(
+                    "INSERT INTO mcp_authkit_flows (state, provider, subject, expires_at, flow)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .bind(flow.state.as_str())
+                .bind(flow.key.provider())
+                .bind(flow.key.subject())
+                .bind(flow.expires_at.unix_millis())
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db(OP, e))?;
+                Ok(InsertOutcome::Inserted)
+            } else {
+                let active: String = sqlx::query_scalar(
+                    "SELECT state FROM mcp_authkit_active_flows \
+                     WHERE provider = ?1 AND subject = ?2",
+                )
+                .bind(flow.key.provider())
+                .bind(flow.key.subject())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db(OP, e))?;
+                Ok(InsertOutcome::Joined(FlowState::new(active)))
+            }
+        })
+        .await
     }
 
     async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
@@ -113,15 +109,19 @@ impl PendingStore for SqliteStore {
         let _writer = self.hub().writer().await;
         // One statement: of any number of racing callers in any process,
         // exactly one deletes the row and gets it back.
-        let bytes: Option<Vec<u8>> = sqlx::query_scalar(
+        // Every row read, so the commit's error is seen (see `durable` in
+        // the crate docs): a take reported done but rolled back would hand
+        // the flow to a second caller.
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
             "DELETE FROM mcp_authkit_flows WHERE state = ?1 AND expires_at > ?2 RETURNING flow",
         )
         .bind(state.as_str())
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_all(self.pool())
         .await
         .map_err(|e| db("take pending flow", e))?;
-        bytes
+        rows.into_iter()
+            .next()
             .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
             .transpose()
     }
@@ -138,38 +138,37 @@ impl PendingStore for SqliteStore {
         let keep_until = self.now().saturating_add(keep_for).unix_millis();
         {
             let _writer = self.hub().writer().await;
-            let mut conn = self.pool().acquire().await.map_err(|e| db(OP, e))?;
-            let mut tx = conn
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(|e| db(OP, e))?;
-            sqlx::query("DELETE FROM mcp_authkit_flows WHERE state = ?1")
+            self.write_transaction(OP, async |tx| {
+                sqlx::query("DELETE FROM mcp_authkit_flows WHERE state = ?1")
+                    .bind(state.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db(OP, e))?;
+                sqlx::query(
+                    "DELETE FROM mcp_authkit_active_flows
+                     WHERE provider = ?1 AND subject = ?2 AND state = ?3",
+                )
+                .bind(key.provider())
+                .bind(key.subject())
                 .bind(state.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db(OP, e))?;
-            sqlx::query(
-                "DELETE FROM mcp_authkit_active_flows
-                 WHERE provider = ?1 AND subject = ?2 AND state = ?3",
-            )
-            .bind(key.provider())
-            .bind(key.subject())
-            .bind(state.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db(OP, e))?;
-            // REPLACE gives a completed-again flow a new sequence number, so
-            // pollers in other processes see it.
-            sqlx::query(
-                "REPLACE INTO mcp_authkit_outcomes (state, expires_at, outcome) VALUES (?1, ?2, ?3)",
-            )
-            .bind(state.as_str())
-            .bind(keep_until)
-            .bind(bytes)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db(OP, e))?;
-            tx.commit().await.map_err(|e| db(OP, e))?;
+                // REPLACE gives a completed-again flow a new sequence
+                // number, so pollers in other processes see it.
+                sqlx::query(
+                    "REPLACE INTO mcp_authkit_outcomes (state, expires_at, outcome) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .bind(state.as_str())
+                .bind(keep_until)
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db(OP, e))?;
+                Ok(())
+            })
+            .await?;
         }
         self.hub().deliver(state, outcome);
         Ok(())
@@ -192,7 +191,7 @@ impl PendingStore for SqliteStore {
     }
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = mcp_authkit_core::deadline_after(timeout);
         // Register, then fix the poller's cursor, then look: see the wake
         // module for why this order loses no completion.
         let mut registration = self.hub().register(state);

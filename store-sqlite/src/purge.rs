@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use mcp_authkit_core::{PurgeReport, Result};
-use sqlx::Connection;
 use tokio::task::JoinHandle;
 
 use crate::SqliteStore;
@@ -16,29 +15,27 @@ impl SqliteStore {
         const OP: &str = "purge expired entries";
         let now = self.now().unix_millis();
         let _writer = self.hub().writer().await;
-        let mut conn = self.pool().acquire().await.map_err(|e| db(OP, e))?;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| db(OP, e))?;
-        let mut delete = async |sql: &'static str| -> Result<u64> {
-            let done = sqlx::query(sql)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db(OP, e))?;
-            Ok(done.rows_affected())
-        };
-        let flows = delete("DELETE FROM mcp_authkit_flows WHERE expires_at <= ?1").await?;
-        delete("DELETE FROM mcp_authkit_active_flows WHERE expires_at <= ?1").await?;
-        let outcomes = delete("DELETE FROM mcp_authkit_outcomes WHERE expires_at <= ?1").await?;
-        let leases = delete("DELETE FROM mcp_authkit_leases WHERE expires_at <= ?1").await?;
-        tx.commit().await.map_err(|e| db(OP, e))?;
-        Ok(PurgeReport {
-            flows,
-            outcomes,
-            leases,
+        self.write_transaction(OP, async |tx| {
+            let mut delete = async |sql: &'static str| -> Result<u64> {
+                let done = sqlx::query(sql)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db(OP, e))?;
+                Ok(done.rows_affected())
+            };
+            let flows = delete("DELETE FROM mcp_authkit_flows WHERE expires_at <= ?1").await?;
+            delete("DELETE FROM mcp_authkit_active_flows WHERE expires_at <= ?1").await?;
+            let outcomes =
+                delete("DELETE FROM mcp_authkit_outcomes WHERE expires_at <= ?1").await?;
+            let leases = delete("DELETE FROM mcp_authkit_leases WHERE expires_at <= ?1").await?;
+            Ok(PurgeReport {
+                flows,
+                outcomes,
+                leases,
+            })
         })
+        .await
     }
 
     /// Purges expired entries now and then every `every`, on the current

@@ -95,14 +95,19 @@ impl TokenStore for SqliteStore {
     async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
         let bytes = codec::encode_token(record);
         let _writer = self.hub().writer().await;
-        let revision: i64 = sqlx::query_scalar(PUT)
+        // Every row read, so the commit's error is seen: see `durable` in
+        // the crate docs.
+        let rows: Vec<i64> = sqlx::query_scalar(PUT)
             .bind(key.provider())
             .bind(key.subject())
             .bind(record.expires_at.map(|at| at.unix_millis()))
             .bind(bytes)
-            .fetch_one(self.pool())
+            .fetch_all(self.pool())
             .await
             .map_err(|e| db("put token", e))?;
+        let revision = rows.first().copied().ok_or_else(|| {
+            mcp_authkit_core::Error::Internal("an upsert of a token returned no revision".into())
+        })?;
         Ok(revision_of(revision))
     }
 
@@ -131,10 +136,13 @@ impl TokenStore for SqliteStore {
                         .bind(expires_at)
                         .bind(&bytes),
                 };
+                // Every row read, so the commit's error is seen.
                 query
-                    .fetch_optional(self.pool())
+                    .fetch_all(self.pool())
                     .await
                     .map_err(|e| db("compare and swap token", e))?
+                    .into_iter()
+                    .next()
             };
             if let Some(revision) = written {
                 return Ok(CasOutcome::Swapped(revision_of(revision)));
@@ -184,7 +192,7 @@ impl TokenStore for SqliteStore {
         let _writer = self.hub().writer().await;
         // Takes a free key, or replaces a lease whose TTL has passed; a live
         // lease makes the statement change nothing and return no row.
-        let taken: Option<String> = sqlx::query_scalar(
+        let taken: Vec<String> = sqlx::query_scalar(
             "INSERT INTO mcp_authkit_leases (provider, subject, lease_token, expires_at)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (provider, subject) DO UPDATE SET
@@ -198,16 +206,18 @@ impl TokenStore for SqliteStore {
         .bind(lease.as_str())
         .bind(until.unix_millis())
         .bind(now.unix_millis())
-        .fetch_optional(self.pool())
+        // Every row read, so the commit's error is seen: a lease reported
+        // taken but never committed would let two holders refresh.
+        .fetch_all(self.pool())
         .await
         .map_err(|e| db("acquire refresh lease", e))?;
-        Ok(taken.map(|_| lease))
+        Ok((!taken.is_empty()).then_some(lease))
     }
 
     async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
         let now = self.now();
         let _writer = self.hub().writer().await;
-        let until: Option<i64> = sqlx::query_scalar(
+        let until: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM mcp_authkit_leases
              WHERE provider = ?1 AND subject = ?2 AND lease_token = ?3
              RETURNING expires_at",
@@ -215,11 +225,14 @@ impl TokenStore for SqliteStore {
         .bind(key.provider())
         .bind(key.subject())
         .bind(lease.as_str())
-        .fetch_optional(self.pool())
+        // Every row read, so the commit's error is seen.
+        .fetch_all(self.pool())
         .await
         .map_err(|e| db("release refresh lease", e))?;
         // A lease that ran out was no longer held, even if nobody took it.
-        Ok(until.is_some_and(|until| until > now.unix_millis()))
+        Ok(until
+            .first()
+            .is_some_and(|until| *until > now.unix_millis()))
     }
 
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {

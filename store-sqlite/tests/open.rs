@@ -325,3 +325,40 @@ async fn data_and_revisions_survive_a_reopen() {
         "the counter is stored: {first} then {second}"
     );
 }
+
+/// The database and its -wal and -shm files are private to this account
+/// (0600), whatever the umask lets through: tokens are secrets. An existing
+/// file keeps the mode its owner gave it.
+#[cfg(unix)]
+#[tokio::test]
+async fn new_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    // A write, so the -wal and -shm files exist.
+    store
+        .put(&TokenKey::new("github", "alice"), &record("secret"))
+        .await
+        .unwrap();
+    let mode = |file: &Path| std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+    for file in mcp_authkit_store_sqlite::database_files(&path) {
+        assert!(file.exists(), "{} exists", file.display());
+        assert_eq!(
+            mode(&file),
+            0o600,
+            "{} is readable by this account only",
+            file.display()
+        );
+    }
+    store.close().await;
+
+    // A file an operator shared on purpose is left as it is.
+    let shared = dir.path().join("shared.db");
+    std::fs::write(&shared, b"").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = SqliteStore::open(&shared).await.unwrap();
+    store.close().await;
+    assert_eq!(mode(&shared), 0o640);
+}

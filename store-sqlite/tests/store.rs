@@ -164,6 +164,49 @@ async fn bad_rows_are_reported_without_their_secrets() {
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
     assert!(!format!("{store:?}").contains("s3cr3t"));
+
+    // Flows and outcomes: the error names the table and the state's first
+    // characters only, since the state is a credential.
+    let pending = flow(&key, Duration::from_secs(60));
+    store.insert(&pending).await.unwrap();
+    let done = flow(&TokenKey::new("github", "done"), Duration::from_secs(60));
+    store.insert(&done).await.unwrap();
+    store
+        .complete(
+            &done.key,
+            &done.state,
+            &FlowOutcome::Failed { reason: "x".into() },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    for table in [
+        "mcp_authkit_flows SET flow",
+        "mcp_authkit_outcomes SET outcome",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {table} = ?1")))
+            .bind(&br#"{"v":1,"pkce_verifier":"s3cr3t-verifier"}"#[..])
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let shown = |error: Error| {
+        assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+        format!("{error} / {error:?}")
+    };
+    for message in [
+        shown(store.get_flow(&pending.state).await.unwrap_err()),
+        shown(store.take(&pending.state).await.unwrap_err()),
+    ] {
+        assert!(message.contains("mcp_authkit_flows row"), "{message}");
+        assert!(message.contains(&pending.state.as_str()[..4]), "{message}");
+        assert!(!message.contains(pending.state.as_str()), "{message}");
+        assert!(!message.contains("s3cr3t"), "{message}");
+    }
+    let message = shown(store.outcome(&done.state).await.unwrap_err());
+    assert!(message.contains("mcp_authkit_outcomes row"), "{message}");
+    assert!(message.contains(&done.state.as_str()[..4]), "{message}");
+    assert!(!message.contains(done.state.as_str()), "{message}");
 }
 
 /// Purge counts exactly what expired (nothing expires by itself here) and
@@ -365,4 +408,27 @@ async fn racing_waits_and_completions_lose_nothing() {
         started.elapsed() < Duration::from_secs(15),
         "no wait ran into its timeout"
     );
+}
+
+/// A scan whose last page is exactly full says it is complete, rather than
+/// sending the caller after an empty page.
+#[tokio::test]
+async fn a_full_last_page_ends_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = temp_store(&dir).await;
+    for i in 0..6 {
+        store
+            .put(
+                &TokenKey::new("scan", format!("user-{i}")),
+                &TokenRecord::new("t", Timestamp::now()),
+            )
+            .await
+            .unwrap();
+    }
+    let first = store.scan(None, 3).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    let next = first.next.expect("three more keys follow");
+    let last = store.scan(Some(&next), 3).await.unwrap();
+    assert_eq!(last.items.len(), 3);
+    assert_eq!(last.next, None, "nothing follows the last key");
 }

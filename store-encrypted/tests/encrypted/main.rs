@@ -4,4 +4,5 @@
 mod at_rest;
 mod common;
 mod failures;
+mod fields;
 mod rotation;

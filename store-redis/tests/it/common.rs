@@ -294,3 +294,82 @@ fn signal(pid: &str, which: &str) {
     let status = Command::new("kill").args([which, pid]).status().unwrap();
     assert!(status.success(), "kill {which} {pid}");
 }
+
+/// A TCP proxy in front of a Redis server that can cut every connection
+/// through it and refuse new ones for a while: a network partition between
+/// one replica and Redis, while other replicas still reach it. It listens
+/// on a port the OS picks.
+pub struct Proxy {
+    pub port: u16,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped to cut every open connection.
+    cuts: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy to the server on `127.0.0.1:upstream_port`.
+    pub async fn start(upstream_port: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cuts = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let accepting = {
+            let (refusing, cuts) = (refusing.clone(), cuts.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if refusing.load(Ordering::SeqCst) {
+                        // Closed at once: the connection attempt fails.
+                        drop(client);
+                        continue;
+                    }
+                    let mut cut = cuts.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut server) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.changed() => {}
+                        }
+                        // Both sockets close here.
+                    });
+                }
+            })
+        };
+        Proxy {
+            port,
+            refusing,
+            cuts,
+            accepting,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Refuses (closes at once) every new connection while `on`.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection open through the proxy.
+    pub fn cut_all(&self) {
+        self.cuts.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut_all();
+    }
+}

@@ -12,7 +12,7 @@ use mcp_authkit_store_redis::RedisStore;
 use tokio::task::JoinSet;
 
 use crate::common::{
-    Namespace, PrivateRedis, clients_named, eventually, kill_clients_named, raw, shared_url,
+    Namespace, PrivateRedis, Proxy, clients_named, eventually, kill_clients_named, raw, shared_url,
     subscribed, unique_client_name,
 };
 
@@ -211,6 +211,70 @@ async fn killed_connections_come_back_and_waiters_still_wake() {
         assert_eq!(seen, Some(outcome(7)));
         assert!(at.duration_since(completed_at) < Duration::from_secs(2));
     }
+}
+
+/// A waiter loses its connections to Redis, and its reconnections are
+/// refused for a while; the flow completes on another replica during that
+/// outage, so the announcement never reaches the waiter. Once it is back,
+/// it re-subscribes and reads the stored outcome again, and returns it.
+#[tokio::test]
+async fn a_completion_during_the_waiters_outage_is_not_missed() {
+    let server = PrivateRedis::start(&[]);
+    let proxy = Proxy::start(server.port).await;
+    let prefix = format!("outage-{}", crate::common::random());
+    let name = unique_client_name("outage");
+    let waiting = RedisStore::builder(proxy.url())
+        .prefix(&prefix)
+        .client_name(&name)
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    let completer = RedisStore::builder(server.url())
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let key = TokenKey::new("github", "outage");
+    let f = flow(&key);
+    completer.insert(&f).await.unwrap();
+    let mut waiters = JoinSet::new();
+    spawn_waiter(&mut waiters, &waiting, &f.state, Duration::from_secs(30));
+    subscribed(&server.url(), &name).await;
+
+    proxy.refuse(true);
+    proxy.cut_all();
+    eventually(
+        Duration::from_secs(10),
+        "the waiter's connections dropping",
+        || async { clients_named(&server.url(), &name).await.is_empty() },
+    )
+    .await;
+    // Completed while the waiter cannot hear it.
+    completer.take(&f.state).await.unwrap().expect("pending");
+    completer
+        .complete(&key, &f.state, &outcome(11), MINUTE)
+        .await
+        .unwrap();
+    // Reconnections keep being refused for a moment.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        clients_named(&server.url(), &name).await.is_empty(),
+        "the waiter is still cut off"
+    );
+    let back_at = Instant::now();
+    proxy.refuse(false);
+
+    let (_, seen, at) = tokio::time::timeout(Duration::from_secs(15), waiters.join_next())
+        .await
+        .expect("the waiter returns once it is back, not at its timeout")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, Some(outcome(11)), "the outcome stored meanwhile");
+    assert!(
+        at.duration_since(back_at) < Duration::from_secs(10),
+        "woken by its reconnection"
+    );
 }
 
 /// An operation the server has accepted but not answered when its

@@ -310,6 +310,24 @@ async fn values_that_are_not_ours_are_decode_errors_and_stay_untouched() {
     );
     assert_names(&store.active_flow(&key).await.unwrap_err(), &mark);
 
+    // A foreign value under a new flow's state: the insert fails, leaves the
+    // value alone, and does not leave the key marked active (which would
+    // make every later caller join a flow that does not exist).
+    let key = TokenKey::new("github", "taken-state");
+    let mut f = flow(&key);
+    f.state = FlowState::generate();
+    let flow_key = format!("{p}:flow:{{{}}}", f.state.as_str());
+    let _: () = connection.set(&flow_key, "someone else's").await.unwrap();
+    let shown = format!("{p}:flow:{{{}…}}", &f.state.as_str()[..4]);
+    assert_names(&store.insert(&f).await.unwrap_err(), &shown);
+    assert_eq!(store.active_flow(&key).await.unwrap(), None);
+    let still: String = connection.get(&flow_key).await.unwrap();
+    assert_eq!(still, "someone else's");
+    assert_eq!(
+        store.insert(&flow(&key)).await.unwrap(),
+        mcp_authkit_core::InsertOutcome::Inserted
+    );
+
     // Flow and outcome keys: named with the state shortened, since the
     // state is a credential.
     let state = FlowState::generate();
@@ -342,6 +360,17 @@ async fn values_that_are_not_ours_are_decode_errors_and_stay_untouched() {
     let _: () = connection.sadd(&outcome_key, "x").await.unwrap();
     let shown = format!("{p}:out:{{{}…}}", &s[..4]);
     assert_names(&store.outcome(&state).await.unwrap_err(), &shown);
+    // A waiter reports it at once too, rather than re-reading until its
+    // timeout and answering "not completed".
+    let started = std::time::Instant::now();
+    assert_names(
+        &store
+            .wait(&state, Duration::from_secs(10))
+            .await
+            .unwrap_err(),
+        &shown,
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     let _: () = connection.del(&flow_key).await.unwrap();
     let error = store
         .complete(

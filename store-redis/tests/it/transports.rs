@@ -45,7 +45,6 @@ async fn round_trip(store: &RedisStore) {
         .await
         .unwrap();
     assert_eq!(waiter.await.unwrap().unwrap(), Some(outcome));
-    store.delete_namespace().await.unwrap();
 }
 
 #[tokio::test]
@@ -210,8 +209,10 @@ async fn rediss_urls_verify_the_server_and_present_client_certificates() {
     }
 }
 
-/// The ACL rules the crate docs give are enough; without the channel
-/// permission, complete and wait fail at once instead of waiting in vain.
+/// The ACL rules the crate docs give are enough for an application, which
+/// cannot list the keys of the database; the operator rules add listing;
+/// without the channel permission, complete and wait fail at once instead
+/// of waiting in vain.
 #[tokio::test]
 async fn a_least_privilege_acl_user_is_enough() {
     let server = PrivateRedis::start(&[]);
@@ -220,6 +221,10 @@ async fn a_least_privilege_acl_user_is_enough() {
     let rules = mcp_authkit_store_redis::acl_rules(prefix);
     for (user, rules) in [
         ("auth", rules.clone()),
+        (
+            "operator",
+            mcp_authkit_store_redis::acl_operator_rules(prefix),
+        ),
         ("deaf", rules.replace(&format!("&{prefix}:completions"), "")),
     ] {
         let _: () = redis::cmd("ACL")
@@ -232,6 +237,12 @@ async fn a_least_privilege_acl_user_is_enough() {
             .await
             .unwrap();
     }
+    let _: () = redis::cmd("SET")
+        .arg("other-app:secret-key-name")
+        .arg("x")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let url = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}", server.port);
     let store = RedisStore::builder(url("auth"))
         .prefix(prefix)
@@ -251,7 +262,24 @@ async fn a_least_privilege_acl_user_is_enough() {
         .await
         .unwrap();
     assert!(store.delete_if_revision(&key, revision).await.unwrap());
-    assert!(store.scan(None, 10).await.unwrap().items.is_empty());
+    // Listing keys is not the application's business: SCAN would show every
+    // key name of the database.
+    let error = store.scan(None, 10).await.unwrap_err();
+    assert!(
+        error.to_string().to_lowercase().contains("noperm"),
+        "{error}"
+    );
+    assert!(store.delete_namespace().await.is_err());
+    let mut app_connection = redis::Client::open(url("auth"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let listed: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+        .arg(0)
+        .query_async(&mut app_connection)
+        .await;
+    assert!(listed.is_err(), "the application user cannot list keys");
     // Another prefix is off limits for this user.
     let elsewhere = RedisStore::builder(url("auth"))
         .prefix("other-app")
@@ -259,6 +287,21 @@ async fn a_least_privilege_acl_user_is_enough() {
         .await
         .unwrap();
     assert!(TokenStore::get(&elsewhere, &key).await.is_err());
+
+    // The operator lists, inspects and removes the prefix's keys.
+    store
+        .put(&key, &TokenRecord::new("t", Timestamp::now()))
+        .await
+        .unwrap();
+    let operator = RedisStore::builder(url("operator"))
+        .prefix(prefix)
+        .connect()
+        .await
+        .unwrap();
+    assert!(operator.scan(None, 10).await.unwrap().items.contains(&key));
+    assert!(TokenStore::get(&operator, &key).await.unwrap().is_some());
+    assert!(operator.delete_namespace().await.unwrap() >= 1);
+    assert!(TokenStore::get(&store, &key).await.unwrap().is_none());
 
     let deaf = RedisStore::builder(url("deaf"))
         .prefix(prefix)
