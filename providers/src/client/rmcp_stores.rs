@@ -239,7 +239,7 @@ impl CredentialStore for CredentialStoreAdapter {
     }
 
     async fn acquire_refresh_guard(&self) -> Result<Option<CredentialRefreshGuard>, AuthError> {
-        let deadline = tokio::time::Instant::now() + self.lease_wait;
+        let deadline = mcp_authkit_core::deadline_after(self.lease_wait);
         let mut backoff = Duration::from_millis(5);
         loop {
             if let Some(guard) =

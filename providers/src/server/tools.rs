@@ -754,7 +754,7 @@ impl OAuthProvider {
     ) -> Result<UserToken, TokenError> {
         let display = self.inner.display_name.clone();
         let timeout = self.inner.token_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = mcp_authkit_core::deadline_after(timeout);
         let pending = self
             .begin_authorization(&subject, session.as_deref())
             .await?;
