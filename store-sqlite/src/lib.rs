@@ -130,6 +130,7 @@ mod location;
 mod open;
 mod pending;
 mod purge;
+mod reader;
 mod tokens;
 mod wake;
 
@@ -170,6 +171,8 @@ struct Inner {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     hub: Arc<wake::Hub>,
+    /// Token reads on the calling thread; `None` reads through the pool.
+    reader: Option<reader::Reader>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -213,6 +216,9 @@ impl SqliteStore {
     /// Operations afterwards fail. Other instances on the file are not
     /// affected.
     pub async fn close(&self) {
+        if let Some(reader) = &self.inner.reader {
+            reader.close();
+        }
         self.inner.pool.close().await;
     }
 
@@ -222,6 +228,10 @@ impl SqliteStore {
 
     pub(crate) fn hub(&self) -> &Arc<wake::Hub> {
         &self.inner.hub
+    }
+
+    pub(crate) fn reader(&self) -> Option<&reader::Reader> {
+        self.inner.reader.as_ref()
     }
 }
 
