@@ -119,9 +119,10 @@
 //! once, and removed by [`PendingStore::purge_expired`] or by a background
 //! task from [`SqliteStore::spawn_purge_task`]. A purge deletes in short
 //! transactions of at most 256 rows per table, through the expiry indexes,
-//! and pauses between them, so writers in every process get the lock within
-//! about a millisecond however large the backlog: a purge of 100k expired
-//! flows never stalls the writes of the application.
+//! and pauses at least 10 ms between them, so writers in every process get
+//! the lock within a few milliseconds however large the backlog: a purge of
+//! 100k expired flows takes a few seconds and never stalls the writes of
+//! the application.
 
 #![warn(missing_docs)]
 

@@ -82,3 +82,45 @@ async fn writers_get_through_while_a_large_backlog_is_purged() {
     );
     assert!(writer.get(&live).await.unwrap().is_some());
 }
+
+/// The purge commits without an fsync on a connection of its own; every
+/// connection left in the pool still commits with `synchronous=FULL`.
+#[tokio::test]
+async fn the_purge_setting_never_reaches_pooled_connections() {
+    const FULL: i64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::options(dir.path().join("store.db"))
+        .max_connections(2)
+        .open()
+        .await
+        .unwrap();
+    expired_backlog(&store, 1000).await;
+    for _ in 0..3 {
+        store.purge_expired().await.unwrap();
+        expired_backlog_again(&store).await;
+    }
+    // Every connection the pool holds, taken at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(store.pool().acquire().await.unwrap());
+    }
+    for conn in &mut held {
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(level, FULL, "a pooled connection commits without fsync");
+    }
+}
+
+/// Rows expired again after a purge (new states, same shape).
+async fn expired_backlog_again(store: &SqliteStore) {
+    sqlx::query(
+        "INSERT INTO mcp_authkit_flows (state, provider, subject, expires_at, flow)
+         WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < 300)
+         SELECT 'again-' || x || '-' || abs(random()), 'backlog', 'u' || x, 1000, x'00' FROM i",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
