@@ -68,6 +68,7 @@ impl ExpiryIndex {
         self.order.first().map(|(at, _)| *at)
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.order.len()
     }

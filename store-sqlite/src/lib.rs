@@ -95,6 +95,30 @@
 //! - A refresh lease is a row with an expiry and a random token; release
 //!   deletes it only if the token matches.
 //!
+//! # Reading a token
+//!
+//! [`TokenStore::get`] is on the path of every gated tool call, so it does
+//! not go through sqlx: sqlx runs each connection on a worker thread of its
+//! own, and handing a query to it and the rows back costs far more than
+//! SQLite's own work: a primary-key read through sqlx took 32 µs p50 on a
+//! busy 2-core machine, 3.7 µs read directly, most of the difference being
+//! the two threads waking each other. `get` runs its prepared `SELECT` on a few
+//! read-only connections (at most [`SqliteStoreOptions::max_connections`])
+//! through SQLite's C API, on the calling thread: the library sqlx links,
+//! so the same SQLite in the same process.
+//!
+//! - **No cache, no staleness.** Every read is its own read transaction and
+//!   sees every commit made before it, by any process, as a read through
+//!   sqlx does. Nothing is kept between reads but the prepared statement.
+//! - **It never blocks the thread on a lock.** The connections' busy timeout
+//!   is zero; if the file is busy (rare in WAL mode, where readers do not
+//!   wait for writers), a connection cannot be opened, all are in use on
+//!   other threads, or SQLite reports any error, the read goes through the
+//!   pool instead, which waits and reports errors as every other operation
+//!   does. A read of pages not in the OS page cache still reads the disk on
+//!   the calling thread, as any synchronous file read would.
+//! - After [`SqliteStore::close`] reads fail, as every other operation does.
+//!
 //! # Waiting, and its latency
 //!
 //! [`PendingStore::wait`] costs no connection per waiter. A completion by
