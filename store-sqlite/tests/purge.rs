@@ -1,7 +1,7 @@
 //! Purging a large backlog never stops the world: it deletes in short
 //! transactions, and writers of the process get through in between.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mcp_authkit_core::{PendingStore, Timestamp, TokenKey, TokenRecord, TokenStore};
 use mcp_authkit_store_sqlite::SqliteStore;
