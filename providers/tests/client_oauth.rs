@@ -11,6 +11,8 @@ mod support;
 mod discovery;
 #[path = "client_oauth/flow.rs"]
 mod flow;
+#[path = "client_oauth/healing.rs"]
+mod healing;
 #[path = "client_oauth/refresh.rs"]
 mod refresh;
 #[path = "client_oauth/registration.rs"]
@@ -23,3 +25,6 @@ mod rmcp_stores;
 mod rmcp_transport;
 #[path = "client_oauth/scopes.rs"]
 mod scopes;
+#[cfg(feature = "rmcp")]
+#[path = "client_oauth/servers.rs"]
+mod servers;

@@ -1,6 +1,6 @@
-//! Secrets (tokens, refresh tokens, PKCE verifiers) never appear in Debug
-//! output, errors or logs of the client side. Its own binary, so that a
-//! global trace-level subscriber sees every log line.
+//! Secrets (tokens, refresh tokens, PKCE verifiers, client secrets) never
+//! appear in Debug output, errors or logs of the client side. Its own
+//! binary, so that a global trace-level subscriber sees every log line.
 //!
 //! Run: `cargo test -p mcp-authkit-providers --all-features --test client_secrets`
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mcp_authkit_core::{ExposeSecret, TokenStore};
 use mcp_authkit_providers::client::AuthProvider;
-use mcp_authkit_testkit::{ConsentMode, Endpoint, IssParameter, TestAuthServer};
+use mcp_authkit_testkit::{ClientAuthMethod, ConsentMode, Endpoint, IssParameter, TestAuthServer};
 
 use support::{World, secret};
 
@@ -43,11 +43,28 @@ async fn secrets_never_show_in_debug_output_errors_or_logs() {
             .finish(),
     )
     .unwrap();
-    let world = World::with(
-        TestAuthServer::builder().settings(|s| s.iss_parameter = IssParameter::Correct),
-    )
+    // No `none` advertised: the dynamic registration gets a client secret.
+    let world = World::with(TestAuthServer::builder().settings(|s| {
+        s.iss_parameter = IssParameter::Correct;
+        s.token_endpoint_auth_methods = vec![
+            ClientAuthMethod::ClientSecretBasic,
+            ClientAuthMethod::ClientSecretPost,
+        ];
+    }))
     .await;
+    let client_secret = |world: &World| {
+        let authorize = world.auth.last_request(Endpoint::Authorize).unwrap();
+        let client = world.auth.client(authorize.param("client_id").unwrap());
+        client
+            .unwrap()
+            .client_secret
+            .expect("a confidential client")
+    };
     let provider = world.provider().build().unwrap();
+    world.whoami(&provider).await.unwrap();
+    let first_secret = client_secret(&world);
+    // The server forgets the client: the registration heals, with logs.
+    world.auth.restart();
     world.whoami(&provider).await.unwrap();
     let token = provider.token().await.unwrap().unwrap();
     let key = provider.token_key().unwrap();
@@ -63,6 +80,8 @@ async fn secrets_never_show_in_debug_output_errors_or_logs() {
             .param("code_verifier")
             .unwrap()
             .to_owned(),
+        first_secret,
+        client_secret(&world),
     ];
     // An error that passed through the token endpoint.
     world.auth.revoke_subject("test-user");
@@ -72,7 +91,7 @@ async fn secrets_never_show_in_debug_output_errors_or_logs() {
     let error = world.whoami(&provider).await.unwrap_err().auth();
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
-        logged.contains("registered a client"),
+        logged.contains("registered a client") && logged.contains("registering again"),
         "the logs were captured"
     );
     let printed = [

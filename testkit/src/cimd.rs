@@ -124,5 +124,6 @@ pub(crate) async fn fetch_client(
             .and_then(|v| v.as_str())
             .map(str::to_owned),
         source: ClientSource::MetadataDocument,
+        secret_expires_at: None,
     })
 }

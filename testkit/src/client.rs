@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use url::{Host, Url};
 
@@ -157,6 +158,7 @@ impl ClientRegistration {
             auth_method: self.auth_method,
             name: self.name,
             source,
+            secret_expires_at: None,
         })
     }
 }
@@ -192,12 +194,20 @@ pub struct RegisteredClient {
     pub name: Option<String>,
     /// How it was registered.
     pub source: ClientSource,
+    /// When its secret stops working (`client_secret_expires_at`); `None`
+    /// never.
+    pub secret_expires_at: Option<SystemTime>,
 }
 
 impl RegisteredClient {
     /// The first redirect URI.
     pub fn redirect_uri(&self) -> &str {
         &self.redirect_uris[0]
+    }
+
+    /// Whether its secret has expired at `now`.
+    pub fn secret_expired_at(&self, now: SystemTime) -> bool {
+        self.secret_expires_at.is_some_and(|at| at <= now)
     }
 
     /// The registered redirect URI `requested` matches, if any.
@@ -225,6 +235,7 @@ impl fmt::Debug for RegisteredClient {
             .field("auth_method", &self.auth_method)
             .field("name", &self.name)
             .field("source", &self.source)
+            .field("secret_expires_at", &self.secret_expires_at)
             .finish()
     }
 }

@@ -111,6 +111,15 @@
 //!   [`host_json`]; read the code headlessly with
 //!   [`Browser::stop_before`]; assert what the client sent with
 //!   [`last_request`].
+//! - **Servers that forget or refuse a client** (the shapes MCP clients meet
+//!   in the wild): [`restart`] forgets dynamically registered clients and
+//!   tokens as an in-memory server's restart does;
+//!   [`Settings::client_secret_lifetime`] and [`expire_client_secrets`]
+//!   expire secrets; [`Settings::require_client_id_in_body`] wants
+//!   `client_id` in the form even with HTTP Basic (the MCP Python SDK);
+//!   [`InvalidTokenAnswer::InternalError`] makes a [`ProtectedResource`]
+//!   answer an unknown token with `500` instead of a challenge (the MCP
+//!   TypeScript SDK's example server).
 //! - **Failure handling**: [`fail_next`] with [`Failure::Status`],
 //!   [`Failure::Hang`], [`Failure::Delay`], [`Failure::invalid_grant`],
 //!   [`Failure::access_denied`] or [`Failure::MalformedJson`], for one
@@ -124,6 +133,8 @@
 //! [`host_json`]: AuthServerHandle::host_json
 //! [`last_request`]: AuthServerHandle::last_request
 //! [`fail_next`]: AuthServerHandle::fail_next
+//! [`restart`]: AuthServerHandle::restart
+//! [`expire_client_secrets`]: AuthServerHandle::expire_client_secrets
 //!
 //! # Conventions
 //!
@@ -171,8 +182,8 @@ pub use failure::{Endpoint, Failure};
 pub use pkce::Pkce;
 pub use requests::RecordedRequest;
 pub use resource::{
-    ProtectedResource, Rejection, ResourceEvent, ResourceMetadataFault, ResourceSettings,
-    require_bearer,
+    InvalidTokenAnswer, ProtectedResource, Rejection, ResourceEvent, ResourceMetadataFault,
+    ResourceSettings, require_bearer,
 };
 pub use server::{AuthServerHandle, TestAuthServer, TestAuthServerBuilder};
 pub use settings::{ConsentMode, DiscoveryDocuments, IssParameter, MetadataFault, Settings};

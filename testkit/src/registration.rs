@@ -123,25 +123,31 @@ fn register_client(shared: &Shared, document: Option<Value>) -> Result<Value, OA
     if let Some(Value::String(name)) = request.get("client_name") {
         registration = registration.name(name.clone());
     }
-    let client = registration
+    let mut client = registration
         .into_client(ClientSource::Dynamic)
         .map_err(|e| OAuthFailure::new("invalid_redirect_uri", e.to_string()))?;
-    shared
-        .lock()
-        .clients
-        .insert(client.client_id.clone(), client.clone());
+    let now = SystemTime::now();
+    {
+        let mut state = shared.lock();
+        if client.client_secret.is_some() {
+            client.secret_expires_at = state.settings.client_secret_lifetime.map(|ttl| now + ttl);
+        }
+        state
+            .clients
+            .insert(client.client_id.clone(), client.clone());
+    }
 
     // RFC 7591 section 3.2.1: all registered metadata, including fields this
     // server does not interpret, plus the issued credentials.
     let mut response: Map<String, Value> = request;
-    let issued_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let unix = |at: SystemTime| at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     response.insert("client_id".into(), client.client_id.clone().into());
-    response.insert("client_id_issued_at".into(), issued_at.into());
+    response.insert("client_id_issued_at".into(), unix(now).into());
     if let Some(secret) = &client.client_secret {
         response.insert("client_secret".into(), secret.clone().into());
-        response.insert("client_secret_expires_at".into(), 0.into());
+        // 0: the secret never expires (RFC 7591 section 3.2.1).
+        let expires_at = client.secret_expires_at.map_or(0, unix);
+        response.insert("client_secret_expires_at".into(), expires_at.into());
     }
     response.insert("redirect_uris".into(), redirect_uris.into());
     response.insert("token_endpoint_auth_method".into(), method.as_str().into());

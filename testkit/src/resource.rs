@@ -34,6 +34,22 @@ pub enum ResourceMetadataFault {
     NoAuthorizationServers,
 }
 
+/// How a protected resource answers a request whose bearer token it does
+/// not know (unknown, expired or revoked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum InvalidTokenAnswer {
+    /// `401` with a `WWW-Authenticate: Bearer error="invalid_token"`
+    /// challenge, as RFC 6750 and the MCP specification say.
+    #[default]
+    Challenge,
+    /// `500` with `{"error": "server_error", "error_description": "Internal
+    /// Server Error"}` and no challenge: what the MCP TypeScript SDK's
+    /// example server answers when its token verifier throws. A client
+    /// cannot tell from it that a new sign-in would help.
+    InternalError,
+}
+
 /// What the protected resource does; change it while it runs with
 /// [`ProtectedResource::update_settings`].
 #[derive(Debug, Clone)]
@@ -65,6 +81,9 @@ pub struct ResourceSettings {
     /// Refuse tokens whose audience (`resource`) does not include this
     /// resource, as the MCP authorization spec requires. Default `true`.
     pub require_audience: bool,
+    /// How a token the authorization server does not know is answered.
+    /// Default [`InvalidTokenAnswer::Challenge`].
+    pub invalid_token_answer: InvalidTokenAnswer,
 }
 
 /// What happened at the protected resource, for
@@ -76,7 +95,8 @@ pub enum ResourceEvent {
     Metadata,
     /// A request was let through with a valid token.
     Authorized,
-    /// A request was refused with `401`.
+    /// A request was refused with `401` (or, for an unknown token, the
+    /// configured [`InvalidTokenAnswer::InternalError`]).
     Unauthorized,
     /// A request was refused with `403 insufficient_scope`.
     Forbidden,
@@ -162,6 +182,7 @@ impl ProtectedResource {
             serve_root_metadata: true,
             metadata_fault: None,
             require_audience: true,
+            invalid_token_answer: InvalidTokenAnswer::Challenge,
         };
         Ok(ProtectedResource {
             inner: Arc::new(Inner {
@@ -256,6 +277,12 @@ impl ProtectedResource {
             return Err(self.rejection(&settings, StatusCode::UNAUTHORIZED, None, scope));
         };
         let Some(info) = self.inner.auth.introspect(token) else {
+            if settings.invalid_token_answer == InvalidTokenAnswer::InternalError {
+                return Err(Rejection {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    www_authenticate: String::new(),
+                });
+            }
             return Err(self.rejection(
                 &settings,
                 StatusCode::UNAUTHORIZED,
@@ -402,18 +429,25 @@ pub async fn require_bearer(
 }
 
 /// A refused request: `401` or `403` with a `WWW-Authenticate: Bearer`
-/// challenge (RFC 6750 section 3, RFC 9728 section 5.1).
+/// challenge (RFC 6750 section 3, RFC 9728 section 5.1), or the `500` of
+/// [`InvalidTokenAnswer::InternalError`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Rejection {
-    /// `401 Unauthorized` or `403 Forbidden`.
+    /// `401 Unauthorized`, `403 Forbidden` or `500 Internal Server Error`.
     pub status: StatusCode,
-    /// The `WWW-Authenticate` value.
+    /// The `WWW-Authenticate` value (empty for a `500`, which has none).
     pub www_authenticate: String,
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            return json(
+                self.status,
+                &json!({"error": "server_error", "error_description": "Internal Server Error"}),
+            );
+        }
         let mut response = plain_status(self.status, "a valid bearer token is required");
         if let Ok(value) = HeaderValue::from_str(&self.www_authenticate) {
             response

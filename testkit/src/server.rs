@@ -527,6 +527,32 @@ impl AuthServerHandle {
         self.shared.lock().clients.values().cloned().collect()
     }
 
+    /// Makes the secret of every client that has one expired now, as when
+    /// `client_secret_expires_at` passes: their token requests get
+    /// `invalid_client` from then on. Returns how many were still valid.
+    /// (To expire secrets of new registrations by themselves, set
+    /// [`Settings::client_secret_lifetime`].)
+    pub fn expire_client_secrets(&self) -> usize {
+        self.shared.lock().expire_client_secrets()
+    }
+
+    /// Restarts the server as one that keeps everything in memory (the MCP
+    /// SDKs' example servers, FastMCP's in-memory provider): it forgets
+    /// every dynamically registered client and every Client ID Metadata
+    /// Document it fetched, and every code, token and pending consent. Its
+    /// settings and the clients it was configured with (the builder's,
+    /// [`register_client`](Self::register_client)'s) stay, as do hosted
+    /// documents, queued failures, counters and the request log; the
+    /// listeners keep their addresses. Returns how many clients it forgot.
+    ///
+    /// A client that reuses a forgotten registration then meets what real
+    /// servers answer: an error page at `/authorize` (no redirect, since
+    /// the redirect URI cannot be trusted) and `invalid_client` at `/token`;
+    /// its tokens are refused by a [`ProtectedResource`](crate::ProtectedResource).
+    pub fn restart(&self) -> usize {
+        self.shared.lock().restart()
+    }
+
     // --- settings -------------------------------------------------------------
 
     /// The current settings.

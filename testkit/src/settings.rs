@@ -182,6 +182,18 @@ pub struct Settings {
     /// The `token_endpoint_auth_methods_supported` advertised; registration
     /// refuses others. Default basic, post and none.
     pub token_endpoint_auth_methods: Vec<ClientAuthMethod>,
+    /// Refuse token requests without `client_id` in the form body, even
+    /// when HTTP Basic names the client, with `401 invalid_client` "Missing
+    /// client_id": how the MCP Python SDK's authorization server (and
+    /// FastMCP, built on it) behaves. RFC 6749 section 2.3.1 lets a client
+    /// send it there alongside Basic. Default `false`.
+    pub require_client_id_in_body: bool,
+    /// Dynamically registered clients with a secret get one that expires
+    /// this long after registration (`client_secret_expires_at`); a token
+    /// request with an expired secret gets `401 invalid_client`. Default
+    /// `None`: secrets never expire (`client_secret_expires_at: 0`). See
+    /// also [`expire_client_secrets`](crate::AuthServerHandle::expire_client_secrets).
+    pub client_secret_lifetime: Option<Duration>,
     /// Which discovery documents are served. Default all.
     pub discovery: DiscoveryDocuments,
     /// A defect in the discovery documents. Default none.
@@ -218,6 +230,8 @@ impl Default for Settings {
                 ClientAuthMethod::ClientSecretPost,
                 ClientAuthMethod::None,
             ],
+            require_client_id_in_body: false,
+            client_secret_lifetime: None,
             discovery: DiscoveryDocuments::All,
             metadata_fault: None,
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::client::{ClientAuthMethod, RegisteredClient};
+use crate::client::{ClientAuthMethod, ClientSource, RegisteredClient};
 use crate::failure::{Endpoint, Failure};
 use crate::http::OAuthFailure;
 use crate::pkce::{self, ChallengeMethod};
@@ -238,6 +238,11 @@ impl State {
         if method.has_secret() && client.client_secret.as_deref() != secret {
             return Err(OAuthFailure::invalid_client("wrong client secret"));
         }
+        if method.has_secret() && client.secret_expired_at(SystemTime::now()) {
+            return Err(OAuthFailure::invalid_client(
+                "the client secret has expired; register again",
+            ));
+        }
         Ok(())
     }
 
@@ -465,6 +470,35 @@ impl State {
             }
         }
         expired
+    }
+
+    pub(crate) fn expire_client_secrets(&mut self) -> usize {
+        let now = SystemTime::now();
+        let past = now - Duration::from_secs(1);
+        let mut expired = 0;
+        for client in self.clients.values_mut() {
+            if client.client_secret.is_some() && !client.secret_expired_at(now) {
+                client.secret_expires_at = Some(past);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// What a restart of a server that keeps everything in memory loses:
+    /// every client it did not start with, and every code, token and
+    /// pending consent. Settings, configured clients, hosted documents,
+    /// queued failures, counters and the request log stay.
+    pub(crate) fn restart(&mut self) -> usize {
+        let before = self.clients.len();
+        self.clients
+            .retain(|_, client| client.source == ClientSource::Preregistered);
+        self.codes.clear();
+        self.access_tokens.clear();
+        self.refresh_tokens.clear();
+        self.rotated.clear();
+        self.consents.clear();
+        before - self.clients.len()
     }
 
     fn revoke_family(&mut self, family: u64) {

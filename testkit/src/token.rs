@@ -69,6 +69,10 @@ fn grant_tokens(
         .ok_or_else(|| OAuthFailure::invalid_request("grant_type is missing"))?;
     let credentials = client_credentials(headers, params)?;
     let mut state = shared.lock();
+    if state.settings.require_client_id_in_body && single("client_id")?.is_none() {
+        // Word for word what the MCP Python SDK answers.
+        return Err(OAuthFailure::invalid_client("Missing client_id"));
+    }
     state
         .authenticate(
             &credentials.client_id,

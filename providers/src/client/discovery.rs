@@ -103,6 +103,34 @@ pub(crate) struct DiscoveredServer {
     pub(crate) url: Url,
 }
 
+/// What discovery found for an MCP server, kept in the store (format in
+/// `records`) so a restarted client can serve and refresh its token
+/// without discovering again.
+#[derive(Clone, Debug)]
+pub(crate) struct DiscoveryRecord {
+    pub(crate) issuer: String,
+    pub(crate) resource: String,
+    pub(crate) resource_metadata_url: String,
+    pub(crate) scopes_supported: Option<Vec<String>>,
+    /// The authorization server metadata as fetched (checked again when
+    /// read back).
+    pub(crate) server_document: Value,
+    pub(crate) server_metadata_url: Url,
+}
+
+impl DiscoveryRecord {
+    pub(crate) fn new(resource: &DiscoveredResource, server: &DiscoveredServer) -> Self {
+        DiscoveryRecord {
+            issuer: server.metadata.issuer.clone(),
+            resource: resource.metadata.resource.clone(),
+            resource_metadata_url: resource.url.to_string(),
+            scopes_supported: resource.metadata.scopes_supported.clone(),
+            server_document: server.document.clone(),
+            server_metadata_url: server.url.clone(),
+        }
+    }
+}
+
 /// The MCP server's canonical URL: no fragment.
 pub(crate) fn canonical_server_url(server: &str) -> Result<Url, ClientAuthError> {
     let mut url = Url::parse(server).map_err(|e| ClientAuthError::Config {

@@ -194,6 +194,21 @@ pub enum ClientAuthError {
         attempts: u32,
     },
 
+    /// The authorization server refused the authorization request itself:
+    /// an error page instead of a redirect back to the client, which is how
+    /// servers answer a client or redirect URI they do not know (after a
+    /// restart that lost a dynamic registration, for one). A
+    /// [`UserInteraction`](crate::client::UserInteraction) that sees such a
+    /// page returns this, so a dynamically registered client registers
+    /// again.
+    #[error(
+        "the authorization server refused the authorization request with HTTP {status} instead of          redirecting back: it does not know this client or its redirect URI"
+    )]
+    AuthorizationRequestRefused {
+        /// The status of the error page.
+        status: u16,
+    },
+
     /// The user-interaction hook failed (no browser, the user closed it).
     #[error("user interaction failed: {0}")]
     Interaction(String),

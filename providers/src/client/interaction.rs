@@ -141,7 +141,9 @@ impl UserInteraction for PrintUrl {
 
 /// Completes the authorization without a user: requests the URL and follows
 /// the authorization server's redirects (without sending them anywhere
-/// else) until one points at the redirect URI, then returns it.
+/// else) until one points at the redirect URI, then returns it. An error
+/// page (4xx) on the way is
+/// [`ClientAuthError::AuthorizationRequestRefused`].
 ///
 /// For servers that consent automatically: tests, CI, the MCP conformance
 /// suite, and machine clients whose authorization server trusts them.
@@ -180,6 +182,11 @@ impl UserInteraction for HeadlessRedirect {
                 .await
                 .map_err(|e| ClientAuthError::http(prompt.url.as_str(), e))?;
             let status = response.status();
+            if status.is_client_error() {
+                return Err(ClientAuthError::AuthorizationRequestRefused {
+                    status: status.as_u16(),
+                });
+            }
             if !status.is_redirection() {
                 return Err(ClientAuthError::Interaction(format!(
                     "the authorization server answered HTTP {status} instead of redirecting: it \

@@ -7,10 +7,13 @@
 //! - [`OAuthClientProvider`]: OAuth 2.1 as the MCP authorization
 //!   specification (2025-11-25) describes it: discovery (RFC 9728, RFC 8414,
 //!   OpenID Connect), client identity (pre-registered, Client ID Metadata
-//!   Document, dynamic registration), PKCE S256, `state`, RFC 9207 `iss`,
-//!   RFC 8707 `resource`, scope selection and bounded step-up, refresh
-//!   before expiry and on `401`; tokens and registrations in any
-//!   mcp-authkit store, so a client stays signed in across restarts.
+//!   Document, dynamic registration: a public client where the server
+//!   offers it, registered again when the server forgets or expires it),
+//!   PKCE S256, `state`, RFC 9207 `iss`, RFC 8707 `resource`, scope
+//!   selection and bounded step-up, refresh before expiry and on `401`;
+//!   tokens and registrations in any mcp-authkit store, so a client stays
+//!   signed in across restarts. Its docs say how it authenticates at the
+//!   token endpoint and what it does when a server forgets it.
 //! - [`UserInteraction`]: how the user signs in ([`OpenBrowser`],
 //!   [`PrintUrl`], [`HeadlessRedirect`], or your own), with a built-in
 //!   loopback redirect listener ([`LoopbackRedirect`]).
@@ -45,10 +48,12 @@ mod challenge;
 mod discovery;
 mod error;
 mod fetch;
+mod identity;
 mod interaction;
 mod oauth;
 mod oauth_provider;
 mod provider;
+mod records;
 mod redirect;
 mod registration;
 #[cfg(feature = "rmcp")]
@@ -64,7 +69,9 @@ pub use interaction::{
     prompt_fn,
 };
 pub use oauth::TokenEndpointAuthMethod;
-pub use oauth_provider::{DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder};
+pub use oauth_provider::{
+    DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder, SignOut,
+};
 pub use provider::{AuthProvider, BearerToken, StaticProvider};
 pub use redirect::{LoopbackRedirect, RedirectTarget};
 pub use registration::{ClientMetadata, PreRegisteredClient};

@@ -18,6 +18,7 @@ use url::Url;
 
 use crate::client::discovery::AuthorizationServerMetadata;
 use crate::client::fetch::{BodyError, Fetcher, read_limited};
+use crate::client::identity::{FLOW_CLIENT_ID, Identity};
 
 /// How the client authenticates at the token endpoint
 /// (`token_endpoint_auth_method`, RFC 7591 section 2).
@@ -102,27 +103,18 @@ impl fmt::Debug for ClientCredentials {
 pub(crate) struct ServerClient {
     pub(crate) fetcher: Fetcher,
     pub(crate) metadata: Arc<AuthorizationServerMetadata>,
-    pub(crate) credentials: Option<ClientCredentials>,
+    pub(crate) identity: Arc<Identity>,
     /// The RFC 8707 `resource` of every authorize, token and refresh request.
     pub(crate) resource: String,
 }
 
 impl ServerClient {
-    fn credentials(&self) -> Result<&ClientCredentials, OAuthError> {
-        self.credentials.as_ref().ok_or_else(|| {
-            OAuthError::new(
-                OAuthErrorKind::InvalidClient,
-                "no client identity is known for this authorization server; authorize again",
-            )
-        })
-    }
-
     async fn token_request(
         &self,
         what: &'static str,
+        credentials: &ClientCredentials,
         mut form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, OAuthError> {
-        let credentials = self.credentials()?;
         form.push(("resource", self.resource.clone()));
         let mut request = self
             .fetcher
@@ -138,7 +130,11 @@ impl ServerClient {
                 form.push(("client_secret", secret_of(credentials)?));
             }
             TokenEndpointAuthMethod::ClientSecretBasic => {
-                // RFC 6749 section 2.3.1: both parts form-urlencoded first.
+                // RFC 6749 section 2.3.1 lets client_id go in the body next
+                // to Basic, and servers built on the MCP Python SDK (FastMCP
+                // too) refuse a token request without it there.
+                form.push(("client_id", credentials.client_id.clone()));
+                // Both parts form-urlencoded first (section 2.3.1 again).
                 let user = form_encode(&credentials.client_id);
                 let password = form_encode(&secret_of(credentials)?);
                 let basic = STANDARD.encode(format!("{user}:{password}"));
@@ -283,7 +279,18 @@ fn parse_token_response(
 #[async_trait]
 impl OAuthClient for ServerClient {
     fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, OAuthError> {
-        let credentials = self.credentials()?;
+        // The client the flow was started for (a public identifier).
+        let client_id = request
+            .attributes
+            .get(FLOW_CLIENT_ID)
+            .cloned()
+            .or_else(|| self.identity.client_id())
+            .ok_or_else(|| {
+                OAuthError::new(
+                    OAuthErrorKind::InvalidClient,
+                    "no client identity is known for this authorization server; sign in again",
+                )
+            })?;
         let mut url = Url::parse(&self.metadata.authorization_endpoint).map_err(|e| {
             OAuthError::new(
                 OAuthErrorKind::Protocol,
@@ -294,7 +301,7 @@ impl OAuthClient for ServerClient {
             let mut query = url.query_pairs_mut();
             query
                 .append_pair("response_type", "code")
-                .append_pair("client_id", &credentials.client_id)
+                .append_pair("client_id", &client_id)
                 .append_pair("redirect_uri", request.redirect_uri)
                 .append_pair("state", request.state.as_str())
                 .append_pair("code_challenge", request.pkce_challenge)
@@ -312,8 +319,11 @@ impl OAuthClient for ServerClient {
         code: &SecretString,
         flow: &PendingFlow,
     ) -> Result<TokenResponse, OAuthError> {
+        let client_id = flow.attributes.get(FLOW_CLIENT_ID).map(String::as_str);
+        let credentials = self.identity.for_code_exchange(client_id).await?;
         self.token_request(
             "exchanging the authorization code",
+            &credentials,
             vec![
                 ("grant_type", "authorization_code".to_owned()),
                 ("code", code.expose_secret().to_owned()),
@@ -334,8 +344,10 @@ impl OAuthClient for ServerClient {
     ) -> Result<TokenResponse, OAuthError> {
         // No `scope`: the refreshed grant keeps what was granted, and a
         // narrowed grant is not widened by asking (that needs the user).
+        let credentials = self.identity.for_refresh().await?;
         self.token_request(
             "refreshing the token",
+            &credentials,
             vec![
                 ("grant_type", "refresh_token".to_owned()),
                 ("refresh_token", refresh_token.expose_secret().to_owned()),
@@ -345,7 +357,8 @@ impl OAuthClient for ServerClient {
     }
 
     fn supports_refresh(&self) -> bool {
-        self.credentials.is_some()
+        // A dynamic registration is looked up when the refresh happens.
+        true
     }
 
     fn check_issuer(&self, iss: Option<&str>) -> Result<(), OAuthError> {
@@ -425,5 +438,23 @@ mod tests {
             "client_secret_basic"
         );
         assert_eq!(choose(None, false), "none");
+
+        // What a dynamic registration asks for: public when advertised.
+        let requested = |methods| {
+            crate::client::registration::requested_auth_method(&metadata(methods)).as_str()
+        };
+        // The TypeScript SDK's servers.
+        assert_eq!(requested(Some(vec!["client_secret_post", "none"])), "none");
+        // The Python SDK's.
+        assert_eq!(
+            requested(Some(vec!["client_secret_post", "client_secret_basic"])),
+            "client_secret_basic"
+        );
+        assert_eq!(
+            requested(Some(vec!["client_secret_post"])),
+            "client_secret_post"
+        );
+        // RFC 8414: nothing advertised means client_secret_basic.
+        assert_eq!(requested(None), "client_secret_basic");
     }
 }

@@ -9,36 +9,34 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mcp_authkit_core::{
-    Access, BeginOutcome, CallbackParams, Clock, ExposeSecret, FlowOutcome, FlowRequest, FlowState,
+    Access, BeginOutcome, CallbackParams, Clock, FlowOutcome, FlowRequest, FlowState,
     LifecycleConfig, OAuthError, OAuthErrorKind, PendingFlow, PendingStore, Revision, SecretString,
-    SystemClock, TokenKey, TokenLifecycle, TokenRecord, TokenStore,
+    SystemClock, TokenKey, TokenLifecycle, TokenStore,
 };
-use serde_json::{Value, json};
 use url::Url;
 
 use crate::client::challenge::AuthChallenge;
 use crate::client::discovery::{
-    AuthorizationServerMetadata, DiscoveredResource, DiscoveredServer, canonical_server_url,
-    check_server_metadata, discover_authorization_server, discover_resource,
+    AuthorizationServerMetadata, DiscoveredResource, DiscoveredServer, DiscoveryRecord,
+    canonical_server_url, check_server_metadata, discover_authorization_server, discover_resource,
 };
 use crate::client::error::ClientAuthError;
 use crate::client::fetch::Fetcher;
+use crate::client::identity::{FLOW_CLIENT_ID, Identity, Registrations};
 use crate::client::interaction::{
     AuthorizationPrompt, DEFAULT_AUTHORIZATION_TIMEOUT, OpenBrowser, PromptOutcome,
     UserInteraction, is_redirect_to,
 };
 use crate::client::oauth::{ClientCredentials, ServerClient, TokenEndpointAuthMethod};
 use crate::client::provider::{AuthProvider, BearerToken};
+use crate::client::records;
 use crate::client::redirect::{LoopbackListener, LoopbackRedirect, RedirectTarget};
-use crate::client::registration::{ClientMetadata, PreRegisteredClient, Registration, register};
+use crate::client::registration::{ClientMetadata, PreRegisteredClient};
 use crate::http::OAuthHttpClient;
 
 /// The default [`namespace`](OAuthClientProviderBuilder::namespace) of
 /// stored records.
 pub const DEFAULT_NAMESPACE: &str = "mcp-client";
-
-/// The `token_type` that marks a stored discovery record.
-const DISCOVERY_RECORD: &str = "mcp-authkit/discovery";
 
 /// OAuth 2.1 for an MCP client, per the MCP authorization specification
 /// (2025-11-25); tokens and client registrations live in mcp-authkit stores.
@@ -61,6 +59,45 @@ const DISCOVERY_RECORD: &str = "mcp-authkit/discovery";
 /// union of the granted and the challenged scopes, a bounded number of
 /// times.
 ///
+/// # How it authenticates at the token endpoint
+///
+/// A dynamic registration asks for a **public client** (`none`) whenever
+/// the server advertises `none` in `token_endpoint_auth_methods_supported`:
+/// a client on the user's machine cannot keep a secret (RFC 8252 section
+/// 8.5), and PKCE protects its codes. Otherwise it asks for the secret
+/// method the server advertises, `client_secret_basic` unless only
+/// `client_secret_post` is (Basic is the one RFC 6749 requires servers to
+/// support, and RFC 8414's default when nothing is advertised); it never
+/// asks for an unadvertised `none`, which a server could register and still
+/// refuse after the user signed in. The method the server assigns in its
+/// answer is the one used. With Basic, `client_id` also goes in the form
+/// body (RFC 6749 section 2.3.1 allows it, and servers built on the MCP
+/// Python SDK, FastMCP included, refuse a token request without it).
+/// Pre-registered clients use the method the server advertises, or the one
+/// set with [`PreRegisteredClient::auth_method`].
+///
+/// # When the server forgets the client
+///
+/// A dynamic registration is reused across runs, but never past its
+/// secret's expiry (`client_secret_expires_at`, counted from
+/// `client_id_issued_at` so the two clocks need not agree): a sign-in its
+/// secret would not outlive registers anew, and a refresh never sends an
+/// expired secret. When the server refuses the registered client
+/// (`invalid_client` or `unauthorized_client` from the token or
+/// authorization endpoint, or an error page instead of a redirect at the
+/// authorization endpoint, as from an in-memory server that restarted), the
+/// registration is dropped and the sign-in runs once more with a new one; if the new one is
+/// refused too, the error is returned and nothing is kept. A sign-in that
+/// times out drops its registration as well, so the next attempt starts
+/// clean. Replicas sharing the store read the registration before each
+/// token request, so they follow the one that registered again.
+/// Pre-registered and metadata-document clients are never replaced: their
+/// refusal is returned as a configuration error.
+/// [`sign_out(SignOut::ForgetRegistration)`](Self::sign_out) forgets the
+/// registration on request.
+///
+/// # What it stores
+///
 /// Records are keyed by authorization server and resource, under a
 /// namespace (default [`DEFAULT_NAMESPACE`]):
 ///
@@ -72,6 +109,14 @@ const DISCOVERY_RECORD: &str = "mcp-authkit/discovery";
 ///
 /// so a persistent store (SQLite, Redis, encrypted, ...) keeps the client
 /// signed in across restarts without new discovery, registration or sign-in.
+/// Registrations and discovery results are typed records with their own
+/// versioned format, kept as `TokenRecord`s whose token is the whole record
+/// (`token_type` `mcp-authkit/client-registration` or
+/// `mcp-authkit/discovery`), so an encrypting store encrypts client secrets
+/// too. One registration is kept per authorization server (and namespace),
+/// for one redirect URI: processes that sign in at the same time should
+/// share a redirect URI (a fixed [`LoopbackRedirect::port`]), or each
+/// replaces the other's registration.
 ///
 /// ```no_run
 /// use mcp_authkit_providers::client::{AuthProvider, ClientMetadata, OAuthClientProvider};
@@ -140,8 +185,8 @@ struct Session {
     /// (the metadata may have been found elsewhere, at a fallback URL).
     challenge_metadata_url: Option<String>,
     scopes_supported: Option<Vec<String>>,
-    server: Arc<AuthorizationServerMetadata>,
-    credentials: Option<ClientCredentials>,
+    /// Who the client is at the authorization server.
+    identity: Arc<Identity>,
     lifecycle: TokenLifecycle,
     /// Discovered by this process (as opposed to read back from the store).
     live: bool,
@@ -400,15 +445,30 @@ impl OAuthClientProvider {
         self.session().map(|s| s.token_key(&self.inner.namespace))
     }
 
-    /// Forgets the stored token (the registration and discovery results
-    /// stay); the next request signs in again. Returns whether a token was
-    /// stored.
-    pub async fn sign_out(&self) -> Result<bool, ClientAuthError> {
+    /// Forgets the stored token, so the next request signs in again, and
+    /// with [`SignOut::ForgetRegistration`] the dynamic client registration
+    /// too, so that sign-in registers again. Discovery results stay.
+    /// Returns whether a token was stored.
+    ///
+    /// ```no_run
+    /// # async fn demo(provider: mcp_authkit_providers::client::OAuthClientProvider)
+    /// # -> Result<(), mcp_authkit_providers::client::ClientAuthError> {
+    /// use mcp_authkit_providers::client::SignOut;
+    ///
+    /// provider.sign_out(SignOut::KeepRegistration).await?; // the user signs out
+    /// provider.sign_out(SignOut::ForgetRegistration).await?; // start over entirely
+    /// # Ok(()) }
+    /// ```
+    pub async fn sign_out(&self, what: SignOut) -> Result<bool, ClientAuthError> {
         let Some(session) = self.current_session().await? else {
             return Ok(false);
         };
         let key = session.token_key(&self.inner.namespace);
-        Ok(self.inner.tokens.delete(&key).await?)
+        let removed = self.inner.tokens.delete(&key).await?;
+        if what == SignOut::ForgetRegistration && session.identity.forget_any().await? {
+            tracing::info!(issuer = %session.issuer, "forgot the client registration");
+        }
+        Ok(removed)
     }
 
     fn session(&self) -> Option<Arc<Session>> {
@@ -450,9 +510,12 @@ impl OAuthClientProvider {
         let Some(stored) = self.inner.tokens.get(&self.discovery_key()).await? else {
             return Ok(None);
         };
-        let Some(discovery) = StoredDiscovery::from_record(&stored.record) else {
-            tracing::warn!("ignoring a stored discovery record this release cannot read");
-            return Ok(None);
+        let discovery = match records::decode::<DiscoveryRecord>(&stored.record) {
+            Ok(discovery) => discovery,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a stored discovery result this release cannot read");
+                return Ok(None);
+            }
         };
         let metadata = check_server_metadata(
             &self.inner.fetcher,
@@ -460,13 +523,11 @@ impl OAuthClientProvider {
             &discovery.issuer,
             &discovery.server_metadata_url,
         )?;
-        let credentials = self.known_credentials(&metadata).await?;
         let session = Arc::new(self.new_session(
             &discovery.resource,
             &discovery.resource_metadata_url,
             discovery.scopes_supported,
             metadata,
-            credentials,
             false,
         )?);
         self.set_session(Arc::clone(&session));
@@ -498,20 +559,19 @@ impl OAuthClientProvider {
         let resource =
             discover_resource(fetcher, &self.inner.server, challenge.resource_metadata()).await?;
         let server = self.discover_server(&resource).await?;
+        let discovery = DiscoveryRecord::new(&resource, &server);
         self.inner
             .tokens
             .put(
                 &self.discovery_key(),
-                &StoredDiscovery::record(&resource, &server, self.inner.clock.now()),
+                &records::encode(&discovery, self.inner.clock.now()),
             )
             .await?;
-        let credentials = self.known_credentials(&server.metadata).await?;
         let mut session = self.new_session(
-            &resource.metadata.resource,
-            resource.url.as_str(),
-            resource.metadata.scopes_supported.clone(),
+            &discovery.resource,
+            &discovery.resource_metadata_url,
+            discovery.scopes_supported,
             server.metadata,
-            credentials,
             true,
         )?;
         session.challenge_metadata_url = challenge.resource_metadata().map(str::to_owned);
@@ -546,14 +606,14 @@ impl OAuthClientProvider {
         resource_metadata_url: &str,
         scopes_supported: Option<Vec<String>>,
         metadata: AuthorizationServerMetadata,
-        credentials: Option<ClientCredentials>,
         live: bool,
     ) -> Result<Session, ClientAuthError> {
         let metadata = Arc::new(metadata);
+        let identity = Arc::new(self.identity_at(&metadata));
         let oauth = ServerClient {
             fetcher: self.inner.fetcher.clone(),
             metadata: Arc::clone(&metadata),
-            credentials: credentials.clone(),
+            identity: Arc::clone(&identity),
             resource: resource.to_owned(),
         };
         let mut config = LifecycleConfig::new(String::new(), Vec::new());
@@ -576,130 +636,44 @@ impl OAuthClientProvider {
             resource_metadata_url: resource_metadata_url.to_owned(),
             challenge_metadata_url: None,
             scopes_supported,
-            server: metadata,
-            credentials,
+            identity,
             lifecycle,
             live,
         })
     }
 
-    /// The client identity known without registering: pre-registered, a
-    /// metadata document the server accepts, or a stored registration.
-    async fn known_credentials(
-        &self,
-        metadata: &AuthorizationServerMetadata,
-    ) -> Result<Option<ClientCredentials>, ClientAuthError> {
-        if let Some(credentials) = self.configured_credentials(metadata) {
-            return Ok(Some(credentials));
-        }
-        Ok(self
-            .stored_registration(&metadata.issuer)
-            .await?
-            .map(|r| r.credentials))
-    }
-
-    fn configured_credentials(
-        &self,
-        metadata: &AuthorizationServerMetadata,
-    ) -> Option<ClientCredentials> {
+    /// Who this client is at the authorization server of `metadata`:
+    /// pre-registered, a metadata document the server accepts, or a dynamic
+    /// registration (stored, or made at the first sign-in).
+    fn identity_at(&self, metadata: &Arc<AuthorizationServerMetadata>) -> Identity {
         if let Some(client) = self
             .inner
             .pre_registered
             .as_ref()
             .filter(|c| c.applies_to(&metadata.issuer))
         {
-            return Some(client.credentials(metadata));
+            return Identity::Configured(client.credentials(metadata));
         }
         if let Some(url) = &self.inner.metadata_document_url
             && metadata.client_id_metadata_document_supported == Some(true)
         {
-            return Some(ClientCredentials {
+            return Identity::Configured(ClientCredentials {
                 client_id: url.clone(),
                 client_secret: None,
                 auth_method: TokenEndpointAuthMethod::None,
             });
         }
-        None
-    }
-
-    async fn stored_registration(
-        &self,
-        issuer: &str,
-    ) -> Result<Option<Registration>, ClientAuthError> {
-        Ok(self
-            .inner
-            .tokens
-            .get(&self.registration_key(issuer))
-            .await?
-            .and_then(|stored| Registration::from_record(&stored.record)))
-    }
-
-    /// A session whose client identity works with `redirect_uri`: the
-    /// configured one, a stored registration for this redirect URI, or a new
-    /// dynamic registration (stored for next time).
-    async fn session_with_identity(
-        &self,
-        session: Arc<Session>,
-        redirect_uri: &str,
-    ) -> Result<Arc<Session>, ClientAuthError> {
-        if self.configured_credentials(&session.server).is_some() {
-            return Ok(session);
-        }
-        let _setup = self.inner.setup.lock().await;
-        // Another request may have registered (and swapped the session)
-        // while this one waited for the lock.
-        let session = self
-            .session()
-            .filter(|s| s.issuer == session.issuer && s.resource == session.resource)
-            .unwrap_or(session);
-        let now = self.inner.clock.now();
-        let registration = match self.stored_registration(&session.issuer).await? {
-            Some(registration) if registration.usable_for(redirect_uri, now) => registration,
-            _ => {
-                if session.server.registration_endpoint.is_none() {
-                    return Err(ClientAuthError::NoClientIdentity {
-                        issuer: session.issuer.clone(),
-                        cimd_supported: session.server.client_id_metadata_document_supported
-                            == Some(true),
-                    });
-                }
-                let registration = register(
-                    &self.inner.fetcher,
-                    &session.server,
-                    &self.inner.client_metadata,
-                    redirect_uri,
-                )
-                .await?;
-                self.inner
-                    .tokens
-                    .put(
-                        &self.registration_key(&session.issuer),
-                        &registration.to_record(now),
-                    )
-                    .await?;
-                tracing::info!(issuer = %session.issuer, client_id = %registration.credentials.client_id, "registered a client");
-                registration
-            }
-        };
-        if session
-            .credentials
-            .as_ref()
-            .is_some_and(|c| c.client_id == registration.credentials.client_id)
-        {
-            return Ok(session);
-        }
-        let mut updated = self.new_session(
-            &session.resource,
-            &session.resource_metadata_url,
-            session.scopes_supported.clone(),
-            (*session.server).clone(),
-            Some(registration.credentials),
-            session.live,
-        )?;
-        updated.challenge_metadata_url = session.challenge_metadata_url.clone();
-        let updated = Arc::new(updated);
-        self.set_session(Arc::clone(&updated));
-        Ok(updated)
+        Identity::Registered(Box::new(Registrations {
+            tokens: Arc::clone(&self.inner.tokens),
+            key: self.registration_key(&metadata.issuer),
+            clock: Arc::clone(&self.inner.clock),
+            fetcher: self.inner.fetcher.clone(),
+            server: Arc::clone(metadata),
+            client: self.inner.client_metadata.clone(),
+            sign_in: self.inner.authorization_timeout,
+            current: RwLock::new(None),
+            registering: tokio::sync::Mutex::new(()),
+        }))
     }
 
     /// The redirect URI of the next flow, starting the loopback listener if
@@ -714,10 +688,12 @@ impl OAuthClientProvider {
                 }
                 // Prefer the port a stored registration names, so it stays
                 // valid across restarts.
-                let preferred = self
-                    .stored_registration(&session.issuer)
+                let preferred = session
+                    .identity
+                    .registered_redirect_uris()
                     .await?
-                    .and_then(|r| r.redirect_uris.iter().find_map(|u| config.port_of(u)));
+                    .iter()
+                    .find_map(|u| config.port_of(u));
                 let started = LoopbackListener::bind(config, preferred).await?;
                 let uri = started.redirect_uri().to_owned();
                 *listener = Some(started);
@@ -729,6 +705,13 @@ impl OAuthClientProvider {
     /// Runs (or joins) an authorization for `scopes` and returns the new
     /// token. `replacing` is the revision of the stored token (if any) when
     /// the caller decided it needs a new one.
+    ///
+    /// A dynamic registration the server refuses during a sign-in this
+    /// provider shows (`invalid_client` or `unauthorized_client` from the
+    /// authorization or token endpoint, an error page at the authorization
+    /// endpoint) is dropped, and the sign-in runs once more with a new
+    /// registration; one whose sign-in timed out is dropped too, so the
+    /// next attempt starts clean. A refused registration is never kept.
     async fn authorize(
         &self,
         session: Arc<Session>,
@@ -736,11 +719,52 @@ impl OAuthClientProvider {
         replacing: Option<Revision>,
         needed: &[String],
     ) -> Result<BearerToken, ClientAuthError> {
-        let redirect_uri = self.redirect_uri(&session).await?;
-        let session = self.session_with_identity(session, &redirect_uri).await?;
+        let mut registered_again = false;
+        loop {
+            let failure = match self
+                .authorize_once(&session, &scopes, replacing, needed)
+                .await
+            {
+                Ok(token) => return Ok(token),
+                Err(failure) => failure,
+            };
+            let Some(client_id) = failure
+                .client_id
+                .filter(|_| session.identity.is_registered())
+            else {
+                return Err(failure.error);
+            };
+            let refused = refuses_client(&failure.error);
+            if !refused && !matches!(failure.error, ClientAuthError::TimedOut { .. }) {
+                return Err(failure.error);
+            }
+            session.identity.forget(&client_id).await?;
+            if !refused || registered_again {
+                return Err(failure.error);
+            }
+            tracing::warn!(
+                error = %failure.error,
+                "the authorization server refused the registered client; registering again"
+            );
+            registered_again = true;
+        }
+    }
+
+    /// One sign-in attempt: the client identity for the redirect URI, then
+    /// a flow (started, or joined).
+    async fn authorize_once(
+        &self,
+        session: &Session,
+        scopes: &[String],
+        replacing: Option<Revision>,
+        needed: &[String],
+    ) -> Result<BearerToken, SignInFailure> {
+        let redirect_uri = self.redirect_uri(session).await?;
+        let credentials = session.identity.for_sign_in(&redirect_uri).await?;
         let request = FlowRequest::default()
-            .scopes(scopes.clone())
-            .redirect_uri(redirect_uri.clone());
+            .scopes(scopes.to_vec())
+            .redirect_uri(redirect_uri.clone())
+            .attribute(FLOW_CLIENT_ID, credentials.client_id.clone());
         let begun = session
             .lifecycle
             .begin_authorization(&session.resource, request)
@@ -750,14 +774,14 @@ impl OAuthClientProvider {
                 // A concurrent request's flow may have finished between our
                 // decision and this start (its token is stored before its
                 // flow ends): then ours is not needed.
-                if let Some(fresh) = self.fresh_token(&session, replacing, needed).await? {
+                if let Some(fresh) = self.fresh_token(session, replacing, needed).await? {
                     let outcome = FlowOutcome::Authorized {
                         revision: fresh.revision().expect("a stored token has a revision"),
                     };
                     session.lifecycle.abandon_flow(&flow.state, outcome).await?;
                     return Ok(fresh);
                 }
-                self.run_flow(&session, flow).await?
+                self.run_flow(session, flow).await?
             }
             BeginOutcome::Joined(flow)
                 if matches!(self.inner.redirect, RedirectTarget::Loopback(_))
@@ -768,10 +792,10 @@ impl OAuthClientProvider {
                 // can hold, and a flow this provider is not running: a run
                 // that died mid-sign-in started it. Show it again rather
                 // than wait for nobody.
-                self.run_flow(&session, flow).await?
+                self.run_flow(session, flow).await?
             }
-            BeginOutcome::Joined(flow) => self.wait_for_flow(&session, &flow.state).await?,
-            BeginOutcome::Completing(state) => self.wait_for_flow(&session, &state).await?,
+            BeginOutcome::Joined(flow) => self.wait_for_flow(session, &flow.state).await?,
+            BeginOutcome::Completing(state) => self.wait_for_flow(session, &state).await?,
         }
         match session.lifecycle.access(&session.resource).await? {
             Access::Ready(token) => Ok(BearerToken::from_access(&token)),
@@ -779,7 +803,8 @@ impl OAuthClientProvider {
                 OAuthErrorKind::Other,
                 "the authorization completed but no token is stored; it may have been signed out \
                  meanwhile",
-            ))),
+            ))
+            .into()),
         }
     }
 
@@ -825,9 +850,33 @@ impl OAuthClientProvider {
     }
 
     /// Shows the flow to the user, receives the redirect and completes it.
-    async fn run_flow(&self, session: &Session, flow: PendingFlow) -> Result<(), ClientAuthError> {
+    /// A failure names the client the flow was for; the flow is ended
+    /// before it returns, so a retry starts a new one.
+    async fn run_flow(&self, session: &Session, flow: PendingFlow) -> Result<(), SignInFailure> {
+        let client_id = flow.attributes.get(FLOW_CLIENT_ID).cloned();
         let mut guard = FlowGuard::new(self, session, &flow.state);
-        let url = session.lifecycle.authorization_url(&flow)?;
+        let result = self.show_and_complete(session, &flow, &mut guard).await;
+        if let Err(error) = &result
+            && guard.armed
+        {
+            guard.disarm();
+            let outcome = FlowOutcome::Failed {
+                reason: crate::client::error::cap(&error.to_string()),
+            };
+            if let Err(error) = session.lifecycle.abandon_flow(&flow.state, outcome).await {
+                tracing::warn!(%error, "could not end a failed authorization flow");
+            }
+        }
+        result.map_err(|error| SignInFailure { error, client_id })
+    }
+
+    async fn show_and_complete(
+        &self,
+        session: &Session,
+        flow: &PendingFlow,
+        guard: &mut FlowGuard,
+    ) -> Result<(), ClientAuthError> {
+        let url = session.lifecycle.authorization_url(flow)?;
         let expected = match self.inner.listener.lock().await.as_ref() {
             Some(listener) if listener.redirect_uri() == flow.redirect_uri => {
                 Some(listener.expect(flow.state.as_str()))
@@ -870,7 +919,7 @@ impl OAuthClientProvider {
                 }
             }
         };
-        let params = callback_params(&callback, &flow)?;
+        let params = callback_params(&callback, flow)?;
         // From here on the lifecycle ends the flow, whatever happens.
         guard.disarm();
         let completed = session.lifecycle.complete_authorization(params).await?;
@@ -917,18 +966,41 @@ impl OAuthClientProvider {
         match session.lifecycle.access(&session.resource).await {
             Ok(Access::Ready(token)) => Ok(Some(BearerToken::from_access(&token))),
             Ok(Access::NeedsAuthorization(_)) => Ok(None),
-            Err(mcp_authkit_core::Error::OAuth(error))
-                if error.kind() == OAuthErrorKind::InvalidClient =>
-            {
-                // The server forgot our registration: register again.
-                tracing::warn!(%error, "client rejected at refresh; registering again");
-                tokens
-                    .delete(&self.registration_key(&session.issuer))
-                    .await?;
-                tokens.delete(&key).await?;
+            Err(error) => self.refresh_failed(session, error).await,
+        }
+    }
+
+    /// A refresh failed. When it refused a dynamic registration
+    /// (`invalid_client`, `unauthorized_client`, or a secret known to have
+    /// expired), the registration is dropped, and so is the expired token
+    /// (its refresh token belongs to that client): `None`, so the next
+    /// sign-in registers again. Any other failure, or the refusal of
+    /// configured credentials, is the caller's error.
+    async fn refresh_failed(
+        &self,
+        session: &Session,
+        error: mcp_authkit_core::Error,
+    ) -> Result<Option<BearerToken>, ClientAuthError> {
+        let refused = matches!(&error, mcp_authkit_core::Error::OAuth(e) if e.kind() == OAuthErrorKind::InvalidClient);
+        if !refused || !session.identity.is_registered() {
+            return Err(error.into());
+        }
+        tracing::warn!(%error, "the client was refused at refresh; registering again");
+        if let Some(client_id) = session.identity.client_id() {
+            session.identity.forget(&client_id).await?;
+        }
+        let tokens = &self.inner.tokens;
+        let key = session.token_key(&self.inner.namespace);
+        match tokens.get(&key).await? {
+            // Another request signed in again meanwhile.
+            Some(stored) if !stored.record.is_expired_at(self.inner.clock.now()) => {
+                Ok(Some(BearerToken::from_stored(&stored)))
+            }
+            Some(stored) => {
+                tokens.delete_if_revision(&key, stored.revision).await?;
                 Ok(None)
             }
-            Err(error) => Err(error.into()),
+            None => Ok(None),
         }
     }
 
@@ -986,9 +1058,12 @@ impl AuthProvider for OAuthClientProvider {
         let Some(session) = self.current_session().await? else {
             return Ok(None);
         };
-        match session.lifecycle.access(&session.resource).await? {
-            Access::Ready(token) => Ok(Some(BearerToken::from_access(&token))),
-            Access::NeedsAuthorization(_) => Ok(None),
+        match session.lifecycle.access(&session.resource).await {
+            Ok(Access::Ready(token)) => Ok(Some(BearerToken::from_access(&token))),
+            Ok(Access::NeedsAuthorization(_)) => Ok(None),
+            // A refused registration: no token, so the server's 401 starts
+            // a sign-in with a new one.
+            Err(error) => self.refresh_failed(&session, error).await,
         }
     }
 
@@ -1053,6 +1128,52 @@ impl AuthProvider for OAuthClientProvider {
         self.authorize(session, scopes.clone(), refused, &scopes)
             .await
     }
+}
+
+/// What [`OAuthClientProvider::sign_out`] forgets besides the token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignOut {
+    /// Only the token: the next sign-in reuses the client registration.
+    #[default]
+    KeepRegistration,
+    /// The token and the dynamic client registration at its authorization
+    /// server: the next sign-in registers again (to start over, or when
+    /// the registration was revoked out of band). Configured clients
+    /// (pre-registered, metadata document) have none to forget.
+    ForgetRegistration,
+}
+
+/// Why a sign-in attempt failed, and with which client when this provider
+/// showed the flow itself (so a refused registration can be dropped).
+struct SignInFailure {
+    error: ClientAuthError,
+    client_id: Option<String>,
+}
+
+impl From<ClientAuthError> for SignInFailure {
+    fn from(error: ClientAuthError) -> Self {
+        SignInFailure {
+            error,
+            client_id: None,
+        }
+    }
+}
+
+impl From<mcp_authkit_core::Error> for SignInFailure {
+    fn from(error: mcp_authkit_core::Error) -> Self {
+        ClientAuthError::from(error).into()
+    }
+}
+
+/// Whether the authorization server refused the client itself (as opposed
+/// to the user, a code, a scope): `invalid_client` or `unauthorized_client`
+/// from an endpoint, or an error page at the authorization endpoint.
+fn refuses_client(error: &ClientAuthError) -> bool {
+    matches!(error, ClientAuthError::AuthorizationRequestRefused { .. })
+        || error
+            .oauth_error()
+            .is_some_and(|e| e.kind() == OAuthErrorKind::InvalidClient)
 }
 
 /// `a` followed by what of `b` it lacks.
@@ -1189,51 +1310,5 @@ impl Drop for FlowGuard {
                 }
             });
         }
-    }
-}
-
-/// What discovery found, stored so a restarted client can serve and
-/// refresh its token without discovering again.
-struct StoredDiscovery {
-    issuer: String,
-    resource: String,
-    resource_metadata_url: String,
-    scopes_supported: Option<Vec<String>>,
-    server_document: Value,
-    server_metadata_url: Url,
-}
-
-impl StoredDiscovery {
-    fn record(
-        resource: &DiscoveredResource,
-        server: &DiscoveredServer,
-        now: mcp_authkit_core::Timestamp,
-    ) -> TokenRecord {
-        TokenRecord::new(String::new(), now)
-            .with_token_type(DISCOVERY_RECORD)
-            .with_extra("issuer", server.metadata.issuer.clone())
-            .with_extra("resource", resource.metadata.resource.clone())
-            .with_extra("resource_metadata_url", resource.url.to_string())
-            .with_extra(
-                "scopes_supported",
-                json!(resource.metadata.scopes_supported).to_string(),
-            )
-            .with_extra("authorization_server_metadata", server.document.to_string())
-            .with_extra("authorization_server_metadata_url", server.url.to_string())
-    }
-
-    fn from_record(record: &TokenRecord) -> Option<StoredDiscovery> {
-        if record.token_type != DISCOVERY_RECORD {
-            return None;
-        }
-        let extra = |name: &str| record.extra.get(name).map(|v| v.expose_secret().to_owned());
-        Some(StoredDiscovery {
-            issuer: extra("issuer")?,
-            resource: extra("resource")?,
-            resource_metadata_url: extra("resource_metadata_url")?,
-            scopes_supported: serde_json::from_str(&extra("scopes_supported")?).ok()?,
-            server_document: serde_json::from_str(&extra("authorization_server_metadata")?).ok()?,
-            server_metadata_url: Url::parse(&extra("authorization_server_metadata_url")?).ok()?,
-        })
     }
 }

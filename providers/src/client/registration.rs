@@ -3,8 +3,9 @@
 //! whose result is kept in the token store and reused.
 
 use std::fmt;
+use std::time::Duration;
 
-use mcp_authkit_core::{ExposeSecret, SecretString, Timestamp, TokenRecord};
+use mcp_authkit_core::{SecretString, Timestamp};
 use reqwest::header::ACCEPT;
 use serde_json::{Value, json};
 use url::Url;
@@ -184,77 +185,140 @@ impl fmt::Debug for PreRegisteredClient {
     }
 }
 
-/// The `token_type` that marks a stored registration record.
-const REGISTRATION_RECORD: &str = "mcp-authkit/client-registration";
-
-/// A dynamic client registration, as stored.
+/// A dynamic client registration (RFC 7591), as this client keeps it (its
+/// stored format is in `records`).
 #[derive(Clone)]
 pub(crate) struct Registration {
     pub(crate) credentials: ClientCredentials,
     pub(crate) redirect_uris: Vec<String>,
+    /// When the registration was received, on the client's clock.
+    pub(crate) registered_at: Timestamp,
+    /// `client_id_issued_at` as the server sent it (its clock, seconds).
+    pub(crate) issued_at: Option<u64>,
+    /// When the secret stops working, on the client's clock; `None`: never.
     pub(crate) secret_expires_at: Option<Timestamp>,
     pub(crate) registration_access_token: Option<SecretString>,
     pub(crate) registration_client_uri: Option<String>,
 }
 
 impl Registration {
-    /// Whether it can serve a flow with `redirect_uri` at `now`.
-    pub(crate) fn usable_for(&self, redirect_uri: &str, now: Timestamp) -> bool {
+    pub(crate) fn client_id(&self) -> &str {
+        &self.credentials.client_id
+    }
+
+    /// Whether the secret has expired at `now` (a token request would be
+    /// refused).
+    pub(crate) fn expired_at(&self, now: Timestamp) -> bool {
+        self.secret_expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whether a sign-in that may take up to `sign_in` can start with it at
+    /// `now`, for `redirect_uri`: registered for that redirect URI, and its
+    /// secret outlives the sign-in (by at most a quarter of the secret's
+    /// lifetime, so a short-lived secret is still used).
+    pub(crate) fn usable_for(&self, redirect_uri: &str, now: Timestamp, sign_in: Duration) -> bool {
+        let margin = match self.secret_expires_at {
+            Some(at) => sign_in.min(at.saturating_duration_since(self.registered_at) / 4),
+            None => Duration::ZERO,
+        };
         self.redirect_uris.iter().any(|u| u == redirect_uri)
-            && self.secret_expires_at.is_none_or(|at| at > now)
+            && !self.expired_at(now.saturating_add(margin))
     }
+}
 
-    /// As a token record: the secret where secrets go (so an encrypting
-    /// store encrypts it), the rest in extra fields.
-    pub(crate) fn to_record(&self, now: Timestamp) -> TokenRecord {
-        let secret = self
-            .credentials
-            .client_secret
-            .as_ref()
-            .map(|s| s.expose_secret().to_owned())
-            .unwrap_or_default();
-        let mut record = TokenRecord::new(secret, now)
-            .with_token_type(REGISTRATION_RECORD)
-            .with_extra("client_id", self.credentials.client_id.clone())
-            .with_extra(
-                "token_endpoint_auth_method",
-                self.credentials.auth_method.as_str(),
-            )
-            .with_extra("redirect_uris", json!(self.redirect_uris).to_string());
-        if let Some(at) = self.secret_expires_at {
-            record = record.with_expires_at(at);
-        }
-        if let Some(token) = &self.registration_access_token {
-            record = record.with_extra("registration_access_token", token.expose_secret());
-        }
-        if let Some(uri) = &self.registration_client_uri {
-            record = record.with_extra("registration_client_uri", uri.clone());
-        }
-        record
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("credentials", &self.credentials)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("registered_at", &self.registered_at)
+            .field("secret_expires_at", &self.secret_expires_at)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Reads a stored registration back; `None` for anything else.
-    pub(crate) fn from_record(record: &TokenRecord) -> Option<Registration> {
-        if record.token_type != REGISTRATION_RECORD {
-            return None;
-        }
-        let extra = |name: &str| record.extra.get(name).map(|v| v.expose_secret().to_owned());
-        let client_id = extra("client_id")?;
-        let auth_method =
-            TokenEndpointAuthMethod::from_name(&extra("token_endpoint_auth_method")?)?;
-        let redirect_uris: Vec<String> = serde_json::from_str(&extra("redirect_uris")?).ok()?;
-        let secret = record.access_token.expose_secret();
-        Some(Registration {
+#[cfg(test)]
+impl Registration {
+    /// A confidential registration of `client-1` (secret `s3cret-value`)
+    /// for `http://127.0.0.1:5/cb`, received at `at`, whose secret lives
+    /// `expires_in`.
+    pub(crate) fn example(at: Timestamp, expires_in: Option<Duration>) -> Registration {
+        Registration {
             credentials: ClientCredentials {
-                client_id,
-                client_secret: (!secret.is_empty()).then(|| SecretString::from(secret.to_owned())),
-                auth_method,
+                client_id: "client-1".into(),
+                client_secret: Some(SecretString::from("s3cret-value".to_owned())),
+                auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
             },
-            redirect_uris,
-            secret_expires_at: record.expires_at,
-            registration_access_token: extra("registration_access_token").map(SecretString::from),
-            registration_client_uri: extra("registration_client_uri"),
-        })
+            redirect_uris: vec!["http://127.0.0.1:5/cb".into()],
+            registered_at: at,
+            issued_at: None,
+            secret_expires_at: expires_in.map(|ttl| at.saturating_add(ttl)),
+            registration_access_token: None,
+            registration_client_uri: None,
+        }
+    }
+}
+
+/// When a secret that the server says expires at `expires_at` (its clock,
+/// seconds; 0 never) expires on the client's clock.
+///
+/// The lifetime is measured from `client_id_issued_at` when the server sends
+/// it: both come from the server's clock, so their difference is right even
+/// when the two clocks disagree, and the secret is given that long from the
+/// moment the registration arrived.
+fn local_expiry(
+    expires_at: u64,
+    issued_at: Option<u64>,
+    received_at: Timestamp,
+) -> Option<Timestamp> {
+    if expires_at == 0 {
+        return None;
+    }
+    let seconds = |s: u64| Duration::from_secs(s);
+    Some(match issued_at {
+        Some(issued) if issued <= expires_at => {
+            received_at.saturating_add(seconds(expires_at - issued))
+        }
+        _ => Timestamp::from_unix_millis(
+            i64::try_from(expires_at.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ),
+    })
+}
+
+/// A time in seconds since the epoch, as a JSON number (an integer, or a
+/// float some servers send).
+fn seconds(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| s as u64)
+    })
+}
+
+/// The token endpoint authentication a new dynamic registration asks for.
+///
+/// An MCP client on the user's machine has nothing it can keep secret
+/// (RFC 8252 section 8.5: a secret in an installed app is no secret), and
+/// PKCE protects its codes, so it registers as a public client (`none`)
+/// whenever the server advertises `none` (the TypeScript SDK's servers do).
+///
+/// Otherwise it asks for a secret, the way the server advertises:
+/// `client_secret_basic` (RFC 6749 section 2.3.1 makes Basic the method
+/// every server supports, and RFC 8414 the default when nothing is
+/// advertised) unless only `client_secret_post` is. It never asks for an
+/// unadvertised `none`: a server that registers a public client may still
+/// refuse it at the token endpoint, which would only show after the user
+/// signed in. (The MCP Python SDK advertises `client_secret_post` and
+/// `client_secret_basic` only, and wants `client_id` in the token request
+/// body even with Basic, so that is where this client always puts it too.)
+pub(crate) fn requested_auth_method(
+    metadata: &AuthorizationServerMetadata,
+) -> TokenEndpointAuthMethod {
+    if metadata.supports_auth_method("none") {
+        TokenEndpointAuthMethod::None
+    } else {
+        TokenEndpointAuthMethod::choose(metadata, true)
     }
 }
 
@@ -265,6 +329,7 @@ pub(crate) async fn register(
     metadata: &AuthorizationServerMetadata,
     client: &ClientMetadata,
     redirect_uri: &str,
+    now: Timestamp,
 ) -> Result<Registration, ClientAuthError> {
     let endpoint = metadata.registration_endpoint.as_deref().ok_or_else(|| {
         ClientAuthError::NoClientIdentity {
@@ -277,13 +342,7 @@ pub(crate) async fn register(
         reason: format!("the registration endpoint is not a URL ({e})"),
         status: None,
     })?;
-    // A public client when the server allows it; otherwise the secret-based
-    // method it advertises.
-    let requested = if metadata.supports_auth_method("none") {
-        TokenEndpointAuthMethod::None
-    } else {
-        TokenEndpointAuthMethod::choose(metadata, true)
-    };
+    let requested = requested_auth_method(metadata);
     let body = client.common_fields(&[redirect_uri], requested);
     let failed = |reason: String, status: Option<u16>| ClientAuthError::Registration {
         url: endpoint.to_owned(),
@@ -354,13 +413,20 @@ pub(crate) async fn register(
             None,
         ));
     }
-    let secret_expires_at = answer
-        .get("client_secret_expires_at")
-        .and_then(Value::as_u64)
-        .filter(|at| *at > 0)
-        .map(|at| {
-            Timestamp::from_unix_millis(i64::try_from(at.saturating_mul(1000)).unwrap_or(i64::MAX))
-        });
+    let issued_at = answer.get("client_id_issued_at").and_then(seconds);
+    // RFC 7591 section 3.2.1: 0 is never (some servers send null or nothing).
+    let secret_expires_at = match answer.get("client_secret_expires_at") {
+        None | Some(Value::Null) => None,
+        Some(at) => match seconds(at) {
+            Some(at) => local_expiry(at, issued_at, now),
+            None => {
+                return Err(failed(
+                    "client_secret_expires_at is not a number of seconds".to_owned(),
+                    None,
+                ));
+            }
+        },
+    };
     Ok(Registration {
         credentials: ClientCredentials {
             client_id,
@@ -368,6 +434,8 @@ pub(crate) async fn register(
             auth_method,
         },
         redirect_uris: vec![redirect_uri.to_owned()],
+        registered_at: now,
+        issued_at,
         secret_expires_at,
         registration_access_token: text("registration_access_token").map(SecretString::from),
         registration_client_uri: text("registration_client_uri"),
@@ -378,44 +446,53 @@ pub(crate) async fn register(
 mod tests {
     use super::*;
 
+    fn registration(expires_in: Option<u64>) -> Registration {
+        Registration::example(
+            Timestamp::from_unix_millis(1_000_000),
+            expires_in.map(Duration::from_secs),
+        )
+    }
+
     #[test]
-    fn registrations_round_trip_through_a_token_record() {
-        let registration = Registration {
-            credentials: ClientCredentials {
-                client_id: "client-1".into(),
-                client_secret: Some(SecretString::from("s3cret".to_owned())),
-                auth_method: TokenEndpointAuthMethod::ClientSecretPost,
-            },
-            redirect_uris: vec!["http://127.0.0.1:5/cb".into()],
-            secret_expires_at: Some(Timestamp::from_unix_millis(5_000_000)),
-            registration_access_token: Some(SecretString::from("rat".to_owned())),
-            registration_client_uri: Some("https://as/register/client-1".into()),
-        };
-        let record = registration.to_record(Timestamp::from_unix_millis(1));
-        assert!(!format!("{record:?}").contains("s3cret"));
-        let back = Registration::from_record(&record).unwrap();
-        assert_eq!(back.credentials.client_id, "client-1");
+    fn a_registration_serves_its_redirect_uri_until_its_secret_expires() {
+        let minute = Duration::from_secs(60);
+        let never = registration(None);
+        let start = never.registered_at;
+        let later = start.saturating_add(Duration::from_secs(10 * 365 * 86_400));
+        assert!(never.usable_for("http://127.0.0.1:5/cb", later, minute));
+        assert!(!never.usable_for("http://127.0.0.1:6/cb", start, minute));
+
+        // An hour's secret: not for a sign-in that could outlast it.
+        let hour = registration(Some(3600));
+        let at = |s: u64| start.saturating_add(Duration::from_secs(s));
+        assert!(hour.usable_for("http://127.0.0.1:5/cb", at(3500), minute));
+        assert!(!hour.usable_for("http://127.0.0.1:5/cb", at(3550), minute));
+        assert!(!hour.expired_at(at(3599)));
+        assert!(hour.expired_at(at(3600)));
+        // A 40 s secret is still used for its first 30 s.
+        let short = registration(Some(40));
+        assert!(short.usable_for("http://127.0.0.1:5/cb", at(29), minute));
+        assert!(!short.usable_for("http://127.0.0.1:5/cb", at(31), minute));
+    }
+
+    #[test]
+    fn secret_expiry_counts_from_the_issue_time_on_the_servers_clock() {
+        let received = Timestamp::from_unix_millis(50_000_000);
+        // The server's clock is far behind ours: 3600 s from issue.
         assert_eq!(
-            back.credentials
-                .client_secret
-                .as_ref()
-                .unwrap()
-                .expose_secret(),
-            "s3cret"
+            local_expiry(1_003_600, Some(1_000_000), received),
+            Some(received.saturating_add(Duration::from_secs(3600)))
         );
+        // Without client_id_issued_at: the absolute time.
         assert_eq!(
-            back.credentials.auth_method,
-            TokenEndpointAuthMethod::ClientSecretPost
+            local_expiry(1_003_600, None, received),
+            Some(Timestamp::from_unix_millis(1_003_600_000))
         );
-        assert_eq!(back.redirect_uris, registration.redirect_uris);
-        assert_eq!(back.secret_expires_at, registration.secret_expires_at);
-        assert!(back.usable_for("http://127.0.0.1:5/cb", Timestamp::from_unix_millis(10)));
-        assert!(!back.usable_for("http://127.0.0.1:6/cb", Timestamp::from_unix_millis(10)));
-        assert!(!back.usable_for(
-            "http://127.0.0.1:5/cb",
-            Timestamp::from_unix_millis(6_000_000)
-        ));
-        // A token record of another kind is not a registration.
-        assert!(Registration::from_record(&TokenRecord::new("x", Timestamp::now())).is_none());
+        // An issue time after the expiry is nonsense: the absolute time.
+        assert_eq!(
+            local_expiry(1_003_600, Some(2_000_000), received),
+            Some(Timestamp::from_unix_millis(1_003_600_000))
+        );
+        assert_eq!(local_expiry(0, Some(1), received), None, "0: never");
     }
 }

@@ -9,6 +9,8 @@
 //! [`handle_forbidden`](AuthProvider::handle_forbidden) and is retried at
 //! most [`max_step_ups`](AuthorizedHttpClient::max_step_ups) times. The SSE
 //! stream (GET) and session deletion (DELETE) are authenticated the same way.
+//! A `5xx` is not a challenge, so it never starts a sign-in: it becomes
+//! [`AuthorizedHttpError::ServerError`], which says so.
 //!
 //! ```no_run
 //! use mcp_authkit_providers::client::StaticProvider;
@@ -127,6 +129,26 @@ pub enum AuthorizedHttpError<E> {
     /// The provider could not supply a token.
     #[error(transparent)]
     Auth(ClientAuthError),
+    /// The MCP server answered a server error (5xx). That is not an
+    /// authorization challenge, so no new sign-in was tried, even when the
+    /// cause is the token: some servers (the MCP TypeScript SDK's example)
+    /// answer an unknown or expired token this way instead of with `401`.
+    #[error(
+        "the MCP server answered HTTP {status}: a server error, not an authorization challenge          (401 or 403), so the client did not sign in again{}",
+        if *.token_sent {
+            "; some servers answer an unknown or expired token this way, so if it persists, sign              out (OAuthClientProvider::sign_out) to sign in anew"
+        } else {
+            ""
+        }
+    )]
+    ServerError {
+        /// The HTTP status (500 to 599).
+        status: u16,
+        /// The server's `Retry-After`, as sent, if any.
+        retry_after: Option<String>,
+        /// Whether the request carried a token.
+        token_sent: bool,
+    },
 }
 
 type Lifted<E> = StreamableHttpError<AuthorizedHttpError<E>>;
@@ -148,7 +170,17 @@ where
             let header = token
                 .as_ref()
                 .map(|t: &BearerToken| t.secret().expose_secret().to_owned());
+            let token_sent = header.is_some();
             match send(header).await {
+                Err(StreamableHttpError::HttpStatus(error)) if error.status >= 500 => {
+                    return Err(StreamableHttpError::Client(
+                        AuthorizedHttpError::ServerError {
+                            status: error.status,
+                            retry_after: error.retry_after,
+                            token_sent,
+                        },
+                    ));
+                }
                 Err(StreamableHttpError::AuthRequired(refusal)) if !retried_unauthorized => {
                     retried_unauthorized = true;
                     let challenge = AuthChallenge::new(Some(&refusal.www_authenticate_header))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mcp_authkit_providers::client::{
-    ClientAuthError, ClientMetadata, LoopbackRedirect, PreRegisteredClient, RedirectTarget,
+    ClientAuthError, ClientMetadata, LoopbackRedirect, PreRegisteredClient, RedirectTarget, SignOut,
 };
 use mcp_authkit_testkit::{
     ClientAuthMethod, ClientRegistration, ClientSource, Endpoint, TestAuthServer,
@@ -137,7 +137,7 @@ async fn a_registration_is_stored_and_reused_across_restarts() {
     // A restarted client that has to sign in again (signed out) reuses it.
     let restarted = world.provider().redirect(redirect).build().unwrap();
     world.whoami(&restarted).await.unwrap();
-    assert!(restarted.sign_out().await.unwrap());
+    assert!(restarted.sign_out(SignOut::KeepRegistration).await.unwrap());
     world.whoami(&restarted).await.unwrap();
     assert_eq!(world.auth.hits(Endpoint::Authorize), 2);
     assert_eq!(world.auth.hits(Endpoint::Registration), 1);
@@ -150,7 +150,7 @@ async fn a_registration_is_stored_and_reused_across_restarts() {
         .redirect(RedirectTarget::External("http://127.0.0.1:2/cb".into()))
         .build()
         .unwrap();
-    moved.sign_out().await.unwrap();
+    moved.sign_out(SignOut::KeepRegistration).await.unwrap();
     world.whoami(&moved).await.unwrap();
     assert_eq!(world.auth.hits(Endpoint::Registration), 2);
 }
@@ -178,7 +178,7 @@ async fn the_loopback_listener_comes_back_on_the_registered_port() {
     }
 
     let restarted = world.provider().build().unwrap();
-    restarted.sign_out().await.unwrap();
+    restarted.sign_out(SignOut::KeepRegistration).await.unwrap();
     world.whoami(&restarted).await.unwrap();
     let again = world.auth.last_request(Endpoint::Authorize).unwrap();
     assert_eq!(again.param("redirect_uri"), Some(redirect.as_str()));

@@ -186,6 +186,37 @@ impl From<ClientAuthError> for Failure {
     }
 }
 
+/// An rmcp client connected to the world's MCP server through
+/// mcp-authkit's authenticated transport.
+#[cfg(feature = "rmcp")]
+pub type McpClient = rmcp::service::RunningService<rmcp::service::RoleClient, ()>;
+
+#[cfg(feature = "rmcp")]
+impl World {
+    /// Connects an rmcp client authenticated by `provider` (signing in on
+    /// the server's first 401).
+    pub async fn connect(
+        &self,
+        provider: impl AuthProvider,
+    ) -> Result<McpClient, rmcp::service::ClientInitializeError> {
+        use rmcp::ServiceExt;
+        let transport = mcp_authkit_providers::client::transport::streamable_http_transport(
+            self.mcp_url.as_str(),
+            provider,
+        );
+        ().serve(transport).await
+    }
+}
+
+/// Calls the MCP server's `whoami` tool: `subject [scopes]`.
+#[cfg(feature = "rmcp")]
+pub async fn call_whoami(client: &McpClient) -> Result<String, rmcp::ServiceError> {
+    let result = client
+        .call_tool(CallToolRequestParams::new("whoami"))
+        .await?;
+    Ok(result.content[0].as_text().expect("text").text.clone())
+}
+
 /// The secret of a bearer token, for assertions.
 pub fn secret(token: &BearerToken) -> String {
     token.secret().expose_secret().to_owned()

@@ -7,5 +7,6 @@ mod failures;
 mod flow;
 mod registration;
 mod resource;
+mod shapes;
 mod support;
 mod token;

@@ -2,8 +2,8 @@
 
 use axum::{Extension, Router, routing::post};
 use mcp_authkit_testkit::{
-    ClientRegistration, ProtectedResource, ResourceEvent, ResourceMetadataFault, TestAuthServer,
-    TokenGrant, TokenInfo,
+    ClientRegistration, InvalidTokenAnswer, ProtectedResource, ResourceEvent,
+    ResourceMetadataFault, TestAuthServer, TokenGrant, TokenInfo,
 };
 use serde_json::json;
 
@@ -191,6 +191,28 @@ async fn challenges_can_leave_out_metadata_and_scope() {
     });
     let token = s.token(&[], "https://other.example/");
     assert_eq!(s.call(Some(&token)).await.0, 200);
+}
+
+#[tokio::test]
+async fn an_unknown_token_can_get_a_server_error_instead_of_a_challenge() {
+    let s = setup().await;
+    s.resource
+        .update_settings(|r| r.invalid_token_answer = InvalidTokenAnswer::InternalError);
+    let good = s.token(&[], s.resource.resource());
+    assert_eq!(s.call(Some(&good)).await.0, 200);
+
+    // As the TypeScript SDK's example server: 500, a JSON body, no challenge.
+    s.auth.expire_access_tokens();
+    let (status, challenge, body) = s.call(Some(&good)).await;
+    assert_eq!((status, challenge.as_str()), (500, ""));
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "server_error");
+    assert_eq!(s.call(Some("made-up")).await.0, 500);
+    // No token at all still gets the challenge that starts a sign-in.
+    let (status, challenge, _) = s.call(None).await;
+    assert_eq!(status, 401);
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    assert_eq!(s.resource.hits(ResourceEvent::Unauthorized), 3);
 }
 
 #[test]
