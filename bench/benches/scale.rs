@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use mcp_authkit_bench::Stats;
+use mcp_authkit_bench::{RedisCleanup, Stats, process_cpu, redis_url};
 use mcp_authkit_core::{
     Clock, FlowState, ManualClock, PendingFlow, PendingStore, Timestamp, TokenKey, TokenRecord,
     TokenStore, codec,
@@ -70,16 +70,8 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const WAITERS: [usize; 3] = [10, 1_000, 10_000];
 const PURGE_BACKLOG: usize = 100_000;
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 fn record() -> TokenRecord {
-    let now = Timestamp::now();
-    TokenRecord::new("gho_0123456789abcdef0123456789abcdef01234567", now)
-        .with_refresh_token("ghr_0123456789abcdef0123456789abcdef")
-        .with_scopes(["repo", "read:user"])
-        .with_expires_at(now.saturating_add(Duration::from_secs(3600)))
+    mcp_authkit_bench::github_record()
 }
 
 fn token_key(i: usize) -> TokenKey {
@@ -649,22 +641,6 @@ fn descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// CPU time of this process so far, all threads.
-fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    Duration::from_millis(ticks * 10)
-}
-
 struct WaiterCosts {
     bytes: Vec<Figure>,
     threads: Vec<Figure>,
@@ -795,16 +771,7 @@ async fn stalls(dir: &Path) -> Vec<String> {
         floor.push(
             calls_during(
                 &async || tokio::time::sleep(Duration::from_secs(2)).await,
-                {
-                    let writer = writer.clone();
-                    move || {
-                        let writer = writer.clone();
-                        async move {
-                            let key = TokenKey::new("github", "stall");
-                            writer.put(&key, &record()).await.unwrap();
-                        }
-                    }
-                },
+                put_prober(&writer),
             )
             .await,
         );
@@ -955,6 +922,20 @@ async fn memory_stall(old: bool) -> Calls {
     .await
 }
 
+/// A prober that puts one token through `writer`.
+fn put_prober(
+    writer: &SqliteStore,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static {
+    let writer = writer.clone();
+    move || {
+        let writer = writer.clone();
+        Box::pin(async move {
+            let key = TokenKey::new("github", "stall");
+            writer.put(&key, &record()).await.unwrap();
+        })
+    }
+}
+
 /// Purges the backlog in `store`: with `old`, as the old purge did.
 async fn sqlite_purge(store: &SqliteStore, old: bool) {
     if old {
@@ -966,17 +947,7 @@ async fn sqlite_purge(store: &SqliteStore, old: bool) {
 
 /// The puts of another instance of this process during one purge.
 async fn sqlite_stall_in_process(store: &SqliteStore, writer: &SqliteStore, old: bool) -> Calls {
-    calls_during(&async || sqlite_purge(store, old).await, {
-        let writer = writer.clone();
-        move || {
-            let writer = writer.clone();
-            async move {
-                let key = TokenKey::new("github", "stall");
-                writer.put(&key, &record()).await.unwrap();
-            }
-        }
-    })
-    .await
+    calls_during(&async || sqlite_purge(store, old).await, put_prober(writer)).await
 }
 
 /// Another process's waits for the write lock during one purge.
@@ -1246,37 +1217,4 @@ async fn memory_purge_summary() {
         format_duration(purge.p99),
         format_duration(get.p50),
     );
-}
-
-/// Removes every key under the run's Redis prefix when dropped.
-struct RedisCleanup(String);
-
-impl Drop for RedisCleanup {
-    fn drop(&mut self) {
-        let Ok(mut connection) = redis::Client::open(redis_url()).and_then(|c| c.get_connection())
-        else {
-            return;
-        };
-        let mut cursor = 0u64;
-        loop {
-            let Ok((next, keys)) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.0))
-                .arg("COUNT")
-                .arg(1000)
-                .query::<(u64, Vec<String>)>(&mut connection)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: redis::RedisResult<i64> =
-                    redis::cmd("UNLINK").arg(&keys).query(&mut connection);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
 }
