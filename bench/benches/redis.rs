@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, interleaved_latencies, measure_concurrent};
+use mcp_authkit_bench::{
+    RedisCleanup, Stats, Table, interleaved_latencies, measure_concurrent, redis_url,
+};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
     TokenKey, TokenRecord, TokenStore, codec,
@@ -26,7 +28,7 @@ const PREFIX: &str = "MCP_AUTHKIT_BENCH_PREFIX";
 const WAKES: usize = 300;
 
 fn url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    redis_url()
 }
 
 fn now_nanos() -> u128 {
@@ -48,11 +50,7 @@ async fn raw_manager() -> ConnectionManager {
 }
 
 fn record() -> TokenRecord {
-    let now = Timestamp::now();
-    TokenRecord::new("gho_0123456789abcdef0123456789abcdef01234567", now)
-        .with_refresh_token("ghr_0123456789abcdef0123456789abcdef")
-        .with_scopes(["repo", "read:user"])
-        .with_expires_at(now.saturating_add(Duration::from_secs(3600)))
+    mcp_authkit_bench::github_record()
 }
 
 fn flow(n: usize) -> PendingFlow {
@@ -253,42 +251,9 @@ fn main() {
     runtime.block_on(benchmark());
 }
 
-/// Removes every key under the run's prefix when dropped, also when the run
-/// panics.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(mut connection) = redis::Client::open(url()).and_then(|c| c.get_connection()) else {
-            return;
-        };
-        let mut cursor = 0u64;
-        loop {
-            let Ok((next, keys)) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.0))
-                .arg("COUNT")
-                .arg(1000)
-                .query::<(u64, Vec<String>)>(&mut connection)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: redis::RedisResult<i64> =
-                    redis::cmd("UNLINK").arg(&keys).query(&mut connection);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
-}
-
 async fn benchmark() {
     let prefix = format!("mcp-authkit-bench:{}", mcp_authkit_core::random_urlsafe(8));
-    let _cleanup = Cleanup(prefix.clone());
+    let _cleanup = RedisCleanup(prefix.clone());
     let store = RedisStore::builder(url())
         .prefix(&prefix)
         .connect()

@@ -3,13 +3,20 @@
 //!
 //! `cargo bench -p mcp-authkit-bench --bench sqlite`. The binary re-executes
 //! itself as the completing process.
+//!
+//! Where a read's time goes, in instructions: with `MCP_AUTHKIT_BENCH_PROFILE`
+//! set to `get` or `sqlx` (and `MCP_AUTHKIT_BENCH_READS` to a count), the
+//! binary only performs that many store gets or raw sqlx SELECTs and exits,
+//! for `valgrind --tool=callgrind`; the difference between two counts over
+//! the difference in reads is the cost of one read (scripts/bench.sh
+//! `--callgrind` does it).
 
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, interleaved, measure_concurrent};
+use mcp_authkit_bench::{Stats, Table, interleaved, measure_concurrent, process_cpu};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, PendingFlow, PendingStore, Revision, Timestamp, TokenKey, TokenRecord,
     TokenStore, codec,
@@ -20,6 +27,10 @@ use mcp_authkit_store_sqlite::sqlx::Row;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const CHILD_ROLE: &str = "MCP_AUTHKIT_BENCH_SQLITE_CHILD";
+const PROFILE: &str = "MCP_AUTHKIT_BENCH_PROFILE";
+/// The Python library's file store answers a valid-token read in this much
+/// (p50) on the same machine: the target of the embedded default.
+const PYTHON_FILE_STORE_P50_US: f64 = 25.0;
 
 fn record() -> TokenRecord {
     let now = Timestamp::now();
@@ -58,6 +69,9 @@ async fn main() {
     for key in &keys {
         store.put(key, &record).await.unwrap();
     }
+    if let Ok(what) = std::env::var(PROFILE) {
+        return profile(&store, &keys, &what).await;
+    }
     let mut table = Table::new();
 
     // get beside the same SELECT on the same pool, reading the same columns
@@ -69,25 +83,48 @@ async fn main() {
             let key = &keys[i % keys.len()];
             std::hint::black_box(TokenStore::get(&store, key).await.unwrap());
         },
+        async |i| raw_select(&store, &keys[i % keys.len()]).await,
+    )
+    .await;
+    let get_p50 = get.p50;
+    let raw_p50 = raw_get.p50;
+    table.row("sqlite", get, Some(raw_get));
+
+    // What sqlx adds to every query: the request crosses to the
+    // connection's worker thread and the answer crosses back. Here alone,
+    // with no SQLite work, beside the same empty call on this thread.
+    let (to_thread, tx) = handoff_thread();
+    let (handoff, inline) = interleaved(
+        30_000,
+        (
+            "hand-off alone: empty request to a worker thread and back",
+            "the same empty request on this thread",
+        ),
         async |i| {
-            let key = &keys[i % keys.len()];
-            let row = sqlx::query(
-                "SELECT revision, record FROM mcp_authkit_tokens \
-                 WHERE provider = ?1 AND subject = ?2",
-            )
-            .bind(key.provider())
-            .bind(key.subject())
-            .fetch_optional(store.pool())
-            .await
-            .unwrap()
-            .unwrap();
-            let revision: i64 = row.get(0);
-            let record: &[u8] = row.get(1);
-            std::hint::black_box((revision, record));
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send((i, reply)).unwrap();
+            std::hint::black_box(answer.await.unwrap());
+        },
+        async |i| {
+            std::hint::black_box(i);
         },
     )
     .await;
-    table.row("sqlite", get, Some(raw_get));
+    let handoff_p50 = handoff.p50;
+    // Wall time against CPU time (all threads) of back-to-back reads: what
+    // the wall time has beyond the CPU is waiting for threads to wake.
+    let (get_wall, get_cpu) = wall_and_cpu(20_000, async |i| {
+        let key = &keys[i % keys.len()];
+        std::hint::black_box(TokenStore::get(&store, key).await.unwrap());
+    })
+    .await;
+    let (raw_wall, raw_cpu) = wall_and_cpu(20_000, async |i| {
+        raw_select(&store, &keys[i % keys.len()]).await;
+    })
+    .await;
+    table.row("thread", handoff, Some(inline));
+    drop(tx);
+    to_thread.join().unwrap();
 
     // Parallel reads: 8 tasks on the pool's 4 connections.
     let shared = Arc::new(store.clone());
@@ -230,10 +267,94 @@ async fn main() {
     );
     println!("{}", table.render());
     println!(
+        "SQLite valid-token read: get p50 {:.1} µs, raw sqlx SELECT p50 {:.1} µs, target \
+         {PYTHON_FILE_STORE_P50_US:.0} µs (the Python file store here): get at {:.2}x the \
+         target, {:.2}x the raw SELECT; the hand-off alone is {:.1} µs p50.",
+        micros(get_p50),
+        micros(raw_p50),
+        micros(get_p50) / PYTHON_FILE_STORE_P50_US,
+        micros(get_p50) / micros(raw_p50),
+        micros(handoff_p50),
+    );
+    println!(
+        "Back to back, mean per read: get {:.1} µs wall / {:.1} µs CPU; raw sqlx SELECT \
+         {:.1} µs wall / {:.1} µs CPU (CPU of all threads, kernel included: sqlx's worker \
+         thread, the hand-offs' wake-ups and context switches).",
+        micros(get_wall),
+        micros(get_cpu),
+        micros(raw_wall),
+        micros(raw_cpu),
+    );
+    println!(
         "Wake rows: ops/s is not a throughput (each round waits 0-120 ms on purpose); \
          latencies are wall-clock times across processes. \"complete() called\" includes \
          its commit (an fsync); \"returned\" is the wake alone (poll interval 5-25 ms)."
     );
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A worker thread that answers each request at once, as sqlx's connection
+/// worker would after running the query.
+fn handoff_thread() -> (
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Sender<(usize, tokio::sync::oneshot::Sender<usize>)>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, tokio::sync::oneshot::Sender<usize>)>();
+    let thread = std::thread::spawn(move || {
+        for (i, reply) in rx {
+            let _ = reply.send(i);
+        }
+    });
+    (thread, tx)
+}
+
+/// The baseline of a token read: the same SELECT as the store's, through
+/// sqlx on the store's pool, reading the same columns without decoding.
+async fn raw_select(store: &SqliteStore, key: &TokenKey) {
+    let row = sqlx::query(
+        "SELECT revision, record FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2",
+    )
+    .bind(key.provider())
+    .bind(key.subject())
+    .fetch_optional(store.pool())
+    .await
+    .unwrap()
+    .unwrap();
+    let revision: i64 = row.get(0);
+    let record: &[u8] = row.get(1);
+    std::hint::black_box((revision, record));
+}
+
+/// Mean wall time and mean CPU time of `n` calls of `op` back to back.
+async fn wall_and_cpu(n: usize, mut op: impl AsyncFnMut(usize)) -> (Duration, Duration) {
+    let cpu = process_cpu();
+    let started = Instant::now();
+    for i in 0..n {
+        op(i).await;
+    }
+    let wall = started.elapsed() / n as u32;
+    (wall, (process_cpu() - cpu) / n as u32)
+}
+
+/// Only `MCP_AUTHKIT_BENCH_READS` reads of one kind, for callgrind.
+async fn profile(store: &SqliteStore, keys: &[TokenKey], what: &str) {
+    let reads: usize = std::env::var("MCP_AUTHKIT_BENCH_READS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    for i in 0..reads {
+        let key = &keys[i % keys.len()];
+        match what {
+            "get" => {
+                std::hint::black_box(TokenStore::get(store, key).await.unwrap());
+            }
+            "sqlx" => raw_select(store, key).await,
+            other => panic!("{PROFILE} is get or sqlx, not {other}"),
+        }
+    }
 }
 
 struct WakeLatencies {

@@ -156,6 +156,73 @@ pub async fn interleaved(
     (stats(our_name, ours), stats(baseline_name, baseline))
 }
 
+/// A GitHub-like token record, valid for an hour: what the benchmarks store.
+pub fn github_record() -> mcp_authkit_core::TokenRecord {
+    let now = mcp_authkit_core::Timestamp::now();
+    mcp_authkit_core::TokenRecord::new("gho_0123456789abcdef0123456789abcdef01234567", now)
+        .with_refresh_token("ghr_0123456789abcdef0123456789abcdef")
+        .with_scopes(["repo", "read:user"])
+        .with_expires_at(now.saturating_add(Duration::from_secs(3600)))
+}
+
+/// The Redis the benchmarks use: REDIS_URL, or the local default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Removes every key under a run's Redis prefix when dropped, also when the
+/// run panics.
+pub struct RedisCleanup(pub String);
+
+impl Drop for RedisCleanup {
+    fn drop(&mut self) {
+        let Ok(mut connection) = redis::Client::open(redis_url()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.0))
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut connection)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<i64> =
+                    redis::cmd("UNLINK").arg(&keys).query(&mut connection);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// CPU time of this process so far, all threads (from /proc; zero where
+/// there is none).
+pub fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}
+
 fn format_duration(d: Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;
     if micros < 1000.0 {

@@ -10,6 +10,27 @@
 //! [`PendingStore::wait`] is push-based: [`PendingStore::complete`] wakes
 //! waiters through a channel, with no polling.
 //!
+//! # Expiry
+//!
+//! Expired flows, active marks, outcomes and leases are ignored by every
+//! operation at once, and removed by the store itself, so a server that
+//! never calls [`PendingStore::purge_expired`] stays bounded: every expiring
+//! entry is also kept in order of expiry, and removal walks that order from
+//! its front, costing O(expired) whatever the number of live entries.
+//!
+//! - While a Tokio runtime lives, one sweeper task per store (spawned by the
+//!   first write that gives it something to expire, ended when the store is
+//!   dropped or holds nothing that expires) removes entries within about
+//!   [`SWEEP_INTERVAL`] of their expiry.
+//! - Every insert also removes a few expired entries on its way, so a store
+//!   that keeps inserting stays bounded on any executor.
+//! - [`PendingStore::purge_expired`] removes everything expired now.
+//!
+//! Each of them holds the store's lock for at most a batch of a few hundred
+//! removals at a time (tens of microseconds), so a large backlog never stalls
+//! the calls of the rest of the process. [`MemoryStore::entry_counts`] tells
+//! what the store holds.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use mcp_authkit_core::{TokenKey, TokenRecord, TokenStore, Timestamp};
@@ -28,9 +49,11 @@
 
 #![warn(missing_docs)]
 
+mod expiry;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use mcp_authkit_core::{
@@ -39,6 +62,12 @@ use mcp_authkit_core::{
     SystemClock, Timestamp, TokenKey, TokenRecord, TokenStore, async_trait,
 };
 use tokio::sync::watch;
+
+use expiry::{Expiring, ExpiryIndex, SWEEP_BATCH, SWEEP_ON_INSERT};
+
+/// How often, at most, the sweeper task looks for expired entries: an
+/// expired entry is removed within about this long after its expiry.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An in-process token and pending-flow store; clones share the data.
 #[derive(Clone)]
@@ -64,6 +93,38 @@ struct State {
     outcomes: HashMap<FlowState, (FlowOutcome, Timestamp)>,
     /// Senders of flows someone waits on; `complete` sends the outcome.
     waiters: HashMap<FlowState, watch::Sender<Option<FlowOutcome>>>,
+    /// Every flow, active mark, outcome and lease above, by expiry.
+    expiry: ExpiryIndex,
+    /// Whether a sweeper task is running for this store.
+    sweeper: bool,
+    /// Sizes of the sweeps so far (tests check the batch bound).
+    #[cfg(test)]
+    sweeps: tests::SweepLog,
+}
+
+/// How many entries of each kind a [`MemoryStore`] holds, expired or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryCounts {
+    /// Stored tokens (they never expire by themselves).
+    pub tokens: usize,
+    /// Pending flows, from insert until take, completion or expiry.
+    pub flows: usize,
+    /// Active-flow marks, one per key with a flow in progress.
+    pub active_marks: usize,
+    /// Kept outcomes of completed flows.
+    pub outcomes: usize,
+    /// Refresh leases.
+    pub leases: usize,
+    /// Flows someone is waiting on.
+    pub waited_flows: usize,
+}
+
+impl EntryCounts {
+    /// Everything but tokens: what expiry removes.
+    pub fn expiring(&self) -> usize {
+        self.flows + self.active_marks + self.outcomes + self.leases
+    }
 }
 
 impl State {
@@ -96,6 +157,105 @@ impl State {
             .filter(|(_, until)| *until > now)
             .map(|(outcome, _)| outcome)
     }
+
+    // Every change to an expiring map goes through one of these, so the
+    // expiry index always lists exactly the entries the maps hold.
+
+    fn put_flow(&mut self, flow: &PendingFlow) {
+        if let Some(old) = self.flows.insert(flow.state.clone(), flow.clone()) {
+            self.expiry
+                .remove(old.expires_at, Expiring::Flow(old.state));
+        }
+        self.expiry
+            .add(flow.expires_at, Expiring::Flow(flow.state.clone()));
+    }
+
+    fn remove_flow(&mut self, state: &FlowState) -> Option<PendingFlow> {
+        let flow = self.flows.remove(state)?;
+        self.expiry
+            .remove(flow.expires_at, Expiring::Flow(state.clone()));
+        Some(flow)
+    }
+
+    fn put_active(&mut self, key: &TokenKey, state: &FlowState, until: Timestamp) {
+        if let Some((_, old)) = self.active.insert(key.clone(), (state.clone(), until)) {
+            self.expiry.remove(old, Expiring::Active(key.clone()));
+        }
+        self.expiry.add(until, Expiring::Active(key.clone()));
+    }
+
+    fn remove_active(&mut self, key: &TokenKey) {
+        if let Some((_, until)) = self.active.remove(key) {
+            self.expiry.remove(until, Expiring::Active(key.clone()));
+        }
+    }
+
+    fn put_outcome(&mut self, state: &FlowState, outcome: &FlowOutcome, until: Timestamp) {
+        if let Some((_, old)) = self
+            .outcomes
+            .insert(state.clone(), (outcome.clone(), until))
+        {
+            self.expiry.remove(old, Expiring::Outcome(state.clone()));
+        }
+        self.expiry.add(until, Expiring::Outcome(state.clone()));
+    }
+
+    fn put_lease(&mut self, key: &TokenKey, lease: LeaseToken, until: Timestamp) {
+        if let Some((_, old)) = self.leases.insert(key.clone(), (lease, until)) {
+            self.expiry.remove(old, Expiring::Lease(key.clone()));
+        }
+        self.expiry.add(until, Expiring::Lease(key.clone()));
+    }
+
+    fn remove_lease(&mut self, key: &TokenKey) {
+        if let Some((_, until)) = self.leases.remove(key) {
+            self.expiry.remove(until, Expiring::Lease(key.clone()));
+        }
+    }
+
+    /// Removes up to `limit` entries expired at `now`, earliest first;
+    /// returns what it removed and whether more expired entries remain.
+    fn sweep(&mut self, now: Timestamp, limit: usize) -> (PurgeReport, bool) {
+        #[cfg(test)]
+        self.sweeps.start();
+        let mut report = PurgeReport::default();
+        let mut removed = 0;
+        while removed < limit {
+            let Some((_, entry)) = self.expiry.pop_expired(now) else {
+                break;
+            };
+            match &entry {
+                Expiring::Flow(state) => {
+                    self.flows.remove(state);
+                }
+                Expiring::Active(key) => {
+                    self.active.remove(key);
+                }
+                Expiring::Outcome(state) => {
+                    self.outcomes.remove(state);
+                }
+                Expiring::Lease(key) => {
+                    self.leases.remove(key);
+                }
+            }
+            expiry::count(&mut report, &entry);
+            removed += 1;
+        }
+        #[cfg(test)]
+        self.sweeps.record(removed);
+        (report, self.expiry.has_expired(now))
+    }
+
+    fn counts(&self) -> EntryCounts {
+        EntryCounts {
+            tokens: self.tokens.len(),
+            flows: self.flows.len(),
+            active_marks: self.active.len(),
+            outcomes: self.outcomes.len(),
+            leases: self.leases.len(),
+            waited_flows: self.waiters.len(),
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -126,17 +286,97 @@ impl MemoryStore {
         }
     }
 
+    /// How many entries the store holds now, expired ones included until
+    /// they are removed.
+    pub fn entry_counts(&self) -> EntryCounts {
+        self.lock().counts()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the maps consistent before any call
-        // that could panic, so a poisoned lock still guards sound data.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.lock()
     }
 
     fn now(&self) -> Timestamp {
         self.shared.clock.now()
+    }
+
+    /// After a write that added an expiring entry: removes a few expired
+    /// ones, and makes sure a sweeper runs if a Tokio runtime is there.
+    fn after_expiring_write(&self, state: &mut State, now: Timestamp) {
+        state.sweep(now, SWEEP_ON_INSERT);
+        if !state.sweeper
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            state.sweeper = true;
+            runtime.spawn(sweep_loop(Arc::downgrade(&self.shared)));
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the maps consistent before any call
+        // that could panic, so a poisoned lock still guards sound data.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Clears the store's sweeper flag when the sweeper ends, also when its
+/// runtime shuts down and drops it mid-sleep, so the next write starts one.
+struct SweeperRunning(Weak<Shared>);
+
+impl Drop for SweeperRunning {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().sweeper = false;
+        }
+    }
+}
+
+/// The sweeper of one store: removes expired entries in batches, sleeping
+/// until the next expiry (at most [`SWEEP_INTERVAL`]) in between. It holds
+/// the store only while it sweeps, and ends when the store is dropped or
+/// holds nothing that expires.
+async fn sweep_loop(store: Weak<Shared>) {
+    let mut running = SweeperRunning(store.clone());
+    loop {
+        let pause = {
+            let Some(shared) = store.upgrade() else {
+                return;
+            };
+            let now = shared.clock.now();
+            let mut state = shared.lock();
+            let (_, more) = state.sweep(now, SWEEP_BATCH);
+            if more {
+                Duration::ZERO
+            } else {
+                match state.expiry.next_expiry() {
+                    Some(next) => {
+                        let until_next =
+                            u64::try_from(next.unix_millis() - now.unix_millis()).unwrap_or(0);
+                        Duration::from_millis(until_next)
+                            .clamp(Duration::from_millis(1), SWEEP_INTERVAL)
+                    }
+                    None => {
+                        // Decided under the lock that writes check, so a
+                        // write after this starts a new sweeper.
+                        state.sweeper = false;
+                        // Cleared already, under the lock this holds.
+                        running.0 = Weak::new();
+                        return;
+                    }
+                }
+            }
+        };
+        if pause.is_zero() {
+            // More expired entries wait: let the rest of the process take
+            // the lock between batches.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
@@ -188,9 +428,8 @@ impl TokenStore for MemoryStore {
             return Ok(None);
         }
         let lease = LeaseToken::generate();
-        state
-            .leases
-            .insert(key.clone(), (lease.clone(), now.saturating_add(ttl)));
+        state.put_lease(key, lease.clone(), now.saturating_add(ttl));
+        self.after_expiring_write(&mut state, now);
         Ok(Some(lease))
     }
 
@@ -200,7 +439,7 @@ impl TokenStore for MemoryStore {
         match state.leases.get(key) {
             Some((held, until)) if held == lease => {
                 let live = *until > now;
-                state.leases.remove(key);
+                state.remove_lease(key);
                 Ok(live)
             }
             _ => Ok(false),
@@ -240,6 +479,28 @@ impl TokenStore for MemoryStore {
     }
 }
 
+/// A waiter's subscription; unregisters the flow when the last waiter on it
+/// leaves, also when the waiting future is dropped before it finishes.
+struct Waiting<'a> {
+    store: &'a MemoryStore,
+    state: &'a FlowState,
+    receiver: Option<watch::Receiver<Option<FlowOutcome>>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut guard = self.store.lock();
+        if guard
+            .waiters
+            .get(self.state)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            guard.waiters.remove(self.state);
+        }
+    }
+}
+
 #[async_trait]
 impl PendingStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
@@ -254,10 +515,9 @@ impl PendingStore for MemoryStore {
         {
             return Ok(InsertOutcome::Joined(active.clone()));
         }
-        state
-            .active
-            .insert(flow.key.clone(), (flow.state.clone(), flow.expires_at));
-        state.flows.insert(flow.state.clone(), flow.clone());
+        state.put_active(&flow.key, &flow.state, flow.expires_at);
+        state.put_flow(flow);
+        self.after_expiring_write(&mut state, now);
         Ok(InsertOutcome::Inserted)
     }
 
@@ -278,8 +538,7 @@ impl PendingStore for MemoryStore {
 
     async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         let now = self.now();
-        let mut guard = self.lock();
-        let flow = guard.flows.remove(state);
+        let flow = self.lock().remove_flow(state);
         Ok(flow.filter(|flow| !flow.is_expired_at(now)))
     }
 
@@ -292,23 +551,21 @@ impl PendingStore for MemoryStore {
     ) -> Result<()> {
         let now = self.now();
         let mut guard = self.lock();
-        guard.flows.remove(state);
+        guard.remove_flow(state);
         if guard
             .active
             .get(key)
             .is_some_and(|(active, _)| active == state)
         {
-            guard.active.remove(key);
+            guard.remove_active(key);
         }
-        guard.outcomes.insert(
-            state.clone(),
-            (outcome.clone(), now.saturating_add(keep_for)),
-        );
+        guard.put_outcome(state, outcome, now.saturating_add(keep_for));
         if let Some(sender) = guard.waiters.remove(state) {
             // Receivers exist or the entry would have been cleaned up; a
             // send to none is harmless.
             let _ = sender.send(Some(outcome.clone()));
         }
+        self.after_expiring_write(&mut guard, now);
         Ok(())
     }
 
@@ -318,7 +575,7 @@ impl PendingStore for MemoryStore {
     }
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
-        let mut receiver = {
+        let mut waiting = {
             let now = self.now();
             let mut guard = self.lock();
             // Checked under the same lock `complete` takes: a completion is
@@ -326,11 +583,19 @@ impl PendingStore for MemoryStore {
             if let Some(outcome) = guard.live_outcome(state, now) {
                 return Ok(Some(outcome.clone()));
             }
-            guard
+            let receiver = guard
                 .waiters
                 .entry(state.clone())
                 .or_insert_with(|| watch::channel(None).0)
-                .subscribe()
+                .subscribe();
+            Waiting {
+                store: self,
+                state,
+                receiver: Some(receiver),
+            }
+        };
+        let Some(receiver) = waiting.receiver.as_mut() else {
+            return Ok(None);
         };
         let outcome = match tokio::time::timeout(timeout, receiver.wait_for(Option::is_some)).await
         {
@@ -339,37 +604,24 @@ impl PendingStore for MemoryStore {
             // happens: complete always sends before dropping it).
             Ok(Err(_)) | Err(_) => None,
         };
-        drop(receiver);
-        if outcome.is_none() {
-            let mut guard = self.lock();
-            if guard
-                .waiters
-                .get(state)
-                .is_some_and(|sender| sender.receiver_count() == 0)
-            {
-                guard.waiters.remove(state);
-            }
-        }
+        drop(waiting);
         Ok(outcome)
     }
 
     async fn purge_expired(&self) -> Result<PurgeReport> {
-        let now = self.now();
-        let mut guard = self.lock();
         let mut report = PurgeReport::default();
-        let before = guard.flows.len();
-        guard.flows.retain(|_, flow| !flow.is_expired_at(now));
-        report.flows = (before - guard.flows.len()) as u64;
-        guard.active.retain(|_, (_, until)| *until > now);
-        let before = guard.outcomes.len();
-        guard.outcomes.retain(|_, (_, until)| *until > now);
-        report.outcomes = (before - guard.outcomes.len()) as u64;
-        let before = guard.leases.len();
-        guard.leases.retain(|_, (_, until)| *until > now);
-        report.leases = (before - guard.leases.len()) as u64;
-        guard
-            .waiters
-            .retain(|_, sender| sender.receiver_count() > 0);
-        Ok(report)
+        let now = self.now();
+        loop {
+            let (batch, more) = self.lock().sweep(now, SWEEP_BATCH);
+            expiry::add(&mut report, batch);
+            if !more {
+                return Ok(report);
+            }
+            // Let the rest of the process take the lock between batches.
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -123,6 +123,30 @@
 //! - A refresh lease is a row with an expiry and a random token; release
 //!   deletes it only if the token matches.
 //!
+//! # Reading a token
+//!
+//! [`TokenStore::get`] is on the path of every gated tool call, so it does
+//! not go through sqlx: sqlx runs each connection on a worker thread of its
+//! own, and handing a query to it and the rows back costs far more than
+//! SQLite's own work: a primary-key read through sqlx took 32 µs p50 on a
+//! busy 2-core machine, 3.7 µs read directly, most of the difference being
+//! the two threads waking each other. `get` runs its prepared `SELECT` on a few
+//! read-only connections (at most [`SqliteStoreOptions::max_connections`])
+//! through SQLite's C API, on the calling thread: the library sqlx links,
+//! so the same SQLite in the same process.
+//!
+//! - **No cache, no staleness.** Every read is its own read transaction and
+//!   sees every commit made before it, by any process, as a read through
+//!   sqlx does. Nothing is kept between reads but the prepared statement.
+//! - **It never blocks the thread on a lock.** The connections' busy timeout
+//!   is zero; if the file is busy (rare in WAL mode, where readers do not
+//!   wait for writers), a connection cannot be opened, all are in use on
+//!   other threads, or SQLite reports any error, the read goes through the
+//!   pool instead, which waits and reports errors as every other operation
+//!   does. A read of pages not in the OS page cache still reads the disk on
+//!   the calling thread, as any synchronous file read would.
+//! - After [`SqliteStore::close`] reads fail, as every other operation does.
+//!
 //! # Waiting, and its latency
 //!
 //! [`PendingStore::wait`] costs no connection per waiter. A completion by
@@ -145,7 +169,12 @@
 //!
 //! Expired flows, outcomes and leases are ignored by every operation at
 //! once, and removed by [`PendingStore::purge_expired`] or by a background
-//! task from [`SqliteStore::spawn_purge_task`].
+//! task from [`SqliteStore::spawn_purge_task`]. A purge deletes in short
+//! transactions of at most 256 rows per table, through the expiry indexes,
+//! and pauses at least 10 ms between them, so writers in every process get
+//! the lock within a few milliseconds however large the backlog: a purge of
+//! 100k expired flows takes a few seconds and never stalls the writes of
+//! the application.
 
 #![warn(missing_docs)]
 
@@ -154,6 +183,7 @@ mod location;
 mod open;
 mod pending;
 mod purge;
+mod reader;
 mod tokens;
 mod wake;
 
@@ -194,6 +224,8 @@ struct Inner {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     hub: Arc<wake::Hub>,
+    /// Token reads on the calling thread; `None` reads through the pool.
+    reader: Option<reader::Reader>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -237,6 +269,9 @@ impl SqliteStore {
     /// Operations afterwards fail. Other instances on the file are not
     /// affected.
     pub async fn close(&self) {
+        if let Some(reader) = &self.inner.reader {
+            reader.close();
+        }
         self.inner.pool.close().await;
     }
 
@@ -284,6 +319,10 @@ impl SqliteStore {
             conn.close_on_drop();
         }
         result
+    }
+
+    pub(crate) fn reader(&self) -> Option<&reader::Reader> {
+        self.inner.reader.as_ref()
     }
 }
 

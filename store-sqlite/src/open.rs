@@ -178,12 +178,14 @@ pub(crate) async fn open(options: SqliteStoreOptions) -> Result<SqliteStore> {
         options.poll_max,
         Arc::clone(&options.clock),
     );
+    let reader = crate::reader::Reader::new(&canonical, options.max_connections as usize);
     Ok(SqliteStore {
         inner: Arc::new(Inner {
             pool,
             path: canonical,
             clock: options.clock,
             hub,
+            reader,
         }),
     })
 }

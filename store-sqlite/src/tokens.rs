@@ -58,6 +58,22 @@ fn location(key: &TokenKey) -> String {
 /// A scan position: the last key returned, length-prefixed so no character
 /// in the provider can fake the split.
 impl SqliteStore {
+    /// The token's row read through sqlx's pool.
+    async fn get_pooled(&self, key: &TokenKey) -> Result<Option<(i64, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT revision, record FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2",
+        )
+        .bind(key.provider())
+        .bind(key.subject())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| db("get token", e))?;
+        let Some(row) = row else { return Ok(None) };
+        let revision: i64 = row.try_get(0).map_err(|e| db("get token", e))?;
+        let bytes: Vec<u8> = row.try_get(1).map_err(|e| db("get token", e))?;
+        Ok(Some((revision, bytes)))
+    }
+
     async fn current_revision(&self, key: &TokenKey) -> Result<Option<Revision>> {
         let revision: Option<i64> = sqlx::query_scalar(
             "SELECT revision FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2",
@@ -74,18 +90,19 @@ impl SqliteStore {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
-        let row = sqlx::query(
-            "SELECT revision, record FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2",
-        )
-        .bind(key.provider())
-        .bind(key.subject())
-        .fetch_optional(self.pool())
-        .await
-        .map_err(|e| db("get token", e))?;
-        let Some(row) = row else { return Ok(None) };
-        let revision: i64 = row.try_get(0).map_err(|e| db("get token", e))?;
-        let bytes: &[u8] = row.try_get(1).map_err(|e| db("get token", e))?;
-        let record = codec::decode_token(bytes).map_err(|e| decode(location(key), e))?;
+        // On this thread when it can (see the reader module), through the
+        // pool otherwise; both read the same row in a fresh transaction.
+        let direct = self
+            .reader()
+            .and_then(|reader| reader.token(key.provider(), key.subject()));
+        let row = match direct {
+            Some(row) => row,
+            None => self.get_pooled(key).await?,
+        };
+        let Some((revision, bytes)) = row else {
+            return Ok(None);
+        };
+        let record = codec::decode_token(&bytes).map_err(|e| decode(location(key), e))?;
         Ok(Some(StoredToken {
             record,
             revision: revision_of(revision),
