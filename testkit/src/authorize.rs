@@ -167,7 +167,7 @@ pub(crate) async fn authorize(
         Ok(None) if client.redirect_uris.len() == 1 => (client.redirect_uris[0].clone(), None),
         Ok(None) => {
             return error_page(
-                "redirect_uri is required: the client has several registered redirect URIs",
+                "redirect_uri is required: the client has no single registered redirect URI",
             );
         }
     };

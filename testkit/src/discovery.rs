@@ -139,7 +139,7 @@ fn metadata(shared: &Shared, state: &ServerState) -> Value {
         "jwks_uri": shared.endpoint("/jwks").as_str(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": settings.grant_types_supported,
         "code_challenge_methods_supported": challenge_methods,
         "token_endpoint_auth_methods_supported": auth_methods,
         "authorization_response_iss_parameter_supported":
@@ -148,6 +148,17 @@ fn metadata(shared: &Shared, state: &ServerState) -> Value {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
     });
+    if settings
+        .token_endpoint_auth_methods
+        .contains(&crate::ClientAuthMethod::PrivateKeyJwt)
+    {
+        doc["token_endpoint_auth_signing_alg_values_supported"] =
+            json!(["ES256", "ES384", "RS256", "PS256", "EdDSA"]);
+    }
+    if settings.revocation {
+        doc["revocation_endpoint"] = json!(shared.endpoint("/revoke").as_str());
+        doc["revocation_endpoint_auth_methods_supported"] = json!(auth_methods);
+    }
     if settings.dynamic_registration {
         doc["registration_endpoint"] = json!(shared.endpoint("/register").as_str());
     }

@@ -132,8 +132,7 @@ pub(crate) async fn userinfo(
     response
 }
 
-/// `GET /jwks`: OpenID Connect discovery requires a key set; this server
-/// signs nothing, so it is empty.
+/// `GET /jwks`: the public key the server signs ID tokens and ID-JAGs with.
 pub(crate) async fn jwks(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -147,7 +146,10 @@ pub(crate) async fn jwks(
         &headers,
     ));
     match shared.run_failure(failure).await {
-        Ok(None) => json(StatusCode::OK, &json!({ "keys": [] })),
+        Ok(None) => json(
+            StatusCode::OK,
+            &json!({ "keys": [shared.signing_key.public_jwk()] }),
+        ),
         Ok(Some(error)) => OAuthFailure::new(&error, "injected failure").into_response(),
         Err(response) => response,
     }
