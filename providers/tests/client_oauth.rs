@@ -13,6 +13,8 @@ mod discovery;
 mod flow;
 #[path = "client_oauth/healing.rs"]
 mod healing;
+#[path = "client_oauth/legacy.rs"]
+mod legacy;
 #[path = "client_oauth/refresh.rs"]
 mod refresh;
 #[path = "client_oauth/registration.rs"]
@@ -28,3 +30,5 @@ mod scopes;
 #[cfg(feature = "rmcp")]
 #[path = "client_oauth/servers.rs"]
 mod servers;
+#[path = "client_oauth/sign_out.rs"]
+mod sign_out;

@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod assertion;
 mod challenge;
 mod discovery;
 mod error;
@@ -61,6 +62,7 @@ pub mod rmcp_stores;
 #[cfg(feature = "rmcp")]
 pub mod transport;
 
+pub use assertion::AssertionKey;
 pub use challenge::{AuthChallenge, Challenge, parse_www_authenticate};
 pub use discovery::{AuthorizationServerMetadata, ProtectedResourceMetadata};
 pub use error::{ClientAuthError, MetadataDocument};
@@ -70,7 +72,8 @@ pub use interaction::{
 };
 pub use oauth::TokenEndpointAuthMethod;
 pub use oauth_provider::{
-    DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder, SignOut,
+    DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder, Revocation, SignOut,
+    SignedOut,
 };
 pub use provider::{AuthProvider, BearerToken, StaticProvider};
 pub use redirect::{LoopbackRedirect, RedirectTarget};

@@ -9,16 +9,21 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use mcp_authkit_core::{
-    AuthorizationRequest, ExposeSecret, ExtraFields, OAuthClient, OAuthError, OAuthErrorKind,
-    PendingFlow, SecretString, TokenResponse,
+    AuthorizationRequest, Clock, ExposeSecret, ExtraFields, OAuthClient, OAuthError,
+    OAuthErrorKind, PendingFlow, SecretString, TokenResponse,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde_json::Value;
 use url::Url;
 
+use crate::client::assertion::AssertionKey;
 use crate::client::discovery::AuthorizationServerMetadata;
 use crate::client::fetch::{BodyError, Fetcher, read_limited};
 use crate::client::identity::{FLOW_CLIENT_ID, Identity};
+
+/// The RFC 7523 `client_assertion_type` of `private_key_jwt`.
+pub(crate) const CLIENT_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How the client authenticates at the token endpoint
 /// (`token_endpoint_auth_method`, RFC 7591 section 2).
@@ -31,6 +36,9 @@ pub enum TokenEndpointAuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// An RFC 7523 client assertion signed with the client's private key
+    /// ([`AssertionKey`](crate::client::AssertionKey)).
+    PrivateKeyJwt,
 }
 
 impl TokenEndpointAuthMethod {
@@ -40,6 +48,7 @@ impl TokenEndpointAuthMethod {
             TokenEndpointAuthMethod::None => "none",
             TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
             TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
+            TokenEndpointAuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 
@@ -49,6 +58,7 @@ impl TokenEndpointAuthMethod {
             "none" => Some(TokenEndpointAuthMethod::None),
             "client_secret_basic" => Some(TokenEndpointAuthMethod::ClientSecretBasic),
             "client_secret_post" => Some(TokenEndpointAuthMethod::ClientSecretPost),
+            "private_key_jwt" => Some(TokenEndpointAuthMethod::PrivateKeyJwt),
             _ => None,
         }
     }
@@ -84,6 +94,35 @@ pub(crate) struct ClientCredentials {
     pub(crate) client_id: String,
     pub(crate) client_secret: Option<SecretString>,
     pub(crate) auth_method: TokenEndpointAuthMethod,
+    /// For `private_key_jwt`.
+    pub(crate) key: Option<Arc<AssertionKey>>,
+}
+
+impl ClientCredentials {
+    /// A client that authenticates with a secret (or none, when `secret`
+    /// is `None` and `auth_method` is `none`).
+    pub(crate) fn with_secret(
+        client_id: String,
+        client_secret: Option<SecretString>,
+        auth_method: TokenEndpointAuthMethod,
+    ) -> Self {
+        ClientCredentials {
+            client_id,
+            client_secret,
+            auth_method,
+            key: None,
+        }
+    }
+
+    /// A client that authenticates with `private_key_jwt`.
+    pub(crate) fn with_key(client_id: String, key: AssertionKey) -> Self {
+        ClientCredentials {
+            client_id,
+            client_secret: None,
+            auth_method: TokenEndpointAuthMethod::PrivateKeyJwt,
+            key: Some(Arc::new(key)),
+        }
+    }
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -95,6 +134,7 @@ impl fmt::Debug for ClientCredentials {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("auth_method", &self.auth_method)
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -106,6 +146,134 @@ pub(crate) struct ServerClient {
     pub(crate) identity: Arc<Identity>,
     /// The RFC 8707 `resource` of every authorize, token and refresh request.
     pub(crate) resource: String,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// Sends a form to an endpoint of the authorization server `metadata`,
+/// authenticated as `credentials`: the token and revocation endpoints.
+pub(crate) async fn post_form(
+    fetcher: &Fetcher,
+    metadata: &AuthorizationServerMetadata,
+    what: &'static str,
+    url: &str,
+    credentials: &ClientCredentials,
+    mut form: Vec<(&'static str, String)>,
+    now: mcp_authkit_core::Timestamp,
+) -> Result<(u16, Vec<u8>), OAuthError> {
+    let mut request = fetcher
+        .client()
+        .post(url)
+        .header(ACCEPT, "application/json");
+    match credentials.auth_method {
+        TokenEndpointAuthMethod::None => {
+            form.push(("client_id", credentials.client_id.clone()));
+        }
+        TokenEndpointAuthMethod::ClientSecretPost => {
+            form.push(("client_id", credentials.client_id.clone()));
+            form.push(("client_secret", secret_of(credentials)?));
+        }
+        TokenEndpointAuthMethod::ClientSecretBasic => {
+            // RFC 6749 section 2.3.1 lets client_id go in the body next
+            // to Basic, and servers built on the MCP Python SDK (FastMCP
+            // too) refuse a token request without it there.
+            form.push(("client_id", credentials.client_id.clone()));
+            // Both parts form-urlencoded first (section 2.3.1 again).
+            let user = form_encode(&credentials.client_id);
+            let password = form_encode(&secret_of(credentials)?);
+            let basic = STANDARD.encode(format!("{user}:{password}"));
+            request = request.header(AUTHORIZATION, format!("Basic {basic}"));
+        }
+        TokenEndpointAuthMethod::PrivateKeyJwt => {
+            let key = credentials.key.as_ref().ok_or_else(|| {
+                OAuthError::new(
+                    OAuthErrorKind::InvalidClient,
+                    "private_key_jwt needs a key, and none is configured",
+                )
+            })?;
+            // RFC 7523 section 3: the audience is the authorization
+            // server, named by its issuer identifier.
+            let assertion = key.sign(&credentials.client_id, &metadata.issuer, now)?;
+            form.push(("client_id", credentials.client_id.clone()));
+            form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
+            form.push(("client_assertion", assertion));
+        }
+    }
+    let response = request.form(&form).send().await.map_err(|e| {
+        OAuthError::transport(
+            format!("{what}: the authorization server could not be reached"),
+            e.without_url(),
+        )
+    })?;
+    let status = response.status().as_u16();
+    if response.status().is_redirection() {
+        return Err(OAuthError::new(
+                OAuthErrorKind::Protocol,
+                format!("{what}: the authorization server answered a redirect (HTTP {status}), which is never followed"),
+            )
+            .with_status(status));
+    }
+    let body = read_limited(response).await.map_err(|e| match e {
+        BodyError::Transport(e) => OAuthError::transport(
+            format!("{what}: reading the answer failed"),
+            e.without_url(),
+        ),
+        BodyError::TooLarge => OAuthError::new(
+            OAuthErrorKind::Protocol,
+            format!("{what}: the answer is too large"),
+        )
+        .with_status(status),
+    })?;
+    Ok((status, body))
+}
+
+/// The OAuth error of a failed answer (RFC 6749 section 5.2), classified.
+pub(crate) fn error_answer(what: &str, status: u16, body: &[u8]) -> OAuthError {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let code = json
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(Value::as_str);
+    let description = json
+        .as_ref()
+        .and_then(|v| v.get("error_description"))
+        .and_then(Value::as_str);
+    match code {
+        Some(code) => OAuthError::from_response(Some(status), code, description),
+        None if status >= 500 || status == 429 => OAuthError::new(
+            OAuthErrorKind::Transient,
+            format!("{what}: the authorization server answered HTTP {status}"),
+        )
+        .with_status(status),
+        None => OAuthError::new(
+            OAuthErrorKind::Protocol,
+            format!(
+                "{what}: the authorization server answered HTTP {status} without an OAuth error"
+            ),
+        )
+        .with_status(status),
+    }
+}
+
+/// A token endpoint answer: the token response, or its error.
+pub(crate) fn token_answer(
+    what: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<TokenResponse, OAuthError> {
+    if !(200..300).contains(&status) {
+        return Err(error_answer(what, status, body));
+    }
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let Some(Value::Object(fields)) = json else {
+        return Err(OAuthError::new(
+            OAuthErrorKind::Protocol,
+            format!("{what}: the token response is not a JSON object"),
+        )
+        .with_status(status));
+    };
+    parse_token_response(fields).map_err(|reason| {
+        OAuthError::new(OAuthErrorKind::Protocol, format!("{what}: {reason}")).with_status(status)
+    })
 }
 
 impl ServerClient {
@@ -116,96 +284,47 @@ impl ServerClient {
         mut form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, OAuthError> {
         form.push(("resource", self.resource.clone()));
-        let mut request = self
-            .fetcher
-            .client()
-            .post(&self.metadata.token_endpoint)
-            .header(ACCEPT, "application/json");
-        match credentials.auth_method {
-            TokenEndpointAuthMethod::None => {
-                form.push(("client_id", credentials.client_id.clone()));
-            }
-            TokenEndpointAuthMethod::ClientSecretPost => {
-                form.push(("client_id", credentials.client_id.clone()));
-                form.push(("client_secret", secret_of(credentials)?));
-            }
-            TokenEndpointAuthMethod::ClientSecretBasic => {
-                // RFC 6749 section 2.3.1 lets client_id go in the body next
-                // to Basic, and servers built on the MCP Python SDK (FastMCP
-                // too) refuse a token request without it there.
-                form.push(("client_id", credentials.client_id.clone()));
-                // Both parts form-urlencoded first (section 2.3.1 again).
-                let user = form_encode(&credentials.client_id);
-                let password = form_encode(&secret_of(credentials)?);
-                let basic = STANDARD.encode(format!("{user}:{password}"));
-                request = request.header(AUTHORIZATION, format!("Basic {basic}"));
-            }
+        let (status, body) = post_form(
+            &self.fetcher,
+            &self.metadata,
+            what,
+            &self.metadata.token_endpoint,
+            credentials,
+            form,
+            self.clock.now(),
+        )
+        .await?;
+        token_answer(what, status, &body)
+    }
+
+    /// Revokes `token` (RFC 7009) with the client's current credentials.
+    pub(crate) async fn revoke(
+        &self,
+        endpoint: &str,
+        token: &SecretString,
+        hint: &'static str,
+    ) -> Result<(), OAuthError> {
+        let credentials = self.identity.for_refresh().await?;
+        let (status, body) = post_form(
+            &self.fetcher,
+            &self.metadata,
+            "revoking the token",
+            endpoint,
+            &credentials,
+            vec![
+                ("token", token.expose_secret().to_owned()),
+                ("token_type_hint", hint.to_owned()),
+            ],
+            self.clock.now(),
+        )
+        .await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(error_answer("revoking the token", status, &body))
         }
-        let response = request.form(&form).send().await.map_err(|e| {
-            OAuthError::transport(
-                format!("{what}: the token endpoint could not be reached"),
-                e.without_url(),
-            )
-        })?;
-        let status = response.status().as_u16();
-        if response.status().is_redirection() {
-            return Err(OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("{what}: the token endpoint answered a redirect (HTTP {status}), which is never followed"),
-            )
-            .with_status(status));
-        }
-        let body = read_limited(response).await.map_err(|e| match e {
-            BodyError::Transport(e) => OAuthError::transport(
-                format!("{what}: reading the token response failed"),
-                e.without_url(),
-            ),
-            BodyError::TooLarge => OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("{what}: the token response is too large"),
-            )
-            .with_status(status),
-        })?;
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        if !(200..300).contains(&status) {
-            let code = json
-                .as_ref()
-                .and_then(|v| v.get("error"))
-                .and_then(Value::as_str);
-            let description = json
-                .as_ref()
-                .and_then(|v| v.get("error_description"))
-                .and_then(Value::as_str);
-            return Err(match code {
-                Some(code) => OAuthError::from_response(Some(status), code, description),
-                None if status >= 500 || status == 429 => OAuthError::new(
-                    OAuthErrorKind::Transient,
-                    format!("{what}: the token endpoint answered HTTP {status}"),
-                )
-                .with_status(status),
-                None => OAuthError::new(
-                    OAuthErrorKind::Protocol,
-                    format!(
-                        "{what}: the token endpoint answered HTTP {status} without an OAuth error"
-                    ),
-                )
-                .with_status(status),
-            });
-        }
-        let Some(Value::Object(fields)) = json else {
-            return Err(OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("{what}: the token response is not a JSON object"),
-            )
-            .with_status(status));
-        };
-        parse_token_response(fields).map_err(|reason| {
-            OAuthError::new(OAuthErrorKind::Protocol, format!("{what}: {reason}"))
-                .with_status(status)
-        })
     }
 }
-
 fn secret_of(credentials: &ClientCredentials) -> Result<String, OAuthError> {
     credentials
         .client_secret
