@@ -7,6 +7,10 @@
 #[path = "client_oauth/support.rs"]
 mod support;
 
+#[path = "client_oauth/client_credentials.rs"]
+mod client_credentials;
+#[path = "client_oauth/cross_app.rs"]
+mod cross_app;
 #[path = "client_oauth/discovery.rs"]
 mod discovery;
 #[path = "client_oauth/flow.rs"]
@@ -19,6 +23,8 @@ mod legacy;
 mod refresh;
 #[path = "client_oauth/registration.rs"]
 mod registration;
+#[path = "client_oauth/replicas.rs"]
+mod replicas;
 #[cfg(feature = "rmcp")]
 #[path = "client_oauth/rmcp_stores.rs"]
 mod rmcp_stores;

@@ -94,6 +94,17 @@ impl AuthorizationServerMetadata {
         }
     }
 
+    /// Metadata that knows only a server's issuer and token endpoint (an
+    /// identity provider configured by hand).
+    pub(crate) fn token_endpoint_only(issuer: &str, token_endpoint: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": token_endpoint,
+            "token_endpoint": token_endpoint,
+        }))
+        .expect("strings make metadata")
+    }
+
     /// Whether the server offers `grant_type`: listed in
     /// `grant_types_supported`, or that list is absent (many servers leave
     /// it out, so absence is not taken as RFC 8414's default of

@@ -177,6 +177,12 @@ pub enum ClientAuthError {
     #[error("authorization failed: {0}")]
     Authorization(#[source] OAuthError),
 
+    /// The enterprise identity provider did not exchange the user's ID
+    /// token for an ID-JAG (cross-app access): the ID token is expired or
+    /// not for this client, the client is unknown there, or it is down.
+    #[error("the identity provider did not issue an ID-JAG: {0}")]
+    IdentityProvider(#[source] OAuthError),
+
     /// The authorization response does not belong to the flow that was
     /// started (wrong or missing `state`).
     #[error(
@@ -196,6 +202,20 @@ pub enum ClientAuthError {
         scopes: Vec<String>,
         /// How many step-up authorizations were made for them.
         attempts: u32,
+    },
+
+    /// The authorization server granted fewer scopes than a step-up asked
+    /// for (a grant without a user: no one can consent to more). Asking
+    /// again would get the same, so the client does not.
+    #[error(
+        "the authorization server did not grant the scopes {missing:?} that the MCP server \
+         requires (granted: {granted:?}); have the client allowed them there"
+    )]
+    ScopesNotGranted {
+        /// What was asked for and not granted.
+        missing: Vec<String>,
+        /// What the token has.
+        granted: Vec<String>,
     },
 
     /// The user was asked to sign in too often: a server that keeps
@@ -309,7 +329,9 @@ impl ClientAuthError {
             | ClientAuthError::Registration { status, .. } => {
                 status.is_some_and(|s| s >= 500 || s == 429)
             }
-            ClientAuthError::Authorization(error) => error.is_retryable(),
+            ClientAuthError::Authorization(error) | ClientAuthError::IdentityProvider(error) => {
+                error.is_retryable()
+            }
             ClientAuthError::Store(error) => error.is_retryable(),
             _ => false,
         }
@@ -319,7 +341,9 @@ impl ClientAuthError {
     /// errors.
     pub fn oauth_error(&self) -> Option<&OAuthError> {
         match self {
-            ClientAuthError::Authorization(error) => Some(error),
+            ClientAuthError::Authorization(error) | ClientAuthError::IdentityProvider(error) => {
+                Some(error)
+            }
             ClientAuthError::Store(mcp_authkit_core::Error::OAuth(error)) => Some(error),
             _ => None,
         }

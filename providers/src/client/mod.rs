@@ -46,11 +46,14 @@
 
 mod assertion;
 mod challenge;
+mod client_credentials;
+mod cross_app;
 mod discovery;
 mod error;
 mod fetch;
 mod identity;
 mod interaction;
+mod machine;
 mod oauth;
 mod oauth_provider;
 mod provider;
@@ -64,6 +67,13 @@ pub mod transport;
 
 pub use assertion::AssertionKey;
 pub use challenge::{AuthChallenge, Challenge, parse_www_authenticate};
+pub use client_credentials::{
+    CLIENT_CREDENTIALS_NAMESPACE, ClientCredentialsProvider, ClientCredentialsProviderBuilder,
+};
+pub use cross_app::{
+    CROSS_APP_NAMESPACE, CrossAppAccessProvider, CrossAppAccessProviderBuilder, ID_JAG_TOKEN_TYPE,
+    ID_TOKEN_TYPE, IdTokenSource, IdentityProvider, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT,
+};
 pub use discovery::{AuthorizationServerMetadata, ProtectedResourceMetadata};
 pub use error::{ClientAuthError, MetadataDocument};
 pub use interaction::{

@@ -149,11 +149,11 @@ pub(crate) struct ServerClient {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
-/// Sends a form to an endpoint of the authorization server `metadata`,
+/// Sends a form to an endpoint of the authorization server `issuer`,
 /// authenticated as `credentials`: the token and revocation endpoints.
 pub(crate) async fn post_form(
     fetcher: &Fetcher,
-    metadata: &AuthorizationServerMetadata,
+    issuer: &str,
     what: &'static str,
     url: &str,
     credentials: &ClientCredentials,
@@ -192,7 +192,7 @@ pub(crate) async fn post_form(
             })?;
             // RFC 7523 section 3: the audience is the authorization
             // server, named by its issuer identifier.
-            let assertion = key.sign(&credentials.client_id, &metadata.issuer, now)?;
+            let assertion = key.sign(&credentials.client_id, issuer, now)?;
             form.push(("client_id", credentials.client_id.clone()));
             form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
             form.push(("client_assertion", assertion));
@@ -286,7 +286,7 @@ impl ServerClient {
         form.push(("resource", self.resource.clone()));
         let (status, body) = post_form(
             &self.fetcher,
-            &self.metadata,
+            &self.metadata.issuer,
             what,
             &self.metadata.token_endpoint,
             credentials,
@@ -307,7 +307,7 @@ impl ServerClient {
         let credentials = self.identity.for_refresh().await?;
         let (status, body) = post_form(
             &self.fetcher,
-            &self.metadata,
+            &self.metadata.issuer,
             "revoking the token",
             endpoint,
             &credentials,

@@ -1341,7 +1341,7 @@ fn refuses_client(error: &ClientAuthError) -> bool {
 }
 
 /// `a` followed by what of `b` it lacks.
-fn union(a: &[String], b: &[String]) -> Vec<String> {
+pub(crate) fn union(a: &[String], b: &[String]) -> Vec<String> {
     let mut all = a.to_vec();
     for scope in b {
         if !all.contains(scope) {
