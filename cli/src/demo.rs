@@ -202,9 +202,10 @@ impl ClientHandler for DemoClient {
         let shown = Url::parse(&url)
             .map(|u| without_query(&u))
             .unwrap_or_default();
-        say(&format!(
-            "[client] URL elicitation {elicitation_id}: {message}"
-        ));
+        // The elicitation id is also the link's handle: show a prefix only,
+        // as the link itself is shown without its query.
+        let id: String = elicitation_id.chars().take(6).collect();
+        say(&format!("[client] URL elicitation {id}…: {message}"));
         say(&format!(
             "[client] the user accepts and the browser opens {shown}"
         ));
@@ -423,7 +424,10 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             Some(claims.sub.clone())
         }))
         // The connect page checks that the browser is the MCP user's own
-        // (here: an app session cookie), so a forwarded link is useless.
+        // (here: an app session cookie) and binds that browser to the flow;
+        // the callback accepts only that browser. So neither a forwarded
+        // connect link nor a forwarded authorize URL connects anyone else's
+        // account (the headless browser keeps cookies, like a real one).
         .browser_user(|parts: &axum::http::request::Parts| {
             parts
                 .headers

@@ -171,7 +171,9 @@ impl fmt::Debug for PendingFlow {
             .field("pkce_verifier", &"[redacted]")
             .field("redirect_uri", &self.redirect_uri)
             .field("scopes", &self.scopes)
-            .field("elicitation_id", &self.elicitation_id)
+            // A server's connect link is built from it (mcp-authkit-providers):
+            // a bearer value under trust-the-link-holder setups.
+            .field("elicitation_id", &"[redacted]")
             .field("started_by", &self.started_by)
             .field("attributes", &self.attributes)
             .field("created_at", &self.created_at)
@@ -261,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_state_and_verifier() {
+    fn debug_hides_state_verifier_and_elicitation_id() {
         let flow = PendingFlow::new(
             TokenKey::new("github", "alice"),
             "http://127.0.0.1/cb",
@@ -272,6 +274,7 @@ mod tests {
         let printed = format!("{flow:?}");
         assert!(!printed.contains(flow.state.as_str()));
         assert!(!printed.contains(flow.pkce_verifier.expose_secret()));
+        assert!(!printed.contains(&flow.elicitation_id));
         assert!(printed.contains("alice"));
     }
 }

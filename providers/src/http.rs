@@ -3,9 +3,14 @@
 //!
 //! Token and registration endpoints must not follow redirects (a redirect
 //! could carry credentials to another origin), so [`OAuthHttpClient::new`]
-//! builds a client with redirects disabled and timeouts set; an application
-//! that brings its own client through [`OAuthHttpClient::from_reqwest`] is
-//! responsible for the same.
+//! builds a client with redirects disabled and timeouts set.
+//!
+//! Token requests of the server side ([`StandardOAuthClient`](crate::standard::StandardOAuthClient))
+//! go through [`send_token_request`], which enforces the rules whatever
+//! client the application passed to [`OAuthHttpClient::from_reqwest`]: the
+//! request's form is never sent to a redirect target, no redirected answer
+//! is accepted, and at most [`TOKEN_RESPONSE_LIMIT`] bytes are read. It is
+//! written so the client side's token requests can use it as well.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +31,23 @@ pub enum HttpError {
     /// The response could not be handed back to the `oauth2` crate.
     #[error("the OAuth response could not be read: {0}")]
     Response(#[source] http::Error),
+    /// The endpoint answered with a redirect (or the application's HTTP
+    /// client followed one): token requests never follow redirects, which
+    /// could carry credentials elsewhere or let another server answer.
+    #[error(
+        "the token endpoint redirected the request (HTTP {status}); token requests never follow \
+         redirects: configure the endpoint's final URL"
+    )]
+    Redirected {
+        /// The status of the answer that was refused.
+        status: u16,
+    },
+    /// The answer's body is larger than a token response can be.
+    #[error("the token endpoint's answer is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl HttpError {
@@ -73,7 +95,10 @@ impl OAuthHttpClient {
     }
 
     /// Uses an application's client (custom TLS roots, proxy, timeouts).
-    /// It should not follow redirects.
+    ///
+    /// It should not follow redirects. Token requests of the server side
+    /// are safe either way ([`send_token_request`]): their form is never
+    /// re-sent to a redirect target and a redirected answer is refused.
     pub fn from_reqwest(client: reqwest::Client) -> Self {
         OAuthHttpClient { client }
     }
@@ -106,5 +131,95 @@ impl<'c> oauth2::AsyncHttpClient<'c> for OAuthHttpClient {
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(self.send(request))
+    }
+}
+
+/// The largest token-endpoint answer read. Token responses are small; a
+/// bigger one is a broken or hostile server (the client side caps its
+/// metadata documents at the same size).
+pub const TOKEN_RESPONSE_LIMIT: usize = 1024 * 1024;
+
+/// Sends one token request (code exchange, refresh) through `client`, with
+/// the rules every token request follows whatever client it is:
+///
+/// - the form goes out as a one-shot body: a client that follows redirects
+///   cannot replay it (code, PKCE verifier, refresh token, client secret)
+///   to a `307`/`308` target;
+/// - an answer that is a redirect, or that comes from another URL than the
+///   one asked (a client that followed a `301`/`302`/`303` with a bodyless
+///   `GET`, which reqwest sends without credentials to another origin), is
+///   refused with [`HttpError::Redirected`];
+/// - at most [`TOKEN_RESPONSE_LIMIT`] bytes of the answer are read.
+pub async fn send_token_request(
+    client: &reqwest::Client,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, HttpError> {
+    let (parts, body) = request.into_parts();
+    let request = http::Request::from_parts(parts, OneShotBody::new(body));
+    let request =
+        reqwest::Request::try_from(request.map(reqwest::Body::wrap)).map_err(HttpError::Request)?;
+    let asked = request.url().clone();
+    let mut response = client
+        .execute(request)
+        .await
+        .map_err(HttpError::Transport)?;
+    let status = response.status();
+    if status.is_redirection() || *response.url() != asked {
+        return Err(HttpError::Redirected {
+            status: status.as_u16(),
+        });
+    }
+    if response
+        .content_length()
+        .is_some_and(|length| length > TOKEN_RESPONSE_LIMIT as u64)
+    {
+        return Err(HttpError::BodyTooLarge {
+            limit: TOKEN_RESPONSE_LIMIT,
+        });
+    }
+    let mut builder = http::Response::builder().status(status);
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(HttpError::Transport)? {
+        if body.len() + chunk.len() > TOKEN_RESPONSE_LIMIT {
+            return Err(HttpError::BodyTooLarge {
+                limit: TOKEN_RESPONSE_LIMIT,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    builder.body(body).map_err(HttpError::Response)
+}
+
+/// A request body that can be read once: reqwest cannot clone it, so it
+/// never re-sends it after a redirect. Its exact size is known, so it still
+/// goes out with a `Content-Length`.
+struct OneShotBody(Option<bytes::Bytes>);
+
+impl OneShotBody {
+    fn new(body: Vec<u8>) -> Self {
+        OneShotBody(Some(bytes::Bytes::from(body)))
+    }
+}
+
+impl http_body::Body for OneShotBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |data| data.len() as u64))
     }
 }

@@ -9,7 +9,9 @@
 //! - Extra authorize parameters (`prompt`, `access_type` ...) and an RFC 8707
 //!   `resource`, sent on the authorize, code and refresh requests.
 //! - Every request goes through one [`OAuthHttpClient`] (custom TLS roots,
-//!   proxies, timeouts), which never follows redirects.
+//!   proxies, timeouts) by [`send_token_request`]: whatever client it
+//!   wraps, no redirect carries the request on and no redirected answer is
+//!   accepted, and an answer larger than 1 MiB is refused.
 //! - Every failure is classified as an [`OAuthErrorKind`]: `invalid_grant`
 //!   drops the token, network errors, timeouts, 5xx and 429 are transient
 //!   and never do.
@@ -37,7 +39,7 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::http::{HttpError, OAuthHttpClient};
+use crate::http::{HttpError, OAuthHttpClient, send_token_request};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -210,8 +212,17 @@ impl StandardOAuthClient {
         }
     }
 
-    /// A GitHub OAuth App or GitHub App: its endpoints, `client_secret_post`,
-    /// and GitHub's issuer for RFC 9207.
+    /// A GitHub OAuth App or GitHub App: its endpoints and
+    /// `client_secret_post`.
+    ///
+    /// No issuer is configured, so `iss` is not checked: GitHub does not
+    /// document an RFC 9207 `iss` in its authorization responses, and a
+    /// guessed issuer would refuse every sign-in if GitHub sent another
+    /// value. Mix-ups between providers are prevented by each provider's
+    /// own redirect URI (one callback path per
+    /// [`OAuthProvider`](crate::server::OAuthProvider)). Should GitHub
+    /// start sending `iss`, call
+    /// [`issuer`](StandardOAuthClientBuilder::issuer) with its value.
     pub fn github(
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
@@ -610,7 +621,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for ObservedHttp<'_> {
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let mut response = oauth2::AsyncHttpClient::call(self.http, request).await?;
+            let mut response = send_token_request(self.http.reqwest(), request).await?;
             if response.status() == http::StatusCode::OK && is_error_body(response.body()) {
                 *response.status_mut() = http::StatusCode::BAD_REQUEST;
             }
@@ -662,6 +673,15 @@ mod tests {
                 .build()
                 .unwrap_err();
         assert!(error.to_string().contains("state"), "{error}");
+    }
+
+    #[test]
+    fn github_checks_no_issuer_as_documented() {
+        let client = StandardOAuthClient::github("id", "secret").build().unwrap();
+        assert_eq!(client.issuer(), None);
+        assert!(!client.require_issuer);
+        assert!(client.check_issuer(None).is_ok());
+        assert!(client.check_issuer(Some("https://github.com")).is_ok());
     }
 
     #[test]

@@ -29,10 +29,15 @@ async fn first_call_elicits_then_the_tool_runs_and_a_valid_token_is_reused() {
         "the elicited URL is this server's connect page: {url}"
     );
     let query = query_of(url);
-    assert_eq!(query["user"], "alice");
+    assert_eq!(
+        query.keys().collect::<Vec<_>>(),
+        ["flow"],
+        "one opaque handle: {url}"
+    );
+    assert!(query["flow"].len() >= 22, "at least 128 bits");
     assert!(
-        !url.contains("state=") && !url.contains("code"),
-        "no OAuth state in the link"
+        !url.contains("alice") && !url.contains("state=") && !url.contains("code"),
+        "no subject and no OAuth state in the link"
     );
     assert!(!id.is_empty());
     assert!(message.contains("GitHub"));
@@ -463,6 +468,318 @@ async fn a_client_without_url_elicitation_gets_a_clear_tool_error() {
     }
 }
 
+/// Every log line, at trace level, of this test's thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Issue 12: the subject (often an e-mail address) never reaches an
+/// elicited URL, whichever path elicits it; the handle and the browser
+/// secret never reach a log line of this crate, even at trace level, and
+/// the browser secret no log line at all. (rmcp itself traces the MCP
+/// messages, so the elicited URL with its handle appears in rmcp's lines.)
+#[tokio::test]
+async fn elicited_urls_carry_no_subject_and_logs_no_link_secret() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let subject = "alice.liddell@example.com";
+    let mut urls = Vec::new();
+    let mut secrets = Vec::new();
+
+    // Wait mode (2025-11-25): the user's browser passes the connect page,
+    // holds the binding, then finishes.
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy(subject);
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session =
+        std::sync::Arc::new(connect(&h.server.mcp_url, Some(subject), client.clone()).await);
+    let pending = spawn_call(&session);
+    client
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    let url = client.elicitations()[0].0.clone();
+    let authorize = client.connect_only(&url, h.auth.base_url()).await;
+    let cookies = client.browser().stored_cookies(h.provider().redirect_uri());
+    assert_eq!(cookies.len(), 1);
+    secrets.push(cookies[0].1.clone());
+    assert_eq!(client.open(authorize.as_str()).await.status, 200);
+    assert_eq!(
+        text(&pending.await.unwrap().unwrap()),
+        format!("github user: gh-{subject}")
+    );
+    urls.push(url);
+
+    // Fail-fast (-32042).
+    let h = Harness::start(Options {
+        style: mcp_authkit_providers::server::ElicitationStyle::FailFast,
+        ..Options::default()
+    })
+    .await;
+    let client = TestClient::new(&ClientSpec::legacy(subject));
+    let session = connect(&h.server.mcp_url, Some(subject), client.clone()).await;
+    let rmcp::service::ServiceError::McpError(error) = call(&session, "whoami").await.unwrap_err()
+    else {
+        panic!("expected -32042");
+    };
+    let url = error.data.unwrap()["elicitations"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(client.open(&url).await.status, 200);
+    urls.push(url);
+
+    // 2026-07-28 (InputRequiredResult).
+    let h = Harness::start(Options::default()).await;
+    let client = TestClient::new(&ClientSpec::modern(subject));
+    let session = connect(&h.server.mcp_url, Some(subject), client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert_eq!(text(&result), format!("github user: gh-{subject}"));
+    urls.push(client.elicitations()[0].0.clone());
+
+    let encoded: String = url::form_urlencoded::byte_serialize(subject.as_bytes()).collect();
+    for url in &urls {
+        for shown in [subject, encoded.as_str(), "alice", "example.com"] {
+            assert!(!url.contains(shown), "{shown:?} in {url}");
+        }
+        secrets.push(query_of(url)["flow"].clone());
+    }
+    let logs = logs.text();
+    let ours: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(" mcp_authkit"))
+        .collect();
+    assert!(
+        ours.iter()
+            .any(|line| line.contains("TRACE") || line.contains("DEBUG")),
+        "the capture sees this crate's detailed logs"
+    );
+    for secret in &secrets {
+        for line in &ours {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a link secret in a log line: {line}"
+            );
+        }
+    }
+    let elsewhere = logs
+        .lines()
+        .filter(|line| !line.contains(" mcp_authkit"))
+        .filter(|line| secrets.iter().any(|secret| line.contains(secret.as_str())))
+        .count();
+    println!("{elsewhere} log lines of other crates (rmcp's message traces) carry a handle");
+    // The browser secret never reaches any line, ours or another crate's.
+    let browser_secret = &secrets[0];
+    assert!(
+        !logs.contains(browser_secret.as_str()),
+        "the browser secret in the logs"
+    );
+}
+
+/// A streamable-HTTP POST answered with an SSE stream, read message by
+/// message.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn next(&mut self) -> Option<serde_json::Value> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if !data.is_empty() {
+                    return Some(serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("the stream stalled")
+                .unwrap()?;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+        }
+    }
+}
+
+/// What the provider docs say about rmcp 3.11: the completion notice goes
+/// on the standalone GET stream, never on the tool call's own stream, so a
+/// client that never opens the GET stream does not see it (and still gets
+/// its result). If rmcp starts routing it to the call's stream, this test
+/// fails and the docs must change.
+#[tokio::test]
+async fn without_the_get_stream_the_completion_notice_is_not_seen_but_the_result_is() {
+    let h = Harness::start(Options::default()).await;
+    let post = |session: Option<&str>, body: serde_json::Value| {
+        let mut request = http()
+            .post(&h.server.mcp_url)
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", "Bearer user-alice")
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let init = post(
+        None,
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": { "elicitation": { "url": {} } },
+                "clientInfo": { "name": "raw", "version": "1" },
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut init = SseReader {
+        response: init,
+        buffer: String::new(),
+    };
+    assert_eq!(init.next().await.unwrap()["id"], 1);
+    let initialized = post(
+        Some(&session),
+        serde_json::json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+    )
+    .await
+    .unwrap();
+    assert!(initialized.status().is_success());
+
+    let call = post(
+        Some(&session),
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": { "name": "whoami", "arguments": {} },
+        }),
+    )
+    .await
+    .unwrap();
+    let mut stream = SseReader {
+        response: call,
+        buffer: String::new(),
+    };
+    let elicitation = stream.next().await.unwrap();
+    assert_eq!(elicitation["method"], "elicitation/create", "{elicitation}");
+    let url = elicitation["params"]["url"].as_str().unwrap().to_owned();
+    let elicitation_id = elicitation["params"]["elicitationId"].clone();
+    let accepted = post(
+        Some(&session),
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": elicitation["id"], "result": { "action": "accept" },
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(accepted.status().is_success());
+    let browser = TestClient::new(&ClientSpec::legacy("alice"));
+    assert_eq!(browser.open(&url).await.status, 200);
+
+    let mut seen = Vec::new();
+    let result = loop {
+        let message = stream
+            .next()
+            .await
+            .expect("the call's stream ends with its result");
+        if message["id"] == 2 {
+            break message;
+        }
+        seen.push(message);
+    };
+    assert_eq!(
+        result["result"]["content"][0]["text"], "github user: gh-alice",
+        "{result}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m["method"] == "notifications/elicitation/complete"),
+        "the notice now rides the call's stream ({elicitation_id}): update the provider docs: {seen:?}"
+    );
+    // It went to the standalone stream: opened now, it delivers the notice.
+    let get = http()
+        .get(&h.server.mcp_url)
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer user-alice")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    let mut standalone = SseReader {
+        response: get,
+        buffer: String::new(),
+    };
+    let notice = standalone.next().await.unwrap();
+    assert_eq!(
+        notice["method"], "notifications/elicitation/complete",
+        "{notice}"
+    );
+    assert_eq!(notice["params"]["elicitationId"], elicitation_id);
+}
+
+#[tokio::test]
+async fn an_old_protocol_version_is_told_it_is_too_old() {
+    let h = Harness::start(Options::default()).await;
+    for version in [
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+        rmcp::model::ProtocolVersion::V_2025_03_26,
+    ] {
+        // It declares URL elicitation, which its version does not have.
+        let client = TestClient::new(&ClientSpec::new(version.clone(), "alice"));
+        let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+        let result = call(&session, "whoami").await.unwrap();
+        assert_tool_error(
+            &result,
+            &format!("protocol version {version}, which is too old"),
+        );
+        assert!(
+            !text(&result).contains("did not declare"),
+            "{version}: {}",
+            text(&result)
+        );
+        assert!(client.elicitations().is_empty(), "{version}: nothing sent");
+        assert!(
+            !active_flow(&h, "alice").await,
+            "{version}: no flow started"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_call_without_a_user_is_refused() {
     let h = Harness::start(Options::default()).await;
@@ -600,14 +917,15 @@ async fn malformed_callbacks_are_refused_and_end_the_waiting_call() {
             .wait_until("the elicitation", |c| c.elicitations().len() == n + 1)
             .await;
         let url = client.elicitations()[n].0.clone();
+        // The user's own browser passes the connect page (and gets the
+        // flow's binding), then the malformed response arrives in it.
         let state = client.state_behind(&url, &auth_origin).await;
-        let response = http()
-            .get(format!("{callback}?state={state}{extra}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "{extra}");
-        let body = response.text().await.unwrap();
+        let navigation = client
+            .navigate(&format!("{callback}?state={state}{extra}"))
+            .await;
+        let page = navigation.page().unwrap();
+        assert_eq!(page.status.as_u16(), status, "{extra}");
+        let body = page.body.clone();
         assert!(body.contains(page_text), "{extra}: {body}");
         assert!(!body.contains("<script>"), "escaped: {body}");
         let result = pending.await.unwrap().unwrap();
@@ -1005,5 +1323,109 @@ mod replicas {
             .delete_namespace()
             .await
             .unwrap();
+    }
+
+    /// The attack of issue 12: Mallory passes her own connect page, copies
+    /// the redirect to the third party (with her `state`) and sends it to
+    /// Alice. Three replicas share Redis behind a load balancer that sends
+    /// connect pages to C and callbacks to B; Mallory's tool call waits on A.
+    #[tokio::test]
+    async fn a_forwarded_authorize_url_is_refused_across_replicas() {
+        let redis = redis_url().await;
+        let prefix = unique_prefix("providers-forwarded-link");
+        let lb = LoadBalancer::start().await;
+        let auth = TestAuthServer::start().await.unwrap();
+        let info = AuthServerInfo::register(&auth, &format!("{}/oauth/github/callback", lb.base));
+        let (a, b, c) = tokio::join!(
+            spawn_replica(&info, &redis, &prefix, "wait", Some(&lb.base)),
+            spawn_replica(&info, &redis, &prefix, "wait", Some(&lb.base)),
+            spawn_replica(&info, &redis, &prefix, "wait", Some(&lb.base)),
+        );
+        lb.route("/oauth/github/connect", &c.base);
+        lb.route("/oauth/github/callback", &b.base);
+        let store = RedisStore::builder(redis.clone())
+            .prefix(prefix.clone())
+            .connect()
+            .await
+            .unwrap();
+
+        // Mallory's tool call waits on A; she opens her own link (her
+        // browser user is Mallory, so the connect page lets her through)
+        // and stops before the third party.
+        let mut spec = ClientSpec::legacy("mallory");
+        spec.behavior = Behavior::AcceptOnly;
+        let mallory = TestClient::new(&spec);
+        let session =
+            Arc::new(connect(&format!("{}/mcp", a.base), Some("mallory"), mallory.clone()).await);
+        let pending = {
+            let session = session.clone();
+            tokio::spawn(async move { call(&session, "whoami").await })
+        };
+        mallory
+            .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+            .await;
+        let link = mallory.elicitations()[0].0.clone();
+        assert!(link.starts_with(&lb.base), "{link}");
+        let authorize = mallory.connect_only(&link, auth.base_url()).await;
+        let callback = format!("{}/oauth/github/callback", lb.base);
+        assert_eq!(mallory.browser().stored_cookies(&callback).len(), 1);
+
+        // Alice, in her own browser, signed in at the third party, opens
+        // what Mallory sent her.
+        let alice = TestClient::new(&ClientSpec::legacy("alice"));
+        let visit = alice.open(authorize.as_str()).await;
+        assert_eq!(visit.status, 403, "{}", visit.body);
+        assert!(
+            visit
+                .body
+                .contains("Open the link from your MCP client in this browser"),
+            "{}",
+            visit.body
+        );
+        let served = lb.served();
+        assert!(
+            served
+                .iter()
+                .any(|(path, to)| path.ends_with("/connect") && *to == c.base)
+                && served
+                    .iter()
+                    .any(|(path, to)| path.ends_with("/callback") && *to == b.base),
+            "connect on C, callback on B: {served:?}"
+        );
+        assert_eq!(
+            auth.hits(Endpoint::AuthorizationCodeGrant),
+            0,
+            "no code exchanged"
+        );
+        let tokens = TokenStore::scan(&store, None, 100).await.unwrap();
+        assert!(
+            tokens.items.is_empty(),
+            "no token for Mallory, Alice's account bound to nobody: {:?}",
+            tokens.items
+        );
+        let state = mcp_authkit_core::FlowState::new(
+            authorize
+                .query_pairs()
+                .find(|(name, _)| name == "state")
+                .unwrap()
+                .1
+                .into_owned(),
+        );
+        assert!(
+            store.get_flow(&state).await.unwrap().is_some(),
+            "Mallory's flow is intact"
+        );
+        assert!(!pending.is_finished(), "her tool call still waits");
+
+        // Mallory's own, legitimate flow still completes: her browser, her
+        // third-party account.
+        let visit = mallory.open(authorize.as_str()).await;
+        assert_eq!(visit.status, 200, "{}", visit.body);
+        let result = pending.await.unwrap().unwrap();
+        assert_eq!(text(&result), "github user: gh-mallory");
+        assert_eq!(auth.hits(Endpoint::AuthorizationCodeGrant), 1);
+
+        drop((a, b, c));
+        store.delete_namespace().await.unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! authorization server of `mcp-authkit-testkit`, and against a small
 //! server that answers the way GitHub and broken servers do.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -363,6 +364,192 @@ async fn token_requests_never_follow_redirects() {
         0,
         "the redirect target was never called"
     );
+}
+
+/// What a server that a token endpoint redirects to received.
+#[derive(Clone, Debug)]
+struct Received {
+    method: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+/// A server that answers every request with a valid token response (so a
+/// client that followed a redirect to it would get a token), recording
+/// what it received.
+async fn sink() -> (Url, Arc<Mutex<Vec<Received>>>) {
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let record = received.clone();
+    let app = Router::new().fallback(move |request: axum::extract::Request| {
+        let record = record.clone();
+        async move {
+            let method = request.method().to_string();
+            let authorization = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            record.lock().unwrap().push(Received {
+                method,
+                authorization,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"access_token":"from-the-redirect-target","token_type":"bearer"}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = Url::parse(&format!("http://{}/token", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, received)
+}
+
+/// A token endpoint that redirects with `status` to `to`.
+async fn redirecting(to: Url) -> Url {
+    let app = Router::new().route(
+        "/{status}",
+        post(
+            move |axum::extract::Path(status): axum::extract::Path<u16>| {
+                let to = to.to_string();
+                async move {
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        [(header::LOCATION, to)],
+                    )
+                        .into_response()
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn no_client_makes_a_token_request_follow_a_redirect() {
+    let (target, received) = sink().await;
+    let endpoint = redirecting(target).await;
+    let following = OAuthHttpClient::from_reqwest(
+        // An application's client that follows redirects (reqwest's default).
+        reqwest::Client::builder()
+            .tls_certs_only(Vec::<reqwest::Certificate>::new())
+            .build()
+            .unwrap(),
+    );
+    let secrets = ["the-client-secret", "the-code", "the-refresh-token"];
+    for (name, http) in [
+        ("default client", OAuthHttpClient::new().unwrap()),
+        ("redirect-following client", following),
+    ] {
+        for method in [ClientAuthMethod::Basic, ClientAuthMethod::RequestBody] {
+            for status in [301, 302, 303, 307, 308] {
+                let client = StandardOAuthClient::builder(
+                    "id",
+                    endpoint.join("/authorize").unwrap().as_str(),
+                    endpoint.join(&status.to_string()).unwrap().as_str(),
+                )
+                .client_secret(secrets[0])
+                .auth_method(method)
+                .http_client(http.clone())
+                .build()
+                .unwrap();
+                let exchanged = client
+                    .exchange_code(&SecretString::from(secrets[1].to_owned()), &flow())
+                    .await;
+                let refreshed = client
+                    .refresh(&SecretString::from(secrets[2].to_owned()), &[])
+                    .await;
+                for result in [exchanged, refreshed] {
+                    let error = result.expect_err("a redirected token request fails");
+                    assert_eq!(
+                        error.kind(),
+                        OAuthErrorKind::Protocol,
+                        "{name} {status}: {error}"
+                    );
+                    assert!(error.to_string().contains("redirect"), "{error}");
+                }
+            }
+        }
+    }
+    // The default client never reaches the target; a following client may
+    // send it a bodyless GET (301/302/303), never the form or credentials.
+    for request in received.lock().unwrap().iter() {
+        assert_eq!(request.method, "GET", "{request:?}");
+        assert!(request.body.is_empty(), "{request:?}");
+        assert_eq!(request.authorization, None, "{request:?}");
+        for secret in secrets {
+            assert!(!request.body.contains(secret), "{request:?}");
+        }
+    }
+}
+
+/// A token endpoint whose answer has `size` bytes (a valid token response
+/// padded with an extra member), with or without a `Content-Length`.
+async fn large_answers() -> Url {
+    fn token_of_size(size: usize) -> String {
+        let head = r#"{"access_token":"big","token_type":"bearer","pad":""#;
+        let tail = r#""}"#;
+        format!("{head}{}{tail}", "x".repeat(size - head.len() - tail.len()))
+    }
+    let app = Router::new()
+        .route(
+            "/sized/{size}",
+            post(
+                |axum::extract::Path(size): axum::extract::Path<usize>| async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        token_of_size(size),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/streamed/{size}",
+            post(
+                |axum::extract::Path(size): axum::extract::Path<usize>| async move {
+                    let body = token_of_size(size).into_bytes();
+                    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                        body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+                    )
+                },
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn token_responses_are_capped_at_one_mebibyte() {
+    let base = large_answers().await;
+    let limit = mcp_authkit_providers::http::TOKEN_RESPONSE_LIMIT;
+    assert_eq!(limit, 1024 * 1024);
+    for kind in ["sized", "streamed"] {
+        let fits = client_at(&base, &format!("/{kind}/{limit}"))
+            .exchange_code(&SecretString::from("c".to_owned()), &flow())
+            .await
+            .unwrap();
+        assert_eq!(fits.access_token.expose_secret(), "big", "{kind}");
+        let error = client_at(&base, &format!("/{kind}/{}", limit + 1))
+            .exchange_code(&SecretString::from("c".to_owned()), &flow())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), OAuthErrorKind::Protocol, "{kind}: {error}");
+        assert!(
+            error.to_string().contains("larger than 1048576 bytes"),
+            "{error}"
+        );
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -23,7 +23,10 @@ use crate::transport::Clients;
 /// sends the request with redirects disabled, then follows `Location`
 /// itself, recording every [`Hop`]. `301`/`302`/`303` continue with `GET`;
 /// `307`/`308` repeat the method and form. Cookies set by responses are
-/// sent back to the same origin, like a browser profile; clones share them.
+/// sent back like a browser profile does: to the same origin, on paths
+/// under their `Path`, until their `Max-Age` runs out, `Secure` ones over
+/// https only. Clones share the jar; [`with_new_cookie_jar`](Self::with_new_cookie_jar)
+/// starts another profile.
 ///
 /// ```
 /// # async fn demo() -> Result<(), mcp_authkit_testkit::Error> {
@@ -49,8 +52,43 @@ pub struct Browser {
     jar: Arc<Mutex<CookieJar>>,
 }
 
-/// `name=value` cookies per origin (ASCII serialization).
-type CookieJar = HashMap<String, Vec<(String, String)>>;
+/// Cookies per origin (ASCII serialization).
+type CookieJar = HashMap<String, Vec<StoredCookie>>;
+
+/// A cookie a response set.
+#[derive(Clone)]
+struct StoredCookie {
+    name: String,
+    value: String,
+    path: String,
+    expires: Option<Instant>,
+    secure: bool,
+}
+
+impl StoredCookie {
+    fn applies_to(&self, url: &Url, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+            && (!self.secure || url.scheme() == "https")
+            && path_matches(url.path(), &self.path)
+    }
+}
+
+/// RFC 6265 section 5.1.4: the cookie path is the request path or one of
+/// its directories.
+fn path_matches(request: &str, cookie: &str) -> bool {
+    request == cookie
+        || (request.starts_with(cookie)
+            && (cookie.ends_with('/') || request[cookie.len()..].starts_with('/')))
+}
+
+/// RFC 6265 section 5.1.4: a cookie without `Path` belongs to the request
+/// path's directory.
+fn default_path(request: &str) -> String {
+    match request.rfind('/') {
+        Some(0) | None => "/".to_owned(),
+        Some(last) => request[..last].to_owned(),
+    }
+}
 
 impl Browser {
     /// A browser with no extra headers, following up to 20 redirects, each
@@ -91,6 +129,25 @@ impl Browser {
     pub fn with_cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.cookies.push((name.into(), value.into()));
         self
+    }
+
+    /// The same browser with an empty cookie jar of its own, like a second
+    /// browser profile (it keeps the headers, settings and connections;
+    /// clones made from it share the new jar).
+    pub fn with_new_cookie_jar(mut self) -> Self {
+        self.jar = Arc::default();
+        self
+    }
+
+    /// `(name, value)` of the cookies set by responses that a request to
+    /// `url` would carry now (not those of [`with_cookie`](Self::with_cookie)).
+    ///
+    /// # Panics
+    ///
+    /// If `url` is not a URL: a typo in the test itself.
+    pub fn stored_cookies(&self, url: &str) -> Vec<(String, String)> {
+        let url = Url::parse(url).unwrap_or_else(|e| panic!("{url:?} is not a URL: {e}"));
+        self.jar_cookies(&url)
     }
 
     /// Stops before requesting any URL on `origin`'s origin (scheme, host
@@ -151,7 +208,7 @@ impl Browser {
             }
             let response = self.send(&method, &url, form.as_ref()).await?;
             let status = response.status();
-            self.remember_cookies(&origin, response.headers());
+            self.remember_cookies(&url, response.headers());
             let location = match response.headers().get(header::LOCATION) {
                 Some(value) if status.is_redirection() => Some(location(&url, status, value)?),
                 _ => None,
@@ -200,7 +257,7 @@ impl Browser {
             .request(method.clone(), url.clone())
             .headers(self.headers.clone())
             .timeout(self.timeout);
-        if let Some(cookie) = self.cookie_header(&url.origin()) {
+        if let Some(cookie) = self.cookie_header(url) {
             request = request.header(header::COOKIE, cookie);
         }
         if let Some(form) = form {
@@ -209,21 +266,38 @@ impl Browser {
         request.send().await.map_err(|e| http_error(method, url, e))
     }
 
-    fn cookie_header(&self, origin: &url::Origin) -> Option<String> {
+    fn jar_cookies(&self, url: &Url) -> Vec<(String, String)> {
         let jar = self.jar.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = jar.get(&origin.ascii_serialization());
+        let now = Instant::now();
+        let mut cookies: Vec<&StoredCookie> = jar
+            .get(&url.origin().ascii_serialization())
+            .into_iter()
+            .flatten()
+            .filter(|cookie| cookie.applies_to(url, now))
+            .collect();
+        // Longer paths first (RFC 6265 section 5.4); otherwise as set.
+        cookies.sort_by_key(|cookie| std::cmp::Reverse(cookie.path.len()));
+        cookies
+            .into_iter()
+            .map(|cookie| (cookie.name.clone(), cookie.value.clone()))
+            .collect()
+    }
+
+    fn cookie_header(&self, url: &Url) -> Option<String> {
+        let stored = self.jar_cookies(url);
         let pairs: Vec<String> = self
             .cookies
             .iter()
-            .chain(stored.into_iter().flatten())
+            .chain(&stored)
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
         (!pairs.is_empty()).then(|| pairs.join("; "))
     }
 
-    /// Keeps `name=value` of each `Set-Cookie`, per origin; attributes are
-    /// ignored except that an empty value or `Max-Age=0` deletes.
-    fn remember_cookies(&self, origin: &url::Origin, headers: &HeaderMap) {
+    /// Keeps each `Set-Cookie` with its `Path`, `Max-Age` and `Secure`
+    /// (`Expires` and `Domain` are ignored: cookies stay on their origin);
+    /// an empty value or a `Max-Age` of zero or less deletes.
+    fn remember_cookies(&self, url: &Url, headers: &HeaderMap) {
         let mut jar = self.jar.lock().unwrap_or_else(|p| p.into_inner());
         for value in headers.get_all(header::SET_COOKIE) {
             let Ok(value) = value.to_str() else { continue };
@@ -231,13 +305,36 @@ impl Browser {
             let Some((name, cookie)) = parts.next().and_then(|p| p.split_once('=')) else {
                 continue;
             };
-            let (name, cookie) = (name.trim().to_owned(), cookie.trim().to_owned());
-            let deleted = cookie.is_empty()
-                || parts.any(|attr| attr.trim().eq_ignore_ascii_case("max-age=0"));
-            let cookies = jar.entry(origin.ascii_serialization()).or_default();
-            cookies.retain(|(n, _)| *n != name);
+            let mut stored = StoredCookie {
+                name: name.trim().to_owned(),
+                value: cookie.trim().to_owned(),
+                path: default_path(url.path()),
+                expires: None,
+                secure: false,
+            };
+            let mut deleted = stored.value.is_empty();
+            for attribute in parts {
+                let (key, value) = attribute.split_once('=').unwrap_or((attribute, ""));
+                let (key, value) = (key.trim(), value.trim());
+                if key.eq_ignore_ascii_case("path") && value.starts_with('/') {
+                    stored.path = value.to_owned();
+                } else if key.eq_ignore_ascii_case("max-age") {
+                    match value.parse::<i64>() {
+                        Ok(seconds) if seconds > 0 => {
+                            stored.expires = Instant::now()
+                                .checked_add(Duration::from_secs(seconds.unsigned_abs()));
+                        }
+                        Ok(_) => deleted = true,
+                        Err(_) => {}
+                    }
+                } else if key.eq_ignore_ascii_case("secure") {
+                    stored.secure = true;
+                }
+            }
+            let cookies = jar.entry(url.origin().ascii_serialization()).or_default();
+            cookies.retain(|c| !(c.name == stored.name && c.path == stored.path));
             if !deleted {
-                cookies.push((name, cookie));
+                cookies.push(stored);
             }
         }
     }

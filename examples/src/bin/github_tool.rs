@@ -19,7 +19,7 @@
 //!    the "Streamable HTTP" transport, enter `http://127.0.0.1:8005/mcp`
 //!    and connect.
 //! 4. Call `github_whoami`. The Inspector shows the elicitation with a link
-//!    to `http://127.0.0.1:8005/oauth/github/connect?...`; open it, approve
+//!    to `http://127.0.0.1:8005/oauth/github/connect?flow=...`; open it, approve
 //!    on GitHub, and the tool call finishes with your GitHub login. Call it
 //!    again: no prompt this time.
 //!
@@ -41,11 +41,14 @@
 //! # One user, on purpose
 //!
 //! This demo serves one local user: every call is "local-user", and the
-//! connect page trusts whoever holds the link (`trust_link_holder`). A
-//! shared server instead identifies callers with its own authorization
-//! (`subject_from_extension` over the claims its middleware validated) and
-//! checks the browser user on the connect page (`browser_user`), so a link
-//! sent to someone else cannot connect their GitHub account to your calls.
+//! connect page trusts whoever holds the link (`trust_link_holder`). The
+//! callback still accepts only the browser that opened the link (a
+//! per-flow cookie), so open the link and approve on GitHub in the same
+//! browser. A shared server instead identifies callers with its own
+//! authorization (`subject_from_extension` over the claims its middleware
+//! validated) and checks the browser user on the connect page
+//! (`browser_user`), so a link sent to someone else cannot connect their
+//! GitHub account to your calls.
 
 use std::time::Duration;
 

@@ -6,14 +6,52 @@
 //! single-flight refresh across replicas, exactly-once callbacks), and
 //! serves two routes the application mounts ([`OAuthProvider::router`]):
 //!
-//! - `GET {base}/connect`: the URL the MCP client shows the user (URL-mode
-//!   elicitation). It checks that the browser user is the user who started
-//!   the flow ([`BrowserUser`]), then redirects to the third party with
-//!   `state` and a PKCE challenge. The link carries neither the OAuth
-//!   `state` nor any token.
-//! - `GET {base}/callback`: the redirect URI. It takes the flow exactly
-//!   once, checks `iss`, exchanges the code, stores the token and wakes the
-//!   waiting tool call, on whichever replica it waits.
+//! - `GET {base}/connect?flow=<handle>`: the URL the MCP client shows the
+//!   user (URL-mode elicitation). The handle is 256 random bits and all the
+//!   link carries: no subject (often an e-mail address), no OAuth `state`,
+//!   no token. The page finds the flow from the handle alone (on every
+//!   backend and replica), checks that the browser user is the user who
+//!   started the flow ([`BrowserUser`]), sets the flow's browser-binding
+//!   cookie, and redirects to the third party with `state` and a PKCE
+//!   challenge.
+//! - `GET {base}/callback`: the redirect URI. Before anything else it checks
+//!   that the browser brings the flow's binding cookie (and, with a
+//!   `browser_user` hook, that the browser user is still the flow's user);
+//!   then it takes the flow exactly once, checks `iss`, exchanges the code,
+//!   stores the token and wakes the waiting tool call, on whichever replica
+//!   it waits.
+//!
+//! # What the browser binding protects against, and what not
+//!
+//! MCP requires that the user who completes a URL elicitation is the user
+//! who started it. The connect page's user check alone guards one hop: an
+//! attacker could pass it with her own flow, copy the redirect to the third
+//! party (which carries her `state`) and send it to a victim, whose
+//! third-party account would then be bound to the attacker's MCP user. The
+//! binding cookie closes that: the callback accepts only the browser that
+//! passed the connect page for that flow. A missing or wrong cookie gets a
+//! `403` page, and the flow is not taken, nothing is exchanged or stored,
+//! and the waiting tool call goes on waiting for its rightful user.
+//!
+//! The cookie (`HttpOnly`, `SameSite=Lax`, `Path` = the provider's base
+//! path, `Max-Age` = the flow's remaining life, `Secure` and `__Secure-`
+//! on https) has one name per flow, so flows of several providers or users
+//! in one browser never overwrite each other. Its value is keyed by the
+//! flow's PKCE verifier; the flow stores only its digest; it never appears
+//! in a URL, a page or a log.
+//!
+//! It does not protect against:
+//!
+//! - a user who hands over their whole browser (or its cookies): whoever
+//!   holds the browser is that user here;
+//! - under [`trust_link_holder`](OAuthProviderBuilder::trust_link_holder),
+//!   a forwarded *connect link*: whoever opens it first in a browser binds
+//!   that browser (the setting trusts the link holder by definition; use
+//!   [`browser_user`](OAuthProviderBuilder::browser_user) on a shared
+//!   server);
+//! - an attacker who can set cookies for the server's host (a compromised
+//!   sibling subdomain over plain http): serve the routes over https, where
+//!   the `__Secure-` prefix refuses such cookies.
 //!
 //! With the `rmcp` feature, a tool of an rmcp server needs one line,
 //! `let token = self.github.require_token(&ctx).await?;`, and the server
@@ -49,7 +87,11 @@
 //! # Ok(()) }
 //! ```
 
+mod binding;
 mod browser;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod html;
 mod query;
 mod routes;
@@ -61,8 +103,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Access, AccessToken, BeginOutcome, Clock, FlowOutcome, FlowRequest, FlowState, LifecycleConfig,
-    OAuthClient, PendingStore, Revision, TokenLifecycle, TokenStore,
+    Access, AccessToken, Clock, FlowOutcome, FlowState, InsertOutcome, LifecycleConfig,
+    OAuthClient, PendingFlow, PendingStore, Revision, TokenLifecycle, TokenStore,
 };
 use mcp_authkit_store_memory::MemoryStore;
 use url::Url;
@@ -74,6 +116,7 @@ pub use tools::{
     subject_from_extension,
 };
 
+use binding::CookieJar;
 use browser::ConnectCheck;
 
 /// How a tool call that needs authorization behaves on a 2025-11-25
@@ -91,6 +134,12 @@ pub enum ElicitationStyle {
     /// (`URLElicitationRequiredError`) carrying the elicitation; send
     /// `notifications/elicitation/complete` to the session when the
     /// callback lands, and let the client retry the call.
+    ///
+    /// rmcp 3.11 logs every JSON-RPC error response at `WARN` level, the
+    /// elicited link included: under
+    /// [`trust_link_holder`](OAuthProviderBuilder::trust_link_holder),
+    /// where the link starts the sign-in for whoever holds it, keep
+    /// `rmcp::service` below `warn` in logs others read.
     FailFast,
 }
 
@@ -160,7 +209,11 @@ impl std::ops::Deref for UserToken {
 }
 
 /// An authorization flow a user has to finish in the browser.
-#[derive(Clone, Debug)]
+///
+/// `Debug` leaves out the link and the elicitation id: under
+/// [`trust_link_holder`](OAuthProviderBuilder::trust_link_holder) whoever
+/// holds them can start the sign-in.
+#[derive(Clone)]
 pub struct PendingAuthorization {
     subject: String,
     state: FlowState,
@@ -170,14 +223,29 @@ pub struct PendingAuthorization {
     expires_in: Option<Duration>,
 }
 
+impl fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("subject", &self.subject)
+            .field("state", &self.state)
+            .field("connect_url", &"[redacted]")
+            .field("elicitation_id", &"[redacted]")
+            .field("started", &self.started)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
 impl PendingAuthorization {
     /// The MCP user it is for.
     pub fn subject(&self) -> &str {
         &self.subject
     }
 
-    /// The URL to show the user: this server's connect page (never the third
-    /// party's authorize URL, never carrying the OAuth `state`).
+    /// The URL to show the user: this server's connect page with the flow's
+    /// opaque link handle (never the third party's authorize URL, never the
+    /// OAuth `state`, never the subject). Empty of a handle when the flow is
+    /// already being completed (there is nothing left to open).
     pub fn connect_url(&self) -> &Url {
         &self.connect_url
     }
@@ -209,6 +277,7 @@ pub(crate) struct ProviderInner {
     pub(crate) redirect_uri: String,
     pub(crate) token_timeout: Duration,
     pub(crate) connect_check: ConnectCheck,
+    pub(crate) cookies: CookieJar,
     #[cfg_attr(not(feature = "rmcp"), allow(dead_code))]
     pub(crate) style: ElicitationStyle,
     pub(crate) clock: Arc<dyn Clock>,
@@ -345,43 +414,68 @@ impl OAuthProvider {
     /// Starts an authorization flow for `subject`, or joins the one in
     /// progress for the same user (concurrent calls share one flow).
     /// `started_by` records who asked (an MCP session id).
+    ///
+    /// The flow is the lifecycle's, with two things of this provider's own:
+    /// its elicitation id is the link handle (256 random bits) and its
+    /// `state` is derived from it one way, so the connect page finds the
+    /// flow from the link alone; and it records the digest of its browser
+    /// binding.
     pub async fn begin_authorization(
         &self,
         subject: &str,
         started_by: Option<&str>,
     ) -> Result<PendingAuthorization, ProviderError> {
         let lifecycle = &self.inner.lifecycle;
-        let mut request = FlowRequest::default();
-        if let Some(started_by) = started_by {
-            request = request.started_by(started_by);
-        }
-        let begun = lifecycle.begin_authorization(subject, request).await?;
-        let (flow, started) = match begun {
-            BeginOutcome::Started(flow) => (flow, true),
-            BeginOutcome::Joined(flow) => (flow, false),
-            // The active flow's callback is being handled right now: the
-            // connect link is no longer needed, so hand out that flow's
-            // handle with the outcome to wait for.
-            BeginOutcome::Completing(state) => {
-                return Ok(PendingAuthorization {
-                    subject: subject.to_owned(),
-                    connect_url: self.connect_url_for(subject, ""),
-                    state,
-                    elicitation_id: String::new(),
-                    started: false,
-                    expires_in: None,
-                });
-            }
-        };
+        let config = lifecycle.config();
         let now = self.now();
-        Ok(PendingAuthorization {
+        let mut flow = PendingFlow::new(
+            lifecycle.key(subject),
+            config.redirect_uri.clone(),
+            config.scopes.clone(),
+            now,
+            config.flow_ttl,
+        );
+        flow.elicitation_id = binding::new_handle();
+        flow.state = binding::state_for(&self.inner.name, &flow.elicitation_id);
+        flow.started_by = started_by.map(str::to_owned);
+        binding::seal(&mut flow);
+        let (flow, started) = match lifecycle.pending_store().insert(&flow).await? {
+            InsertOutcome::Inserted => (flow, true),
+            InsertOutcome::Joined(state) => match lifecycle.pending_flow(&state).await? {
+                Some(existing) => (existing, false),
+                // The active flow's callback is being handled right now: the
+                // connect link is no longer needed, so hand out that flow's
+                // handle with the outcome to wait for.
+                None => {
+                    return Ok(PendingAuthorization {
+                        subject: subject.to_owned(),
+                        connect_url: self.inner.connect_url.clone(),
+                        state,
+                        elicitation_id: String::new(),
+                        started: false,
+                        expires_in: None,
+                    });
+                }
+            },
+        };
+        Ok(self.pending_for(subject, flow, started))
+    }
+
+    /// The handle on a pending `flow` of `subject`.
+    pub(crate) fn pending_for(
+        &self,
+        subject: &str,
+        flow: PendingFlow,
+        started: bool,
+    ) -> PendingAuthorization {
+        PendingAuthorization {
             subject: subject.to_owned(),
-            connect_url: self.connect_url_for(subject, &flow.elicitation_id),
-            elicitation_id: flow.elicitation_id.clone(),
-            expires_in: Some(flow.expires_at.saturating_duration_since(now)),
+            connect_url: self.connect_url_for(&flow.elicitation_id),
+            expires_in: Some(flow.expires_at.saturating_duration_since(self.now())),
+            elicitation_id: flow.elicitation_id,
             state: flow.state,
             started,
-        })
+        }
     }
 
     /// Waits up to `timeout` for the flow to end; `None` if it did not.
@@ -445,14 +539,12 @@ impl OAuthProvider {
         self.inner.clock.now()
     }
 
-    /// `{connect}?user=..&flow=..`: the subject picks the key's active flow,
-    /// the elicitation id (128 random bits) proves the link was handed out
-    /// for that flow. The OAuth `state` never leaves the server this way.
-    fn connect_url_for(&self, subject: &str, elicitation_id: &str) -> Url {
+    /// `{connect}?flow=<handle>`: one opaque handle, which the connect page
+    /// maps to the flow (its `state` is derived from it). No subject, no
+    /// OAuth `state`.
+    fn connect_url_for(&self, handle: &str) -> Url {
         let mut url = self.inner.connect_url.clone();
-        url.query_pairs_mut()
-            .append_pair("user", subject)
-            .append_pair("flow", elicitation_id);
+        url.query_pairs_mut().append_pair("flow", handle);
         url
     }
 }
@@ -491,7 +583,8 @@ impl OAuthProviderBuilder {
     }
 
     /// A redirect URI other than `{base_url}/callback` (its path is where
-    /// the callback route is mounted).
+    /// the callback route is mounted). It must be on the base URL's origin,
+    /// so the browser-binding cookie reaches it.
     pub fn redirect_uri(mut self, redirect_uri: impl Into<String>) -> Self {
         self.redirect_uri = Some(redirect_uri.into());
         self
@@ -555,7 +648,8 @@ impl OAuthProviderBuilder {
     }
 
     /// The application's hook that says who is at the browser; the connect
-    /// page continues only when it names the user who started the flow.
+    /// page continues only when it names the user who started the flow, and
+    /// the callback asks it again before it takes the flow.
     pub fn browser_user(mut self, hook: impl BrowserUser) -> Self {
         self.connect_check = Some(ConnectCheck::SameUser(Arc::new(hook)));
         self
@@ -568,8 +662,11 @@ impl OAuthProviderBuilder {
     /// machine, where the MCP user and the browser user are the same
     /// person). On a shared server it allows the phishing attack the MCP
     /// specification warns about: an attacker starts a flow and sends the
-    /// link to a victim, whose third-party account then serves the
-    /// attacker's tool calls.
+    /// connect link to a victim, whose third-party account then serves the
+    /// attacker's tool calls. The browser binding still applies: the
+    /// callback accepts only the browser that opened the connect link, so
+    /// a forwarded authorize URL or callback is refused; but the connect
+    /// link itself is a bearer link here.
     pub fn trust_link_holder(mut self) -> Self {
         self.connect_check = Some(ConnectCheck::TrustLinkHolder);
         self
@@ -631,6 +728,22 @@ impl OAuthProviderBuilder {
                 "its path is the connect page's path; pick another",
             ));
         }
+        if callback.origin() != connect_url.origin() {
+            return Err(ProviderError::config(
+                "redirect URI",
+                format!(
+                    "{redirect_uri:?} is not on the base URL's origin ({}): the callback must \
+                     receive the browser-binding cookie the connect page sets, so both must be \
+                     on one scheme, host and port",
+                    connect_url.origin().ascii_serialization()
+                ),
+            ));
+        }
+        let cookies = CookieJar::new(
+            connect_url.path(),
+            callback.path(),
+            connect_url.scheme() == "https",
+        );
         let store = MemoryStore::new();
         let tokens = self
             .tokens
@@ -663,6 +776,7 @@ impl OAuthProviderBuilder {
                 redirect_uri,
                 token_timeout: self.token_timeout,
                 connect_check,
+                cookies,
                 style: self.style,
                 clock,
                 #[cfg(feature = "rmcp")]

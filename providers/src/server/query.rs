@@ -67,6 +67,14 @@ impl Query {
         Ok(Query { params })
     }
 
+    /// Every parameter, in no particular order.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
     /// A parameter, refused when longer than `limit` bytes.
     pub(crate) fn get(&self, name: &'static str, limit: usize) -> Result<Option<&str>, QueryError> {
         match self.params.get(name) {
@@ -90,14 +98,17 @@ fn decode(text: &str) -> Result<String, QueryError> {
                 i += 1;
             }
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| QueryError::Malformed {
+                // Two hex digits exactly: u8::from_str_radix would also take
+                // a sign ("%+3" as byte 3), which no other decoder does.
+                let (Some(high), Some(low)) = (
+                    bytes.get(i + 1).copied().and_then(hex_digit),
+                    bytes.get(i + 2).copied().and_then(hex_digit),
+                ) else {
+                    return Err(QueryError::Malformed {
                         reason: "a '%' is not followed by two hex digits".into(),
-                    })?;
-                out.push(hex);
+                    });
+                };
+                out.push(high << 4 | low);
                 i += 3;
             }
             byte => {
@@ -109,6 +120,15 @@ fn decode(text: &str) -> Result<String, QueryError> {
     String::from_utf8(out).map_err(|_| QueryError::Malformed {
         reason: "a parameter is not valid UTF-8".into(),
     })
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +162,17 @@ mod tests {
             Query::parse(Some("state=%4"), 100),
             Err(QueryError::Malformed { .. })
         ));
+        // Found by the route_query fuzz target: a sign is no hex digit
+        // (u8::from_str_radix accepts "+3" as 3).
+        for escape in ["%+3A", "%+a", "%-1", "% 1"] {
+            assert!(
+                matches!(
+                    Query::parse(Some(&format!("state={escape}")), 100),
+                    Err(QueryError::Malformed { .. })
+                ),
+                "{escape}"
+            );
+        }
         assert!(matches!(
             Query::parse(Some(&"a".repeat(101)), 100),
             Err(QueryError::TooLong { limit: 100 })

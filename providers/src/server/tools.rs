@@ -164,10 +164,12 @@ pub struct AuthorizationRequired {
 
 impl fmt::Debug for AuthorizationRequired {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The link and the elicitation id (also inside the request state)
+        // start the sign-in for whoever holds them under trust_link_holder.
         f.debug_struct("AuthorizationRequired")
             .field("provider", &self.provider)
-            .field("url", &self.url.as_str())
-            .field("elicitation_id", &self.elicitation_id)
+            .field("url", &"[redacted]")
+            .field("elicitation_id", &"[redacted]")
             .field("input_required", &self.request_state.is_some())
             .finish()
     }
@@ -262,6 +264,19 @@ pub enum TokenError {
     NoSubject {
         /// The provider's display name.
         display: String,
+    },
+    /// The client declared URL-mode elicitation on a protocol version that
+    /// has none (2025-06-18 and older), so it cannot be sent.
+    #[error(
+        "{display} authorization is required, but this MCP session uses protocol version \
+         {version}, which is too old for authorization links (URL-mode elicitation needs \
+         2025-11-25 or newer). Update your MCP client, then try again"
+    )]
+    ProtocolTooOld {
+        /// The provider's display name.
+        display: String,
+        /// The session's negotiated protocol version.
+        version: String,
     },
     /// The client did not declare URL-mode elicitation, so it cannot show
     /// the link.
@@ -633,8 +648,28 @@ impl OAuthProvider {
     ///     retried call finds the token, or waits for the flow the user
     ///     accepted.
     ///   - A client that did not declare URL elicitation gets
-    ///     [`TokenError::UrlElicitationUnsupported`]; no flow is started and
-    ///     no other mode is tried.
+    ///     [`TokenError::UrlElicitationUnsupported`]; one that declared it
+    ///     on a protocol version without it (2025-06-18 and older) gets
+    ///     [`TokenError::ProtocolTooOld`]. No flow is started and no other
+    ///     mode is tried.
+    ///
+    /// The elicited URL is this server's connect page with an opaque link
+    /// handle: no subject, no OAuth `state` (see the [module docs](super)
+    /// for the browser binding that guards the callback).
+    ///
+    /// # Where the completion notice goes
+    ///
+    /// rmcp's streamable HTTP server (3.11) sends a server notification on
+    /// the tool call's own response stream only for progress and
+    /// cancellation; every other notification, `notifications/elicitation/complete`
+    /// included, goes on the session's standalone `GET` stream (server
+    /// requests such as `elicitation/create` do ride the call's stream, by
+    /// their originating request). rmcp has no way to tag a notification
+    /// with its request, so a client that never opens that optional stream
+    /// does not see the notice (one that opens it later gets it then): in
+    /// wait mode it still gets the tool's result on the call's stream right
+    /// after; in fail-fast mode it learns that the user finished when it
+    /// retries.
     pub async fn require_token(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -675,9 +710,15 @@ impl OAuthProvider {
             .client_capabilities()
             .and_then(|caps| caps.elicitation)
             .is_some_and(|elicitation| elicitation.url.is_some());
-        if !declares_url || !supports_url_elicitation(&version) {
+        if !declares_url {
             return Err(TokenError::UrlElicitationUnsupported {
                 display: display.clone(),
+            });
+        }
+        if !supports_url_elicitation(&version) {
+            return Err(TokenError::ProtocolTooOld {
+                display: display.clone(),
+                version: version.as_str().to_owned(),
             });
         }
         if uses_input_required(&version) {
@@ -961,25 +1002,39 @@ impl OAuthProvider {
         let Some(state) = lifecycle.pending_store().active_flow(&key).await? else {
             return Ok(None);
         };
-        let flow = lifecycle.pending_flow(&state).await?;
-        let now = self.inner.clock.now();
-        Ok(Some(match flow {
-            Some(flow) => PendingAuthorization {
-                subject: subject.to_owned(),
-                connect_url: self.connect_url_for(subject, &flow.elicitation_id),
-                elicitation_id: flow.elicitation_id,
-                expires_in: Some(flow.expires_at.saturating_duration_since(now)),
-                state,
-                started: true,
-            },
+        Ok(Some(match lifecycle.pending_flow(&state).await? {
+            Some(flow) => self.pending_for(subject, flow, true),
             None => PendingAuthorization {
                 subject: subject.to_owned(),
-                connect_url: self.connect_url_for(subject, ""),
+                connect_url: self.inner.connect_url.clone(),
                 elicitation_id: String::new(),
                 expires_in: None,
                 state,
                 started: false,
             },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_authorization_required_leaves_out_the_link() {
+        let handle = "bGluay1oYW5kbGUtMjU2LWJpdHMtcmFuZG9tLXZhbHVl";
+        let required = AuthorizationRequired {
+            provider: "github".into(),
+            message: "open the link".into(),
+            url: Url::parse(&format!(
+                "https://mcp.example.com/oauth/github/connect?flow={handle}"
+            ))
+            .unwrap(),
+            elicitation_id: handle.into(),
+            request_state: Some(request_state("github", handle)),
+        };
+        let printed = format!("{required:?}");
+        assert!(!printed.contains(handle), "{printed}");
+        assert!(printed.contains("github") && printed.contains("input_required: true"));
     }
 }

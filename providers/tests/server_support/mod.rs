@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use mcp_authkit_core::{
     ExposeSecret, ManualClock, OAuthClient, OAuthError, OAuthErrorKind, PendingFlow, PendingStore,
     SecretString, TokenResponse, TokenStore,
@@ -516,8 +516,11 @@ impl TestClient {
             .with_protocol_version(spec.version.clone());
         TestClient {
             config,
+            // A browser profile of its own: the binding cookies of one
+            // user's flows never reach another user's browser.
             browser: shared_browser()
                 .clone()
+                .with_new_cookie_jar()
                 .with_user(&spec.third_party_user)
                 .with_cookie("app_user", spec.app_user.clone()),
             behavior: Arc::new(Mutex::new(spec.behavior)),
@@ -589,8 +592,9 @@ impl TestClient {
     }
 
     /// Opens the connect link but stops before the authorization server,
-    /// and returns the OAuth `state` the connect page put into the redirect.
-    pub async fn state_behind(&self, url: &str, auth_origin: &Url) -> String {
+    /// and returns the authorize URL the connect page redirected to (the
+    /// browser now holds the flow's binding cookie).
+    pub async fn connect_only(&self, url: &str, auth_origin: &Url) -> Url {
         let navigation = self
             .browser
             .clone()
@@ -598,10 +602,17 @@ impl TestClient {
             .get(url)
             .await
             .expect("browser navigation");
-        let stopped = navigation
+        navigation
             .stopped_at()
-            .expect("the connect page redirects to the authorization server");
-        stopped
+            .expect("the connect page redirects to the authorization server")
+            .clone()
+    }
+
+    /// Opens the connect link but stops before the authorization server,
+    /// and returns the OAuth `state` the connect page put into the redirect.
+    pub async fn state_behind(&self, url: &str, auth_origin: &Url) -> String {
+        self.connect_only(url, auth_origin)
+            .await
             .query_pairs()
             .find(|(name, _)| name == "state")
             .map(|(_, value)| value.into_owned())
@@ -825,4 +836,103 @@ impl TokenStore for CountingStore {
         self.other();
         self.inner.scan(cursor, limit).await
     }
+}
+
+/// The public origin of replicas behind a load balancer that sends each
+/// request to the replica its path picks (connect pages to one, callbacks
+/// to another), as a real one may; it records who served what. It forwards
+/// what browsers send to these routes: `GET`s, headers included.
+pub struct LoadBalancer {
+    pub base: String,
+    routes: Arc<Mutex<Vec<(String, String)>>>,
+    served: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LoadBalancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LoadBalancer {
+    pub async fn start() -> LoadBalancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let routes: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let served: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let app = Router::new().fallback({
+            let (routes, served) = (routes.clone(), served.clone());
+            move |request: Request| forward(routes.clone(), served.clone(), request)
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        LoadBalancer {
+            base,
+            routes,
+            served,
+            task,
+        }
+    }
+
+    /// Sends requests whose path ends with `suffix` to `replica` (a base
+    /// URL); the first matching route wins.
+    pub fn route(&self, suffix: &str, replica: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .push((suffix.to_owned(), replica.to_owned()));
+    }
+
+    /// (path, replica) of every request forwarded.
+    pub fn served(&self) -> Vec<(String, String)> {
+        self.served.lock().unwrap().clone()
+    }
+}
+
+async fn forward(
+    routes: Arc<Mutex<Vec<(String, String)>>>,
+    served: Arc<Mutex<Vec<(String, String)>>>,
+    request: Request,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    let replica = routes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(suffix, _)| path.ends_with(suffix.as_str()))
+        .map(|(_, replica)| replica.clone());
+    let Some(replica) = replica else {
+        return (axum::http::StatusCode::BAD_GATEWAY, "no route").into_response();
+    };
+    served.lock().unwrap().push((path, replica.clone()));
+    let target = format!(
+        "{replica}{}",
+        request.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut outgoing = http().request(request.method().clone(), target);
+    for (name, value) in request.headers() {
+        if name != axum::http::header::HOST {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let answer = match outgoing.send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            return (axum::http::StatusCode::BAD_GATEWAY, error.to_string()).into_response();
+        }
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        // Framing is this hop's own.
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            response = response.header(name, value);
+        }
+    }
+    let body = answer.bytes().await.unwrap_or_default();
+    response.body(axum::body::Body::from(body)).unwrap()
 }

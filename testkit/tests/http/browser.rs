@@ -179,3 +179,92 @@ async fn loops_and_unreachable_urls_are_clear_errors_without_secrets() {
     assert!(error.is_retryable(), "a refused connection is retryable");
     assert!(!shown.contains("SECRET-CODE"), "{shown}");
 }
+
+/// A site whose cookies have a path, a lifetime or `Secure`.
+async fn scoped_site() -> Url {
+    let echo = |headers: HeaderMap| async move {
+        headers
+            .get(header::COOKIE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let app = Router::new()
+        .route(
+            "/app/set",
+            get(|| async {
+                let mut headers = HeaderMap::new();
+                for cookie in [
+                    "scoped=1; Path=/app; HttpOnly; SameSite=Lax",
+                    "lasting=2; Path=/; Max-Age=600",
+                    "secure=3; Path=/; Secure",
+                    "dir=4",
+                ] {
+                    headers.append(header::SET_COOKIE, cookie.parse().unwrap());
+                }
+                headers
+            }),
+        )
+        .route(
+            "/app/unset",
+            get(|| async { [(header::SET_COOKIE, "scoped=1; Path=/app; Max-Age=0")] }),
+        )
+        .route("/app/echo", get(echo))
+        .route("/apple/echo", get(echo))
+        .route("/other/echo", get(echo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Url::parse(&format!("http://{addr}/")).unwrap()
+}
+
+#[tokio::test]
+async fn cookies_keep_their_path_lifetime_and_secure_flag_per_jar() {
+    let site = scoped_site().await;
+    let url = |path: &str| site.join(path).unwrap().to_string();
+    let browser = Browser::new();
+    browser.get(&url("/app/set")).await.unwrap();
+    let page = |browser: Browser, path: &'static str| {
+        let target = url(path);
+        async move {
+            browser
+                .get(&target)
+                .await
+                .unwrap()
+                .page()
+                .unwrap()
+                .body
+                .clone()
+        }
+    };
+    // Longer paths first; `dir` has the default path `/app`; `secure`
+    // never goes over plain http.
+    assert_eq!(
+        page(browser.clone(), "/app/echo").await,
+        "scoped=1; dir=4; lasting=2"
+    );
+    assert_eq!(
+        page(browser.clone(), "/apple/echo").await,
+        "lasting=2",
+        "not a directory of /app"
+    );
+    assert_eq!(page(browser.clone(), "/other/echo").await, "lasting=2");
+    assert_eq!(
+        browser.stored_cookies(&url("/app/echo")),
+        [
+            ("scoped".to_owned(), "1".to_owned()),
+            ("dir".to_owned(), "4".to_owned()),
+            ("lasting".to_owned(), "2".to_owned())
+        ]
+    );
+
+    // Another profile starts empty and keeps its own cookies.
+    let other = browser.clone().with_new_cookie_jar();
+    assert_eq!(page(other.clone(), "/app/echo").await, "");
+    other.get(&url("/app/set")).await.unwrap();
+    other.get(&url("/app/unset")).await.unwrap();
+    assert_eq!(page(other, "/app/echo").await, "dir=4; lasting=2");
+    assert_eq!(
+        page(browser, "/app/echo").await,
+        "scoped=1; dir=4; lasting=2"
+    );
+}
