@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::authorize::WRONG_ISSUER;
 use crate::failure::Endpoint;
-use crate::http::{OAuthFailure, found, json, malformed_json, plain_status};
+use crate::http::{found, json, malformed_json, plain_status};
 use crate::requests::RecordedRequest;
 use crate::server::{Origin, Shared};
 use crate::settings::{IssParameter, MetadataFault};
@@ -82,10 +82,8 @@ async fn serve(
         Document::OpenIdInserted | Document::OpenIdAppended => Endpoint::OpenIdConfiguration,
     };
     let failure = shared.begin(RecordedRequest::new(endpoint, &method, &uri, &headers));
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let (served, fault, body) = {
         let state = shared.lock();
@@ -206,10 +204,8 @@ pub(crate) async fn fallback(
         &uri,
         &headers,
     ));
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let document = shared.lock().hosted.get(uri.path()).cloned();
     match document {

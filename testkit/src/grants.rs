@@ -13,6 +13,7 @@ use crate::http::{OAuthFailure, Params, absolute_uri, split_scopes};
 use crate::keys::peek;
 use crate::secret::random_string;
 use crate::server::Shared;
+use crate::settings::Settings;
 use crate::state::{Grant, State};
 use crate::tokens::IssuedTokens;
 use crate::{ID_JAG_JWT_TYPE, ID_JAG_TOKEN_TYPE, ID_TOKEN_TYPE};
@@ -21,17 +22,17 @@ fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The scopes a grant asks for: `requested` (checked against
-/// `scopes_supported`), else the default ones, narrowed by `grant_only`.
-fn granted_scopes(state: &State, requested: Vec<String>) -> Result<Vec<String>, OAuthFailure> {
-    let settings = &state.settings;
+/// The scopes a grant (or an authorization) gets: `requested` (checked
+/// against `scopes_supported`; the error names the unknown one), else the
+/// default ones, narrowed by `grant_only`.
+pub(crate) fn scopes_to_grant(
+    settings: &Settings,
+    requested: Vec<String>,
+) -> Result<Vec<String>, String> {
     if let Some(supported) = &settings.scopes_supported
         && let Some(unknown) = requested.iter().find(|s| !supported.contains(s))
     {
-        return Err(OAuthFailure::new(
-            "invalid_scope",
-            format!("scope {unknown:?} is not supported"),
-        ));
+        return Err(format!("scope {unknown:?} is not supported"));
     }
     let mut scopes = if requested.is_empty() {
         settings.default_scopes.clone()
@@ -42,6 +43,11 @@ fn granted_scopes(state: &State, requested: Vec<String>) -> Result<Vec<String>, 
         scopes.retain(|s| allowed.contains(s));
     }
     Ok(scopes)
+}
+
+fn granted_scopes(state: &State, requested: Vec<String>) -> Result<Vec<String>, OAuthFailure> {
+    scopes_to_grant(&state.settings, requested)
+        .map_err(|reason| OAuthFailure::new("invalid_scope", reason))
 }
 
 /// The `resource`s of a request, each an absolute URI, required when the

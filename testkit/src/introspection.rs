@@ -38,10 +38,8 @@ pub(crate) async fn introspect(
             "introspection is disabled on this server",
         );
     }
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let token = match params.single("token") {
         Ok(Some(token)) => token,
@@ -95,10 +93,8 @@ pub(crate) async fn userinfo(
         &uri,
         &headers,
     ));
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let token = headers
         .get(header::AUTHORIZATION)

@@ -33,10 +33,8 @@ pub(crate) async fn register(
             "dynamic client registration is disabled on this server",
         );
     }
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     match register_client(&shared, document) {
         Ok(body) => json(StatusCode::CREATED, &body),

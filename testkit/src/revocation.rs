@@ -34,10 +34,8 @@ pub(crate) async fn revoke(
             "revocation is disabled on this server",
         );
     }
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     match revoke_token(&shared, &headers, &params) {
         Ok(()) => json(StatusCode::OK, &json!({})),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Extension;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -103,6 +103,19 @@ impl Shared {
             }
             Some(Failure::MalformedJson) => Err(malformed_json()),
             Some(Failure::OAuthError(error)) => Ok(Some(error)),
+        }
+    }
+
+    /// Plays an injected failure at an endpoint that answers JSON: the
+    /// whole answer when there is one (an OAuth error code as a JSON error
+    /// body), `None` to go on normally.
+    pub(crate) async fn injected_json_failure(&self, failure: Option<Failure>) -> Option<Response> {
+        match self.run_failure(failure).await {
+            Ok(None) => None,
+            Ok(Some(error)) => {
+                Some(crate::http::OAuthFailure::new(&error, "injected failure").into_response())
+            }
+            Err(response) => Some(response),
         }
     }
 

@@ -40,10 +40,8 @@ pub(crate) async fn token(
             .grant(grant)
             .form(&params),
     );
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     match grant_tokens(&shared, &headers, &params) {
         Ok(body) => json(StatusCode::OK, &body),
