@@ -49,3 +49,4 @@ pub mod client;
 pub mod http;
 pub mod server;
 pub mod standard;
+mod token_request;

@@ -38,3 +38,5 @@ mod scopes;
 mod servers;
 #[path = "client_oauth/sign_out.rs"]
 mod sign_out;
+#[path = "client_oauth/token_layer.rs"]
+mod token_layer;

@@ -5,14 +5,12 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use mcp_authkit_core::TokenKey;
 
-use crate::client::challenge::AuthChallenge;
 use crate::client::error::ClientAuthError;
 use crate::client::machine::{Grant, GrantTarget, Machine, MachineBuilder};
-use crate::client::oauth::{TokenEndpointAuthMethod, post_form, token_answer};
-use crate::client::provider::{AuthProvider, BearerToken};
+use crate::client::oauth::TokenEndpointAuthMethod;
 use crate::client::registration::PreRegisteredClient;
+use crate::token_request::Grant as TokenGrant;
 
 /// The default [`namespace`](ClientCredentialsProviderBuilder::namespace)
 /// of its stored records.
@@ -96,26 +94,6 @@ impl ClientCredentialsProvider {
             client,
         }
     }
-
-    /// The MCP server's URL.
-    pub fn server_url(&self) -> &str {
-        self.machine.server_url()
-    }
-
-    /// The authorization server in use, once discovered (or read back).
-    pub fn issuer(&self) -> Option<String> {
-        self.machine.issuer()
-    }
-
-    /// The resource tokens are requested for, once discovered.
-    pub fn resource(&self) -> Option<String> {
-        self.machine.resource()
-    }
-
-    /// The key the token is stored under, once discovered.
-    pub fn token_key(&self) -> Option<TokenKey> {
-        self.machine.token_key()
-    }
 }
 
 impl ClientCredentialsProviderBuilder {
@@ -151,14 +129,6 @@ impl ClientCredentialsProviderBuilder {
     }
 }
 
-impl fmt::Debug for ClientCredentialsProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ClientCredentialsProvider")
-            .field(&self.machine)
-            .finish()
-    }
-}
-
 impl fmt::Debug for ClientCredentialsProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCredentialsProviderBuilder")
@@ -184,44 +154,16 @@ impl Grant for ClientCredentialsGrant {
         target: &GrantTarget<'_>,
         scopes: &[String],
     ) -> Result<mcp_authkit_core::TokenResponse, ClientAuthError> {
-        const WHAT: &str = "requesting a token (client_credentials)";
         let credentials = self.client.credentials(target.metadata);
-        let mut form = vec![("grant_type", "client_credentials".to_owned())];
-        if !scopes.is_empty() {
-            form.push(("scope", scopes.join(" ")));
-        }
-        form.push(("resource", target.resource.to_owned()));
-        let (status, body) = post_form(
-            target.fetcher,
-            &target.metadata.issuer,
-            WHAT,
-            &target.metadata.token_endpoint,
-            &credentials,
-            form,
-            target.now,
-        )
-        .await?;
-        Ok(token_answer(WHAT, status, &body)?)
+        target
+            .request_token(
+                "requesting a token (client_credentials)",
+                &credentials,
+                scopes,
+                TokenGrant::ClientCredentials,
+            )
+            .await
     }
 }
 
-#[async_trait]
-impl AuthProvider for ClientCredentialsProvider {
-    async fn token(&self) -> Result<Option<BearerToken>, ClientAuthError> {
-        self.machine.token().await
-    }
-
-    async fn handle_unauthorized(
-        &self,
-        challenge: &AuthChallenge,
-    ) -> Result<BearerToken, ClientAuthError> {
-        self.machine.handle_unauthorized(challenge).await
-    }
-
-    async fn handle_forbidden(
-        &self,
-        challenge: &AuthChallenge,
-    ) -> Result<BearerToken, ClientAuthError> {
-        self.machine.handle_forbidden(challenge).await
-    }
-}
+crate::client::machine::machine_provider!(ClientCredentialsProvider);

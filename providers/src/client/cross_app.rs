@@ -7,18 +7,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mcp_authkit_core::{ExposeSecret, OAuthErrorKind, SecretString, TokenKey, TokenResponse};
-use serde_json::Value;
+use mcp_authkit_core::{ExposeSecret, OAuthErrorKind, SecretString, TokenResponse};
 use url::Url;
 
-use crate::client::challenge::AuthChallenge;
 use crate::client::discovery::AuthorizationServerMetadata;
 use crate::client::error::ClientAuthError;
 use crate::client::fetch::is_loopback;
 use crate::client::machine::{Grant, GrantTarget, Machine, MachineBuilder};
-use crate::client::oauth::{error_answer, post_form, token_answer};
-use crate::client::provider::{AuthProvider, BearerToken};
+use crate::client::oauth::token_request;
 use crate::client::registration::PreRegisteredClient;
+use crate::token_request::Grant as TokenGrant;
 
 /// The default [`namespace`](CrossAppAccessProviderBuilder::namespace) of
 /// its stored records.
@@ -182,26 +180,6 @@ impl CrossAppAccessProvider {
             id_tokens: Arc::new(id_tokens),
         }
     }
-
-    /// The MCP server's URL.
-    pub fn server_url(&self) -> &str {
-        self.machine.server_url()
-    }
-
-    /// The authorization server in use, once discovered (or read back).
-    pub fn issuer(&self) -> Option<String> {
-        self.machine.issuer()
-    }
-
-    /// The resource tokens are requested for, once discovered.
-    pub fn resource(&self) -> Option<String> {
-        self.machine.resource()
-    }
-
-    /// The key the token is stored under, once discovered.
-    pub fn token_key(&self) -> Option<TokenKey> {
-        self.machine.token_key()
-    }
 }
 
 impl CrossAppAccessProviderBuilder {
@@ -244,14 +222,6 @@ impl CrossAppAccessProviderBuilder {
     }
 }
 
-impl fmt::Debug for CrossAppAccessProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CrossAppAccessProvider")
-            .field(&self.machine)
-            .finish()
-    }
-}
-
 impl fmt::Debug for CrossAppAccessProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CrossAppAccessProviderBuilder")
@@ -283,61 +253,49 @@ impl CrossAppGrant {
         const WHAT: &str = "exchanging the ID token for an ID-JAG at the identity provider";
         let id_token = self.id_tokens.id_token().await?;
         let credentials = self.idp.client.credentials(&self.idp_metadata);
-        let mut form = vec![
-            ("grant_type", TOKEN_EXCHANGE_GRANT.to_owned()),
-            ("requested_token_type", ID_JAG_TOKEN_TYPE.to_owned()),
-            ("subject_token", id_token.expose_secret().to_owned()),
-            ("subject_token_type", ID_TOKEN_TYPE.to_owned()),
-            ("audience", target.metadata.issuer.clone()),
-            ("resource", target.resource.to_owned()),
-        ];
-        if !scopes.is_empty() {
-            form.push(("scope", scopes.join(" ")));
-        }
-        let (status, body) = post_form(
+        let mut request = token_request(
             target.fetcher,
-            &self.idp.issuer,
+            &self.idp_metadata,
             WHAT,
-            &self.idp.token_endpoint,
             &credentials,
-            form,
             target.now,
-        )
-        .await
-        .map_err(ClientAuthError::IdentityProvider)?;
-        if !(200..300).contains(&status) {
-            return Err(ClientAuthError::IdentityProvider(error_answer(
-                WHAT, status, &body,
-            )));
-        }
-        issued_id_jag(&body).map_err(|reason| {
-            ClientAuthError::IdentityProvider(
-                mcp_authkit_core::OAuthError::new(
-                    OAuthErrorKind::Protocol,
-                    format!("{WHAT}: {reason}"),
-                )
-                .with_status(status),
-            )
+        );
+        request.scopes = scopes;
+        request.extra.push(("resource", target.resource.to_owned()));
+        let answer = request
+            .send(TokenGrant::TokenExchange {
+                subject_token: &id_token,
+                subject_token_type: ID_TOKEN_TYPE,
+                requested_token_type: ID_JAG_TOKEN_TYPE,
+                audience: &target.metadata.issuer,
+            })
+            .await
+            .map_err(ClientAuthError::IdentityProvider)?;
+        issued_id_jag(answer).map_err(|reason| {
+            ClientAuthError::IdentityProvider(mcp_authkit_core::OAuthError::new(
+                OAuthErrorKind::Protocol,
+                format!("{WHAT}: {reason}"),
+            ))
         })
     }
 }
 
 /// The ID-JAG of a token exchange response (RFC 8693 section 2.2.1): its
 /// `issued_token_type` must say so; `token_type` is `N_A`.
-fn issued_id_jag(body: &[u8]) -> Result<SecretString, String> {
-    let answer: Value =
-        serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_owned())?;
-    let issued = answer.get("issued_token_type").and_then(Value::as_str);
-    if issued != Some(ID_JAG_TOKEN_TYPE) {
+fn issued_id_jag(answer: TokenResponse) -> Result<SecretString, String> {
+    let issued = answer
+        .extra
+        .get("issued_token_type")
+        .map(|t| t.expose_secret().to_owned());
+    if issued.as_deref() != Some(ID_JAG_TOKEN_TYPE) {
         return Err(format!(
             "the identity provider issued {}, not an ID-JAG",
-            issued.map_or("no issued_token_type".to_owned(), crate::client::error::cap)
+            issued.map_or("no issued_token_type".to_owned(), |t| {
+                crate::client::error::cap(&t)
+            })
         ));
     }
-    match answer.get("access_token").and_then(Value::as_str) {
-        Some(jag) if !jag.is_empty() => Ok(SecretString::from(jag.to_owned())),
-        _ => Err("the answer has no access_token (the ID-JAG)".to_owned()),
-    }
+    Ok(answer.access_token)
 }
 
 #[async_trait]
@@ -351,51 +309,20 @@ impl Grant for CrossAppGrant {
         target: &GrantTarget<'_>,
         scopes: &[String],
     ) -> Result<TokenResponse, ClientAuthError> {
-        const WHAT: &str = "trading the ID-JAG for a token (jwt-bearer)";
         let jag = self.id_jag(target, scopes).await?;
         let credentials = self.client.credentials(target.metadata);
-        let mut form = vec![
-            ("grant_type", JWT_BEARER_GRANT.to_owned()),
-            ("assertion", jag.expose_secret().to_owned()),
-        ];
-        if !scopes.is_empty() {
-            form.push(("scope", scopes.join(" ")));
-        }
-        form.push(("resource", target.resource.to_owned()));
-        let (status, body) = post_form(
-            target.fetcher,
-            &target.metadata.issuer,
-            WHAT,
-            &target.metadata.token_endpoint,
-            &credentials,
-            form,
-            target.now,
-        )
-        .await?;
-        Ok(token_answer(WHAT, status, &body)?)
+        target
+            .request_token(
+                "trading the ID-JAG for a token (jwt-bearer)",
+                &credentials,
+                scopes,
+                TokenGrant::JwtBearer(&jag),
+            )
+            .await
     }
 }
 
-#[async_trait]
-impl AuthProvider for CrossAppAccessProvider {
-    async fn token(&self) -> Result<Option<BearerToken>, ClientAuthError> {
-        self.machine.token().await
-    }
-
-    async fn handle_unauthorized(
-        &self,
-        challenge: &AuthChallenge,
-    ) -> Result<BearerToken, ClientAuthError> {
-        self.machine.handle_unauthorized(challenge).await
-    }
-
-    async fn handle_forbidden(
-        &self,
-        challenge: &AuthChallenge,
-    ) -> Result<BearerToken, ClientAuthError> {
-        self.machine.handle_forbidden(challenge).await
-    }
-}
+crate::client::machine::machine_provider!(CrossAppAccessProvider);
 
 #[cfg(test)]
 mod tests {
@@ -403,21 +330,22 @@ mod tests {
 
     #[test]
     fn only_an_id_jag_is_accepted_from_the_exchange() {
-        let jag = issued_id_jag(
-            br#"{"access_token":"a.b.c","issued_token_type":"urn:ietf:params:oauth:token-type:id-jag","token_type":"N_A"}"#,
-        )
-        .unwrap();
+        let answer = |issued: Option<&str>| {
+            let mut response = TokenResponse::new("a.b.c");
+            response.token_type = "N_A".to_owned();
+            if let Some(issued) = issued {
+                response.extra.insert("issued_token_type", issued);
+            }
+            response
+        };
+        let jag = issued_id_jag(answer(Some(ID_JAG_TOKEN_TYPE))).unwrap();
         assert_eq!(jag.expose_secret(), "a.b.c");
-        let access = issued_id_jag(
-            br#"{"access_token":"x","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
-        )
+        let access = issued_id_jag(answer(Some(
+            "urn:ietf:params:oauth:token-type:access_token",
+        )))
         .unwrap_err();
         assert!(access.contains("not an ID-JAG"), "{access}");
-        assert!(!access.contains("\"x\""));
-        assert!(
-            issued_id_jag(br#"{"issued_token_type":"urn:ietf:params:oauth:token-type:id-jag"}"#)
-                .is_err()
-        );
-        assert!(issued_id_jag(b"<html>").is_err());
+        assert!(!access.contains("a.b.c"));
+        assert!(issued_id_jag(answer(None)).is_err());
     }
 }

@@ -23,8 +23,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+use mcp_authkit_core::{TokenKey, TokenStore};
+
 use crate::client::error::{ClientAuthError, MetadataDocument};
 use crate::client::fetch::{Fetched, Fetcher};
+use crate::client::records;
 
 /// An MCP server's Protected Resource Metadata (RFC 9728 section 2).
 #[derive(Clone, Debug, Deserialize)]
@@ -199,6 +202,33 @@ impl DiscoveryRecord {
             server_metadata_url: server.url.clone(),
         }
     }
+}
+
+/// What a previous run stored under `key`, its metadata checked again;
+/// `None` when nothing this release can read is stored (a record it cannot
+/// read is reported and treated as absent: discovery runs again).
+pub(crate) async fn stored_discovery(
+    tokens: &dyn TokenStore,
+    key: &TokenKey,
+    fetcher: &Fetcher,
+) -> Result<Option<Discovered>, ClientAuthError> {
+    let Some(stored) = tokens.get(key).await? else {
+        return Ok(None);
+    };
+    let record = match records::decode::<DiscoveryRecord>(&stored.record) {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::warn!(%error, "ignoring a stored discovery result this release cannot read");
+            return Ok(None);
+        }
+    };
+    let metadata = check_server_metadata(
+        fetcher,
+        &record.server_document,
+        &record.issuer,
+        &record.server_metadata_url,
+    )?;
+    Ok(Some(Discovered { record, metadata }))
 }
 
 /// What discovery found: the record to keep, and the checked metadata.

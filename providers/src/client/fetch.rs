@@ -19,9 +19,9 @@ use url::{Host, Url};
 use crate::client::error::{ClientAuthError, MetadataDocument};
 use crate::http::OAuthHttpClient;
 
-/// Metadata documents and token responses are small; anything bigger is a
-/// broken or hostile server.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Metadata documents and registration answers are small; anything bigger
+/// is a broken or hostile server. The one cap of every OAuth answer.
+const MAX_BODY_BYTES: usize = crate::http::TOKEN_RESPONSE_LIMIT;
 /// Same-origin redirects followed while fetching a metadata document.
 const MAX_REDIRECTS: usize = 5;
 
@@ -54,6 +54,11 @@ impl Fetcher {
 
     pub(crate) fn client(&self) -> &reqwest::Client {
         self.http.reqwest()
+    }
+
+    /// The OAuth HTTP client, for token requests.
+    pub(crate) fn http(&self) -> &OAuthHttpClient {
+        &self.http
     }
 
     /// Refuses `url` unless it is https, or http to loopback when the MCP

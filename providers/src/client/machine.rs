@@ -23,11 +23,11 @@ use url::Url;
 
 use crate::client::challenge::AuthChallenge;
 use crate::client::discovery::{
-    AuthorizationServerMetadata, DiscoveryRecord, canonical_server_url, check_server_metadata,
-    discover,
+    AuthorizationServerMetadata, DiscoveryRecord, canonical_server_url, discover, stored_discovery,
 };
 use crate::client::error::{ClientAuthError, cap};
 use crate::client::fetch::Fetcher;
+use crate::client::oauth::{ClientCredentials, require_bearer, token_request};
 use crate::client::oauth_provider::union;
 use crate::client::provider::BearerToken;
 use crate::client::records;
@@ -64,6 +64,23 @@ pub(crate) struct GrantTarget<'a> {
     /// The RFC 8707 `resource` of the token: the MCP server.
     pub(crate) resource: &'a str,
     pub(crate) now: Timestamp,
+}
+
+impl<'a> GrantTarget<'a> {
+    /// A request to the token endpoint as `credentials`, for `scopes` and
+    /// the resource; its answer must be a bearer token.
+    pub(crate) async fn request_token(
+        &self,
+        what: &'static str,
+        credentials: &ClientCredentials,
+        scopes: &[String],
+        grant: crate::token_request::Grant<'_>,
+    ) -> Result<TokenResponse, ClientAuthError> {
+        let mut request = token_request(self.fetcher, self.metadata, what, credentials, self.now);
+        request.scopes = scopes;
+        request.extra.push(("resource", self.resource.to_owned()));
+        Ok(require_bearer(what, request.send(grant).await?)?)
+    }
 }
 
 /// The settings the builders of both providers share.
@@ -216,6 +233,68 @@ macro_rules! machine_builder_setters {
 }
 pub(crate) use machine_builder_setters;
 
+/// What both providers expose of their machine: where they point, the
+/// stored token's key, and the [`AuthProvider`](crate::client::AuthProvider)
+/// answers.
+macro_rules! machine_provider {
+    ($provider:ident) => {
+        impl $provider {
+            /// The MCP server's URL.
+            pub fn server_url(&self) -> &str {
+                self.machine.server_url()
+            }
+
+            /// The authorization server in use, once discovered (or read
+            /// back).
+            pub fn issuer(&self) -> Option<String> {
+                self.machine.issuer()
+            }
+
+            /// The resource tokens are requested for, once discovered.
+            pub fn resource(&self) -> Option<String> {
+                self.machine.resource()
+            }
+
+            /// The key the token is stored under, once discovered.
+            pub fn token_key(&self) -> Option<mcp_authkit_core::TokenKey> {
+                self.machine.token_key()
+            }
+        }
+
+        impl std::fmt::Debug for $provider {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_tuple(stringify!($provider))
+                    .field(&self.machine)
+                    .finish()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::client::AuthProvider for $provider {
+            async fn token(
+                &self,
+            ) -> Result<Option<$crate::client::BearerToken>, $crate::client::ClientAuthError> {
+                self.machine.token().await
+            }
+
+            async fn handle_unauthorized(
+                &self,
+                challenge: &$crate::client::AuthChallenge,
+            ) -> Result<$crate::client::BearerToken, $crate::client::ClientAuthError> {
+                self.machine.handle_unauthorized(challenge).await
+            }
+
+            async fn handle_forbidden(
+                &self,
+                challenge: &$crate::client::AuthChallenge,
+            ) -> Result<$crate::client::BearerToken, $crate::client::ClientAuthError> {
+                self.machine.handle_forbidden(challenge).await
+            }
+        }
+    };
+}
+pub(crate) use machine_provider;
+
 /// The MCP server's authorization server, as discovery found it.
 struct Target {
     issuer: String,
@@ -332,23 +411,12 @@ impl Machine {
         if let Some(target) = self.current() {
             return Ok(Some(target));
         }
-        let Some(stored) = self.tokens.get(&self.discovery_key()).await? else {
+        let Some(found) =
+            stored_discovery(self.tokens.as_ref(), &self.discovery_key(), &self.fetcher).await?
+        else {
             return Ok(None);
         };
-        let record = match records::decode::<DiscoveryRecord>(&stored.record) {
-            Ok(record) => record,
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a stored discovery result this release cannot read");
-                return Ok(None);
-            }
-        };
-        let metadata = check_server_metadata(
-            &self.fetcher,
-            &record.server_document,
-            &record.issuer,
-            &record.server_metadata_url,
-        )?;
-        let target = Arc::new(self.new_target(record, metadata, false));
+        let target = Arc::new(self.new_target(found.record, found.metadata, false));
         self.set_current(Arc::clone(&target));
         Ok(Some(target))
     }

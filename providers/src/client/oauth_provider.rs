@@ -17,8 +17,7 @@ use url::Url;
 
 use crate::client::challenge::AuthChallenge;
 use crate::client::discovery::{
-    AuthorizationServerMetadata, DiscoveryRecord, canonical_server_url, check_server_metadata,
-    discover,
+    AuthorizationServerMetadata, DiscoveryRecord, canonical_server_url, discover, stored_discovery,
 };
 use crate::client::error::ClientAuthError;
 use crate::client::fetch::Fetcher;
@@ -651,23 +650,16 @@ impl OAuthClientProvider {
         if let Some(session) = self.session() {
             return Ok(Some(session));
         }
-        let Some(stored) = self.inner.tokens.get(&self.discovery_key()).await? else {
+        let Some(found) = stored_discovery(
+            self.inner.tokens.as_ref(),
+            &self.discovery_key(),
+            &self.inner.fetcher,
+        )
+        .await?
+        else {
             return Ok(None);
         };
-        let discovery = match records::decode::<DiscoveryRecord>(&stored.record) {
-            Ok(discovery) => discovery,
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a stored discovery result this release cannot read");
-                return Ok(None);
-            }
-        };
-        let metadata = check_server_metadata(
-            &self.inner.fetcher,
-            &discovery.server_document,
-            &discovery.issuer,
-            &discovery.server_metadata_url,
-        )?;
-        let session = Arc::new(self.new_session(discovery, metadata, false)?);
+        let session = Arc::new(self.new_session(found.record, found.metadata, false)?);
         self.set_session(Arc::clone(&session));
         Ok(Some(session))
     }
