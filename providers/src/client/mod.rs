@@ -6,15 +6,24 @@
 //! - [`StaticProvider`]: a pre-existing bearer token, never retried.
 //! - [`OAuthClientProvider`]: OAuth 2.1 as the MCP authorization
 //!   specification (2025-11-25) describes it: discovery (RFC 9728, RFC 8414,
-//!   OpenID Connect), client identity (pre-registered, Client ID Metadata
+//!   OpenID Connect; the 2025-03-26 fallback for servers without resource
+//!   metadata), client identity (pre-registered, Client ID Metadata
 //!   Document, dynamic registration: a public client where the server
 //!   offers it, registered again when the server forgets or expires it),
 //!   PKCE S256, `state`, RFC 9207 `iss`, RFC 8707 `resource`, scope
-//!   selection and bounded step-up, refresh before expiry and on `401`;
-//!   tokens and registrations in any mcp-authkit store, so a client stays
-//!   signed in across restarts. Its docs say how it authenticates at the
-//!   token endpoint and what it does when a server forgets it.
-//! - [`UserInteraction`]: how the user signs in ([`OpenBrowser`],
+//!   selection and step-up bounded whatever the scopes, refresh before
+//!   expiry and on `401`, revocation at sign-out; tokens and registrations
+//!   in any mcp-authkit store, so a client stays signed in across restarts.
+//!   Its docs say how it authenticates at the token endpoint and what it
+//!   does when a server forgets it.
+//! - [`ClientCredentialsProvider`]: machine to machine, the
+//!   `client_credentials` grant with a secret or a private key
+//!   ([`AssertionKey`], `private_key_jwt`).
+//! - [`CrossAppAccessProvider`]: enterprise-managed authorization: the
+//!   user's ID token ([`IdTokenSource`]) exchanged at the identity provider
+//!   for an ID-JAG, traded for an access token with `jwt-bearer`.
+//! - [`UserInteraction`]: how the user signs in ([`OpenBrowser`], which
+//!   starts the browser without a shell,
 //!   [`PrintUrl`], [`HeadlessRedirect`], or your own), with a built-in
 //!   loopback redirect listener ([`LoopbackRedirect`]).
 //! - With the `rmcp` feature: `transport`, an rmcp streamable-HTTP client

@@ -43,7 +43,10 @@ pub const DEFAULT_NAMESPACE: &str = "mcp-client";
 /// On a `401` it discovers the MCP server's Protected Resource Metadata
 /// (RFC 9728) and its authorization server's metadata (RFC 8414 / OpenID
 /// Connect, with path insertion; the issuer is checked, and PKCE S256 must
-/// be advertised), finds a client identity (pre-registered, else a Client ID
+/// be advertised); a server without resource metadata is reached the
+/// 2025-03-26 way ([`allow_2025_03_26_fallback`](OAuthClientProviderBuilder::allow_2025_03_26_fallback)).
+/// It checks that the server offers the `authorization_code` grant before
+/// anyone is sent to a browser, finds a client identity (pre-registered, else a Client ID
 /// Metadata Document when the server accepts it, else dynamic client
 /// registration with the real redirect URI, stored and reused), and runs the
 /// authorization code flow with PKCE S256, `state`, the RFC 9207 `iss` check
@@ -56,7 +59,12 @@ pub const DEFAULT_NAMESPACE: &str = "mcp-client";
 /// across processes; a refresh token the server rejects (`invalid_grant`)
 /// leads to a new authorization. A `403 insufficient_scope` steps up to the
 /// union of the granted and the challenged scopes, a bounded number of
-/// times.
+/// times in a row for the same scopes; whatever the scopes, at most
+/// [`max_step_ups_per_session`](OAuthClientProviderBuilder::max_step_ups_per_session)
+/// step-ups and [`max_prompts`](OAuthClientProviderBuilder::max_prompts)
+/// sign-ins per window, so a hostile server cannot prompt forever.
+/// [`sign_out`](Self::sign_out) revokes the tokens (RFC 7009) and forgets
+/// them.
 ///
 /// # How it authenticates at the token endpoint
 ///
