@@ -55,3 +55,5 @@ pub mod http;
 pub mod server;
 pub mod standard;
 mod token_request;
+#[cfg(feature = "fuzzing")]
+pub use token_request::fuzzing as token_fuzzing;

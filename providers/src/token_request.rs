@@ -473,10 +473,9 @@ impl From<RequestTokenError<HttpError, BasicErrorResponse>> for Failure {
             },
             RequestTokenError::Request(error) => Failure::Http(error),
             // The body is never quoted back: it may hold a token.
-            RequestTokenError::Parse(error, _body) => Failure::Unreadable(format!(
-                "the answer is not a valid token response (at {})",
-                error.path()
-            )),
+            RequestTokenError::Parse(error, _body) => {
+                not_a_token_response(&error.path().to_string())
+            }
             RequestTokenError::Other(reason) => Failure::Unreadable(reason),
         }
     }
@@ -540,12 +539,27 @@ fn read_token_answer(response: &oauth2::HttpResponse) -> Result<WireTokenRespons
         ));
     }
     let mut json = serde_json::Deserializer::from_slice(response.body());
-    serde_path_to_error::deserialize(&mut json).map_err(|error| {
-        Failure::Unreadable(format!(
-            "the answer is not a valid token response (at {})",
-            error.path()
-        ))
-    })
+    serde_path_to_error::deserialize(&mut json)
+        .map_err(|error| not_a_token_response(&error.path().to_string()))
+}
+
+/// A token response that does not parse, saying where when that is one of
+/// its standard members: any other path is the server's text (a member
+/// name), which is never quoted.
+fn not_a_token_response(path: &str) -> Failure {
+    const MEMBERS: &[&str] = &[
+        "access_token",
+        "token_type",
+        "expires_in",
+        "refresh_token",
+        "scope",
+    ];
+    match MEMBERS.iter().find(|m| **m == path) {
+        Some(member) => Failure::Unreadable(format!(
+            "the answer is not a valid token response (at {member})"
+        )),
+        None => Failure::Unreadable("the answer is not a valid token response".to_owned()),
+    }
 }
 
 /// An error answer (RFC 6749 section 5.2), or why it is not one.
@@ -788,6 +802,48 @@ fn scopes_from<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scope>>, D:
     })
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): how a
+/// token endpoint's answer is read and classified, as plain functions. Not
+/// a stable API.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// What the layer makes of an answer with `status`, `content_type` and
+    /// `body`: the token response's type, refresh token, lifetime and
+    /// scopes, or the classified error's message.
+    #[allow(clippy::type_complexity)]
+    pub fn read_answer(
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<(String, bool, Option<Duration>, Option<Vec<String>>), String> {
+        let mut response = http::Response::builder().status(status);
+        if let Some(content_type) = content_type {
+            response = response.header(http::header::CONTENT_TYPE, content_type);
+        }
+        let Ok(mut response) = response.body(body.to_vec()) else {
+            return Err("not an HTTP response".to_owned());
+        };
+        // As the transport hands answers over.
+        if response.status() == http::StatusCode::OK && is_error_body(response.body()) {
+            *response.status_mut() = http::StatusCode::BAD_REQUEST;
+        }
+        let status = response.status().as_u16();
+        read_token_answer(&response)
+            .and_then(WireTokenResponse::into_core)
+            .map(|token| {
+                (
+                    token.token_type,
+                    token.refresh_token.is_some(),
+                    token.expires_in,
+                    token.scopes,
+                )
+            })
+            .map_err(|failure| classify("fuzzing", Some(status), failure).to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,6 +899,20 @@ mod tests {
             };
             assert!(!reason.contains("secret-at"), "{reason}");
         }
+    }
+
+    #[test]
+    fn member_names_of_a_broken_answer_are_never_quoted() {
+        // Found by the token_answer fuzz target: the parser's path is a
+        // member name, which is the server's text.
+        let Err(Failure::Unreadable(reason)) = read(r#"{"a":"x","secret-in-a-name":"}"#) else {
+            panic!("accepted");
+        };
+        assert!(!reason.contains("secret-in-a-name"), "{reason}");
+        let Err(Failure::Unreadable(reason)) = read(r#"{"access_token": 5}"#) else {
+            panic!("accepted");
+        };
+        assert!(reason.contains("at access_token"), "{reason}");
     }
 
     #[test]
