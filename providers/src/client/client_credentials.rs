@@ -12,8 +12,10 @@ use crate::client::oauth::TokenEndpointAuthMethod;
 use crate::client::registration::PreRegisteredClient;
 use crate::token_request::Grant as TokenGrant;
 
-/// The default [`namespace`](ClientCredentialsProviderBuilder::namespace)
-/// of its stored records.
+/// The prefix of the default
+/// [`namespace`](ClientCredentialsProviderBuilder::namespace) of its stored
+/// records: `mcp-client-credentials/{client_id}`, so that two clients
+/// sharing a store never share a token.
 pub const CLIENT_CREDENTIALS_NAMESPACE: &str = "mcp-client-credentials";
 
 /// Authenticates an MCP client that acts for itself, with no user at the
@@ -44,6 +46,8 @@ pub const CLIENT_CREDENTIALS_NAMESPACE: &str = "mcp-client-credentials";
 /// |---|---|---|
 /// | the token | `{namespace}:{issuer}` | the resource |
 /// | what discovery found | `{namespace}/discovery` | the MCP server URL |
+///
+/// The namespace is `mcp-client-credentials/{client_id}` unless set.
 ///
 /// ```no_run
 /// use mcp_authkit_providers::client::{
@@ -89,8 +93,9 @@ impl ClientCredentialsProvider {
         server_url: impl Into<String>,
         client: PreRegisteredClient,
     ) -> ClientCredentialsProviderBuilder {
+        let namespace = format!("{CLIENT_CREDENTIALS_NAMESPACE}/{}", client.client_id);
         ClientCredentialsProviderBuilder {
-            common: MachineBuilder::new(server_url.into(), CLIENT_CREDENTIALS_NAMESPACE),
+            common: MachineBuilder::new(server_url.into(), &namespace),
             client,
         }
     }

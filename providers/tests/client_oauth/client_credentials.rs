@@ -355,3 +355,27 @@ async fn configuration_mistakes_are_refused_at_build() {
             .contains(pem.lines().nth(1).unwrap())
     );
 }
+
+#[tokio::test]
+async fn two_clients_sharing_a_store_never_share_a_token() {
+    let world = World::start().await;
+    for id in ["alpha", "beta"] {
+        world
+            .auth
+            .register_client(
+                ClientRegistration::service(ClientAuthMethod::ClientSecretBasic)
+                    .client_id(id)
+                    .client_secret(SECRET),
+            )
+            .unwrap();
+    }
+    let alpha = provider(&world, PreRegisteredClient::confidential("alpha", SECRET))
+        .build()
+        .unwrap();
+    let beta = provider(&world, PreRegisteredClient::confidential("beta", SECRET))
+        .build()
+        .unwrap();
+    assert_eq!(world.whoami(&alpha).await.unwrap(), "alpha []");
+    assert_eq!(world.whoami(&beta).await.unwrap(), "beta []");
+    assert_ne!(alpha.token_key(), beta.token_key());
+}
