@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let decision = fixture.decide(&query, &cookie);
     if matches!(decision, Decision::Complete | Decision::AbandonMalformed) {
-        assert!(flags & 4 != 0, "went on without the binding: {query:?} {cookie:?}");
+        assert!(
+            flags & 4 != 0,
+            "went on without the binding: {query:?} {cookie:?}"
+        );
         let names_flow = url::form_urlencoded::parse(query.as_bytes())
             .any(|(name, value)| name == "state" && value == fixture.state());
         assert!(names_flow, "went on for another flow: {query:?}");
