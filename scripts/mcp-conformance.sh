@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs the official MCP conformance suite's client authorization scenarios
-# (npm @modelcontextprotocol/conformance, `--suite auth`) against
-# mcp-authkit's OAuth client (providers/examples/conformance_client.rs).
+# (npm @modelcontextprotocol/conformance) against mcp-authkit's clients
+# (providers/examples/conformance_client.rs): the `auth`, `draft`,
+# `backcompat` (2025-03-26 servers) and `extensions` (client credentials,
+# cross-app access) suites, then one summary. Exits non-zero when any
+# scenario fails or has a failed check or warning.
 #
-#   bash scripts/mcp-conformance.sh            # the whole auth suite
+#   bash scripts/mcp-conformance.sh                      # every suite
+#   bash scripts/mcp-conformance.sh --suite extensions   # one suite
 #   bash scripts/mcp-conformance.sh --scenario auth/scope-step-up
 #
 # Needs npm (the registry must be reachable the first time) and cargo. The
@@ -55,13 +59,59 @@ if [ -z "$NODE" ] || [ "$(node_major "$NODE")" -lt 22 ]; then
     fi
 fi
 
-ARGS=("$@")
-[ ${#ARGS[@]} -eq 0 ] && ARGS=(--suite auth)
-
-log "running the MCP conformance suite ${ARGS[*]} with Node $("$NODE" --version)"
 mkdir -p "$RESULTS"
 started=$(date +%s)
-status=0
-"$NODE" "$SUITE" client --command "$CLIENT" --output-dir "$RESULTS" "${ARGS[@]}" || status=$?
-log "finished in $(( $(date +%s) - started )) s (exit $status); results in $RESULTS"
-exit "$status"
+
+# One run of the suite with these arguments; its output is kept for the
+# summary (and shown as it goes).
+run_suite() {
+    local log="$1"
+    shift
+    log "running the MCP conformance suite $* with Node $("$NODE" --version)"
+    local status=0
+    "$NODE" "$SUITE" client --command "$CLIENT" --output-dir "$RESULTS" "$@" 2>&1 \
+        | tee "$log" || status=$?
+    return "$status"
+}
+
+if [ $# -gt 0 ]; then
+    status=0
+    run_suite "$HOME_DIR/run.log" "$@" || status=$?
+    log "finished in $(( $(date +%s) - started )) s (exit $status); results in $RESULTS"
+    exit "$status"
+fi
+
+SUITES=(auth draft backcompat extensions)
+failed_runs=()
+for suite in "${SUITES[@]}"; do
+    run_suite "$HOME_DIR/$suite.log" --suite "$suite" || failed_runs+=("$suite")
+done
+
+# One summary of every scenario of every suite. A suite whose summary is
+# missing (it crashed) counts as failed.
+summary=$(for suite in "${SUITES[@]}"; do
+    if ! grep -q "=== SUITE SUMMARY ===" "$HOME_DIR/$suite.log"; then
+        echo "MISSING $suite"
+        continue
+    fi
+    sed -n '/=== SUITE SUMMARY ===/,$p' "$HOME_DIR/$suite.log" \
+        | grep -E '^(✓|✗) ' || true
+done)
+total=$(echo "$summary" | grep -cE '^(✓|✗) ' || true)
+passing=$(echo "$summary" | grep -cE '^✓ ' || true)
+checks_failed=$(echo "$summary" | sed -nE 's/.*: [0-9]+ passed, ([0-9]+) failed.*/\1/p' \
+    | awk '{n += $1} END {print n + 0}')
+warnings=$(echo "$summary" | sed -nE 's/.*, ([0-9]+) warnings$/\1/p' \
+    | awk '{n += $1} END {print n + 0}')
+
+printf '\n=== MCP CONFORMANCE: CLIENT AUTHORIZATION (%s) ===\n\n' "${SUITES[*]}"
+echo "$summary" | grep -E '^(✓|✗) ' || true
+echo "$summary" | grep '^MISSING' | sed 's/^MISSING /✗ no summary from suite /' || true
+printf '\n%s/%s scenarios passing, %s failed checks, %s warnings (%s s); results in %s\n' \
+    "$passing" "$total" "$checks_failed" "$warnings" "$(( $(date +%s) - started ))" "$RESULTS"
+
+if [ "$passing" -ne "$total" ] || [ "$checks_failed" -ne 0 ] || [ "$warnings" -ne 0 ] \
+    || [ ${#failed_runs[@]} -ne 0 ] || echo "$summary" | grep -q '^MISSING'; then
+    echo "FAILED: ${failed_runs[*]:-see the summary}" >&2
+    exit 1
+fi

@@ -5,7 +5,9 @@
 //! - server side: tools gated behind a third party's OAuth through URL-mode
 //!   elicitation, with connect and callback routes;
 //! - client side: `AuthProvider`s that authenticate an MCP client to an
-//!   OAuth-protected MCP server.
+//!   OAuth-protected MCP server: a user in a browser (OAuth 2.1), an agent
+//!   on its own (`client_credentials`), or a user through the company's
+//!   identity provider (cross-app access).
 //!
 //! # Example
 //!
@@ -41,7 +43,10 @@
 //!
 //! [`http`] adapts a `reqwest` client to the `oauth2` crate, so every HTTP
 //! request of this crate goes through one client the application can
-//! configure (TLS roots, proxies, timeouts), with redirects disabled.
+//! configure (TLS roots, proxies, timeouts), with redirects disabled. Token
+//! requests of both sides share one layer on the `oauth2` crate: one
+//! transport (no redirect, 1 MiB), one reading of the answer, one
+//! classification of failures.
 
 #![warn(missing_docs)]
 
@@ -49,3 +54,6 @@ pub mod client;
 pub mod http;
 pub mod server;
 pub mod standard;
+mod token_request;
+#[cfg(feature = "fuzzing")]
+pub use token_request::fuzzing as token_fuzzing;

@@ -9,37 +9,38 @@
 //! - Extra authorize parameters (`prompt`, `access_type` ...) and an RFC 8707
 //!   `resource`, sent on the authorize, code and refresh requests.
 //! - Every request goes through one [`OAuthHttpClient`] (custom TLS roots,
-//!   proxies, timeouts) by [`send_token_request`]: whatever client it
-//!   wraps, no redirect carries the request on and no redirected answer is
-//!   accepted, and an answer larger than 1 MiB is refused.
-//! - Every failure is classified as an [`OAuthErrorKind`]: `invalid_grant`
-//!   drops the token, network errors, timeouts, 5xx and 429 are transient
-//!   and never do.
+//!   proxies, timeouts) by [`send_token_request`](crate::http::send_token_request):
+//!   whatever client it wraps, no redirect carries the request on and no
+//!   redirected answer is accepted, and an answer larger than 1 MiB is
+//!   refused.
+//! - Token requests go through the token-request layer the client side
+//!   shares (built by the `oauth2` crate, read and classified in one place):
+//!   every failure is an [`OAuthErrorKind`]: `invalid_grant` drops the
+//!   token, network errors, timeouts, 5xx and 429 are transient and never
+//!   do.
 //! - Provider quirks handled: GitHub answers errors with HTTP 200 and a JSON
 //!   `error`, and lists granted scopes comma-separated.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use mcp_authkit_core::{
-    AuthorizationRequest, ExposeSecret, ExtraFields, OAuthClient, OAuthError, OAuthErrorKind,
-    PendingFlow, SecretString, TokenResponse,
+    AuthorizationRequest, OAuthClient, OAuthError, OAuthErrorKind, PendingFlow, SecretString,
+    TokenResponse,
 };
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
-    BasicTokenType,
+    BasicTokenResponse,
 };
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    StandardRevocableToken, StandardTokenResponse, TokenUrl,
+    AuthUrl, ClientId, CsrfToken, EndpointNotSet, EndpointSet, RedirectUrl, Scope,
+    StandardRevocableToken, TokenUrl,
 };
-use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::http::{HttpError, OAuthHttpClient, send_token_request};
+use crate::http::OAuthHttpClient;
+use crate::token_request::{ClientCredentials, Grant, TokenEndpointAuthMethod, TokenRequest};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -83,28 +84,11 @@ pub enum ConfigError {
     HttpClient(#[source] reqwest::Error),
 }
 
-/// Other token response members (`id_token`, GitHub's `refresh_token_expires_in` ...),
-/// kept so they reach [`TokenRecord::extra`](mcp_authkit_core::TokenRecord).
-#[derive(Clone, Default, Deserialize, Serialize)]
-struct OtherFields {
-    #[serde(flatten)]
-    fields: serde_json::Map<String, serde_json::Value>,
-}
-
-impl fmt::Debug for OtherFields {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Values may be credentials (an id_token): show the names only.
-        f.debug_set().entries(self.fields.keys()).finish()
-    }
-}
-
-impl oauth2::ExtraTokenFields for OtherFields {}
-
-type WireTokenResponse = StandardTokenResponse<OtherFields, BasicTokenType>;
-
+/// Builds authorization URLs; token requests go through the shared
+/// token-request layer.
 type Oauth2Client = oauth2::Client<
     BasicErrorResponse,
-    WireTokenResponse,
+    BasicTokenResponse,
     BasicTokenIntrospectionResponse,
     StandardRevocableToken,
     BasicRevocationErrorResponse,
@@ -136,6 +120,8 @@ type Oauth2Client = oauth2::Client<
 /// ```
 pub struct StandardOAuthClient {
     oauth2: Oauth2Client,
+    /// Who the client is at the token endpoint.
+    credentials: ClientCredentials,
     has_secret: bool,
     issuer: Option<String>,
     require_issuer: bool,
@@ -241,123 +227,26 @@ impl StandardOAuthClient {
         self.issuer.as_deref()
     }
 
-    fn token_error(&self, what: &str, error: TokenRequestError, status: Option<u16>) -> OAuthError {
-        let transient_status = status.is_some_and(|s| s >= 500 || s == 429);
-        match error {
-            // Classified by code, and by status for unknown codes (5xx, 429).
-            RequestTokenError::ServerResponse(response) => {
-                let code = response.error().as_ref();
-                let description = response.error_description().map(String::as_str);
-                match code {
-                    // GitHub's names for a dead code or refresh token: the
-                    // grant is gone, which is what invalid_grant means.
-                    "bad_verification_code" | "bad_refresh_token" => OAuthError::from_response(
-                        status,
-                        "invalid_grant",
-                        Some(&format!(
-                            "{code}: {}",
-                            description.unwrap_or("the grant is invalid")
-                        )),
-                    ),
-                    _ => OAuthError::from_response(status, code, description),
-                }
-            }
-            RequestTokenError::Request(error) => error.into_oauth_error(what),
-            RequestTokenError::Parse(error, _body) => {
-                // The body is never quoted back: it may hold a token.
-                let kind = if transient_status {
-                    OAuthErrorKind::Transient
-                } else {
-                    OAuthErrorKind::Protocol
-                };
-                let mut message = format!("{what}: the token endpoint's answer is not valid OAuth");
-                if let Some(status) = status {
-                    message.push_str(&format!(" (HTTP {status})"));
-                }
-                message.push_str(&format!(" at {}", error.path()));
-                OAuthError::new(kind, message).with_status_opt(status)
-            }
-            RequestTokenError::Other(reason) => {
-                let kind = if transient_status {
-                    OAuthErrorKind::Transient
-                } else {
-                    OAuthErrorKind::Protocol
-                };
-                let mut message = format!("{what}: {reason}");
-                if let Some(status) = status {
-                    message.push_str(&format!(" (HTTP {status})"));
-                }
-                OAuthError::new(kind, message).with_status_opt(status)
-            }
+    /// A token request to the configured endpoint, through the shared
+    /// token-request layer (the same transport, reading and classification
+    /// as the client side).
+    fn token_request<'a>(&'a self, what: &'a str) -> TokenRequest<'a> {
+        let mut extra = Vec::new();
+        if let Some(resource) = &self.resource {
+            extra.push(("resource", resource.clone()));
         }
-    }
-
-    fn into_core_response(response: WireTokenResponse) -> TokenResponse {
-        use oauth2::TokenResponse as _;
-        let mut core = TokenResponse::new(response.access_token().secret().clone());
-        if let Some(refresh) = response.refresh_token() {
-            core = core.with_refresh_token(refresh.secret().clone());
-        }
-        if let Some(expires_in) = response.expires_in() {
-            core = core.with_expires_in(expires_in);
-        }
-        if let Some(scopes) = response.scopes() {
-            core = core.with_scopes(split_scopes(scopes));
-        }
-        core.token_type = token_type_name(response.token_type());
-        let mut extra = ExtraFields::default();
-        for (name, value) in &response.extra_fields().fields {
-            match value {
-                serde_json::Value::String(text) => extra.insert(name.clone(), text.clone()),
-                other => extra.insert(name.clone(), other.to_string()),
-            }
-        }
-        core.extra = extra;
-        core
-    }
-
-    fn finish(
-        &self,
-        what: &str,
-        result: Result<WireTokenResponse, TokenRequestError>,
-        status: Option<u16>,
-    ) -> Result<TokenResponse, OAuthError> {
-        result
-            .map(Self::into_core_response)
-            .map_err(|error| self.token_error(what, error, status))
-    }
-}
-
-type TokenRequestError = RequestTokenError<HttpError, BasicErrorResponse>;
-
-/// Space-delimited per RFC 6749; GitHub separates with commas.
-fn split_scopes(scopes: &[Scope]) -> Vec<String> {
-    scopes
-        .iter()
-        .flat_map(|scope| scope.as_str().split(','))
-        .map(str::trim)
-        .filter(|scope| !scope.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn token_type_name(token_type: &BasicTokenType) -> String {
-    match token_type {
-        BasicTokenType::Bearer => "Bearer".to_owned(),
-        BasicTokenType::Mac => "MAC".to_owned(),
-        BasicTokenType::Extension(other) => other.clone(),
-    }
-}
-
-trait WithStatusOpt {
-    fn with_status_opt(self, status: Option<u16>) -> Self;
-}
-
-impl WithStatusOpt for OAuthError {
-    fn with_status_opt(self, status: Option<u16>) -> Self {
-        match status {
-            Some(status) => self.with_status(status),
-            None => self,
+        TokenRequest {
+            what,
+            http: &self.http,
+            endpoint: self.oauth2.token_uri().as_str(),
+            issuer: self
+                .issuer
+                .as_deref()
+                .unwrap_or(self.oauth2.token_uri().as_str()),
+            client: &self.credentials,
+            scopes: &[],
+            extra,
+            now: mcp_authkit_core::Timestamp::now(),
         }
     }
 }
@@ -464,19 +353,20 @@ impl StandardOAuthClientBuilder {
             Some(http) => http,
             None => OAuthHttpClient::new().map_err(ConfigError::HttpClient)?,
         };
-        let mut oauth2 = oauth2::Client::new(ClientId::new(self.client_id))
+        let oauth2 = oauth2::Client::new(ClientId::new(self.client_id.clone()))
             .set_auth_uri(auth_url)
-            .set_token_uri(token_url)
-            .set_auth_type(match self.auth_method {
-                ClientAuthMethod::Basic => AuthType::BasicAuth,
-                ClientAuthMethod::RequestBody => AuthType::RequestBody,
-            });
+            .set_token_uri(token_url);
+        let method = match (self.auth_method, self.client_secret.is_some()) {
+            (_, false) => TokenEndpointAuthMethod::None,
+            (ClientAuthMethod::Basic, true) => TokenEndpointAuthMethod::ClientSecretBasic,
+            (ClientAuthMethod::RequestBody, true) => TokenEndpointAuthMethod::ClientSecretPost,
+        };
         let has_secret = self.client_secret.is_some();
-        if let Some(secret) = self.client_secret {
-            oauth2 = oauth2.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-        }
+        let credentials =
+            ClientCredentials::with_secret(self.client_id, self.client_secret, method);
         Ok(StandardOAuthClient {
             oauth2,
+            credentials,
             has_secret,
             issuer: self.issuer,
             require_issuer: self.require_issuer,
@@ -531,25 +421,13 @@ impl OAuthClient for StandardOAuthClient {
         code: &SecretString,
         flow: &PendingFlow,
     ) -> Result<TokenResponse, OAuthError> {
-        let redirect = RedirectUrl::new(flow.redirect_uri.clone()).map_err(|error| {
-            OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("the flow's redirect URI is not a valid URL: {error}"),
-            )
-        })?;
-        let code = AuthorizationCode::new(code.expose_secret().to_owned());
-        let verifier = PkceCodeVerifier::new(flow.pkce_verifier.expose_secret().to_owned());
-        let http = ObservedHttp::new(&self.http);
-        let mut request = self
-            .oauth2
-            .exchange_code(code)
-            .set_pkce_verifier(verifier)
-            .set_redirect_uri(Cow::Owned(redirect));
-        if let Some(resource) = &self.resource {
-            request = request.add_extra_param("resource", resource.as_str());
-        }
-        let result = request.request_async(&http).await;
-        self.finish("exchanging the authorization code", result, http.status())
+        self.token_request("exchanging the authorization code")
+            .send(Grant::AuthorizationCode {
+                code,
+                redirect_uri: &flow.redirect_uri,
+                verifier: &flow.pkce_verifier,
+            })
+            .await
     }
 
     async fn refresh(
@@ -560,14 +438,9 @@ impl OAuthClient for StandardOAuthClient {
         // Scopes are not sent: the refresh keeps the granted ones (RFC 6749
         // section 6), and some servers refuse a repeated scope list.
         let _ = scopes;
-        let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let http = ObservedHttp::new(&self.http);
-        let mut request = self.oauth2.exchange_refresh_token(&token);
-        if let Some(resource) = &self.resource {
-            request = request.add_extra_param("resource", resource.as_str());
-        }
-        let result = request.request_async(&http).await;
-        self.finish("refreshing the token", result, http.status())
+        self.token_request("refreshing the token")
+            .send(Grant::RefreshToken(refresh_token))
+            .await
     }
 
     fn supports_refresh(&self) -> bool {
@@ -592,78 +465,9 @@ impl OAuthClient for StandardOAuthClient {
     }
 }
 
-/// The client's HTTP client for one token request: remembers the response
-/// status (the `oauth2` crate drops it, and classification needs it), and
-/// turns a `200` carrying an OAuth `error` (GitHub's way) into a `400`.
-struct ObservedHttp<'a> {
-    http: &'a OAuthHttpClient,
-    status: Mutex<Option<u16>>,
-}
-
-impl<'a> ObservedHttp<'a> {
-    fn new(http: &'a OAuthHttpClient) -> Self {
-        ObservedHttp {
-            http,
-            status: Mutex::new(None),
-        }
-    }
-
-    fn status(&self) -> Option<u16> {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl<'c> oauth2::AsyncHttpClient<'c> for ObservedHttp<'_> {
-    type Error = HttpError;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>,
-    >;
-
-    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(async move {
-            let mut response = send_token_request(self.http.reqwest(), request).await?;
-            if response.status() == http::StatusCode::OK && is_error_body(response.body()) {
-                *response.status_mut() = http::StatusCode::BAD_REQUEST;
-            }
-            *self.status.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(response.status().as_u16());
-            Ok(response)
-        })
-    }
-}
-
-/// A JSON object with `error` and without `access_token`.
-fn is_error_body(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Probe {
-        error: Option<serde_json::Value>,
-        access_token: Option<serde_json::Value>,
-    }
-    serde_json::from_slice::<Probe>(body)
-        .is_ok_and(|probe| probe.error.is_some() && probe.access_token.is_none())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn github_scopes_are_split_on_commas() {
-        let scopes = vec![
-            Scope::new("repo,gist".into()),
-            Scope::new("read:org".into()),
-        ];
-        assert_eq!(split_scopes(&scopes), ["repo", "gist", "read:org"]);
-    }
-
-    #[test]
-    fn error_bodies_are_recognised() {
-        assert!(is_error_body(br#"{"error":"bad_verification_code"}"#));
-        assert!(!is_error_body(
-            br#"{"access_token":"x","token_type":"bearer"}"#
-        ));
-        assert!(!is_error_body(b"not json"));
-    }
 
     #[test]
     fn reserved_parameters_cannot_be_configured() {

@@ -7,16 +7,24 @@
 #[path = "client_oauth/support.rs"]
 mod support;
 
+#[path = "client_oauth/client_credentials.rs"]
+mod client_credentials;
+#[path = "client_oauth/cross_app.rs"]
+mod cross_app;
 #[path = "client_oauth/discovery.rs"]
 mod discovery;
 #[path = "client_oauth/flow.rs"]
 mod flow;
 #[path = "client_oauth/healing.rs"]
 mod healing;
+#[path = "client_oauth/legacy.rs"]
+mod legacy;
 #[path = "client_oauth/refresh.rs"]
 mod refresh;
 #[path = "client_oauth/registration.rs"]
 mod registration;
+#[path = "client_oauth/replicas.rs"]
+mod replicas;
 #[cfg(feature = "rmcp")]
 #[path = "client_oauth/rmcp_stores.rs"]
 mod rmcp_stores;
@@ -28,3 +36,7 @@ mod scopes;
 #[cfg(feature = "rmcp")]
 #[path = "client_oauth/servers.rs"]
 mod servers;
+#[path = "client_oauth/sign_out.rs"]
+mod sign_out;
+#[path = "client_oauth/token_layer.rs"]
+mod token_layer;

@@ -167,7 +167,7 @@ pub(crate) async fn authorize(
         Ok(None) if client.redirect_uris.len() == 1 => (client.redirect_uris[0].clone(), None),
         Ok(None) => {
             return error_page(
-                "redirect_uri is required: the client has several registered redirect URIs",
+                "redirect_uri is required: the client has no single registered redirect URI",
             );
         }
     };
@@ -278,22 +278,8 @@ fn validate(
     };
 
     let requested = single("scope")?.map(split_scopes).unwrap_or_default();
-    if let Some(supported) = &settings.scopes_supported
-        && let Some(unknown) = requested.iter().find(|s| !supported.contains(s))
-    {
-        return Err((
-            "invalid_scope",
-            format!("scope {unknown:?} is not supported"),
-        ));
-    }
-    let mut scopes = if requested.is_empty() {
-        settings.default_scopes.clone()
-    } else {
-        requested
-    };
-    if let Some(allowed) = &settings.grant_only {
-        scopes.retain(|s| allowed.contains(s));
-    }
+    let scopes = crate::grants::scopes_to_grant(&settings, requested)
+        .map_err(|reason| ("invalid_scope", reason))?;
 
     let resources = params.all("resource");
     for resource in &resources {

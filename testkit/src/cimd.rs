@@ -125,5 +125,7 @@ pub(crate) async fn fetch_client(
             .map(str::to_owned),
         source: ClientSource::MetadataDocument,
         secret_expires_at: None,
+        public_key: None,
+        id_jag_client_id: None,
     })
 }

@@ -4,10 +4,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use serde_json::Value;
 use url::{Host, Url};
 
 use crate::error::Error;
 use crate::http::absolute_uri;
+use crate::keys::PublicKey;
 use crate::secret::{REDACTED, random_string};
 
 /// How a client authenticates at the token endpoint
@@ -23,6 +25,9 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// An RFC 7523 client assertion: a JWT the client signs with its
+    /// private key, checked against the public key it registered.
+    PrivateKeyJwt,
 }
 
 impl ClientAuthMethod {
@@ -32,6 +37,7 @@ impl ClientAuthMethod {
             ClientAuthMethod::None => "none",
             ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
             ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 
@@ -41,12 +47,22 @@ impl ClientAuthMethod {
             "none" => Some(ClientAuthMethod::None),
             "client_secret_basic" => Some(ClientAuthMethod::ClientSecretBasic),
             "client_secret_post" => Some(ClientAuthMethod::ClientSecretPost),
+            "private_key_jwt" => Some(ClientAuthMethod::PrivateKeyJwt),
             _ => None,
         }
     }
 
     /// Whether clients using it have a secret.
     pub fn has_secret(self) -> bool {
+        matches!(
+            self,
+            ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost
+        )
+    }
+
+    /// Whether clients using it prove who they are (a secret or a key), as
+    /// the grants without a user require.
+    pub fn is_confidential(self) -> bool {
         self != ClientAuthMethod::None
     }
 }
@@ -79,6 +95,9 @@ pub struct ClientRegistration {
     pub(crate) redirect_uris: Vec<String>,
     pub(crate) auth_method: ClientAuthMethod,
     pub(crate) name: Option<String>,
+    pub(crate) jwk: Option<Value>,
+    pub(crate) id_jag_client_id: Option<String>,
+    pub(crate) service: bool,
 }
 
 impl ClientRegistration {
@@ -90,7 +109,45 @@ impl ClientRegistration {
             redirect_uris: vec![redirect_uri.into()],
             auth_method: ClientAuthMethod::None,
             name: None,
+            jwk: None,
+            id_jag_client_id: None,
+            service: false,
         }
+    }
+
+    /// A client without redirect URIs that uses only the grants without a
+    /// user (`client_credentials`, `jwt-bearer`, token exchange),
+    /// authenticating with `method` (for `private_key_jwt`, give its key
+    /// with [`jwk`](Self::jwk)). It cannot use `/authorize`.
+    pub fn service(method: ClientAuthMethod) -> Self {
+        ClientRegistration {
+            redirect_uris: Vec::new(),
+            auth_method: method,
+            service: true,
+            ..Self::public("")
+        }
+    }
+
+    /// A service client that authenticates with an RFC 7523 client
+    /// assertion signed by the private half of `public_jwk`
+    /// (`private_key_jwt`): see [`SigningKey`](crate::SigningKey).
+    pub fn private_key_jwt(public_jwk: Value) -> Self {
+        Self::service(ClientAuthMethod::PrivateKeyJwt).jwk(public_jwk)
+    }
+
+    /// The public key (a JWK with `alg`) its `private_key_jwt` assertions
+    /// must verify with.
+    pub fn jwk(mut self, public_jwk: Value) -> Self {
+        self.jwk = Some(public_jwk);
+        self
+    }
+
+    /// As an enterprise identity provider's client: the `client_id` the
+    /// ID-JAGs issued to it name, its id at the resource's authorization
+    /// server (default: its own id here).
+    pub fn id_jag_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.id_jag_client_id = Some(client_id.into());
+        self
     }
 
     /// A confidential client (`client_secret_basic`) with one redirect URI.
@@ -132,7 +189,7 @@ impl ClientRegistration {
     }
 
     pub(crate) fn into_client(self, source: ClientSource) -> Result<RegisteredClient, Error> {
-        if self.redirect_uris.is_empty() {
+        if self.redirect_uris.is_empty() && !self.service {
             return Err(Error::InvalidInput {
                 what: "client registration",
                 reason: "a client needs at least one redirect URI".to_owned(),
@@ -149,6 +206,17 @@ impl ClientRegistration {
         } else {
             None
         };
+        let public_key = match (self.auth_method, &self.jwk) {
+            (ClientAuthMethod::PrivateKeyJwt, Some(jwk)) => Some(PublicKey::from_jwk(jwk)?),
+            (ClientAuthMethod::PrivateKeyJwt, None) => {
+                return Err(Error::InvalidInput {
+                    what: "client registration",
+                    reason: "a private_key_jwt client needs its public key: call jwk(..)"
+                        .to_owned(),
+                });
+            }
+            _ => None,
+        };
         Ok(RegisteredClient {
             client_id: self
                 .client_id
@@ -159,6 +227,8 @@ impl ClientRegistration {
             name: self.name,
             source,
             secret_expires_at: None,
+            public_key,
+            id_jag_client_id: self.id_jag_client_id,
         })
     }
 }
@@ -174,6 +244,8 @@ impl fmt::Debug for ClientRegistration {
             .field("redirect_uris", &self.redirect_uris)
             .field("auth_method", &self.auth_method)
             .field("name", &self.name)
+            .field("jwk", &self.jwk)
+            .field("id_jag_client_id", &self.id_jag_client_id)
             .finish()
     }
 }
@@ -197,10 +269,19 @@ pub struct RegisteredClient {
     /// When its secret stops working (`client_secret_expires_at`); `None`
     /// never.
     pub secret_expires_at: Option<SystemTime>,
+    /// The key its `private_key_jwt` assertions must verify with.
+    pub public_key: Option<PublicKey>,
+    /// As an identity provider's client: the `client_id` of the ID-JAGs it
+    /// gets (`None`: its own).
+    pub id_jag_client_id: Option<String>,
 }
 
 impl RegisteredClient {
     /// The first redirect URI.
+    ///
+    /// # Panics
+    ///
+    /// For a [service](ClientRegistration::service) client, which has none.
     pub fn redirect_uri(&self) -> &str {
         &self.redirect_uris[0]
     }
@@ -236,6 +317,8 @@ impl fmt::Debug for RegisteredClient {
             .field("name", &self.name)
             .field("source", &self.source)
             .field("secret_expires_at", &self.secret_expires_at)
+            .field("public_key", &self.public_key)
+            .field("id_jag_client_id", &self.id_jag_client_id)
             .finish()
     }
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::authorize::WRONG_ISSUER;
 use crate::failure::Endpoint;
-use crate::http::{OAuthFailure, found, json, malformed_json, plain_status};
+use crate::http::{found, json, malformed_json, plain_status};
 use crate::requests::RecordedRequest;
 use crate::server::{Origin, Shared};
 use crate::settings::{IssParameter, MetadataFault};
@@ -82,10 +82,8 @@ async fn serve(
         Document::OpenIdInserted | Document::OpenIdAppended => Endpoint::OpenIdConfiguration,
     };
     let failure = shared.begin(RecordedRequest::new(endpoint, &method, &uri, &headers));
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let (served, fault, body) = {
         let state = shared.lock();
@@ -139,7 +137,7 @@ fn metadata(shared: &Shared, state: &ServerState) -> Value {
         "jwks_uri": shared.endpoint("/jwks").as_str(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": settings.grant_types_supported,
         "code_challenge_methods_supported": challenge_methods,
         "token_endpoint_auth_methods_supported": auth_methods,
         "authorization_response_iss_parameter_supported":
@@ -148,6 +146,17 @@ fn metadata(shared: &Shared, state: &ServerState) -> Value {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
     });
+    if settings
+        .token_endpoint_auth_methods
+        .contains(&crate::ClientAuthMethod::PrivateKeyJwt)
+    {
+        doc["token_endpoint_auth_signing_alg_values_supported"] =
+            json!(["ES256", "ES384", "RS256", "PS256", "EdDSA"]);
+    }
+    if settings.revocation {
+        doc["revocation_endpoint"] = json!(shared.endpoint("/revoke").as_str());
+        doc["revocation_endpoint_auth_methods_supported"] = json!(auth_methods);
+    }
     if settings.dynamic_registration {
         doc["registration_endpoint"] = json!(shared.endpoint("/register").as_str());
     }
@@ -195,10 +204,8 @@ pub(crate) async fn fallback(
         &uri,
         &headers,
     ));
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let document = shared.lock().hosted.get(uri.path()).cloned();
     match document {

@@ -20,6 +20,14 @@ pub enum Endpoint {
     AuthorizationCodeGrant,
     /// `POST /token` with `grant_type=refresh_token`.
     RefreshTokenGrant,
+    /// `POST /token` with `grant_type=client_credentials`.
+    ClientCredentialsGrant,
+    /// `POST /token` with the RFC 7523 `jwt-bearer` grant (an ID-JAG).
+    JwtBearerGrant,
+    /// `POST /token` with the RFC 8693 token exchange grant.
+    TokenExchangeGrant,
+    /// `POST /revoke` (RFC 7009).
+    Revocation,
     /// `POST /register` (RFC 7591).
     Registration,
     /// `POST /introspect` (RFC 7662).

@@ -38,10 +38,8 @@ pub(crate) async fn introspect(
             "introspection is disabled on this server",
         );
     }
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let token = match params.single("token") {
         Ok(Some(token)) => token,
@@ -95,10 +93,8 @@ pub(crate) async fn userinfo(
         &uri,
         &headers,
     ));
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -132,8 +128,7 @@ pub(crate) async fn userinfo(
     response
 }
 
-/// `GET /jwks`: OpenID Connect discovery requires a key set; this server
-/// signs nothing, so it is empty.
+/// `GET /jwks`: the public key the server signs ID tokens and ID-JAGs with.
 pub(crate) async fn jwks(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -147,7 +142,10 @@ pub(crate) async fn jwks(
         &headers,
     ));
     match shared.run_failure(failure).await {
-        Ok(None) => json(StatusCode::OK, &json!({ "keys": [] })),
+        Ok(None) => json(
+            StatusCode::OK,
+            &json!({ "keys": [shared.signing_key.public_jwk()] }),
+        ),
         Ok(Some(error)) => OAuthFailure::new(&error, "injected failure").into_response(),
         Err(response) => response,
     }

@@ -11,8 +11,18 @@
 //!   rotation, downscoping, `client_secret_basic`, `client_secret_post` and
 //!   public clients, RFC 6749 error bodies), RFC 8414 and OpenID Connect
 //!   discovery (also for issuers with a path), dynamic client registration
-//!   (RFC 7591), Client ID Metadata Documents, RFC 7662 introspection, and a
-//!   bearer-protected `/userinfo` that stands in for a third-party API.
+//!   (RFC 7591), Client ID Metadata Documents, RFC 7662 introspection, RFC
+//!   7009 revocation, and a bearer-protected `/userinfo` that stands in for
+//!   a third-party API.
+//! - The grants without a user: `client_credentials` (with
+//!   `client_secret_basic`, `client_secret_post` or an RFC 7523
+//!   `private_key_jwt` assertion checked against the client's
+//!   [`SigningKey`]), and enterprise-managed authorization: as the identity
+//!   provider, [`issue_id_token`](AuthServerHandle::issue_id_token) and RFC
+//!   8693 token exchange of that ID token for an ID-JAG; as the MCP server's
+//!   authorization server, the RFC 7523 `jwt-bearer` grant for ID-JAGs of
+//!   the identity providers it [trusts](AuthServerHandle::trust_identity_provider)
+//!   (signature, `typ`, audience, expiry, client, resource, replay).
 //! - Switches: [`Settings`] (changeable while running),
 //!   [`MetadataFault`]s and [`DiscoveryDocuments`] for bad discovery,
 //!   [`Failure`]s injected into the next requests of an [`Endpoint`]
@@ -120,6 +130,15 @@
 //!   [`InvalidTokenAnswer::InternalError`] makes a [`ProtectedResource`]
 //!   answer an unknown token with `500` instead of a challenge (the MCP
 //!   TypeScript SDK's example server).
+//! - **Machine-to-machine and enterprise clients**: register a
+//!   [`ClientRegistration::service`] client (a secret) or
+//!   [`ClientRegistration::private_key_jwt`] (a [`SigningKey`]'s public
+//!   JWK) and point the client at the MCP server; for cross-app access,
+//!   start a second server as the identity provider, call
+//!   [`trust_identity_provider`] on the first, and give the client an ID
+//!   token from [`issue_id_token`]. Shorten [`Settings::id_jag_lifetime`]
+//!   to test expiry, drop a grant from [`Settings::grant_types_supported`]
+//!   to test refusal.
 //! - **Failure handling**: [`fail_next`] with [`Failure::Status`],
 //!   [`Failure::Hang`], [`Failure::Delay`], [`Failure::invalid_grant`],
 //!   [`Failure::access_denied`] or [`Failure::MalformedJson`], for one
@@ -135,13 +154,15 @@
 //! [`fail_next`]: AuthServerHandle::fail_next
 //! [`restart`]: AuthServerHandle::restart
 //! [`expire_client_secrets`]: AuthServerHandle::expire_client_secrets
+//! [`trust_identity_provider`]: AuthServerHandle::trust_identity_provider
+//! [`issue_id_token`]: AuthServerHandle::issue_id_token
 //!
 //! # Conventions
 //!
 //! - The issuer is `http://127.0.0.1:PORT` (plus the
 //!   [issuer path](TestAuthServerBuilder::issuer_path)), without a trailing
 //!   slash. Endpoints are `{issuer}/authorize`, `/token`, `/register`,
-//!   `/introspect`, `/userinfo`, `/jwks` and `/consent`.
+//!   `/introspect`, `/revoke`, `/userinfo`, `/jwks` and `/consent`.
 //! - The signed-in user is [`Settings::default_subject`] unless a request
 //!   names one with the [`USER_HEADER`] header or the [`USER_QUERY_PARAM`]
 //!   query parameter.
@@ -156,15 +177,19 @@ mod authorize;
 mod browser;
 mod cimd;
 mod client;
+mod client_auth;
 mod discovery;
 mod error;
 mod failure;
+mod grants;
 mod http;
 mod introspection;
+mod keys;
 mod pkce;
 mod registration;
 mod requests;
 mod resource;
+mod revocation;
 mod secret;
 mod server;
 mod settings;
@@ -179,6 +204,7 @@ pub use browser::{Browser, Hop, Navigation, Page};
 pub use client::{ClientAuthMethod, ClientRegistration, ClientSource, RegisteredClient};
 pub use error::Error;
 pub use failure::{Endpoint, Failure};
+pub use keys::{PublicKey, SigningKey};
 pub use pkce::Pkce;
 pub use requests::RecordedRequest;
 pub use resource::{
@@ -188,3 +214,16 @@ pub use resource::{
 pub use server::{AuthServerHandle, TestAuthServer, TestAuthServerBuilder};
 pub use settings::{ConsentMode, DiscoveryDocuments, IssParameter, MetadataFault, Settings};
 pub use tokens::{IssuedTokens, PendingConsent, TokenGrant, TokenInfo};
+
+/// The RFC 7523 grant type that trades a JWT (an ID-JAG) for an access token.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The RFC 8693 token exchange grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The token type of an Identity Assertion JWT Authorization Grant (ID-JAG).
+pub const ID_JAG_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id-jag";
+/// The RFC 8693 token type of an OpenID Connect ID token.
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// The `typ` header of an ID-JAG.
+pub const ID_JAG_JWT_TYPE: &str = "oauth-id-jag+jwt";
+/// The RFC 7523 `client_assertion_type` of `private_key_jwt`.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

@@ -33,10 +33,8 @@ pub(crate) async fn register(
             "dynamic client registration is disabled on this server",
         );
     }
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     match register_client(&shared, document) {
         Ok(body) => json(StatusCode::CREATED, &body),
@@ -70,13 +68,6 @@ fn register_client(shared: &Shared, document: Option<Value>) -> Result<Value, OA
         }
     };
 
-    let redirect_uris = strings("redirect_uris")?.unwrap_or_default();
-    if redirect_uris.is_empty() {
-        return Err(OAuthFailure::new(
-            "invalid_redirect_uri",
-            "redirect_uris is required for the authorization code grant",
-        ));
-    }
     let method_name = match request.get("token_endpoint_auth_method") {
         None => "client_secret_basic",
         Some(Value::String(name)) => name.as_str(),
@@ -101,14 +92,35 @@ fn register_client(shared: &Shared, document: Option<Value>) -> Result<Value, OA
         })?;
     let grant_types = strings("grant_types")?
         .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
-    if let Some(other) = grant_types
-        .iter()
-        .find(|g| *g != "authorization_code" && *g != "refresh_token")
-    {
+    let supported = shared.lock().settings.grant_types_supported.clone();
+    if let Some(other) = grant_types.iter().find(|g| !supported.contains(g)) {
         return Err(metadata_error(format!(
             "grant type {other:?} is not supported"
         )));
     }
+    // Redirect URIs are for the authorization code grant only; a client
+    // for the grants without a user registers none.
+    let uses_redirects = grant_types.iter().any(|g| g == "authorization_code");
+    let redirect_uris = strings("redirect_uris")?.unwrap_or_default();
+    if redirect_uris.is_empty() && uses_redirects {
+        return Err(OAuthFailure::new(
+            "invalid_redirect_uri",
+            "redirect_uris is required for the authorization code grant",
+        ));
+    }
+    let jwk = match method {
+        ClientAuthMethod::PrivateKeyJwt => Some(
+            request
+                .get("jwks")
+                .and_then(|jwks| jwks.get("keys"))
+                .and_then(|keys| keys.get(0))
+                .cloned()
+                .ok_or_else(|| {
+                    metadata_error("private_key_jwt needs the client's public key in jwks")
+                })?,
+        ),
+        _ => None,
+    };
     let response_types = strings("response_types")?.unwrap_or_else(|| vec!["code".to_owned()]);
     if let Some(other) = response_types.iter().find(|r| *r != "code") {
         return Err(metadata_error(format!(
@@ -116,16 +128,23 @@ fn register_client(shared: &Shared, document: Option<Value>) -> Result<Value, OA
         )));
     }
 
-    let mut registration = ClientRegistration::public(redirect_uris[0].clone()).auth_method(method);
-    for uri in &redirect_uris[1..] {
+    let mut registration = ClientRegistration::service(method);
+    for uri in &redirect_uris {
         registration = registration.redirect_uri(uri.clone());
+    }
+    if let Some(jwk) = jwk {
+        registration = registration.jwk(jwk);
     }
     if let Some(Value::String(name)) = request.get("client_name") {
         registration = registration.name(name.clone());
     }
     let mut client = registration
         .into_client(ClientSource::Dynamic)
-        .map_err(|e| OAuthFailure::new("invalid_redirect_uri", e.to_string()))?;
+        .map_err(|e| match method {
+            // The key did not parse.
+            ClientAuthMethod::PrivateKeyJwt => metadata_error(e.to_string()),
+            _ => OAuthFailure::new("invalid_redirect_uri", e.to_string()),
+        })?;
     let now = SystemTime::now();
     {
         let mut state = shared.lock();

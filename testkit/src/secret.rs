@@ -14,6 +14,10 @@ pub(crate) const SECRET_PARAMS: &[&str] = &[
     "token",
     "id_token",
     "registration_access_token",
+    "client_assertion",
+    "assertion",
+    "subject_token",
+    "actor_token",
 ];
 
 /// Headers whose values are secrets.

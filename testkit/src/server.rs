@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Extension;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -21,12 +21,13 @@ use crate::client::{ClientRegistration, ClientSource, RegisteredClient};
 use crate::error::Error;
 use crate::failure::{Endpoint, Failure};
 use crate::http::{malformed_json, plain_status};
+use crate::keys::{PublicKey, SigningKey};
 use crate::requests::RecordedRequest;
 use crate::settings::{ConsentMode, Settings};
 use crate::state::{Grant, MetadataPatch, State};
 use crate::tokens::{IssuedTokens, PendingConsent, TokenGrant, TokenInfo};
 use crate::transport::Clients;
-use crate::{discovery, introspection, registration, token};
+use crate::{discovery, grants, introspection, registration, revocation, token};
 
 /// Which of the two listeners a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) http: Clients,
     pub(crate) state: Mutex<State>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Signs the ID tokens and ID-JAGs it issues as an identity provider.
+    pub(crate) signing_key: SigningKey,
 }
 
 impl Shared {
@@ -100,6 +103,19 @@ impl Shared {
             }
             Some(Failure::MalformedJson) => Err(malformed_json()),
             Some(Failure::OAuthError(error)) => Ok(Some(error)),
+        }
+    }
+
+    /// Plays an injected failure at an endpoint that answers JSON: the
+    /// whole answer when there is one (an OAuth error code as a JSON error
+    /// body), `None` to go on normally.
+    pub(crate) async fn injected_json_failure(&self, failure: Option<Failure>) -> Option<Response> {
+        match self.run_failure(failure).await {
+            Ok(None) => None,
+            Ok(Some(error)) => {
+                Some(crate::http::OAuthFailure::new(&error, "injected failure").into_response())
+            }
+            Err(response) => Some(response),
         }
     }
 
@@ -278,6 +294,7 @@ impl TestAuthServerBuilder {
             http: Clients::new(Some(Duration::from_secs(5))),
             state: Mutex::new(State::new(self.settings, self.metadata_patch)),
             shutdown: shutdown_rx.clone(),
+            signing_key: SigningKey::generate_es256(),
         });
         let handle = AuthServerHandle { shared };
         for client in self.clients {
@@ -359,6 +376,7 @@ fn router(shared: &Arc<Shared>, origin: Origin) -> Router {
         .route(&format!("{p}/consent"), post(authorize::consent))
         .route(&format!("{p}/token"), post(token::token))
         .route(&format!("{p}/register"), post(registration::register))
+        .route(&format!("{p}/revoke"), post(revocation::revoke))
         .route(&format!("{p}/introspect"), post(introspection::introspect))
         .route(&format!("{p}/userinfo"), get(introspection::userinfo))
         .route(&format!("{p}/jwks"), get(introspection::jwks))
@@ -451,6 +469,11 @@ impl AuthServerHandle {
         self.shared.endpoint("/register")
     }
 
+    /// `{issuer}/revoke` (RFC 7009).
+    pub fn revocation_endpoint(&self) -> Url {
+        self.shared.endpoint("/revoke")
+    }
+
     /// `{issuer}/introspect` (RFC 7662).
     pub fn introspection_endpoint(&self) -> Url {
         self.shared.endpoint("/introspect")
@@ -463,7 +486,7 @@ impl AuthServerHandle {
         self.shared.endpoint("/userinfo")
     }
 
-    /// `{issuer}/jwks`: an empty key set.
+    /// `{issuer}/jwks`: the public key of [`signing_key`](Self::signing_key).
     pub fn jwks_uri(&self) -> Url {
         self.shared.endpoint("/jwks")
     }
@@ -695,6 +718,40 @@ impl AuthServerHandle {
             what: "redirect uri",
             reason,
         })
+    }
+
+    // --- enterprise-managed authorization ---------------------------------------
+
+    /// The key this server signs ID tokens and ID-JAGs with (a new ES256
+    /// key per server); its public half is served at
+    /// [`jwks_uri`](Self::jwks_uri).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.shared.signing_key
+    }
+
+    /// As the enterprise identity provider: an OpenID Connect ID token for
+    /// `subject`, issued to `client_id` (its `aud`), valid for
+    /// [`Settings::id_token_lifetime`]. A client exchanges it at this
+    /// server's token endpoint for an ID-JAG (RFC 8693 token exchange).
+    pub fn issue_id_token(&self, subject: &str, client_id: &str) -> String {
+        let lifetime = self.shared.lock().settings.id_token_lifetime;
+        grants::id_token(&self.shared, subject, client_id, lifetime)
+    }
+
+    /// As the MCP server's authorization server: accepts ID-JAGs that
+    /// `issuer` signed with `key` in the `jwt-bearer` grant.
+    pub fn trust_issuer(&self, issuer: impl Into<String>, key: PublicKey) {
+        self.shared
+            .lock()
+            .trusted_issuers
+            .insert(issuer.into(), key);
+    }
+
+    /// Accepts the ID-JAGs of the identity provider `idp` (another test
+    /// server): [`trust_issuer`](Self::trust_issuer) with its issuer and
+    /// key.
+    pub fn trust_identity_provider(&self, idp: &AuthServerHandle) {
+        self.trust_issuer(idp.issuer(), idp.signing_key().public_key());
     }
 
     // --- tokens ---------------------------------------------------------------

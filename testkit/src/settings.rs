@@ -180,8 +180,24 @@ pub struct Settings {
     /// Serve RFC 7662 introspection and advertise it. Default `true`.
     pub introspection: bool,
     /// The `token_endpoint_auth_methods_supported` advertised; registration
-    /// refuses others. Default basic, post and none.
+    /// refuses others. Default basic, post, none and `private_key_jwt`.
     pub token_endpoint_auth_methods: Vec<ClientAuthMethod>,
+    /// The `grant_types_supported` advertised; the token endpoint answers
+    /// any other grant with `unsupported_grant_type`. Default every grant
+    /// the server implements: `authorization_code`, `refresh_token`,
+    /// `client_credentials`, [`JWT_BEARER_GRANT`](crate::JWT_BEARER_GRANT)
+    /// and [`TOKEN_EXCHANGE_GRANT`](crate::TOKEN_EXCHANGE_GRANT).
+    pub grant_types_supported: Vec<String>,
+    /// Serve RFC 7009 token revocation and advertise `revocation_endpoint`.
+    /// Default `true`.
+    pub revocation: bool,
+    /// How long the ID tokens of
+    /// [`issue_id_token`](crate::AuthServerHandle::issue_id_token) are
+    /// valid. Default 1 h.
+    pub id_token_lifetime: Duration,
+    /// How long the ID-JAGs the token exchange issues are valid. Default
+    /// 5 min.
+    pub id_jag_lifetime: Duration,
     /// Refuse token requests without `client_id` in the form body, even
     /// when HTTP Basic names the client, with `401 invalid_client` "Missing
     /// client_id": how the MCP Python SDK's authorization server (and
@@ -229,7 +245,20 @@ impl Default for Settings {
                 ClientAuthMethod::ClientSecretBasic,
                 ClientAuthMethod::ClientSecretPost,
                 ClientAuthMethod::None,
+                ClientAuthMethod::PrivateKeyJwt,
             ],
+            grant_types_supported: [
+                "authorization_code",
+                "refresh_token",
+                "client_credentials",
+                crate::JWT_BEARER_GRANT,
+                crate::TOKEN_EXCHANGE_GRANT,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            revocation: true,
+            id_token_lifetime: Duration::from_secs(3600),
+            id_jag_lifetime: Duration::from_secs(300),
             require_client_id_in_body: false,
             client_secret_lifetime: None,
             discovery: DiscoveryDocuments::All,

@@ -1,7 +1,7 @@
 //! The server's memory: clients, codes, tokens, consents, counters and the
 //! failure queue. Everything here runs under one lock and never awaits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::client::{ClientAuthMethod, ClientSource, RegisteredClient};
 use crate::failure::{Endpoint, Failure};
 use crate::http::OAuthFailure;
+use crate::keys::PublicKey;
 use crate::pkce::{self, ChallengeMethod};
 use crate::requests::RecordedRequest;
 use crate::secret::random_token;
@@ -86,6 +87,10 @@ pub(crate) struct State {
     pub(crate) clients: HashMap<String, RegisteredClient>,
     pub(crate) hosted: HashMap<String, Value>,
     pub(crate) client_metadata_fetches: u64,
+    /// Identity providers whose ID-JAGs the jwt-bearer grant accepts.
+    pub(crate) trusted_issuers: HashMap<String, PublicKey>,
+    /// `jti`s of client assertions and ID-JAGs already used.
+    used_jtis: HashSet<String>,
     codes: HashMap<String, CodeEntry>,
     access_tokens: HashMap<String, AccessEntry>,
     refresh_tokens: HashMap<String, RefreshEntry>,
@@ -107,6 +112,8 @@ impl State {
             clients: HashMap::new(),
             hosted: HashMap::new(),
             client_metadata_fetches: 0,
+            trusted_issuers: HashMap::new(),
+            used_jtis: HashSet::new(),
             codes: HashMap::new(),
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
@@ -366,6 +373,56 @@ impl State {
                 .insert(request.refresh_token.to_owned(), family);
         }
         Ok(self.issue(&grant, scopes, audience, family, rotate))
+    }
+
+    /// Whether `jti` (qualified by its issuer or client) is used for the
+    /// first time; it is remembered either way.
+    pub(crate) fn first_use_of_jti(&mut self, jti: &str) -> bool {
+        self.used_jtis.insert(jti.to_owned())
+    }
+
+    /// Issues an access token for a grant without a user's authorization
+    /// (`client_credentials`, `jwt-bearer`): no refresh token, since the
+    /// client can ask again with the same grant.
+    pub(crate) fn issue_without_refresh(&mut self, grant: Grant) -> IssuedTokens {
+        let family = self.new_family();
+        let scopes = grant.scopes.clone();
+        let resources = grant.resources.clone();
+        self.issue(&grant, scopes, resources, family, false)
+    }
+
+    /// RFC 7009: revokes `token` if it was issued to `client_id` (a refresh
+    /// token with the access tokens of its authorization). `Ok(false)` for
+    /// a token the server does not know; an error for another client's.
+    pub(crate) fn revoke_for_client(
+        &mut self,
+        token: &str,
+        client_id: &str,
+    ) -> Result<bool, OAuthFailure> {
+        let owner = self
+            .access_tokens
+            .get(token)
+            .map(|e| (e.info.client_id.clone(), e.family, false))
+            .or_else(|| {
+                self.refresh_tokens
+                    .get(token)
+                    .map(|e| (e.grant.client_id.clone(), e.family, true))
+            });
+        let Some((owner, family, is_refresh)) = owner else {
+            return Ok(false);
+        };
+        if owner != client_id {
+            return Err(OAuthFailure::new(
+                "unauthorized_client",
+                "the token was issued to another client",
+            ));
+        }
+        if is_refresh {
+            self.revoke_family(family);
+        } else {
+            self.access_tokens.remove(token);
+        }
+        Ok(true)
     }
 
     /// Mints tokens for `grant`, as a new authorization would.

@@ -1,4 +1,5 @@
-//! `POST /token`: the authorization code and refresh token grants.
+//! `POST /token`: the authorization code and refresh token grants, and the
+//! grants without a user (`grants`).
 
 use std::sync::Arc;
 
@@ -6,8 +7,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value};
 
 use crate::client::ClientAuthMethod;
@@ -18,6 +17,7 @@ use crate::server::Shared;
 use crate::settings::Settings;
 use crate::state::{CodeExchange, Refresh};
 use crate::tokens::IssuedTokens;
+use crate::{JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT, client_auth, grants};
 
 pub(crate) async fn token(
     State(shared): State<Arc<Shared>>,
@@ -30,6 +30,9 @@ pub(crate) async fn token(
     let grant = match params.single("grant_type") {
         Ok(Some("authorization_code")) => Some(Endpoint::AuthorizationCodeGrant),
         Ok(Some("refresh_token")) => Some(Endpoint::RefreshTokenGrant),
+        Ok(Some("client_credentials")) => Some(Endpoint::ClientCredentialsGrant),
+        Ok(Some(JWT_BEARER_GRANT)) => Some(Endpoint::JwtBearerGrant),
+        Ok(Some(TOKEN_EXCHANGE_GRANT)) => Some(Endpoint::TokenExchangeGrant),
         _ => None,
     };
     let failure = shared.begin(
@@ -37,10 +40,8 @@ pub(crate) async fn token(
             .grant(grant)
             .form(&params),
     );
-    match shared.run_failure(failure).await {
-        Ok(None) => {}
-        Ok(Some(error)) => return OAuthFailure::new(&error, "injected failure").into_response(),
-        Err(response) => return response,
+    if let Some(answer) = shared.injected_json_failure(failure).await {
+        return answer;
     }
     match grant_tokens(&shared, &headers, &params) {
         Ok(body) => json(StatusCode::OK, &body),
@@ -67,18 +68,28 @@ fn grant_tokens(
     let single = |name| params.single(name).map_err(OAuthFailure::repeated);
     let grant_type = single("grant_type")?
         .ok_or_else(|| OAuthFailure::invalid_request("grant_type is missing"))?;
-    let credentials = client_credentials(headers, params)?;
+    let credentials = client_auth::parse(headers, params)?;
     let mut state = shared.lock();
+    if !state
+        .settings
+        .grant_types_supported
+        .iter()
+        .any(|g| g == grant_type)
+    {
+        return Err(OAuthFailure::new(
+            "unsupported_grant_type",
+            format!(
+                "grant_type {grant_type:?} is not supported; this server offers {}",
+                state.settings.grant_types_supported.join(", ")
+            ),
+        ));
+    }
     if state.settings.require_client_id_in_body && single("client_id")?.is_none() {
         // Word for word what the MCP Python SDK answers.
         return Err(OAuthFailure::invalid_client("Missing client_id"));
     }
-    state
-        .authenticate(
-            &credentials.client_id,
-            credentials.method,
-            credentials.secret.as_deref(),
-        )
+    let endpoint = shared.endpoint("/token");
+    let client = client_auth::authenticate(shared, &mut state, &credentials, endpoint.as_str())
         .map_err(|mut failure| {
             failure.basic_challenge = credentials.method == ClientAuthMethod::ClientSecretBasic;
             failure
@@ -99,12 +110,13 @@ fn grant_tokens(
             scopes: single("scope")?.map(split_scopes),
             resources: params.all("resource"),
         })?,
+        "client_credentials" => grants::client_credentials(&mut state, &client, params)?,
+        JWT_BEARER_GRANT => grants::jwt_bearer(shared, &mut state, &client, params)?,
+        TOKEN_EXCHANGE_GRANT => return grants::token_exchange(shared, &mut state, &client, params),
         other => {
             return Err(OAuthFailure::new(
                 "unsupported_grant_type",
-                format!(
-                    "grant_type {other:?} is not supported; use authorization_code or refresh_token"
-                ),
+                format!("grant_type {other:?} is advertised but this server does not implement it"),
             ));
         }
     };
@@ -129,113 +141,4 @@ fn token_response(settings: &Settings, issued: IssuedTokens) -> Value {
         body.insert(name.clone(), value.clone());
     }
     Value::Object(body)
-}
-
-struct Credentials {
-    client_id: String,
-    method: ClientAuthMethod,
-    secret: Option<String>,
-}
-
-/// Which client this is and how it authenticated (RFC 6749 section 2.3.1:
-/// one method per request).
-fn client_credentials(headers: &HeaderMap, params: &Params) -> Result<Credentials, OAuthFailure> {
-    let basic = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => Some(parse_basic(value.to_str().unwrap_or(""))?),
-    };
-    let body_id = params.single("client_id").map_err(OAuthFailure::repeated)?;
-    let body_secret = params
-        .single("client_secret")
-        .map_err(OAuthFailure::repeated)?;
-    match (basic, body_secret) {
-        (Some(_), Some(_)) => Err(OAuthFailure::invalid_request(
-            "the client authenticated twice: HTTP Basic and client_secret in the body",
-        )),
-        (Some((client_id, secret)), None) => {
-            if body_id.is_some_and(|id| id != client_id) {
-                return Err(OAuthFailure::invalid_request(
-                    "client_id in the body differs from the one in HTTP Basic",
-                ));
-            }
-            Ok(Credentials {
-                client_id,
-                method: ClientAuthMethod::ClientSecretBasic,
-                secret: Some(secret),
-            })
-        }
-        (None, Some(secret)) => Ok(Credentials {
-            client_id: body_id
-                .ok_or_else(|| {
-                    OAuthFailure::invalid_request("client_secret sent without client_id")
-                })?
-                .to_owned(),
-            method: ClientAuthMethod::ClientSecretPost,
-            secret: Some(secret.to_owned()),
-        }),
-        (None, None) => Ok(Credentials {
-            client_id: body_id
-                .ok_or_else(|| {
-                    OAuthFailure::invalid_client(
-                        "no client authentication: send client_id (public client) or credentials",
-                    )
-                })?
-                .to_owned(),
-            method: ClientAuthMethod::None,
-            secret: None,
-        }),
-    }
-}
-
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`.
-fn parse_basic(value: &str) -> Result<(String, String), OAuthFailure> {
-    let invalid = |why: &str| {
-        let mut failure =
-            OAuthFailure::invalid_client(format!("bad HTTP Basic credentials: {why}"));
-        failure.basic_challenge = true;
-        failure
-    };
-    let (scheme, encoded) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(invalid("the Authorization scheme must be Basic"));
-    }
-    let decoded = STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| invalid("not base64"))?;
-    let decoded = String::from_utf8(decoded).map_err(|_| invalid("not UTF-8"))?;
-    let (id, secret) = decoded
-        .split_once(':')
-        .ok_or_else(|| invalid("no ':' between id and secret"))?;
-    Ok((form_decode(id), form_decode(secret)))
-}
-
-/// `application/x-www-form-urlencoded` decoding of one value.
-fn form_decode(value: &str) -> String {
-    url::form_urlencoded::parse(
-        format!("v={}", value.replace('&', "%26").replace('=', "%3D")).as_bytes(),
-    )
-    .next()
-    .map(|(_, v)| v.into_owned())
-    .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_form_decoded() {
-        let header = format!("Basic {}", STANDARD.encode("my%20client:s%3Acret+x"));
-        let (id, secret) = parse_basic(&header).unwrap();
-        assert_eq!(id, "my client");
-        assert_eq!(secret, "s:cret x");
-    }
-
-    #[test]
-    fn bad_basic_credentials_are_invalid_client_with_a_challenge() {
-        let failure = parse_basic("Basic !!!").unwrap_err();
-        assert_eq!(failure.error, "invalid_client");
-        assert!(failure.basic_challenge);
-        assert!(parse_basic("Bearer abc").is_err());
-    }
 }

@@ -1,13 +1,33 @@
 //! Discovery, in the order the MCP authorization specification (2025-11-25)
 //! gives: Protected Resource Metadata (RFC 9728), then the authorization
 //! server's metadata (RFC 8414 or OpenID Connect discovery).
+//!
+//! # Servers of the 2025-03-26 specification
+//!
+//! That version had no Protected Resource Metadata: the MCP server was its
+//! own authorization server. When a server publishes none (every
+//! well-known URL answers `4xx`, and its challenge names no
+//! `resource_metadata`), the client falls back as that version says:
+//! authorization server metadata at the MCP server's origin
+//! (`/.well-known/oauth-authorization-server`), and without it the default
+//! endpoints `/authorize`, `/token` and `/register` there. What it trusts
+//! then is the MCP server's origin, exactly as it trusts the server with
+//! its requests: the metadata must come from that origin and name an
+//! issuer on it, its endpoints follow the usual URL rules, and PKCE S256
+//! is required (assumed for the default endpoints, which the 2025-03-26
+//! version made mandatory for every client). The fallback never applies
+//! when Protected Resource Metadata exists, or is broken (a `5xx`, invalid
+//! JSON, a wrong `resource`): that is an error, not a 2025-03-26 server.
 
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+use mcp_authkit_core::{TokenKey, TokenStore};
+
 use crate::client::error::{ClientAuthError, MetadataDocument};
 use crate::client::fetch::{Fetched, Fetcher};
+use crate::client::records;
 
 /// An MCP server's Protected Resource Metadata (RFC 9728 section 2).
 #[derive(Clone, Debug, Deserialize)]
@@ -59,6 +79,9 @@ pub struct AuthorizationServerMetadata {
     /// Whether authorization responses carry `iss` (RFC 9207).
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// Token revocation (RFC 7009), when offered.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
     /// Whether URL client ids with a Client ID Metadata Document are
     /// accepted.
     #[serde(default)]
@@ -72,6 +95,41 @@ impl AuthorizationServerMetadata {
             Some(methods) => methods.iter().any(|m| m == method),
             None => method == "client_secret_basic",
         }
+    }
+
+    /// Metadata that knows only a server's issuer and token endpoint (an
+    /// identity provider configured by hand).
+    pub(crate) fn token_endpoint_only(issuer: &str, token_endpoint: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": token_endpoint,
+            "token_endpoint": token_endpoint,
+        }))
+        .expect("strings make metadata")
+    }
+
+    /// Whether the server offers `grant_type`: listed in
+    /// `grant_types_supported`, or that list is absent (many servers leave
+    /// it out, so absence is not taken as RFC 8414's default of
+    /// `authorization_code` and `implicit` only).
+    pub fn supports_grant(&self, grant_type: &str) -> bool {
+        self.grant_types_supported
+            .as_ref()
+            .is_none_or(|grants| grants.iter().any(|g| g == grant_type))
+    }
+
+    /// An error unless the server offers `grant_type`: checked before the
+    /// client uses it, so nobody is sent to a browser for a grant the
+    /// server would refuse.
+    pub(crate) fn require_grant(&self, grant_type: &str) -> Result<(), ClientAuthError> {
+        if self.supports_grant(grant_type) {
+            return Ok(());
+        }
+        Err(ClientAuthError::GrantNotSupported {
+            issuer: self.issuer.clone(),
+            grant_type: grant_type.to_owned(),
+            advertised: self.grant_types_supported.clone().unwrap_or_default(),
+        })
     }
 
     /// Whether PKCE with S256 is advertised.
@@ -110,7 +168,9 @@ pub(crate) struct DiscoveredServer {
 pub(crate) struct DiscoveryRecord {
     pub(crate) issuer: String,
     pub(crate) resource: String,
-    pub(crate) resource_metadata_url: String,
+    /// Where the Protected Resource Metadata was; `None` for a 2025-03-26
+    /// server, which publishes none.
+    pub(crate) resource_metadata_url: Option<String>,
     pub(crate) scopes_supported: Option<Vec<String>>,
     /// The authorization server metadata as fetched (checked again when
     /// read back).
@@ -123,12 +183,192 @@ impl DiscoveryRecord {
         DiscoveryRecord {
             issuer: server.metadata.issuer.clone(),
             resource: resource.metadata.resource.clone(),
-            resource_metadata_url: resource.url.to_string(),
+            resource_metadata_url: Some(resource.url.to_string()),
             scopes_supported: resource.metadata.scopes_supported.clone(),
             server_document: server.document.clone(),
             server_metadata_url: server.url.clone(),
         }
     }
+
+    /// A 2025-03-26 server: no resource metadata; the token is for the MCP
+    /// server's URL.
+    fn legacy(server_url: &Url, server: &DiscoveredServer) -> Self {
+        DiscoveryRecord {
+            issuer: server.metadata.issuer.clone(),
+            resource: server_url.to_string(),
+            resource_metadata_url: None,
+            scopes_supported: None,
+            server_document: server.document.clone(),
+            server_metadata_url: server.url.clone(),
+        }
+    }
+}
+
+/// What a previous run stored under `key`, its metadata checked again;
+/// `None` when nothing this release can read is stored (a record it cannot
+/// read is reported and treated as absent: discovery runs again).
+pub(crate) async fn stored_discovery(
+    tokens: &dyn TokenStore,
+    key: &TokenKey,
+    fetcher: &Fetcher,
+) -> Result<Option<Discovered>, ClientAuthError> {
+    let Some(stored) = tokens.get(key).await? else {
+        return Ok(None);
+    };
+    let record = match records::decode::<DiscoveryRecord>(&stored.record) {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::warn!(%error, "ignoring a stored discovery result this release cannot read");
+            return Ok(None);
+        }
+    };
+    let metadata = check_server_metadata(
+        fetcher,
+        &record.server_document,
+        &record.issuer,
+        &record.server_metadata_url,
+    )?;
+    Ok(Some(Discovered { record, metadata }))
+}
+
+/// What discovery found: the record to keep, and the checked metadata.
+pub(crate) struct Discovered {
+    pub(crate) record: DiscoveryRecord,
+    pub(crate) metadata: AuthorizationServerMetadata,
+}
+
+/// Finds the authorization server of the MCP server at `server`: through
+/// its Protected Resource Metadata (at the challenge's `resource_metadata`
+/// URL, else the well-known URLs) and the first authorization server it
+/// names that has usable metadata; or, for a server that publishes no
+/// resource metadata and names none in its challenge, through the
+/// 2025-03-26 fallback when `legacy_fallback` allows it (see the module
+/// docs).
+pub(crate) async fn discover(
+    fetcher: &Fetcher,
+    server: &Url,
+    from_challenge: Option<&str>,
+    legacy_fallback: bool,
+) -> Result<Discovered, ClientAuthError> {
+    match find_resource(fetcher, server, from_challenge).await? {
+        ResourceSearch::Found(resource) => {
+            let found = discover_server(fetcher, &resource).await?;
+            Ok(Discovered {
+                record: DiscoveryRecord::new(&resource, &found),
+                metadata: found.metadata,
+            })
+        }
+        ResourceSearch::Absent(_) if legacy_fallback && from_challenge.is_none() => {
+            tracing::info!(
+                %server,
+                "no protected resource metadata: falling back to 2025-03-26 discovery"
+            );
+            let found = discover_legacy(fetcher, server).await?;
+            Ok(Discovered {
+                record: DiscoveryRecord::legacy(server, &found),
+                metadata: found.metadata,
+            })
+        }
+        ResourceSearch::Absent(tried) => Err(ClientAuthError::metadata(
+            MetadataDocument::ProtectedResource,
+            server.as_str(),
+            format!(
+                "the MCP server publishes no Protected Resource Metadata (tried {}); it must, for \
+                 clients to find its authorization server{}",
+                tried.join(", "),
+                if legacy_fallback {
+                    ""
+                } else {
+                    " (the 2025-03-26 fallback is turned off)"
+                }
+            ),
+        )),
+    }
+}
+
+/// The first authorization server of the metadata that answers with
+/// usable metadata; the first error when none does.
+async fn discover_server(
+    fetcher: &Fetcher,
+    resource: &DiscoveredResource,
+) -> Result<DiscoveredServer, ClientAuthError> {
+    let mut first_error = None;
+    for issuer in &resource.metadata.authorization_servers {
+        match discover_authorization_server(fetcher, issuer).await {
+            Ok(server) => return Ok(server),
+            Err(error) => {
+                tracing::warn!(%issuer, %error, "authorization server unusable");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    Err(first_error.expect("protected resource metadata names at least one server"))
+}
+
+/// The 2025-03-26 discovery: metadata at the MCP server's origin, else its
+/// default endpoints.
+async fn discover_legacy(
+    fetcher: &Fetcher,
+    server: &Url,
+) -> Result<DiscoveredServer, ClientAuthError> {
+    let mut origin = server.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    let url = origin
+        .join("/.well-known/oauth-authorization-server")
+        .expect("a well-known path joins any http(s) URL");
+    fetcher.check_url("authorization server metadata URL", &url)?;
+    let document = match fetcher
+        .get_json(
+            MetadataDocument::AuthorizationServer,
+            &url,
+            Some("2025-03-26"),
+        )
+        .await?
+    {
+        Fetched::Document(document) => {
+            let issuer = document.get("issuer").and_then(Value::as_str).unwrap_or("");
+            let on_origin = Url::parse(issuer).is_ok_and(|i| i.origin() == server.origin());
+            if !on_origin {
+                return Err(ClientAuthError::metadata(
+                    MetadataDocument::AuthorizationServer,
+                    url.as_str(),
+                    format!(
+                        "its issuer {:?} is not on the MCP server's origin; a server without \
+                         protected resource metadata (2025-03-26) must be its own authorization \
+                         server",
+                        crate::client::error::cap(issuer)
+                    ),
+                ));
+            }
+            document
+        }
+        Fetched::Absent(_) => {
+            let at = |path: &str| {
+                origin
+                    .join(path)
+                    .expect("an absolute path joins")
+                    .to_string()
+            };
+            serde_json::json!({
+                "issuer": origin.as_str().trim_end_matches('/'),
+                "authorization_endpoint": at("/authorize"),
+                "token_endpoint": at("/token"),
+                "registration_endpoint": at("/register"),
+                "response_types_supported": ["code"],
+                // 2025-03-26 made PKCE mandatory for every client.
+                "code_challenge_methods_supported": ["S256"],
+            })
+        }
+    };
+    let issuer = document["issuer"].as_str().unwrap_or_default().to_owned();
+    let metadata = check_server_metadata(fetcher, &document, &issuer, &url)?;
+    Ok(DiscoveredServer {
+        metadata,
+        document,
+        url,
+    })
 }
 
 /// The MCP server's canonical URL: no fragment.
@@ -209,14 +449,21 @@ pub(crate) fn resource_covers(advertised: &str, server: &Url) -> bool {
     }
 }
 
+/// Whether an MCP server publishes Protected Resource Metadata.
+enum ResourceSearch {
+    Found(DiscoveredResource),
+    /// Every location answered `4xx`: these were tried.
+    Absent(Vec<String>),
+}
+
 /// Finds and checks the MCP server's Protected Resource Metadata: at the
 /// challenge's `resource_metadata` URL when there is one, else (or when it
 /// is absent there) at the well-known URLs.
-pub(crate) async fn discover_resource(
+async fn find_resource(
     fetcher: &Fetcher,
     server: &Url,
     from_challenge: Option<&str>,
-) -> Result<DiscoveredResource, ClientAuthError> {
+) -> Result<ResourceSearch, ClientAuthError> {
     let mut candidates = Vec::new();
     if let Some(url) = from_challenge {
         let url = Url::parse(url).map_err(|e| {
@@ -237,25 +484,21 @@ pub(crate) async fn discover_resource(
     for url in candidates {
         fetcher.check_url("protected resource metadata URL", &url)?;
         match fetcher
-            .get_json(MetadataDocument::ProtectedResource, &url, true)
+            .get_json(
+                MetadataDocument::ProtectedResource,
+                &url,
+                Some("2025-11-25"),
+            )
             .await?
         {
             Fetched::Absent(status) => tried.push(format!("{url} (HTTP {status})")),
             Fetched::Document(document) => {
                 let metadata = parse_resource_metadata(document, &url, server)?;
-                return Ok(DiscoveredResource { metadata, url });
+                return Ok(ResourceSearch::Found(DiscoveredResource { metadata, url }));
             }
         }
     }
-    Err(ClientAuthError::metadata(
-        MetadataDocument::ProtectedResource,
-        server.as_str(),
-        format!(
-            "the MCP server publishes no Protected Resource Metadata (tried {}); it must, for \
-             clients to find its authorization server",
-            tried.join(", ")
-        ),
-    ))
+    Ok(ResourceSearch::Absent(tried))
 }
 
 fn parse_resource_metadata(
@@ -301,7 +544,7 @@ pub(crate) async fn discover_authorization_server(
     let mut tried = Vec::new();
     for url in authorization_server_metadata_candidates(&issuer_url) {
         match fetcher
-            .get_json(MetadataDocument::AuthorizationServer, &url, false)
+            .get_json(MetadataDocument::AuthorizationServer, &url, None)
             .await?
         {
             Fetched::Absent(status) => tried.push(format!("{url} (HTTP {status})")),
@@ -358,6 +601,7 @@ pub(crate) fn check_server_metadata(
             "registration endpoint",
             metadata.registration_endpoint.as_ref(),
         ),
+        ("revocation endpoint", metadata.revocation_endpoint.as_ref()),
     ] {
         let Some(endpoint) = endpoint else { continue };
         let parsed = Url::parse(endpoint).map_err(|e| {

@@ -132,8 +132,12 @@ pub enum ClientAuthError {
         location: String,
     },
 
-    /// An endpoint is not HTTPS (plain HTTP is accepted on loopback only).
-    #[error("{what} {url} is not an https URL (plain http is only accepted on loopback addresses)")]
+    /// An endpoint is not HTTPS (plain HTTP is accepted to loopback only,
+    /// and only when the MCP server is on loopback too).
+    #[error(
+        "{what} {url} is not an https URL (plain http is only accepted to loopback addresses, \
+         and only when the MCP server itself is on loopback)"
+    )]
     InsecureUrl {
         /// Which endpoint.
         what: &'static str,
@@ -173,6 +177,12 @@ pub enum ClientAuthError {
     #[error("authorization failed: {0}")]
     Authorization(#[source] OAuthError),
 
+    /// The enterprise identity provider did not exchange the user's ID
+    /// token for an ID-JAG (cross-app access): the ID token is expired or
+    /// not for this client, the client is unknown there, or it is down.
+    #[error("the identity provider did not issue an ID-JAG: {0}")]
+    IdentityProvider(#[source] OAuthError),
+
     /// The authorization response does not belong to the flow that was
     /// started (wrong or missing `state`).
     #[error(
@@ -194,6 +204,52 @@ pub enum ClientAuthError {
         attempts: u32,
     },
 
+    /// The authorization server granted fewer scopes than a step-up asked
+    /// for (a grant without a user: no one can consent to more). Asking
+    /// again would get the same, so the client does not.
+    #[error(
+        "the authorization server did not grant the scopes {missing:?} that the MCP server \
+         requires (granted: {granted:?}); have the client allowed them there"
+    )]
+    ScopesNotGranted {
+        /// What was asked for and not granted.
+        missing: Vec<String>,
+        /// What the token has.
+        granted: Vec<String>,
+    },
+
+    /// The user was asked to sign in too often: a server that keeps
+    /// refusing tokens or asking for more scopes would otherwise prompt
+    /// forever. Not retryable at once; the window moves on.
+    #[error(
+        "stopped asking the user to sign in: {limit} sign-ins {} already; the MCP server keeps \
+         asking (it may be misconfigured or hostile)",
+        match .window { Some(window) => format!("within {window:?}"), None => "for step-ups in this session".to_owned() }
+    )]
+    TooManyPrompts {
+        /// The limit reached.
+        limit: u32,
+        /// The window it applies to; `None`: the provider's lifetime
+        /// (step-ups).
+        window: Option<Duration>,
+    },
+
+    /// The authorization server does not offer the grant the client was
+    /// about to use (its `grant_types_supported` lacks it): checked before
+    /// any browser opens or any token request is sent.
+    #[error(
+        "the authorization server {issuer} does not offer the {grant_type} grant \
+         (grant_types_supported: {advertised:?}); use a client for a grant it offers"
+    )]
+    GrantNotSupported {
+        /// The authorization server.
+        issuer: String,
+        /// The grant the client needed.
+        grant_type: String,
+        /// What it advertises.
+        advertised: Vec<String>,
+    },
+
     /// The authorization server refused the authorization request itself:
     /// an error page instead of a redirect back to the client, which is how
     /// servers answer a client or redirect URI they do not know (after a
@@ -202,7 +258,8 @@ pub enum ClientAuthError {
     /// page returns this, so a dynamically registered client registers
     /// again.
     #[error(
-        "the authorization server refused the authorization request with HTTP {status} instead of          redirecting back: it does not know this client or its redirect URI"
+        "the authorization server refused the authorization request with HTTP {status} instead of \
+         redirecting back: it does not know this client or its redirect URI"
     )]
     AuthorizationRequestRefused {
         /// The status of the error page.
@@ -272,7 +329,9 @@ impl ClientAuthError {
             | ClientAuthError::Registration { status, .. } => {
                 status.is_some_and(|s| s >= 500 || s == 429)
             }
-            ClientAuthError::Authorization(error) => error.is_retryable(),
+            ClientAuthError::Authorization(error) | ClientAuthError::IdentityProvider(error) => {
+                error.is_retryable()
+            }
             ClientAuthError::Store(error) => error.is_retryable(),
             _ => false,
         }
@@ -282,7 +341,9 @@ impl ClientAuthError {
     /// errors.
     pub fn oauth_error(&self) -> Option<&OAuthError> {
         match self {
-            ClientAuthError::Authorization(error) => Some(error),
+            ClientAuthError::Authorization(error) | ClientAuthError::IdentityProvider(error) => {
+                Some(error)
+            }
             ClientAuthError::Store(mcp_authkit_core::Error::OAuth(error)) => Some(error),
             _ => None,
         }

@@ -1,5 +1,14 @@
 //! The HTTP rules of the client side, in one place: HTTPS (plain HTTP only
-//! on loopback), no redirect to another origin, bounded response bodies.
+//! to loopback, and only for an MCP server on loopback), no redirect to
+//! another origin, bounded response bodies.
+//!
+//! A remote MCP server names the URLs the client fetches (its challenge's
+//! `resource_metadata`, its metadata's authorization servers, their
+//! endpoints). Were plain `http://127.0.0.1` allowed for a remote server,
+//! any server could make the client send requests to services on the
+//! user's own machine, and read their answers back through error
+//! messages: a blind SSRF. Plain HTTP to loopback is for local
+//! development, where the MCP server is on loopback itself.
 
 use std::net::IpAddr;
 
@@ -10,9 +19,9 @@ use url::{Host, Url};
 use crate::client::error::{ClientAuthError, MetadataDocument};
 use crate::http::OAuthHttpClient;
 
-/// Metadata documents and token responses are small; anything bigger is a
-/// broken or hostile server.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Metadata documents and registration answers are small; anything bigger
+/// is a broken or hostile server. The one cap of every OAuth answer.
+const MAX_BODY_BYTES: usize = crate::http::TOKEN_RESPONSE_LIMIT;
 /// Same-origin redirects followed while fetching a metadata document.
 const MAX_REDIRECTS: usize = 5;
 
@@ -29,13 +38,17 @@ pub(crate) enum Fetched {
 pub(crate) struct Fetcher {
     http: OAuthHttpClient,
     allow_insecure_http: bool,
+    /// The MCP server is on loopback: plain HTTP to loopback is allowed.
+    local_development: bool,
 }
 
 impl Fetcher {
-    pub(crate) fn new(http: OAuthHttpClient, allow_insecure_http: bool) -> Self {
+    /// The rules for a client of the MCP server at `server`.
+    pub(crate) fn new(http: OAuthHttpClient, allow_insecure_http: bool, server: &Url) -> Self {
         Fetcher {
             http,
             allow_insecure_http,
+            local_development: is_loopback(server),
         }
     }
 
@@ -43,12 +56,20 @@ impl Fetcher {
         self.http.reqwest()
     }
 
-    /// Refuses `url` unless it is https, or http on loopback (or anywhere,
-    /// when insecure HTTP was allowed for development).
+    /// The OAuth HTTP client, for token requests.
+    pub(crate) fn http(&self) -> &OAuthHttpClient {
+        &self.http
+    }
+
+    /// Refuses `url` unless it is https, or http to loopback when the MCP
+    /// server is on loopback too (or anywhere, when insecure HTTP was
+    /// allowed for development).
     pub(crate) fn check_url(&self, what: &'static str, url: &Url) -> Result<(), ClientAuthError> {
         match url.scheme() {
             "https" => Ok(()),
-            "http" if self.allow_insecure_http || is_loopback(url) => Ok(()),
+            "http" if self.allow_insecure_http || (self.local_development && is_loopback(url)) => {
+                Ok(())
+            }
             _ => Err(ClientAuthError::InsecureUrl {
                 what,
                 url: url.to_string(),
@@ -56,12 +77,14 @@ impl Fetcher {
         }
     }
 
-    /// GETs a JSON metadata document, following same-origin redirects only.
+    /// GETs a JSON metadata document, following same-origin redirects
+    /// only; with `MCP-Protocol-Version: {protocol_version}` when given (the
+    /// MCP server's own documents).
     pub(crate) async fn get_json(
         &self,
         document: MetadataDocument,
         url: &Url,
-        protocol_version_header: bool,
+        protocol_version: Option<&str>,
     ) -> Result<Fetched, ClientAuthError> {
         let mut current = url.clone();
         for _ in 0..=MAX_REDIRECTS {
@@ -69,8 +92,8 @@ impl Fetcher {
                 .client()
                 .get(current.clone())
                 .header(ACCEPT, "application/json");
-            if protocol_version_header {
-                request = request.header("MCP-Protocol-Version", "2025-11-25");
+            if let Some(version) = protocol_version {
+                request = request.header("MCP-Protocol-Version", version);
             }
             let response = request
                 .send()
@@ -231,20 +254,30 @@ mod tests {
 
     #[test]
     fn url_policy() {
-        let fetcher = Fetcher::new(OAuthHttpClient::from_reqwest(reqwest::Client::new()), false);
-        let ok = |u: &str| {
+        let fetcher = |server: &str, lax: bool| {
+            let http = OAuthHttpClient::from_reqwest(reqwest::Client::new());
+            Fetcher::new(http, lax, &Url::parse(server).unwrap())
+        };
+        let ok = |fetcher: &Fetcher, u: &str| {
             fetcher
                 .check_url("endpoint", &Url::parse(u).unwrap())
                 .is_ok()
         };
-        assert!(ok("https://as.example/token"));
-        assert!(ok("http://127.0.0.1:9/token"));
-        assert!(!ok("http://as.example/token"));
-        assert!(!ok("ftp://as.example/token"));
-        let lax = Fetcher::new(OAuthHttpClient::from_reqwest(reqwest::Client::new()), true);
-        assert!(
-            lax.check_url("endpoint", &Url::parse("http://as.example/").unwrap())
-                .is_ok()
-        );
+        let local = fetcher("http://127.0.0.1:3000/mcp", false);
+        assert!(ok(&local, "https://as.example/token"));
+        assert!(ok(&local, "http://127.0.0.1:9/token"));
+        assert!(ok(&local, "http://localhost:9/token"));
+        assert!(!ok(&local, "http://as.example/token"));
+        assert!(!ok(&local, "ftp://as.example/token"));
+        // A remote MCP server cannot send the client to plain-HTTP services
+        // on the user's machine.
+        let remote = fetcher("https://mcp.example/mcp", false);
+        assert!(ok(&remote, "https://as.example/token"));
+        assert!(!ok(&remote, "http://127.0.0.1:9/token"));
+        assert!(!ok(&remote, "http://[::1]:9/token"));
+        assert!(!ok(&remote, "http://localhost:9/token"));
+        let lax = fetcher("https://mcp.example/mcp", true);
+        assert!(ok(&lax, "http://as.example/"));
+        assert!(ok(&lax, "http://127.0.0.1:9/"));
     }
 }

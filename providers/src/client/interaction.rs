@@ -28,6 +28,20 @@ pub struct AuthorizationPrompt {
     pub resource: String,
 }
 
+impl AuthorizationPrompt {
+    /// A prompt for `url` that redirects to `redirect_uri`, for tests of a
+    /// [`UserInteraction`] (the provider builds the real ones).
+    pub fn new(url: Url, redirect_uri: impl Into<String>) -> Self {
+        AuthorizationPrompt {
+            url,
+            redirect_uri: redirect_uri.into(),
+            scopes: Vec::new(),
+            issuer: String::new(),
+            resource: String::new(),
+        }
+    }
+}
+
 impl fmt::Debug for AuthorizationPrompt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL carries the state and PKCE challenge: not secrets, but
@@ -79,9 +93,16 @@ pub trait UserInteraction: Send + Sync + 'static {
     ) -> Result<PromptOutcome, ClientAuthError>;
 }
 
-/// Opens the system browser at the authorization URL (`open` on macOS,
-/// `xdg-open` elsewhere on Unix, `start` on Windows), and prints the URL on
+/// Opens the system browser at the authorization URL, and prints the URL on
 /// stderr as well, for when no browser opens.
+///
+/// The browser is started without a shell (the `webbrowser` crate: the
+/// browser's own executable on Windows, Launch Services on macOS, `$BROWSER`
+/// or `xdg-open` and friends elsewhere), with the URL as one argument. The
+/// URL comes from the authorization server's metadata: through a shell
+/// (`cmd /C start` on Windows) a hostile server's `&`, `^` or `%VAR%` would
+/// run commands on the user's machine, and every real URL would be cut at
+/// its first `&`. Only `http` and `https` URLs are opened.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenBrowser;
 
@@ -95,30 +116,21 @@ impl UserInteraction for OpenBrowser {
             "Sign in to authorize access to {}:\n  {}",
             prompt.resource, prompt.url
         );
-        if let Err(error) = open_browser(prompt.url.as_str()) {
-            eprintln!("(could not open a browser: {error}; open the URL above yourself)");
+        let url = prompt.url.to_string();
+        // A text-mode browser runs in the foreground until the user quits
+        // it: off the async threads.
+        let opened = tokio::task::spawn_blocking(move || webbrowser::open(&url)).await;
+        match opened {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("(could not open a browser: {error}; open the URL above yourself)");
+            }
+            Err(error) => {
+                eprintln!("(could not open a browser: {error}; open the URL above yourself)");
+            }
         }
         Ok(PromptOutcome::AwaitRedirect)
     }
-}
-
-fn open_browser(url: &str) -> std::io::Result<()> {
-    let mut command = if cfg!(target_os = "macos") {
-        std::process::Command::new("open")
-    } else if cfg!(windows) {
-        let mut command = std::process::Command::new("cmd");
-        command.args(["/C", "start", ""]);
-        command
-    } else {
-        std::process::Command::new("xdg-open")
-    };
-    command
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(drop)
 }
 
 /// Prints the authorization URL on stderr for the user to open.

@@ -6,15 +6,24 @@
 //! - [`StaticProvider`]: a pre-existing bearer token, never retried.
 //! - [`OAuthClientProvider`]: OAuth 2.1 as the MCP authorization
 //!   specification (2025-11-25) describes it: discovery (RFC 9728, RFC 8414,
-//!   OpenID Connect), client identity (pre-registered, Client ID Metadata
+//!   OpenID Connect; the 2025-03-26 fallback for servers without resource
+//!   metadata), client identity (pre-registered, Client ID Metadata
 //!   Document, dynamic registration: a public client where the server
 //!   offers it, registered again when the server forgets or expires it),
 //!   PKCE S256, `state`, RFC 9207 `iss`, RFC 8707 `resource`, scope
-//!   selection and bounded step-up, refresh before expiry and on `401`;
-//!   tokens and registrations in any mcp-authkit store, so a client stays
-//!   signed in across restarts. Its docs say how it authenticates at the
-//!   token endpoint and what it does when a server forgets it.
-//! - [`UserInteraction`]: how the user signs in ([`OpenBrowser`],
+//!   selection and step-up bounded whatever the scopes, refresh before
+//!   expiry and on `401`, revocation at sign-out; tokens and registrations
+//!   in any mcp-authkit store, so a client stays signed in across restarts.
+//!   Its docs say how it authenticates at the token endpoint and what it
+//!   does when a server forgets it.
+//! - [`ClientCredentialsProvider`]: machine to machine, the
+//!   `client_credentials` grant with a secret or a private key
+//!   ([`AssertionKey`], `private_key_jwt`).
+//! - [`CrossAppAccessProvider`]: enterprise-managed authorization: the
+//!   user's ID token ([`IdTokenSource`]) exchanged at the identity provider
+//!   for an ID-JAG, traded for an access token with `jwt-bearer`.
+//! - [`UserInteraction`]: how the user signs in ([`OpenBrowser`], which
+//!   starts the browser without a shell,
 //!   [`PrintUrl`], [`HeadlessRedirect`], or your own), with a built-in
 //!   loopback redirect listener ([`LoopbackRedirect`]).
 //! - With the `rmcp` feature: `transport`, an rmcp streamable-HTTP client
@@ -44,12 +53,16 @@
 //! # Ok(()) }
 //! ```
 
+mod assertion;
 mod challenge;
+mod client_credentials;
+mod cross_app;
 mod discovery;
 mod error;
 mod fetch;
 mod identity;
 mod interaction;
+mod machine;
 mod oauth;
 mod oauth_provider;
 mod provider;
@@ -61,7 +74,15 @@ pub mod rmcp_stores;
 #[cfg(feature = "rmcp")]
 pub mod transport;
 
+pub use assertion::AssertionKey;
 pub use challenge::{AuthChallenge, Challenge, parse_www_authenticate};
+pub use client_credentials::{
+    CLIENT_CREDENTIALS_NAMESPACE, ClientCredentialsProvider, ClientCredentialsProviderBuilder,
+};
+pub use cross_app::{
+    CROSS_APP_NAMESPACE, CrossAppAccessProvider, CrossAppAccessProviderBuilder, ID_JAG_TOKEN_TYPE,
+    ID_TOKEN_TYPE, IdTokenSource, IdentityProvider, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT,
+};
 pub use discovery::{AuthorizationServerMetadata, ProtectedResourceMetadata};
 pub use error::{ClientAuthError, MetadataDocument};
 pub use interaction::{
@@ -70,7 +91,8 @@ pub use interaction::{
 };
 pub use oauth::TokenEndpointAuthMethod;
 pub use oauth_provider::{
-    DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder, SignOut,
+    DEFAULT_NAMESPACE, OAuthClientProvider, OAuthClientProviderBuilder, Revocation, SignOut,
+    SignedOut,
 };
 pub use provider::{AuthProvider, BearerToken, StaticProvider};
 pub use redirect::{LoopbackRedirect, RedirectTarget};

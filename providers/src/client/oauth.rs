@@ -1,58 +1,23 @@
 //! The OAuth exchange with a discovered authorization server: core's
 //! [`OAuthClient`] for one (authorization server, client, resource).
 
-use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use mcp_authkit_core::{
-    AuthorizationRequest, ExposeSecret, ExtraFields, OAuthClient, OAuthError, OAuthErrorKind,
-    PendingFlow, SecretString, TokenResponse,
+    AuthorizationRequest, Clock, OAuthClient, OAuthError, OAuthErrorKind, PendingFlow,
+    SecretString, TokenResponse,
 };
-use reqwest::header::{ACCEPT, AUTHORIZATION};
-use serde_json::Value;
 use url::Url;
 
 use crate::client::discovery::AuthorizationServerMetadata;
-use crate::client::fetch::{BodyError, Fetcher, read_limited};
+use crate::client::fetch::Fetcher;
 use crate::client::identity::{FLOW_CLIENT_ID, Identity};
-
-/// How the client authenticates at the token endpoint
-/// (`token_endpoint_auth_method`, RFC 7591 section 2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TokenEndpointAuthMethod {
-    /// A public client: `client_id` in the form body, no secret.
-    None,
-    /// HTTP Basic with the client id and secret.
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
+pub(crate) use crate::token_request::ClientCredentials;
+pub use crate::token_request::TokenEndpointAuthMethod;
+use crate::token_request::{Grant, TokenRequest};
 
 impl TokenEndpointAuthMethod {
-    /// The RFC 7591 name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenEndpointAuthMethod::None => "none",
-            TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
-            TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
-        }
-    }
-
-    /// The method with this RFC 7591 name, if this client supports it.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "none" => Some(TokenEndpointAuthMethod::None),
-            "client_secret_basic" => Some(TokenEndpointAuthMethod::ClientSecretBasic),
-            "client_secret_post" => Some(TokenEndpointAuthMethod::ClientSecretPost),
-            _ => None,
-        }
-    }
-
     /// The method to use with a secret (or without one) at a server with
     /// `metadata`: `none` without a secret; with one, `client_secret_basic`
     /// unless only `client_secret_post` is advertised.
@@ -72,30 +37,43 @@ impl TokenEndpointAuthMethod {
     }
 }
 
-impl fmt::Display for TokenEndpointAuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// A token request to the authorization server of `metadata` as
+/// `credentials`, through the shared token-request layer.
+pub(crate) fn token_request<'a>(
+    fetcher: &'a Fetcher,
+    metadata: &'a AuthorizationServerMetadata,
+    what: &'a str,
+    credentials: &'a ClientCredentials,
+    now: mcp_authkit_core::Timestamp,
+) -> TokenRequest<'a> {
+    TokenRequest {
+        what,
+        http: fetcher.http(),
+        endpoint: &metadata.token_endpoint,
+        issuer: &metadata.issuer,
+        client: credentials,
+        scopes: &[],
+        extra: Vec::new(),
+        now,
     }
 }
 
-/// A client's identity at one authorization server.
-#[derive(Clone)]
-pub(crate) struct ClientCredentials {
-    pub(crate) client_id: String,
-    pub(crate) client_secret: Option<SecretString>,
-    pub(crate) auth_method: TokenEndpointAuthMethod,
-}
-
-impl fmt::Debug for ClientCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCredentials")
-            .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "[redacted]"),
-            )
-            .field("auth_method", &self.auth_method)
-            .finish()
+/// The access token of an MCP server must be a bearer token: a DPoP or
+/// MAC token sent as a bearer would not work.
+pub(crate) fn require_bearer(
+    what: &str,
+    response: TokenResponse,
+) -> Result<TokenResponse, OAuthError> {
+    if response.token_type.eq_ignore_ascii_case("bearer") {
+        Ok(response)
+    } else {
+        Err(OAuthError::new(
+            OAuthErrorKind::Protocol,
+            format!(
+                "{what}: the token type is {:?}; only Bearer tokens are supported",
+                crate::client::error::cap(&response.token_type)
+            ),
+        ))
     }
 }
 
@@ -106,6 +84,7 @@ pub(crate) struct ServerClient {
     pub(crate) identity: Arc<Identity>,
     /// The RFC 8707 `resource` of every authorize, token and refresh request.
     pub(crate) resource: String,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl ServerClient {
@@ -113,167 +92,38 @@ impl ServerClient {
         &self,
         what: &'static str,
         credentials: &ClientCredentials,
-        mut form: Vec<(&'static str, String)>,
+        grant: Grant<'_>,
     ) -> Result<TokenResponse, OAuthError> {
-        form.push(("resource", self.resource.clone()));
-        let mut request = self
-            .fetcher
-            .client()
-            .post(&self.metadata.token_endpoint)
-            .header(ACCEPT, "application/json");
-        match credentials.auth_method {
-            TokenEndpointAuthMethod::None => {
-                form.push(("client_id", credentials.client_id.clone()));
-            }
-            TokenEndpointAuthMethod::ClientSecretPost => {
-                form.push(("client_id", credentials.client_id.clone()));
-                form.push(("client_secret", secret_of(credentials)?));
-            }
-            TokenEndpointAuthMethod::ClientSecretBasic => {
-                // RFC 6749 section 2.3.1 lets client_id go in the body next
-                // to Basic, and servers built on the MCP Python SDK (FastMCP
-                // too) refuse a token request without it there.
-                form.push(("client_id", credentials.client_id.clone()));
-                // Both parts form-urlencoded first (section 2.3.1 again).
-                let user = form_encode(&credentials.client_id);
-                let password = form_encode(&secret_of(credentials)?);
-                let basic = STANDARD.encode(format!("{user}:{password}"));
-                request = request.header(AUTHORIZATION, format!("Basic {basic}"));
-            }
-        }
-        let response = request.form(&form).send().await.map_err(|e| {
-            OAuthError::transport(
-                format!("{what}: the token endpoint could not be reached"),
-                e.without_url(),
-            )
-        })?;
-        let status = response.status().as_u16();
-        if response.status().is_redirection() {
-            return Err(OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("{what}: the token endpoint answered a redirect (HTTP {status}), which is never followed"),
-            )
-            .with_status(status));
-        }
-        let body = read_limited(response).await.map_err(|e| match e {
-            BodyError::Transport(e) => OAuthError::transport(
-                format!("{what}: reading the token response failed"),
-                e.without_url(),
-            ),
-            BodyError::TooLarge => OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("{what}: the token response is too large"),
-            )
-            .with_status(status),
-        })?;
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        if !(200..300).contains(&status) {
-            let code = json
-                .as_ref()
-                .and_then(|v| v.get("error"))
-                .and_then(Value::as_str);
-            let description = json
-                .as_ref()
-                .and_then(|v| v.get("error_description"))
-                .and_then(Value::as_str);
-            return Err(match code {
-                Some(code) => OAuthError::from_response(Some(status), code, description),
-                None if status >= 500 || status == 429 => OAuthError::new(
-                    OAuthErrorKind::Transient,
-                    format!("{what}: the token endpoint answered HTTP {status}"),
-                )
-                .with_status(status),
-                None => OAuthError::new(
-                    OAuthErrorKind::Protocol,
-                    format!(
-                        "{what}: the token endpoint answered HTTP {status} without an OAuth error"
-                    ),
-                )
-                .with_status(status),
-            });
-        }
-        let Some(Value::Object(fields)) = json else {
-            return Err(OAuthError::new(
-                OAuthErrorKind::Protocol,
-                format!("{what}: the token response is not a JSON object"),
-            )
-            .with_status(status));
-        };
-        parse_token_response(fields).map_err(|reason| {
-            OAuthError::new(OAuthErrorKind::Protocol, format!("{what}: {reason}"))
-                .with_status(status)
-        })
+        let mut request = token_request(
+            &self.fetcher,
+            &self.metadata,
+            what,
+            credentials,
+            self.clock.now(),
+        );
+        request.extra.push(("resource", self.resource.clone()));
+        require_bearer(what, request.send(grant).await?)
     }
-}
 
-fn secret_of(credentials: &ClientCredentials) -> Result<String, OAuthError> {
-    credentials
-        .client_secret
-        .as_ref()
-        .map(|s| s.expose_secret().to_owned())
-        .ok_or_else(|| {
-            OAuthError::new(
-                OAuthErrorKind::InvalidClient,
-                format!(
-                    "token endpoint authentication {} needs a client secret, and none is configured",
-                    credentials.auth_method
-                ),
-            )
-        })
-}
-
-fn form_encode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
-/// A successful token response (RFC 6749 section 5.1). Only bearer tokens
-/// are accepted: a DPoP or MAC token sent as a bearer would not work.
-fn parse_token_response(
-    mut fields: serde_json::Map<String, Value>,
-) -> Result<TokenResponse, String> {
-    let access_token = match fields.remove("access_token") {
-        Some(Value::String(token)) if !token.is_empty() => token,
-        _ => return Err("the token response has no access_token".to_owned()),
-    };
-    let token_type = match fields.remove("token_type") {
-        Some(Value::String(kind)) => kind,
-        None => "Bearer".to_owned(),
-        Some(_) => return Err("the token response's token_type is not a string".to_owned()),
-    };
-    if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(format!(
-            "the token type is {token_type:?}; only Bearer tokens are supported"
-        ));
+    /// Revokes `token` (RFC 7009) at `endpoint` with the client's current
+    /// credentials.
+    pub(crate) async fn revoke(
+        &self,
+        endpoint: &str,
+        token: &SecretString,
+        hint: &'static str,
+    ) -> Result<(), OAuthError> {
+        let credentials = self.identity.for_refresh().await?;
+        let mut request = token_request(
+            &self.fetcher,
+            &self.metadata,
+            "revoking the token",
+            &credentials,
+            self.clock.now(),
+        );
+        request.endpoint = endpoint;
+        request.revoke(token, hint).await
     }
-    let mut response = TokenResponse::new(access_token);
-    match fields.remove("refresh_token") {
-        Some(Value::String(token)) if !token.is_empty() => {
-            response = response.with_refresh_token(token);
-        }
-        Some(Value::Null) | None => {}
-        Some(_) => return Err("the token response's refresh_token is not a string".to_owned()),
-    }
-    let expires_in = match fields.remove("expires_in") {
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    if let Some(seconds) = expires_in.filter(|s| s.is_finite() && *s >= 0.0) {
-        response = response.with_expires_in(Duration::from_secs(seconds as u64));
-    }
-    if let Some(Value::String(scope)) = fields.remove("scope") {
-        response = response.with_scopes(scope.split_whitespace().map(str::to_owned).collect());
-    }
-    let mut extra = ExtraFields::default();
-    for (name, value) in fields {
-        match value {
-            Value::String(text) => extra.insert(name, text),
-            Value::Null => {}
-            other => extra.insert(name, other.to_string()),
-        }
-    }
-    response.extra = extra;
-    Ok(response)
 }
 
 #[async_trait]
@@ -324,15 +174,11 @@ impl OAuthClient for ServerClient {
         self.token_request(
             "exchanging the authorization code",
             &credentials,
-            vec![
-                ("grant_type", "authorization_code".to_owned()),
-                ("code", code.expose_secret().to_owned()),
-                ("redirect_uri", flow.redirect_uri.clone()),
-                (
-                    "code_verifier",
-                    flow.pkce_verifier.expose_secret().to_owned(),
-                ),
-            ],
+            Grant::AuthorizationCode {
+                code,
+                redirect_uri: &flow.redirect_uri,
+                verifier: &flow.pkce_verifier,
+            },
         )
         .await
     }
@@ -348,10 +194,7 @@ impl OAuthClient for ServerClient {
         self.token_request(
             "refreshing the token",
             &credentials,
-            vec![
-                ("grant_type", "refresh_token".to_owned()),
-                ("refresh_token", refresh_token.expose_secret().to_owned()),
-            ],
+            Grant::RefreshToken(refresh_token),
         )
         .await
     }
@@ -390,27 +233,6 @@ impl OAuthClient for ServerClient {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn fields(value: Value) -> serde_json::Map<String, Value> {
-        value.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn token_responses() {
-        let response = parse_token_response(fields(json!({
-            "access_token": "at", "token_type": "bearer", "expires_in": "120",
-            "refresh_token": "rt", "scope": "a  b", "id_token": "x.y.z", "n": 5
-        })))
-        .unwrap();
-        assert_eq!(response.expires_in, Some(Duration::from_secs(120)));
-        assert_eq!(response.scopes, Some(vec!["a".into(), "b".into()]));
-        assert!(response.refresh_token.is_some());
-        assert_eq!(response.extra.len(), 2);
-        assert!(parse_token_response(fields(json!({"token_type": "Bearer"}))).is_err());
-        let dpop =
-            parse_token_response(fields(json!({"access_token": "at", "token_type": "DPoP"})));
-        assert!(dpop.unwrap_err().contains("only Bearer"));
-    }
 
     #[test]
     fn auth_method_choice() {

@@ -17,8 +17,7 @@ use url::Url;
 
 use crate::client::challenge::AuthChallenge;
 use crate::client::discovery::{
-    AuthorizationServerMetadata, DiscoveredResource, DiscoveredServer, DiscoveryRecord,
-    canonical_server_url, check_server_metadata, discover_authorization_server, discover_resource,
+    AuthorizationServerMetadata, DiscoveryRecord, canonical_server_url, discover, stored_discovery,
 };
 use crate::client::error::ClientAuthError;
 use crate::client::fetch::Fetcher;
@@ -44,7 +43,10 @@ pub const DEFAULT_NAMESPACE: &str = "mcp-client";
 /// On a `401` it discovers the MCP server's Protected Resource Metadata
 /// (RFC 9728) and its authorization server's metadata (RFC 8414 / OpenID
 /// Connect, with path insertion; the issuer is checked, and PKCE S256 must
-/// be advertised), finds a client identity (pre-registered, else a Client ID
+/// be advertised); a server without resource metadata is reached the
+/// 2025-03-26 way ([`allow_2025_03_26_fallback`](OAuthClientProviderBuilder::allow_2025_03_26_fallback)).
+/// It checks that the server offers the `authorization_code` grant before
+/// anyone is sent to a browser, finds a client identity (pre-registered, else a Client ID
 /// Metadata Document when the server accepts it, else dynamic client
 /// registration with the real redirect URI, stored and reused), and runs the
 /// authorization code flow with PKCE S256, `state`, the RFC 9207 `iss` check
@@ -57,7 +59,12 @@ pub const DEFAULT_NAMESPACE: &str = "mcp-client";
 /// across processes; a refresh token the server rejects (`invalid_grant`)
 /// leads to a new authorization. A `403 insufficient_scope` steps up to the
 /// union of the granted and the challenged scopes, a bounded number of
-/// times.
+/// times in a row for the same scopes; whatever the scopes, at most
+/// [`max_step_ups_per_session`](OAuthClientProviderBuilder::max_step_ups_per_session)
+/// step-ups and [`max_prompts`](OAuthClientProviderBuilder::max_prompts)
+/// sign-ins per window, so a hostile server cannot prompt forever.
+/// [`sign_out`](Self::sign_out) revokes the tokens (RFC 7009) and forgets
+/// them.
 ///
 /// # How it authenticates at the token endpoint
 ///
@@ -154,6 +161,9 @@ struct Inner {
     refresh_skew: Duration,
     authorization_timeout: Duration,
     max_step_up_attempts: u32,
+    legacy_fallback: bool,
+    /// Every sign-in shown to the user, to cap them whatever the scopes.
+    prompts: Mutex<PromptBudget>,
     session: RwLock<Option<Arc<Session>>>,
     /// Serializes discovery and registration: concurrent 401s discover once
     /// and register one client.
@@ -175,18 +185,87 @@ struct StepUp {
     from: Option<Revision>,
 }
 
+/// Limits on asking the user to sign in.
+#[derive(Clone, Copy, Debug)]
+struct PromptLimits {
+    per_window: u32,
+    window: Duration,
+    step_ups_per_session: u32,
+}
+
+impl Default for PromptLimits {
+    fn default() -> Self {
+        PromptLimits {
+            per_window: 6,
+            window: Duration::from_secs(600),
+            step_ups_per_session: 10,
+        }
+    }
+}
+
+/// The sign-ins shown to the user lately, and the step-ups so far. Unlike
+/// the same-scopes counter, nothing resets it: not new scopes, not a `401`.
+struct PromptBudget {
+    limits: PromptLimits,
+    shown: std::collections::VecDeque<mcp_authkit_core::Timestamp>,
+    step_ups: u32,
+}
+
+impl PromptBudget {
+    fn new(limits: PromptLimits) -> Self {
+        PromptBudget {
+            limits,
+            shown: std::collections::VecDeque::new(),
+            step_ups: 0,
+        }
+    }
+
+    /// Counts a sign-in about to be shown at `now`, or refuses it.
+    fn show(&mut self, now: mcp_authkit_core::Timestamp) -> Result<(), ClientAuthError> {
+        let since = now.saturating_sub(self.limits.window);
+        while self.shown.front().is_some_and(|at| *at <= since) {
+            self.shown.pop_front();
+        }
+        if self.shown.len() >= self.limits.per_window as usize {
+            return Err(ClientAuthError::TooManyPrompts {
+                limit: self.limits.per_window,
+                window: Some(self.limits.window),
+            });
+        }
+        self.shown.push_back(now);
+        Ok(())
+    }
+
+    /// Counts a step-up, or refuses it.
+    fn step_up(&mut self) -> Result<(), ClientAuthError> {
+        if self.step_ups >= self.limits.step_ups_per_session {
+            return Err(ClientAuthError::TooManyPrompts {
+                limit: self.limits.step_ups_per_session,
+                window: None,
+            });
+        }
+        self.step_ups += 1;
+        Ok(())
+    }
+}
+
 /// What discovery found for the MCP server, and the lifecycle that serves
 /// its token.
 struct Session {
     issuer: String,
     resource: String,
-    resource_metadata_url: String,
+    /// `None` for a 2025-03-26 server.
+    resource_metadata_url: Option<String>,
     /// The `resource_metadata` of the challenge that led to this discovery
     /// (the metadata may have been found elsewhere, at a fallback URL).
     challenge_metadata_url: Option<String>,
     scopes_supported: Option<Vec<String>>,
     /// Who the client is at the authorization server.
     identity: Arc<Identity>,
+    /// The authorization server's metadata.
+    metadata: Arc<AuthorizationServerMetadata>,
+    /// Its OAuth client (the lifecycle's), for revocation.
+    oauth: Arc<ServerClient>,
     lifecycle: TokenLifecycle,
     /// Discovered by this process (as opposed to read back from the store).
     live: bool,
@@ -234,6 +313,8 @@ pub struct OAuthClientProviderBuilder {
     authorization_timeout: Duration,
     max_step_up_attempts: u32,
     allow_insecure_http: bool,
+    legacy_fallback: bool,
+    prompt_limits: PromptLimits,
 }
 
 impl OAuthClientProvider {
@@ -255,6 +336,8 @@ impl OAuthClientProvider {
             authorization_timeout: DEFAULT_AUTHORIZATION_TIMEOUT,
             max_step_up_attempts: 2,
             allow_insecure_http: false,
+            legacy_fallback: true,
+            prompt_limits: PromptLimits::default(),
         }
     }
 }
@@ -349,8 +432,41 @@ impl OAuthClientProviderBuilder {
         self
     }
 
-    /// Accepts plain-HTTP authorization servers and metadata on any host,
-    /// not only on loopback. For development only.
+    /// How many times the user may be asked to sign in (a sign-in after a
+    /// `401` or a step-up after a `403`, whatever the scopes) within
+    /// `window` before [`ClientAuthError::TooManyPrompts`]. Default 6 per
+    /// 10 minutes: a server that keeps refusing tokens or asking for
+    /// scopes cannot make the user sign in forever.
+    pub fn max_prompts(mut self, prompts: u32, window: Duration) -> Self {
+        self.prompt_limits.per_window = prompts;
+        self.prompt_limits.window = window;
+        self
+    }
+
+    /// How many step-ups (`403 insufficient_scope` sign-ins, whatever the
+    /// scopes) this provider makes in its lifetime before
+    /// [`ClientAuthError::TooManyPrompts`]. Default 10.
+    pub fn max_step_ups_per_session(mut self, step_ups: u32) -> Self {
+        self.prompt_limits.step_ups_per_session = step_ups;
+        self
+    }
+
+    /// Falls back to 2025-03-26 discovery for servers that publish no
+    /// Protected Resource Metadata (authorization server metadata at the
+    /// MCP server's origin, else its default `/authorize`, `/token` and
+    /// `/register`). Default `true`; `false` refuses such servers. The
+    /// fallback never applies to a server that publishes resource metadata;
+    /// see the `discovery` notes in the crate docs for what it trusts.
+    pub fn allow_2025_03_26_fallback(mut self, allow: bool) -> Self {
+        self.legacy_fallback = allow;
+        self
+    }
+
+    /// Accepts plain-HTTP authorization servers and metadata on any host.
+    /// For development only. Without it, plain HTTP is accepted only to
+    /// loopback addresses, and only when the MCP server is on loopback too:
+    /// a remote server cannot send the client to services on the user's
+    /// machine.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.allow_insecure_http = allow;
         self
@@ -398,10 +514,11 @@ impl OAuthClientProviderBuilder {
                 reason: format!("it could not be built ({e})"),
             })?,
         };
+        let fetcher = Fetcher::new(http, self.allow_insecure_http, &server);
         Ok(OAuthClientProvider {
             inner: Arc::new(Inner {
                 server,
-                fetcher: Fetcher::new(http, self.allow_insecure_http),
+                fetcher,
                 tokens,
                 pending,
                 clock: self.clock,
@@ -414,6 +531,8 @@ impl OAuthClientProviderBuilder {
                 refresh_skew: self.refresh_skew,
                 authorization_timeout: self.authorization_timeout,
                 max_step_up_attempts: self.max_step_up_attempts,
+                legacy_fallback: self.legacy_fallback,
+                prompts: Mutex::new(PromptBudget::new(self.prompt_limits)),
                 session: RwLock::new(None),
                 setup: tokio::sync::Mutex::new(()),
                 listener: tokio::sync::Mutex::new(None),
@@ -445,30 +564,62 @@ impl OAuthClientProvider {
         self.session().map(|s| s.token_key(&self.inner.namespace))
     }
 
-    /// Forgets the stored token, so the next request signs in again, and
-    /// with [`SignOut::ForgetRegistration`] the dynamic client registration
-    /// too, so that sign-in registers again. Discovery results stay.
-    /// Returns whether a token was stored.
+    /// Signs the user out: revokes the tokens at the authorization server
+    /// when it offers revocation (RFC 7009: the refresh token, which ends
+    /// the whole grant, then the access token), then forgets them, so the
+    /// next request signs in again; with [`SignOut::ForgetRegistration`]
+    /// it forgets the dynamic client registration too, so that sign-in
+    /// registers again. Discovery results stay.
+    ///
+    /// The tokens are removed from the store even when revocation fails
+    /// (the server is down, refuses the client): [`SignedOut::revocation`]
+    /// says so, and a warning is logged.
     ///
     /// ```no_run
     /// # async fn demo(provider: mcp_authkit_providers::client::OAuthClientProvider)
     /// # -> Result<(), mcp_authkit_providers::client::ClientAuthError> {
-    /// use mcp_authkit_providers::client::SignOut;
+    /// use mcp_authkit_providers::client::{Revocation, SignOut};
     ///
-    /// provider.sign_out(SignOut::KeepRegistration).await?; // the user signs out
+    /// let signed_out = provider.sign_out(SignOut::KeepRegistration).await?;
+    /// if let Revocation::Failed(error) = &signed_out.revocation {
+    ///     eprintln!("signed out here; the server may still honour the token: {error}");
+    /// }
     /// provider.sign_out(SignOut::ForgetRegistration).await?; // start over entirely
     /// # Ok(()) }
     /// ```
-    pub async fn sign_out(&self, what: SignOut) -> Result<bool, ClientAuthError> {
+    pub async fn sign_out(&self, what: SignOut) -> Result<SignedOut, ClientAuthError> {
         let Some(session) = self.current_session().await? else {
-            return Ok(false);
+            return Ok(SignedOut {
+                removed: false,
+                revocation: Revocation::NothingToRevoke,
+            });
         };
         let key = session.token_key(&self.inner.namespace);
+        let stored = self.inner.tokens.get(&key).await?;
+        let revocation = match (&session.metadata.revocation_endpoint, &stored) {
+            (_, None) => Revocation::NothingToRevoke,
+            (None, Some(_)) => Revocation::NotOffered,
+            (Some(endpoint), Some(stored)) => {
+                match revoke_tokens(&session.oauth, endpoint, &stored.record).await {
+                    Ok(()) => Revocation::Revoked,
+                    Err(error) => {
+                        tracing::warn!(
+                            %error,
+                            "revoking the tokens at sign-out failed; removing them here anyway"
+                        );
+                        Revocation::Failed(error)
+                    }
+                }
+            }
+        };
         let removed = self.inner.tokens.delete(&key).await?;
         if what == SignOut::ForgetRegistration && session.identity.forget_any().await? {
             tracing::info!(issuer = %session.issuer, "forgot the client registration");
         }
-        Ok(removed)
+        Ok(SignedOut {
+            removed,
+            revocation,
+        })
     }
 
     fn session(&self) -> Option<Arc<Session>> {
@@ -507,29 +658,16 @@ impl OAuthClientProvider {
         if let Some(session) = self.session() {
             return Ok(Some(session));
         }
-        let Some(stored) = self.inner.tokens.get(&self.discovery_key()).await? else {
+        let Some(found) = stored_discovery(
+            self.inner.tokens.as_ref(),
+            &self.discovery_key(),
+            &self.inner.fetcher,
+        )
+        .await?
+        else {
             return Ok(None);
         };
-        let discovery = match records::decode::<DiscoveryRecord>(&stored.record) {
-            Ok(discovery) => discovery,
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a stored discovery result this release cannot read");
-                return Ok(None);
-            }
-        };
-        let metadata = check_server_metadata(
-            &self.inner.fetcher,
-            &discovery.server_document,
-            &discovery.issuer,
-            &discovery.server_metadata_url,
-        )?;
-        let session = Arc::new(self.new_session(
-            &discovery.resource,
-            &discovery.resource_metadata_url,
-            discovery.scopes_supported,
-            metadata,
-            false,
-        )?);
+        let session = Arc::new(self.new_session(found.record, found.metadata, false)?);
         self.set_session(Arc::clone(&session));
         Ok(Some(session))
     }
@@ -544,7 +682,7 @@ impl OAuthClientProvider {
         let keep = |session: &Session| {
             session.live
                 && challenge.resource_metadata().is_none_or(|url| {
-                    url == session.resource_metadata_url
+                    session.resource_metadata_url.as_deref() == Some(url)
                         || session.challenge_metadata_url.as_deref() == Some(url)
                 })
         };
@@ -555,25 +693,21 @@ impl OAuthClientProvider {
         if let Some(session) = self.session().filter(|s| keep(s)) {
             return Ok(session);
         }
-        let fetcher = &self.inner.fetcher;
-        let resource =
-            discover_resource(fetcher, &self.inner.server, challenge.resource_metadata()).await?;
-        let server = self.discover_server(&resource).await?;
-        let discovery = DiscoveryRecord::new(&resource, &server);
+        let found = discover(
+            &self.inner.fetcher,
+            &self.inner.server,
+            challenge.resource_metadata(),
+            self.inner.legacy_fallback,
+        )
+        .await?;
         self.inner
             .tokens
             .put(
                 &self.discovery_key(),
-                &records::encode(&discovery, self.inner.clock.now()),
+                &records::encode(&found.record, self.inner.clock.now()),
             )
             .await?;
-        let mut session = self.new_session(
-            &discovery.resource,
-            &discovery.resource_metadata_url,
-            discovery.scopes_supported,
-            server.metadata,
-            true,
-        )?;
+        let mut session = self.new_session(found.record, found.metadata, true)?;
         session.challenge_metadata_url = challenge.resource_metadata().map(str::to_owned);
         tracing::debug!(issuer = %session.issuer, resource = %session.resource, "discovered");
         let session = Arc::new(session);
@@ -581,41 +715,21 @@ impl OAuthClientProvider {
         Ok(session)
     }
 
-    /// The first authorization server of the metadata that answers with
-    /// usable metadata; the first error when none does.
-    async fn discover_server(
-        &self,
-        resource: &DiscoveredResource,
-    ) -> Result<DiscoveredServer, ClientAuthError> {
-        let mut first_error = None;
-        for issuer in &resource.metadata.authorization_servers {
-            match discover_authorization_server(&self.inner.fetcher, issuer).await {
-                Ok(server) => return Ok(server),
-                Err(error) => {
-                    tracing::warn!(%issuer, %error, "authorization server unusable");
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        Err(first_error.expect("protected resource metadata names at least one server"))
-    }
-
     fn new_session(
         &self,
-        resource: &str,
-        resource_metadata_url: &str,
-        scopes_supported: Option<Vec<String>>,
+        discovery: DiscoveryRecord,
         metadata: AuthorizationServerMetadata,
         live: bool,
     ) -> Result<Session, ClientAuthError> {
         let metadata = Arc::new(metadata);
         let identity = Arc::new(self.identity_at(&metadata));
-        let oauth = ServerClient {
+        let oauth = Arc::new(ServerClient {
             fetcher: self.inner.fetcher.clone(),
             metadata: Arc::clone(&metadata),
             identity: Arc::clone(&identity),
-            resource: resource.to_owned(),
-        };
+            resource: discovery.resource.clone(),
+            clock: Arc::clone(&self.inner.clock),
+        });
         let mut config = LifecycleConfig::new(String::new(), Vec::new());
         config.refresh_skew = self.inner.refresh_skew;
         // A flow nobody completes expires when its waiter gives up, so a
@@ -623,7 +737,7 @@ impl OAuthClientProvider {
         config.flow_ttl = self.inner.authorization_timeout + Duration::from_secs(5);
         let lifecycle = TokenLifecycle::builder(
             token_provider(&self.inner.namespace, &metadata.issuer),
-            Arc::new(oauth),
+            Arc::clone(&oauth) as Arc<dyn mcp_authkit_core::OAuthClient>,
             Arc::clone(&self.inner.tokens),
             Arc::clone(&self.inner.pending),
         )
@@ -632,11 +746,13 @@ impl OAuthClientProvider {
         .build()?;
         Ok(Session {
             issuer: metadata.issuer.clone(),
-            resource: resource.to_owned(),
-            resource_metadata_url: resource_metadata_url.to_owned(),
+            resource: discovery.resource,
+            resource_metadata_url: discovery.resource_metadata_url,
             challenge_metadata_url: None,
-            scopes_supported,
+            scopes_supported: discovery.scopes_supported,
             identity,
+            metadata,
+            oauth,
             lifecycle,
             live,
         })
@@ -657,11 +773,11 @@ impl OAuthClientProvider {
         if let Some(url) = &self.inner.metadata_document_url
             && metadata.client_id_metadata_document_supported == Some(true)
         {
-            return Identity::Configured(ClientCredentials {
-                client_id: url.clone(),
-                client_secret: None,
-                auth_method: TokenEndpointAuthMethod::None,
-            });
+            return Identity::Configured(ClientCredentials::with_secret(
+                url.clone(),
+                None,
+                TokenEndpointAuthMethod::None,
+            ));
         }
         Identity::Registered(Box::new(Registrations {
             tokens: Arc::clone(&self.inner.tokens),
@@ -719,6 +835,8 @@ impl OAuthClientProvider {
         replacing: Option<Revision>,
         needed: &[String],
     ) -> Result<BearerToken, ClientAuthError> {
+        // Before anyone is sent to a browser for a grant the server refuses.
+        session.metadata.require_grant("authorization_code")?;
         let mut registered_again = false;
         loop {
             let failure = match self
@@ -890,6 +1008,8 @@ impl OAuthClientProvider {
             issuer: session.issuer.clone(),
             resource: session.resource.clone(),
         };
+        let now = self.inner.clock.now();
+        lock(&self.inner.prompts).show(now)?;
         let callback = match self.inner.interaction.authorize(&prompt).await? {
             PromptOutcome::Redirected(url) => url,
             PromptOutcome::AwaitRedirect => {
@@ -1122,6 +1242,7 @@ impl AuthProvider for OAuthClientProvider {
             return Ok(BearerToken::from_stored(stored));
         }
         self.count_step_up(&scopes, refused.and_then(BearerToken::revision))?;
+        lock(&self.inner.prompts).step_up()?;
         tracing::info!(?scopes, "stepping up scopes");
         let session = self.session().unwrap_or(session);
         let refused = refused.and_then(BearerToken::revision);
@@ -1142,6 +1263,49 @@ pub enum SignOut {
     /// the registration was revoked out of band). Configured clients
     /// (pre-registered, metadata document) have none to forget.
     ForgetRegistration,
+}
+
+/// What [`OAuthClientProvider::sign_out`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct SignedOut {
+    /// Whether a token was stored (and is now removed).
+    pub removed: bool,
+    /// What became of the tokens at the authorization server.
+    pub revocation: Revocation,
+}
+
+/// Whether the authorization server revoked the tokens at sign-out.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Revocation {
+    /// It revoked them (RFC 7009).
+    Revoked,
+    /// It offers no `revocation_endpoint`: the tokens stay valid there
+    /// until they expire.
+    NotOffered,
+    /// There was no token to revoke.
+    NothingToRevoke,
+    /// Revocation failed; the tokens were removed here all the same, but
+    /// the server may still honour them until they expire.
+    Failed(ClientAuthError),
+}
+
+/// Revokes the refresh token (which ends the grant) and the access token.
+async fn revoke_tokens(
+    oauth: &ServerClient,
+    endpoint: &str,
+    record: &mcp_authkit_core::TokenRecord,
+) -> Result<(), ClientAuthError> {
+    if let Some(refresh_token) = &record.refresh_token {
+        oauth
+            .revoke(endpoint, refresh_token, "refresh_token")
+            .await?;
+    }
+    oauth
+        .revoke(endpoint, &record.access_token, "access_token")
+        .await?;
+    Ok(())
 }
 
 /// Why a sign-in attempt failed, and with which client when this provider
@@ -1177,7 +1341,7 @@ fn refuses_client(error: &ClientAuthError) -> bool {
 }
 
 /// `a` followed by what of `b` it lacks.
-fn union(a: &[String], b: &[String]) -> Vec<String> {
+pub(crate) fn union(a: &[String], b: &[String]) -> Vec<String> {
     let mut all = a.to_vec();
     for scope in b {
         if !all.contains(scope) {

@@ -173,11 +173,11 @@ impl StoredRecord for Registration {
             )));
         }
         Ok(Registration {
-            credentials: ClientCredentials {
-                client_id: stored.client_id,
-                client_secret: stored.client_secret.map(SecretString::from),
+            credentials: ClientCredentials::with_secret(
+                stored.client_id,
+                stored.client_secret.map(SecretString::from),
                 auth_method,
-            },
+            ),
             redirect_uris: stored.redirect_uris,
             registered_at: stored.registered_at,
             issued_at: stored.client_id_issued_at,
@@ -196,7 +196,9 @@ impl StoredRecord for Registration {
 struct DiscoveryV1 {
     issuer: String,
     resource: String,
-    resource_metadata_url: String,
+    /// Absent for a 2025-03-26 server (no protected resource metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resource_metadata_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scopes_supported: Option<Vec<String>>,
     authorization_server_metadata: Value,
@@ -294,8 +296,9 @@ mod tests {
         let original = DiscoveryRecord {
             issuer: "https://as.example".into(),
             resource: "https://mcp.example/mcp".into(),
-            resource_metadata_url: "https://mcp.example/.well-known/oauth-protected-resource"
-                .into(),
+            resource_metadata_url: Some(
+                "https://mcp.example/.well-known/oauth-protected-resource".into(),
+            ),
             scopes_supported: Some(vec!["notes:read".into()]),
             server_document: json!({"issuer": "https://as.example", "n": [1, 2]}),
             server_metadata_url: Url::parse(

@@ -10,6 +10,7 @@ use reqwest::header::ACCEPT;
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::client::assertion::AssertionKey;
 use crate::client::discovery::AuthorizationServerMetadata;
 use crate::client::error::{ClientAuthError, cap};
 use crate::client::fetch::{BodyError, Fetcher, read_limited};
@@ -118,6 +119,7 @@ pub struct PreRegisteredClient {
     pub(crate) client_id: String,
     pub(crate) client_secret: Option<SecretString>,
     pub(crate) auth_method: Option<TokenEndpointAuthMethod>,
+    pub(crate) key: Option<AssertionKey>,
     pub(crate) issuer: Option<String>,
 }
 
@@ -128,6 +130,7 @@ impl PreRegisteredClient {
             client_id: client_id.into(),
             client_secret: None,
             auth_method: None,
+            key: None,
             issuer: None,
         }
     }
@@ -139,6 +142,16 @@ impl PreRegisteredClient {
     pub fn confidential(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         PreRegisteredClient {
             client_secret: Some(SecretString::from(client_secret.into())),
+            ..Self::public(client_id)
+        }
+    }
+
+    /// A confidential client that authenticates with RFC 7523 client
+    /// assertions signed by `key` (`private_key_jwt`).
+    pub fn private_key_jwt(client_id: impl Into<String>, key: AssertionKey) -> Self {
+        PreRegisteredClient {
+            key: Some(key),
+            auth_method: Some(TokenEndpointAuthMethod::PrivateKeyJwt),
             ..Self::public(client_id)
         }
     }
@@ -161,13 +174,16 @@ impl PreRegisteredClient {
     }
 
     pub(crate) fn credentials(&self, metadata: &AuthorizationServerMetadata) -> ClientCredentials {
-        ClientCredentials {
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone(),
-            auth_method: self.auth_method.unwrap_or_else(|| {
+        if let Some(key) = &self.key {
+            return ClientCredentials::with_key(self.client_id.clone(), key.clone());
+        }
+        ClientCredentials::with_secret(
+            self.client_id.clone(),
+            self.client_secret.clone(),
+            self.auth_method.unwrap_or_else(|| {
                 TokenEndpointAuthMethod::choose(metadata, self.client_secret.is_some())
             }),
-        }
+        )
     }
 }
 
@@ -180,6 +196,7 @@ impl fmt::Debug for PreRegisteredClient {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("auth_method", &self.auth_method)
+            .field("key", &self.key)
             .field("issuer", &self.issuer)
             .finish()
     }
@@ -244,11 +261,11 @@ impl Registration {
     /// `expires_in`.
     pub(crate) fn example(at: Timestamp, expires_in: Option<Duration>) -> Registration {
         Registration {
-            credentials: ClientCredentials {
-                client_id: "client-1".into(),
-                client_secret: Some(SecretString::from("s3cret-value".to_owned())),
-                auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
-            },
+            credentials: ClientCredentials::with_secret(
+                "client-1".into(),
+                Some(SecretString::from("s3cret-value".to_owned())),
+                TokenEndpointAuthMethod::ClientSecretBasic,
+            ),
             redirect_uris: vec!["http://127.0.0.1:5/cb".into()],
             registered_at: at,
             issued_at: None,
@@ -407,6 +424,13 @@ pub(crate) async fn register(
         // Not named: the requested one was registered (RFC 7591 3.2.1).
         None => requested,
     };
+    if auth_method == TokenEndpointAuthMethod::PrivateKeyJwt {
+        return Err(failed(
+            "the server assigned private_key_jwt, which a registration without a key cannot use"
+                .to_owned(),
+            None,
+        ));
+    }
     if auth_method != TokenEndpointAuthMethod::None && client_secret.is_none() {
         return Err(failed(
             format!("the server assigned {auth_method} but sent no client_secret"),
@@ -428,11 +452,7 @@ pub(crate) async fn register(
         },
     };
     Ok(Registration {
-        credentials: ClientCredentials {
-            client_id,
-            client_secret,
-            auth_method,
-        },
+        credentials: ClientCredentials::with_secret(client_id, client_secret, auth_method),
         redirect_uris: vec![redirect_uri.to_owned()],
         registered_at: now,
         issued_at,

@@ -134,9 +134,11 @@ pub enum AuthorizedHttpError<E> {
     /// cause is the token: some servers (the MCP TypeScript SDK's example)
     /// answer an unknown or expired token this way instead of with `401`.
     #[error(
-        "the MCP server answered HTTP {status}: a server error, not an authorization challenge          (401 or 403), so the client did not sign in again{}",
+        "the MCP server answered HTTP {status}: a server error, not an authorization challenge \
+         (401 or 403), so the client did not sign in again{}",
         if *.token_sent {
-            "; some servers answer an unknown or expired token this way, so if it persists, sign              out (OAuthClientProvider::sign_out) to sign in anew"
+            "; some servers answer an unknown or expired token this way, so if it persists, sign \
+             out (OAuthClientProvider::sign_out) to sign in anew"
         } else {
             ""
         }

@@ -277,3 +277,37 @@ async fn missing_metadata_is_a_clear_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_remote_server_cannot_send_the_client_to_plain_http_on_loopback() {
+    // A remote MCP server (https) whose challenge points at a plain-HTTP
+    // service on the user's machine (here, the test server's metadata):
+    // not one request goes there.
+    let world = World::start().await;
+    let provider =
+        mcp_authkit_providers::client::OAuthClientProvider::builder("https://mcp.example/mcp")
+            .store(world.store.clone())
+            .build()
+            .unwrap();
+    let local = world.auth.metadata_url();
+    let challenge = AuthChallenge::new(Some(&format!(r#"Bearer resource_metadata="{local}""#)));
+    let error = provider.handle_unauthorized(&challenge).await.unwrap_err();
+    assert!(
+        matches!(&error, ClientAuthError::InsecureUrl { url, .. } if url == local.as_str()),
+        "{error:?}"
+    );
+    assert!(
+        world.auth.all_requests().is_empty(),
+        "no request reached it"
+    );
+
+    // Allowed for development, explicitly.
+    let lax =
+        mcp_authkit_providers::client::OAuthClientProvider::builder("https://mcp.example/mcp")
+            .store(world.store.clone())
+            .allow_insecure_http(true)
+            .build()
+            .unwrap();
+    let _ = lax.handle_unauthorized(&challenge).await;
+    assert_eq!(world.auth.hits(Endpoint::AuthorizationServerMetadata), 1);
+}

@@ -285,3 +285,36 @@ async fn restart_on_an_encrypted_sqlite_file_needs_no_new_sign_in() {
         "the token is not in the file in clear"
     );
 }
+
+#[tokio::test]
+async fn a_server_without_the_authorization_code_grant_is_refused_before_any_browser() {
+    let world = World::with(
+        mcp_authkit_testkit::TestAuthServer::builder()
+            .settings(|s| s.grant_types_supported = vec!["client_credentials".into()]),
+    )
+    .await;
+    let shown = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = shown.clone();
+    let provider = world
+        .provider()
+        .interaction(prompt_fn(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(PromptOutcome::AwaitRedirect) }
+        }))
+        .build()
+        .unwrap();
+    let error = world.whoami(&provider).await.unwrap_err().auth();
+    let ClientAuthError::GrantNotSupported {
+        grant_type,
+        advertised,
+        ..
+    } = &error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(grant_type, "authorization_code");
+    assert_eq!(advertised, &["client_credentials"]);
+    assert_eq!(shown.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 0);
+    assert_eq!(world.auth.hits(Endpoint::Registration), 0);
+}

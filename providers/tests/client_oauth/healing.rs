@@ -154,7 +154,13 @@ async fn sign_out_can_forget_the_registration() {
     world.whoami(&provider).await.unwrap();
 
     // Signing out keeps the registration for the next sign-in...
-    assert!(provider.sign_out(SignOut::KeepRegistration).await.unwrap());
+    assert!(
+        provider
+            .sign_out(SignOut::KeepRegistration)
+            .await
+            .unwrap()
+            .removed
+    );
     assert!(stored_registration(&world).await);
     world.whoami(&provider).await.unwrap();
     assert_eq!(world.auth.hits(Endpoint::Registration), 1);
@@ -166,6 +172,7 @@ async fn sign_out_can_forget_the_registration() {
             .sign_out(SignOut::ForgetRegistration)
             .await
             .unwrap()
+            .removed
     );
     assert!(!stored_registration(&world).await);
     assert!(provider.token().await.unwrap().is_none());

@@ -137,7 +137,13 @@ async fn a_registration_is_stored_and_reused_across_restarts() {
     // A restarted client that has to sign in again (signed out) reuses it.
     let restarted = world.provider().redirect(redirect).build().unwrap();
     world.whoami(&restarted).await.unwrap();
-    assert!(restarted.sign_out(SignOut::KeepRegistration).await.unwrap());
+    assert!(
+        restarted
+            .sign_out(SignOut::KeepRegistration)
+            .await
+            .unwrap()
+            .removed
+    );
     world.whoami(&restarted).await.unwrap();
     assert_eq!(world.auth.hits(Endpoint::Authorize), 2);
     assert_eq!(world.auth.hits(Endpoint::Registration), 1);

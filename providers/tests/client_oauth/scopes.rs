@@ -116,3 +116,81 @@ async fn a_403_that_is_not_about_scopes_is_final() {
     assert!(error.to_string().contains("account suspended"), "{error}");
     assert_eq!(world.auth.hits(Endpoint::Authorize), 0);
 }
+
+#[tokio::test]
+async fn new_scopes_every_time_still_run_out_of_step_ups() {
+    // A hostile server asks for another scope on every request: the
+    // same-scopes counter starts over each time, the session's does not.
+    let world = World::start().await;
+    let provider = world
+        .provider()
+        .max_step_ups_per_session(3)
+        .max_prompts(100, std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
+    world.whoami(&provider).await.unwrap();
+    let mut refused = None;
+    for round in 0..10 {
+        let scope = format!("scope-{round}");
+        world
+            .resource
+            .update_settings(|s| s.required_scopes = vec![scope.clone()]);
+        if let Err(failure) = world.whoami(&provider).await {
+            refused = Some((round, failure.auth()));
+            break;
+        }
+    }
+    let (round, error) = refused.expect("the step-ups ran out");
+    assert_eq!(round, 3, "three step-ups, then no more");
+    assert!(
+        matches!(
+            error,
+            ClientAuthError::TooManyPrompts {
+                limit: 3,
+                window: None
+            }
+        ),
+        "{error:?}"
+    );
+    // The sign-in and three step-ups: nothing after the limit.
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 4);
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_every_token_runs_out_of_prompts() {
+    // Every token is refused (revoked at once, refresh token included), so
+    // each request needs a new sign-in: at most `max_prompts` per window.
+    let world = World::start().await;
+    let clock = std::sync::Arc::new(mcp_authkit_core::ManualClock::starting_now());
+    let provider = world
+        .provider()
+        .clock(clock.clone())
+        .max_prompts(3, std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let mut signed_in = 0;
+    let error = loop {
+        match world.whoami(&provider).await {
+            Ok(_) => signed_in += 1,
+            Err(failure) => break failure.auth(),
+        }
+        world.auth.revoke_subject("test-user");
+        assert!(signed_in < 10, "never stopped");
+    };
+    assert_eq!(signed_in, 3);
+    assert!(
+        matches!(
+            error,
+            ClientAuthError::TooManyPrompts {
+                limit: 3,
+                window: Some(_)
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 3);
+    // The window moves on.
+    clock.advance(std::time::Duration::from_secs(601));
+    world.whoami(&provider).await.unwrap();
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 4);
+}

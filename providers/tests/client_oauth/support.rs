@@ -19,7 +19,9 @@ use mcp_authkit_providers::client::{
 };
 use mcp_authkit_providers::http::OAuthHttpClient;
 use mcp_authkit_store_memory::MemoryStore;
-use mcp_authkit_testkit::{ProtectedResource, TestAuthServer, TestAuthServerBuilder, TokenInfo};
+use mcp_authkit_testkit::{
+    AuthServerHandle, ProtectedResource, TestAuthServer, TestAuthServerBuilder, TokenInfo,
+};
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, JsonObject,
@@ -91,6 +93,16 @@ impl World {
     }
 
     pub async fn with(builder: TestAuthServerBuilder) -> World {
+        World::with_routes(builder, |_, _| Router::new()).await
+    }
+
+    /// A world whose MCP server also serves `routes(base URL, authorization
+    /// server)` on its origin, unprotected (a 2025-03-26 server's own
+    /// authorization endpoints, ...).
+    pub async fn with_routes(
+        builder: TestAuthServerBuilder,
+        routes: impl FnOnce(&str, &AuthServerHandle) -> Router,
+    ) -> World {
         let auth = builder.start().await.expect("test authorization server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -105,7 +117,7 @@ impl World {
             "/whoami",
             get(|Extension(info): Extension<TokenInfo>| async move { describe(&info) }),
         );
-        let app = resource.protect(app);
+        let app = resource.protect(app).merge(routes(&base, &auth.handle()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -31,7 +31,12 @@ async fn both_documents_describe_the_server_for_mcp_clients() {
     assert_eq!(oauth["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(
         oauth["token_endpoint_auth_methods_supported"],
-        json!(["client_secret_basic", "client_secret_post", "none"])
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+            "private_key_jwt"
+        ])
     );
     assert_eq!(
         oauth["authorization_response_iss_parameter_supported"],
@@ -41,7 +46,17 @@ async fn both_documents_describe_the_server_for_mcp_clients() {
     assert_eq!(oauth["response_types_supported"], json!(["code"]));
     assert_eq!(
         oauth["grant_types_supported"],
-        json!(["authorization_code", "refresh_token"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
+    );
+    assert_eq!(
+        oauth["revocation_endpoint"],
+        server.revocation_endpoint().as_str()
     );
 
     let (status, openid) = get_json(&server.openid_configuration_url()).await;

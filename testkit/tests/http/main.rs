@@ -5,6 +5,7 @@ mod cimd;
 mod discovery;
 mod failures;
 mod flow;
+mod grants;
 mod registration;
 mod resource;
 mod shapes;

@@ -120,11 +120,12 @@ async fn bad_registrations_get_rfc7591_errors() {
             "invalid_client_metadata",
         ),
         (
+            // private_key_jwt without its key.
             json!({"redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "private_key_jwt"}),
             "invalid_client_metadata",
         ),
         (
-            json!({"redirect_uris": [REDIRECT_URI], "grant_types": ["client_credentials"]}),
+            json!({"redirect_uris": [REDIRECT_URI], "grant_types": ["password"]}),
             "invalid_client_metadata",
         ),
         (json!(["not", "an", "object"]), "invalid_client_metadata"),
