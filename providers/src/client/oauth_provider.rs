@@ -2,7 +2,7 @@
 //! authorization specification (2025-11-25) describes it, with tokens and
 //! registrations in mcp-authkit stores.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -169,8 +169,14 @@ struct Inner {
     /// and register one client.
     setup: tokio::sync::Mutex<()>,
     listener: tokio::sync::Mutex<Option<LoopbackListener>>,
-    /// Flows this provider is showing to the user right now.
-    own_flows: Mutex<HashSet<String>>,
+    /// Flows this provider has shown, by state, until they expire. Kept
+    /// after the flow ends too: a request that read the flow just before
+    /// it ended must still see it as ours, or it would show it again.
+    own_flows: Mutex<HashMap<String, mcp_authkit_core::Timestamp>>,
+    /// Held while a flow is begun and claimed in `own_flows`, so a
+    /// concurrent request never sees this provider's new flow before it is
+    /// marked as ours and mistakes it for one a dead run left behind.
+    beginning: tokio::sync::Mutex<()>,
     /// The latest step-up: how many in a row asked for the same scopes.
     last_step_up: Mutex<Option<StepUp>>,
 }
@@ -536,7 +542,8 @@ impl OAuthClientProviderBuilder {
                 session: RwLock::new(None),
                 setup: tokio::sync::Mutex::new(()),
                 listener: tokio::sync::Mutex::new(None),
-                own_flows: Mutex::new(HashSet::new()),
+                own_flows: Mutex::new(HashMap::new()),
+                beginning: tokio::sync::Mutex::new(()),
                 last_step_up: Mutex::new(None),
             }),
         })
@@ -883,37 +890,52 @@ impl OAuthClientProvider {
             .scopes(scopes.to_vec())
             .redirect_uri(redirect_uri.clone())
             .attribute(FLOW_CLIENT_ID, credentials.client_id.clone());
-        let begun = session
-            .lifecycle
-            .begin_authorization(&session.resource, request)
-            .await?;
-        match begun {
-            BeginOutcome::Started(flow) => {
+        let step = {
+            // The flow is claimed as ours (or judged orphaned) under the
+            // same lock it is begun under; see `beginning`.
+            let _beginning = self.inner.beginning.lock().await;
+            let begun = session
+                .lifecycle
+                .begin_authorization(&session.resource, request)
+                .await?;
+            match begun {
+                BeginOutcome::Started(flow) => {
+                    let guard = FlowGuard::new(self, session, &flow);
+                    SignInStep::Started(flow, guard)
+                }
+                BeginOutcome::Joined(flow)
+                    if matches!(self.inner.redirect, RedirectTarget::Loopback(_))
+                        && flow.redirect_uri == redirect_uri
+                        && !self.is_own_flow(&flow.state) =>
+                {
+                    // Our listener's port, which no live process but this
+                    // one can hold, and a flow this provider is not
+                    // running: a run that died mid-sign-in started it.
+                    // Show it again rather than wait for nobody.
+                    let guard = FlowGuard::new(self, session, &flow);
+                    SignInStep::Show(flow, guard)
+                }
+                BeginOutcome::Joined(flow) => SignInStep::Wait(flow.state),
+                BeginOutcome::Completing(state) => SignInStep::Wait(state),
+            }
+        };
+        match step {
+            SignInStep::Started(flow, mut guard) => {
                 // A concurrent request's flow may have finished between our
                 // decision and this start (its token is stored before its
                 // flow ends): then ours is not needed.
                 if let Some(fresh) = self.fresh_token(session, replacing, needed).await? {
+                    guard.disarm();
                     let outcome = FlowOutcome::Authorized {
                         revision: fresh.revision().expect("a stored token has a revision"),
                     };
                     session.lifecycle.abandon_flow(&flow.state, outcome).await?;
                     return Ok(fresh);
                 }
-                self.run_flow(session, flow).await?
+                self.run_flow(session, flow, guard).await?
             }
-            BeginOutcome::Joined(flow)
-                if matches!(self.inner.redirect, RedirectTarget::Loopback(_))
-                    && flow.redirect_uri == redirect_uri
-                    && !self.is_own_flow(&flow.state) =>
-            {
-                // Our listener's port, which no live process but this one
-                // can hold, and a flow this provider is not running: a run
-                // that died mid-sign-in started it. Show it again rather
-                // than wait for nobody.
-                self.run_flow(session, flow).await?
-            }
-            BeginOutcome::Joined(flow) => self.wait_for_flow(session, &flow.state).await?,
-            BeginOutcome::Completing(state) => self.wait_for_flow(session, &state).await?,
+            SignInStep::Show(flow, guard) => self.run_flow(session, flow, guard).await?,
+            SignInStep::Wait(state) => self.wait_for_flow(session, &state).await?,
         }
         match session.lifecycle.access(&session.resource).await? {
             Access::Ready(token) => Ok(BearerToken::from_access(&token)),
@@ -945,7 +967,7 @@ impl OAuthClientProvider {
     }
 
     fn is_own_flow(&self, state: &FlowState) -> bool {
-        lock(&self.inner.own_flows).contains(state.as_str())
+        lock(&self.inner.own_flows).contains_key(state.as_str())
     }
 
     async fn wait_for_flow(
@@ -970,9 +992,13 @@ impl OAuthClientProvider {
     /// Shows the flow to the user, receives the redirect and completes it.
     /// A failure names the client the flow was for; the flow is ended
     /// before it returns, so a retry starts a new one.
-    async fn run_flow(&self, session: &Session, flow: PendingFlow) -> Result<(), SignInFailure> {
+    async fn run_flow(
+        &self,
+        session: &Session,
+        flow: PendingFlow,
+        mut guard: FlowGuard,
+    ) -> Result<(), SignInFailure> {
         let client_id = flow.attributes.get(FLOW_CLIENT_ID).cloned();
-        let mut guard = FlowGuard::new(self, session, &flow.state);
         let result = self.show_and_complete(session, &flow, &mut guard).await;
         if let Err(error) = &result
             && guard.armed
@@ -1429,22 +1455,33 @@ fn callback_params(callback: &Url, flow: &PendingFlow) -> Result<CallbackParams,
     Ok(params)
 }
 
+/// What a sign-in attempt does with the flow it began or found.
+enum SignInStep {
+    /// A new flow, ours to show unless a token arrived meanwhile.
+    Started(PendingFlow, FlowGuard),
+    /// A flow a dead run left behind, ours to show again.
+    Show(PendingFlow, FlowGuard),
+    /// Another request's flow: wait for its outcome.
+    Wait(FlowState),
+}
+
 /// Keeps track of a flow this provider shows, and ends it (so waiters stop
 /// waiting) if it is dropped before the callback completed it.
 struct FlowGuard {
-    provider: OAuthClientProvider,
     lifecycle: TokenLifecycle,
     state: FlowState,
     armed: bool,
 }
 
 impl FlowGuard {
-    fn new(provider: &OAuthClientProvider, session: &Session, state: &FlowState) -> Self {
-        lock(&provider.inner.own_flows).insert(state.as_str().to_owned());
+    fn new(provider: &OAuthClientProvider, session: &Session, flow: &PendingFlow) -> Self {
+        let now = provider.inner.clock.now();
+        let mut own = lock(&provider.inner.own_flows);
+        own.retain(|_, expires_at| *expires_at > now);
+        own.insert(flow.state.as_str().to_owned(), flow.expires_at);
         FlowGuard {
-            provider: provider.clone(),
             lifecycle: session.lifecycle.clone(),
-            state: state.clone(),
+            state: flow.state.clone(),
             armed: true,
         }
     }
@@ -1458,7 +1495,6 @@ impl FlowGuard {
 
 impl Drop for FlowGuard {
     fn drop(&mut self) {
-        lock(&self.provider.inner.own_flows).remove(self.state.as_str());
         if !self.armed {
             return;
         }

@@ -228,6 +228,132 @@ async fn concurrent_401s_share_one_sign_in() {
     assert_eq!(world.auth.hits(Endpoint::AuthorizationCodeGrant), 1);
 }
 
+/// A pending store that, once armed by a joining `insert`, reads the next
+/// flow and then stalls: the joining request has seen the flow pending,
+/// and the sign-in that owns it ends before the request goes on.
+struct StallAfterJoin {
+    inner: mcp_authkit_store_memory::MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+    stalled: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl mcp_authkit_core::PendingStore for StallAfterJoin {
+    async fn insert(
+        &self,
+        flow: &mcp_authkit_core::PendingFlow,
+    ) -> mcp_authkit_core::Result<mcp_authkit_core::InsertOutcome> {
+        let outcome = self.inner.insert(flow).await?;
+        if matches!(outcome, mcp_authkit_core::InsertOutcome::Joined(_)) {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+        Ok(outcome)
+    }
+    async fn get_flow(
+        &self,
+        state: &mcp_authkit_core::FlowState,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::PendingFlow>> {
+        let flow = self.inner.get_flow(state).await?;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.stalled.notify_one();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        Ok(flow)
+    }
+    async fn active_flow(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::FlowState>> {
+        self.inner.active_flow(key).await
+    }
+    async fn take(
+        &self,
+        state: &mcp_authkit_core::FlowState,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::PendingFlow>> {
+        self.inner.take(state).await
+    }
+    async fn complete(
+        &self,
+        key: &mcp_authkit_core::TokenKey,
+        state: &mcp_authkit_core::FlowState,
+        outcome: &mcp_authkit_core::FlowOutcome,
+        keep_for: std::time::Duration,
+    ) -> mcp_authkit_core::Result<()> {
+        self.inner.complete(key, state, outcome, keep_for).await
+    }
+    async fn outcome(
+        &self,
+        state: &mcp_authkit_core::FlowState,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::FlowOutcome>> {
+        self.inner.outcome(state).await
+    }
+    async fn wait(
+        &self,
+        state: &mcp_authkit_core::FlowState,
+        timeout: std::time::Duration,
+    ) -> mcp_authkit_core::Result<Option<mcp_authkit_core::FlowOutcome>> {
+        self.inner.wait(state, timeout).await
+    }
+    async fn purge_expired(&self) -> mcp_authkit_core::Result<mcp_authkit_core::PurgeReport> {
+        self.inner.purge_expired().await
+    }
+}
+
+/// A request that joins this provider's flow just before the flow ends
+/// waits for its outcome; it must not take the flow for one a dead run
+/// left behind and show it a second time (whose callback would then find
+/// no flow). The store stalls the joining request right after it read the
+/// flow pending, and the sign-in completes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_that_ends_while_another_request_joins_it_is_not_shown_again() {
+    use mcp_authkit_providers::client::{HeadlessRedirect, UserInteraction};
+
+    let world = Arc::new(World::start().await);
+    let pending = Arc::new(StallAfterJoin {
+        inner: world.store.clone(),
+        armed: Default::default(),
+        stalled: tokio::sync::Notify::new(),
+    });
+    let shown = Arc::new(tokio::sync::Notify::new());
+    let headless = Arc::new(HeadlessRedirect::new(world.http.reqwest().clone()));
+    let prompts = Arc::new(AtomicUsize::new(0));
+    let provider = world
+        .provider()
+        .pending_store(pending.clone())
+        .interaction(prompt_fn({
+            let (pending, shown, prompts) = (pending.clone(), shown.clone(), prompts.clone());
+            move |prompt| {
+                let (pending, shown, headless) = (pending.clone(), shown.clone(), headless.clone());
+                let first = prompts.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    // Let the second request join, and go on only once it
+                    // has read the flow pending and stalls.
+                    if first {
+                        shown.notify_one();
+                        pending.stalled.notified().await;
+                    }
+                    headless.authorize(&prompt).await
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+
+    let first = tokio::spawn({
+        let (world, provider) = (world.clone(), provider.clone());
+        async move { world.whoami(&provider).await }
+    });
+    shown.notified().await;
+    let second = tokio::spawn({
+        let (world, provider) = (world.clone(), provider.clone());
+        async move { world.whoami(&provider).await }
+    });
+    assert_eq!(first.await.unwrap().unwrap(), "test-user []");
+    assert_eq!(second.await.unwrap().unwrap(), "test-user []");
+    assert_eq!(prompts.load(Ordering::SeqCst), 1, "the flow was shown once");
+    assert_eq!(world.auth.hits(Endpoint::AuthorizationCodeGrant), 1);
+}
+
 /// The same restart on the production stack: an encrypted SQLite file that
 /// a new process opens again.
 #[tokio::test]
