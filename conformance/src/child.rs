@@ -21,6 +21,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinSet;
 
 use crate::lifecycle::{expiring_record, lifecycle_on};
+use crate::scenarios::broke;
 use crate::scenarios::flow;
 use crate::{Backend, Harness, Replica};
 
@@ -31,6 +32,10 @@ const PREFIX: &str = "CONFORMANCE:";
 /// Provider of the keys the two processes share.
 const CROSS_PROVIDER: &str = "conformance-cross";
 const LEASE_TTL: Duration = Duration::from_secs(3);
+/// What a shared backend promises, in the words of the trait docs.
+const CROSS_PROCESS_GUARANTEE: &str = "take returns a flow to exactly one caller, across all processes; \
+     complete wakes every waiter in every process; a refresh lease has at most one holder across \
+     all processes sharing the backend";
 
 fn say(line: &str) {
     // Written to the stdout handle directly, past libtest's capture.
@@ -67,7 +72,15 @@ impl ChildProcess {
         let test = test.split_once("::").map_or(test, |(_, rest)| rest);
         let exe = std::env::current_exe().expect("path of the running test binary");
         let mut child = Command::new(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            // The entry point is an ignored helper, so it never counts as
+            // a passing test; `--ignored --exact` runs it alone.
+            .args([
+                "--ignored",
+                "--exact",
+                test,
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ROLE, role)
             .env(NAMESPACE, h.namespace())
             .env(ARGS, encode_args(args))
@@ -191,6 +204,29 @@ pub(crate) async fn race_with_child(h: &Harness) {
         ("subject", refresh_subject.clone()),
     ]);
     let mut child = ChildProcess::spawn(h, "race", &args);
+    match child.next_report().await.as_deref() {
+        Some("SEES flow token") => {}
+        Some(seen) => panic!(
+            "{}",
+            broke(
+                CROSS_PROCESS_GUARANTEE,
+                format!(
+                    "a second process sees none of the first's data: the child process opened \
+                     namespace {:?} of backend {:?} and found {}. The backend is not shared \
+                     across processes: Backend::open must reach the same data from the \
+                     namespace's name alone, or the configuration must say process_local",
+                    h.namespace(),
+                    h.backend_name(),
+                    seen.strip_prefix("SEES ")
+                        .unwrap_or(seen)
+                        .replace(' ', ", ")
+                )
+            )
+        ),
+        None => {
+            panic!("the child process exited before reporting what it sees; its stderr is above")
+        }
+    }
     child.expect_report("READY").await;
 
     // This process waits on the flow the child will complete.
@@ -344,6 +380,38 @@ async fn child_race(replicas: Vec<Replica>, args: HashMap<String, String>) {
         .iter()
         .map(|r| lifecycle_on(r, Arc::clone(&oauth)))
         .collect();
+    // What the parent wrote must be visible here before anything races.
+    let flow_seen = replicas[0]
+        .pending
+        .get_flow(&FlowState::new(args["complete"].as_str()))
+        .await
+        .unwrap()
+        .is_some();
+    let token_seen = replicas[0]
+        .tokens
+        .get(&TokenKey::new(
+            crate::lifecycle::PROVIDER,
+            args["subject"].as_str(),
+        ))
+        .await
+        .unwrap()
+        .is_some();
+    say(&format!(
+        "SEES {} {}",
+        if flow_seen {
+            "flow"
+        } else {
+            "no-flow-the-parent-inserted"
+        },
+        if token_seen {
+            "token"
+        } else {
+            "no-token-the-parent-stored"
+        },
+    ));
+    if !(flow_seen && token_seen) {
+        return;
+    }
     say("READY");
     let mut go = String::new();
     tokio::io::BufReader::new(tokio::io::stdin())

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mcp_authkit_conformance::{Backend, Capabilities, Replica, SetupError, async_trait};
+use mcp_authkit_conformance::{Backend, Replica, SetupError, async_trait};
 use mcp_authkit_store_sqlite::{SqliteStore, database_files};
 
 pub struct Sqlite;
@@ -12,10 +12,6 @@ pub struct Sqlite;
 impl Backend for Sqlite {
     fn name(&self) -> &str {
         "sqlite"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::SHARED
     }
 
     async fn create_namespace(&self) -> Result<String, SetupError> {

@@ -1,0 +1,53 @@
+//! The suite against a third party's store (a `Mutex<HashMap>` double, see
+//! `support/double.rs`): green without bugs, red on each bug the issue found
+//! it passing, every run. (Thread per waiter: `doubles_threads.rs`, alone in
+//! its binary, since it counts the process's threads.)
+
+mod support {
+    pub mod double;
+}
+
+use support::double::{Bug, Doubles, failure_of};
+
+mcp_authkit_conformance::conformance_tests! {
+    // Every scenario passes the double without bugs.
+    correct {
+        backend: Doubles(Bug::None),
+        process_local,
+    }
+    // The whole suite on the double whose active-flow index joins keys with
+    // ':': the one scenario that catches it is a known failure, and
+    // `known_failures_still_fail` checks that it still fails, every run.
+    colon_joined_active_index {
+        backend: Doubles(Bug::ColonJoinedActiveIndex),
+        process_local,
+        known_failures: {
+            keys_isolated_in_every_structure: "the double keys its active-flow index by provider + ':' + subject",
+        },
+    }
+}
+
+/// Bug 1 of the issue: `wait` looks, then subscribes.
+#[test]
+fn look_then_subscribe_goes_red() {
+    let failure = failure_of(Bug::LookThenSubscribe, "complete_racing_the_start_of_wait");
+    assert!(
+        failure.contains("no completion is ever missed") && failure.contains("seen:"),
+        "the failure quotes the guarantee and what was seen: {failure}"
+    );
+}
+
+/// Bug 2 of the issue: the active-flow index joins provider and subject
+/// with ':'; the failure names the colliding key.
+#[test]
+fn colon_joined_active_index_goes_red() {
+    let failure = failure_of(
+        Bug::ColonJoinedActiveIndex,
+        "keys_isolated_in_every_structure",
+    );
+    assert!(
+        failure.contains("Keys are isolated in every structure")
+            && failure.contains("active-flow index"),
+        "the failure quotes the guarantee and says what joined: {failure}"
+    );
+}
