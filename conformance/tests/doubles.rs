@@ -7,7 +7,7 @@ mod support {
     pub mod double;
 }
 
-use support::double::{Bug, Doubles, failure_of};
+use support::double::{Bug, Doubles, failure_of, failure_with_child};
 
 mcp_authkit_conformance::conformance_tests! {
     // Every scenario passes the double without bugs.
@@ -49,5 +49,24 @@ fn colon_joined_active_index_goes_red() {
         failure.contains("Keys are isolated in every structure")
             && failure.contains("active-flow index"),
         "the failure quotes the guarantee and says what joined: {failure}"
+    );
+}
+
+/// A process-local store whose configuration forgot `process_local`: the
+/// cross-process scenario says plainly what is wrong.
+#[test]
+fn a_process_local_store_declared_shared_fails_plainly() {
+    let failure = failure_with_child(
+        Bug::None,
+        "cross_process",
+        Some(concat!(
+            module_path!(),
+            "::correct::conformance_child_entry"
+        )),
+    );
+    assert!(
+        failure.contains("a second process sees none of the first's data")
+            && failure.contains("process_local"),
+        "the failure says the second process sees nothing, and what to do: {failure}"
     );
 }

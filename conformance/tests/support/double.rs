@@ -381,9 +381,15 @@ impl Backend for Doubles {
 /// Runs `scenario` on the double with `bug` and returns its failure
 /// message; panics if the scenario passes.
 pub fn failure_of(bug: Bug, scenario: &str) -> String {
+    failure_with_child(bug, scenario, None)
+}
+
+/// [`failure_of`], with the child entry point of the cross-process
+/// scenario.
+pub fn failure_with_child(bug: Bug, scenario: &str, child_test: Option<&'static str>) -> String {
     let run = mcp_authkit_conformance::scenario_by_name(scenario).expect("a scenario of the suite");
     let outcome = std::panic::catch_unwind(|| {
-        mcp_authkit_conformance::run_scenario(scenario, run, Doubles(bug), None)
+        mcp_authkit_conformance::run_scenario(scenario, run, Doubles(bug), child_test)
     });
     match outcome {
         Ok(()) => panic!("the suite's {scenario} passed a store with the bug {bug:?}"),
