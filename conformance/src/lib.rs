@@ -133,11 +133,21 @@
 //! the guarantee in the words of the trait docs, then what was seen:
 //!
 //! ```text
-//! guarantee broken: "no completion is ever missed" (PendingStore)
-//!   seen: a wait started on replica 1 at about the time replica 0 completed
-//!   the flow returned None after its 3s timeout (round 17 of 240, complete
-//!   0.8ms after the wait began)
+//! guarantee broken: "complete wakes every waiter in every process; a wait that
+//! starts after complete returns the outcome at once (it is kept for keep_for);
+//! no completion is ever missed. (PendingStore)"
+//!   seen: 11 waits (of the first 24 rounds of 240) that started about when
+//!   another replica completed the flow missed the completion (round trip
+//!   312.77µs, completions spread over 4.00ms; a store that reads the
+//!   outcome, then subscribes, loses a completion landing in between):
+//!     round 1: wait returned None after 2.00s, complete started 3.82ms after
+//!     the wait began
 //! ```
+//!
+//! (That is a Redis store whose `wait` reads the outcome before it
+//! subscribes.) Find the guarantee in the docs of [`TokenStore`] or
+//! [`PendingStore`]; the scenario's own docs (in [`scenarios`] and
+//! [`lifecycle`]) say how it provokes the failure.
 //!
 //! Run one scenario alone with `cargo test --test conformance
 //! plain::complete_racing_the_start_of_wait -- --exact`; a scenario listed

@@ -1,7 +1,8 @@
 //! The suite against a third party's store (a `Mutex<HashMap>` double, see
 //! `support/double.rs`): green without bugs, red on each bug the issue found
 //! it passing, every run. (Thread per waiter: `doubles_threads.rs`, alone in
-//! its binary, since it counts the process's threads.)
+//! its binary, since it adds 1,000 threads to the process that another
+//! test's thread count would see.)
 
 mod support {
     pub mod double;
@@ -49,6 +50,20 @@ fn colon_joined_active_index_goes_red() {
         failure.contains("Keys are isolated in every structure")
             && failure.contains("active-flow index"),
         "the failure quotes the guarantee and says what joined: {failure}"
+    );
+}
+
+/// Bug 3 of the issue, for connections: every `wait` holds its own.
+#[test]
+fn connection_per_waiter_goes_red() {
+    let failure = failure_of(
+        Bug::ConnectionPerWaiter,
+        "many_waiters_cost_no_thread_or_connection_each",
+    );
+    assert!(
+        failure.contains("does not cost a connection (or a thread) per waiter")
+            && failure.contains("connections"),
+        "the failure quotes the guarantee and counts the connections: {failure}"
     );
 }
 

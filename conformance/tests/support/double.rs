@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub enum Bug {
     ColonJoinedActiveIndex,
     /// Every `wait` gets its own OS thread that polls.
     ThreadPerWaiter,
+    /// Every `wait` holds a connection of its own (counted, as a backend
+    /// would report them through `Backend::connections`).
+    ConnectionPerWaiter,
 }
 
 #[derive(Default)]
@@ -59,6 +63,18 @@ impl State {
 pub struct Double {
     bug: Bug,
     state: Arc<Mutex<State>>,
+    /// The "connections" of the namespace: one, plus one per wait in
+    /// progress with [`Bug::ConnectionPerWaiter`].
+    connections: Arc<AtomicUsize>,
+}
+
+/// Ends a wait's own "connection" when the wait ends, however it ends.
+struct Connection(Arc<AtomicUsize>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Double {
@@ -66,6 +82,7 @@ impl Double {
         Double {
             bug,
             state: Arc::default(),
+            connections: Arc::new(AtomicUsize::new(1)),
         }
     }
 
@@ -259,6 +276,10 @@ impl PendingStore for Double {
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
         let deadline = deadline_after(timeout);
+        let _connection = (self.bug == Bug::ConnectionPerWaiter).then(|| {
+            self.connections.fetch_add(1, Ordering::SeqCst);
+            Connection(Arc::clone(&self.connections))
+        });
         let receiver = match self.bug {
             Bug::ThreadPerWaiter => {
                 if let Some(outcome) = self.lock().live_outcome(state, Timestamp::now()) {
@@ -298,7 +319,7 @@ impl PendingStore for Double {
                     .push(sender);
                 receiver
             }
-            Bug::None | Bug::ColonJoinedActiveIndex => {
+            Bug::None | Bug::ColonJoinedActiveIndex | Bug::ConnectionPerWaiter => {
                 // Looked at and registered under one lock, the one
                 // `complete` takes: nothing lands in between.
                 let mut guard = self.lock();
@@ -375,6 +396,11 @@ impl Backend for Doubles {
 
     async fn cleanup(&self, namespace: &str) {
         registry().lock().unwrap().remove(namespace);
+    }
+
+    async fn connections(&self, namespace: &str) -> Option<usize> {
+        let registry = registry().lock().unwrap();
+        Some(registry.get(namespace)?.connections.load(Ordering::SeqCst))
     }
 }
 
