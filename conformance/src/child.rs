@@ -32,11 +32,6 @@ const PREFIX: &str = "CONFORMANCE:";
 /// Provider of the keys the two processes share.
 const CROSS_PROVIDER: &str = "conformance-cross";
 const LEASE_TTL: Duration = Duration::from_secs(3);
-/// What a shared backend promises, in the words of the trait docs.
-const CROSS_PROCESS_GUARANTEE: &str = "take returns a flow to exactly one caller, across all processes; \
-     complete wakes every waiter in every process; a refresh lease has at most one holder across \
-     all processes sharing the backend";
-
 fn say(line: &str) {
     // Written to the stdout handle directly, past libtest's capture.
     let mut out = std::io::stdout().lock();
@@ -209,7 +204,7 @@ pub(crate) async fn race_with_child(h: &Harness) {
         Some(seen) => panic!(
             "{}",
             broke(
-                CROSS_PROCESS_GUARANTEE,
+                crate::scenarios::guarantee::CROSS_PROCESS,
                 format!(
                     "a second process sees none of the first's data: the child process looked in \
                      namespace {:?} of backend {:?} and found {}. The backend is not shared \

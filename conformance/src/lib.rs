@@ -323,13 +323,39 @@ pub fn run_scenario(
         let harness = Harness::new(Arc::clone(&backend), namespace.clone(), child_test);
         let outcome = tokio::time::timeout(SCENARIO_LIMIT, tokio::spawn(scenario(harness))).await;
         backend.cleanup(&namespace).await;
+        let guarantee = scenarios::guarantee_of(name);
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(join_error)) => match join_error.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
+                Ok(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied());
+                    match message {
+                        // A check that names its guarantee says it all.
+                        Some(message) if !message.contains("guarantee broken:") => panic!(
+                            "{}",
+                            scenarios::broke(
+                                guarantee,
+                                format_args!("in scenario {name}: {message}")
+                            )
+                        ),
+                        _ => std::panic::resume_unwind(panic),
+                    }
+                }
                 Err(error) => panic!("scenario {name} was cancelled: {error}"),
             },
-            Err(_) => panic!("scenario {name} did not finish within {SCENARIO_LIMIT:?}"),
+            Err(_) => panic!(
+                "{}",
+                scenarios::broke(
+                    guarantee,
+                    format_args!(
+                        "scenario {name} did not finish within {SCENARIO_LIMIT:?} (a wait that \
+                         never wakes, or a lock or lease never released?)"
+                    )
+                )
+            ),
         }
     });
 }

@@ -1211,9 +1211,58 @@ pub(crate) mod guarantee {
          ever missed. (PendingStore)";
     pub const MANY_WAITERS: &str = "Waiting on many flows does not cost a connection (or a \
          thread) per waiter. (PendingStore)";
+    pub const HUGE_DURATIONS: &str = "Every backend takes any Duration (Duration::MAX \
+         included) as \"as long as possible\" for TTLs, keep-times and waits, never a panic. \
+         (DESIGN.md, store guarantees)";
+    pub const SINGLE_FLIGHT: &str = "A token within refresh_skew of its expiry is refreshed \
+         once, however many callers ask at the same time: inside a process, and across \
+         processes through the store's refresh lease. (TokenLifecycle)";
+    pub const REFRESH_FAILURES: &str = "Failures are classified: invalid_grant removes the token \
+         (by revision, so a token another replica just refreshed survives) and asks for a new \
+         authorization; anything else never deletes the token. (TokenLifecycle)";
+    pub const CROSS_PROCESS: &str = "take returns a flow to exactly one caller, across all \
+         processes; complete wakes every waiter in every process; a refresh lease has at most \
+         one holder across all processes sharing the backend. (PendingStore, TokenStore)";
     pub const COMPLETE_UNTAKEN: &str = "A flow completed without being taken first ends all the \
          same: it is gone for get_flow and take, no longer its key's active flow, and its \
          outcome is what waiters get. (PendingStore::complete)";
+}
+
+/// The guarantee a scenario checks, in the docs' words: what a failure
+/// whose check did not name one is reported under.
+pub(crate) fn guarantee_of(scenario: &str) -> &'static str {
+    use guarantee::*;
+    match scenario {
+        "token_crud_and_isolation" | "odd_keys" | "scan_lists_every_key" => TOKEN_KEYS,
+        "keys_isolated_in_every_structure" => PENDING_KEYS,
+        "revisions_and_compare_and_swap" => REVISIONS,
+        "concurrent_compare_and_swap_has_one_winner" | "stale_invalidation_keeps_newer_token" => {
+            CAS
+        }
+        "lease_is_exclusive_across_replicas"
+        | "lease_release"
+        | "lease_expires_when_holder_dies" => LEASE,
+        "releasing_an_expired_lease_reports_false" => RELEASE_EXPIRED,
+        "pending_insert_get_take" | "take_exactly_once" => TAKE,
+        "pending_expiry" | "purge_removes_expired_only" => EXPIRED,
+        "one_active_flow_per_key" => ONE_ACTIVE,
+        "complete_wakes_waiters_across_replicas"
+        | "complete_racing_the_start_of_wait"
+        | "wait_times_out"
+        | "outcome_ttl" => WAKE,
+        "complete_of_a_never_taken_flow_ends_it" => COMPLETE_UNTAKEN,
+        "many_waiters_cost_no_thread_or_connection_each" => MANY_WAITERS,
+        "huge_durations_mean_as_long_as_possible" | "huge_durations_in_the_lifecycle" => {
+            HUGE_DURATIONS
+        }
+        "single_flight_refresh_across_replicas" => SINGLE_FLIGHT,
+        "invalid_grant_leads_to_new_authorization"
+        | "invalid_grant_spares_a_token_written_meanwhile"
+        | "transient_refresh_failure_keeps_token" => REFRESH_FAILURES,
+        "flow_completes_across_replicas" => WAKE,
+        "cross_process" => CROSS_PROCESS,
+        _ => "the scenario's own docs say what it checks",
+    }
 }
 
 /// A failure message: the guarantee in the trait docs' words, then what was
