@@ -21,6 +21,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinSet;
 
 use crate::lifecycle::{expiring_record, lifecycle_on};
+use crate::scenarios::broke;
 use crate::scenarios::flow;
 use crate::{Backend, Harness, Replica};
 
@@ -31,7 +32,6 @@ const PREFIX: &str = "CONFORMANCE:";
 /// Provider of the keys the two processes share.
 const CROSS_PROVIDER: &str = "conformance-cross";
 const LEASE_TTL: Duration = Duration::from_secs(3);
-
 fn say(line: &str) {
     // Written to the stdout handle directly, past libtest's capture.
     let mut out = std::io::stdout().lock();
@@ -67,7 +67,15 @@ impl ChildProcess {
         let test = test.split_once("::").map_or(test, |(_, rest)| rest);
         let exe = std::env::current_exe().expect("path of the running test binary");
         let mut child = Command::new(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            // The entry point is an ignored helper, so it never counts as
+            // a passing test; `--ignored --exact` runs it alone.
+            .args([
+                "--ignored",
+                "--exact",
+                test,
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ROLE, role)
             .env(NAMESPACE, h.namespace())
             .env(ARGS, encode_args(args))
@@ -191,6 +199,30 @@ pub(crate) async fn race_with_child(h: &Harness) {
         ("subject", refresh_subject.clone()),
     ]);
     let mut child = ChildProcess::spawn(h, "race", &args);
+    match child.next_report().await.as_deref() {
+        Some("SEES flow token") => {}
+        Some(seen) => panic!(
+            "{}",
+            broke(
+                crate::scenarios::guarantee::CROSS_PROCESS,
+                format!(
+                    "a second process sees none of the first's data: the child process looked in \
+                     namespace {:?} of backend {:?} and found {}. The backend is not shared \
+                     across processes: Backend::open must reach the same data from the \
+                     namespace's name alone, or the configuration must say process_local",
+                    h.namespace(),
+                    h.backend_name(),
+                    match seen.strip_prefix("SEES ").unwrap_or(seen) {
+                        nothing if nothing.starts_with("nothing") => nothing.to_owned(),
+                        found => found.replace(' ', ", "),
+                    }
+                )
+            )
+        ),
+        None => {
+            panic!("the child process exited before reporting what it sees; its stderr is above")
+        }
+    }
     child.expect_report("READY").await;
 
     // This process waits on the flow the child will complete.
@@ -325,7 +357,13 @@ pub fn run_child_if_requested(backend: impl Backend) {
         for _ in 0..2 {
             match backend.open(&namespace).await {
                 Ok(replica) => replicas.push(replica),
-                Err(error) => panic!("the child could not open namespace {namespace:?}: {error}"),
+                Err(error) => {
+                    // Told to the parent, which says what it means.
+                    say(&format!(
+                        "SEES nothing (opening the namespace failed: {error})"
+                    ));
+                    return;
+                }
             }
         }
         match role.as_str() {
@@ -344,6 +382,38 @@ async fn child_race(replicas: Vec<Replica>, args: HashMap<String, String>) {
         .iter()
         .map(|r| lifecycle_on(r, Arc::clone(&oauth)))
         .collect();
+    // What the parent wrote must be visible here before anything races.
+    let flow_seen = replicas[0]
+        .pending
+        .get_flow(&FlowState::new(args["complete"].as_str()))
+        .await
+        .unwrap()
+        .is_some();
+    let token_seen = replicas[0]
+        .tokens
+        .get(&TokenKey::new(
+            crate::lifecycle::PROVIDER,
+            args["subject"].as_str(),
+        ))
+        .await
+        .unwrap()
+        .is_some();
+    say(&format!(
+        "SEES {} {}",
+        if flow_seen {
+            "flow"
+        } else {
+            "no-flow-the-parent-inserted"
+        },
+        if token_seen {
+            "token"
+        } else {
+            "no-token-the-parent-stored"
+        },
+    ));
+    if !(flow_seen && token_seen) {
+        return;
+    }
     say("READY");
     let mut go = String::new();
     tokio::io::BufReader::new(tokio::io::stdin())

@@ -408,13 +408,6 @@ pub async fn huge_durations_in_the_lifecycle(h: Harness) {
 /// token (one refresh in total), and a lease the child takes and never
 /// releases blocks this process until its TTL passes.
 pub async fn cross_process(h: Harness) {
-    assert!(
-        h.capabilities().shared_across_processes,
-        "backend {:?} declares Capabilities::PROCESS_LOCAL: invoke \
-         conformance_tests!(backend; process_local), so this scenario is listed as ignored \
-         instead of failing",
-        h.backend_name()
-    );
     child::race_with_child(&h).await;
     child::lease_outlives_dead_child(&h).await;
 }

@@ -181,8 +181,22 @@ fn odd_key_set() -> Vec<TokenKey> {
     keys.push(TokenKey::new("p", long));
     keys.push(TokenKey::new("", ""));
     keys.push(TokenKey::new("*", "*"));
+    // Pairs that join to the same text with ':' (or with nothing).
     keys.push(TokenKey::new("p:", "s"));
     keys.push(TokenKey::new("p", ":s"));
+    keys.push(TokenKey::new("a:b", "c"));
+    keys.push(TokenKey::new("a", "b:c"));
+    keys.push(TokenKey::new(":", ""));
+    keys.push(TokenKey::new("", ":"));
+    keys.push(TokenKey::new("", "x"));
+    keys.push(TokenKey::new("x", ""));
+    // A NUL byte, where C strings end.
+    keys.push(TokenKey::new("nul\0", "s"));
+    keys.push(TokenKey::new("nul", "\0s"));
+    keys.push(TokenKey::new("p", "nul\0byte"));
+    // Very long parts, and one past what a short index would keep.
+    keys.push(TokenKey::new("long", "y".repeat(16 * 1024)));
+    keys.push(TokenKey::new("long", format!("{}z", "y".repeat(16 * 1024))));
     keys
 }
 
@@ -201,7 +215,11 @@ pub async fn odd_keys(h: Harness) {
         assert_eq!(
             access_token_of(&*store, key).await,
             Some(format!("token-{i}")),
-            "key {key:?} must read back its own record"
+            "{}",
+            broke(
+                guarantee::TOKEN_KEYS,
+                format_args!("key {key:?} does not read back its own record")
+            )
         );
     }
     // Removing one never touches a look-alike.
@@ -209,13 +227,25 @@ pub async fn odd_keys(h: Harness) {
     for (i, key) in keys.iter().enumerate().skip(1) {
         assert_eq!(
             access_token_of(&*store, key).await,
-            Some(format!("token-{i}"))
+            Some(format!("token-{i}")),
+            "{}",
+            broke(
+                guarantee::TOKEN_KEYS,
+                format_args!("deleting {:?} changed the record of {key:?}", keys[0])
+            )
         );
     }
     // Odd keys work for leases and flows too.
     for key in &keys {
         let lease = store.try_acquire_lease(key, MINUTE).await.unwrap();
-        assert!(lease.is_some(), "lease on {key:?}");
+        assert!(
+            lease.is_some(),
+            "{}",
+            broke(
+                guarantee::TOKEN_KEYS,
+                format_args!("the lease of {key:?} was held by another key's lease")
+            )
+        );
     }
     let pending = h.replica().await.pending;
     for key in keys.iter().take(6) {
@@ -275,7 +305,14 @@ pub async fn revisions_and_compare_and_swap(h: Harness) {
     let key = unique_key("cas");
     let r1 = store.put(&key, &record("one")).await.unwrap();
     let r2 = store.put(&key, &record("two")).await.unwrap();
-    assert!(r2 > r1, "put bumps the revision ({r1} -> {r2})");
+    assert!(
+        r2 > r1,
+        "{}",
+        broke(
+            guarantee::REVISIONS,
+            format_args!("put after {r1} returned {r2}")
+        )
+    );
 
     assert_eq!(
         store
@@ -283,7 +320,11 @@ pub async fn revisions_and_compare_and_swap(h: Harness) {
             .await
             .unwrap(),
         CasOutcome::Conflict { current: Some(r2) },
-        "a stale revision conflicts"
+        "{}",
+        broke(
+            guarantee::CAS,
+            "compare_and_swap with a stale revision did not conflict"
+        )
     );
     assert_eq!(
         access_token_of(&*store, &key).await.as_deref(),
@@ -330,7 +371,11 @@ pub async fn revisions_and_compare_and_swap(h: Harness) {
     let r4 = store.put(&key, &record("again")).await.unwrap();
     assert!(
         r4 > r3,
-        "revisions keep growing across a delete ({r3} then {r4})"
+        "{}",
+        broke(
+            guarantee::REVISIONS,
+            format_args!("after {r3} and a delete, put returned {r4}")
+        )
     );
     assert!(
         !store.delete_if_revision(&key, r3).await.unwrap(),
@@ -370,7 +415,13 @@ pub async fn concurrent_compare_and_swap_has_one_winner(h: Harness) {
     assert_eq!(
         winners.len(),
         1,
-        "exactly one compare-and-swap wins, got {winners:?}"
+        "{}",
+        broke(
+            guarantee::CAS,
+            format_args!(
+                "of 30 compare-and-swaps from one revision on 3 replicas, these won: {winners:?}"
+            )
+        )
     );
     let (winner, revision) = winners[0];
     let stored = replicas[2].tokens.get(&key).await.unwrap().unwrap();
@@ -404,7 +455,11 @@ pub async fn stale_invalidation_keeps_newer_token(h: Harness) {
             .delete_if_revision(&key, seen_by_tool)
             .await
             .unwrap(),
-        "a stale invalidation must not delete"
+        "{}",
+        broke(
+            guarantee::CAS,
+            "delete_if_revision with the revision before a refresh deleted the refreshed token"
+        )
     );
     assert_eq!(
         access_token_of(&*replicas[0].tokens, &key).await.as_deref(),
@@ -435,7 +490,15 @@ pub async fn lease_is_exclusive_across_replicas(h: Harness) {
     while let Some(joined) = tasks.join_next().await {
         holders += usize::from(joined.unwrap().is_some());
     }
-    assert_eq!(holders, 1, "exactly one lease holder");
+    assert_eq!(
+        holders,
+        1,
+        "{}",
+        broke(
+            guarantee::LEASE,
+            format_args!("{holders} of 30 callers on 3 replicas got the same key's lease")
+        )
+    );
     let other = unique_key("lease-other");
     assert!(
         replicas[1]
@@ -478,7 +541,15 @@ pub async fn lease_release(h: Harness) {
         .try_acquire_lease(&key, MINUTE)
         .await
         .unwrap();
-    let second = second.expect("a released lease is free again");
+    let Some(second) = second else {
+        panic!(
+            "{}",
+            broke(
+                guarantee::LEASE,
+                "a lease released by its holder could not be taken again"
+            )
+        )
+    };
     assert!(
         !replicas[0]
             .tokens
@@ -531,7 +602,14 @@ pub async fn lease_expires_when_holder_dies(h: Harness) {
         .try_acquire_lease(&key, MINUTE)
         .await
         .unwrap();
-    assert!(next.is_some(), "an expired lease can be taken");
+    assert!(
+        next.is_some(),
+        "{}",
+        broke(
+            guarantee::LEASE,
+            "a lease whose holder never released it was still held 250 ms past its TTL"
+        )
+    );
     assert!(!replicas[0].tokens.release_lease(&key, &dead).await.unwrap());
     assert!(
         replicas[0]
@@ -621,7 +699,15 @@ pub async fn take_exactly_once(h: Harness) {
         while let Some(joined) = tasks.join_next().await {
             winners += usize::from(joined.unwrap());
         }
-        assert_eq!(winners, 1, "exactly one of 50 takers gets the flow");
+        assert_eq!(
+            winners,
+            1,
+            "{}",
+            broke(
+                guarantee::TAKE,
+                format_args!("{winners} of 50 takers on 3 replicas got the flow")
+            )
+        );
     }
 }
 
@@ -651,7 +737,11 @@ pub async fn pending_expiry(h: Harness) {
             .await
             .unwrap()
             .is_none(),
-        "expired: get"
+        "{}",
+        broke(
+            guarantee::EXPIRED,
+            "get_flow returned a flow 300 ms past its expiry"
+        )
     );
     assert!(
         replicas[1]
@@ -660,7 +750,11 @@ pub async fn pending_expiry(h: Harness) {
             .await
             .unwrap()
             .is_none(),
-        "expired: active"
+        "{}",
+        broke(
+            guarantee::EXPIRED,
+            "active_flow returned a flow 300 ms past its expiry"
+        )
     );
     assert!(
         replicas[1]
@@ -669,13 +763,21 @@ pub async fn pending_expiry(h: Harness) {
             .await
             .unwrap()
             .is_none(),
-        "expired: take"
+        "{}",
+        broke(
+            guarantee::EXPIRED,
+            "take returned a flow 300 ms past its expiry"
+        )
     );
     let next = flow(&key, MINUTE);
     assert_eq!(
         replicas[0].pending.insert(&next).await.unwrap(),
         InsertOutcome::Inserted,
-        "an expired flow does not block a new one"
+        "{}",
+        broke(
+            guarantee::EXPIRED,
+            "a new flow for the key joined the expired one"
+        )
     );
 }
 
@@ -705,11 +807,26 @@ pub async fn one_active_flow_per_key(h: Harness) {
             (_, InsertOutcome::Joined(state)) => joined.push(state),
         }
     }
-    assert_eq!(inserted.len(), 1, "exactly one flow is started");
+    assert_eq!(
+        inserted.len(),
+        1,
+        "{}",
+        broke(
+            guarantee::ONE_ACTIVE,
+            format_args!(
+                "{} of 30 concurrent inserts for one key on 3 replicas were Inserted",
+                inserted.len()
+            )
+        )
+    );
     let active = inserted.pop().unwrap();
     assert!(
         joined.iter().all(|state| *state == active),
-        "every other caller joins that flow"
+        "{}",
+        broke(
+            guarantee::ONE_ACTIVE,
+            format_args!("the others joined {joined:?}, not only the inserted {active:?}")
+        )
     );
     assert_eq!(
         replicas[2].pending.active_flow(&key).await.unwrap(),
@@ -737,7 +854,11 @@ pub async fn one_active_flow_per_key(h: Harness) {
             .await
             .unwrap(),
         InsertOutcome::Joined(active.clone()),
-        "a flow being completed still counts as active"
+        "{}",
+        broke(
+            guarantee::ONE_ACTIVE,
+            "an insert for a key whose flow was taken (being completed) was not joined to it"
+        )
     );
     replicas[1]
         .pending
@@ -766,7 +887,11 @@ pub async fn one_active_flow_per_key(h: Harness) {
             .await
             .unwrap(),
         InsertOutcome::Inserted,
-        "after completion a new flow can start"
+        "{}",
+        broke(
+            guarantee::ONE_ACTIVE,
+            "after complete, a new flow for the key was still joined to the completed one"
+        )
     );
 }
 
@@ -798,17 +923,29 @@ pub async fn complete_wakes_waiters_across_replicas(h: Harness) {
         .unwrap();
     let mut woken = 0;
     while let Some(joined) = waiters.join_next().await {
+        let got = joined.unwrap();
         assert_eq!(
-            joined.unwrap(),
+            got,
             Some(outcome.clone()),
-            "every waiter sees the outcome"
+            "{}",
+            broke(
+                guarantee::WAKE,
+                format_args!(
+                    "a waiter started 300 ms before the completion on another replica got {got:?}"
+                )
+            )
         );
         woken += 1;
     }
     assert_eq!(woken, 9);
+    let took = completed_at.elapsed();
     assert!(
-        completed_at.elapsed() < Duration::from_secs(5),
-        "waiters wake promptly, not at their timeout"
+        took < Duration::from_secs(5),
+        "{}",
+        broke(
+            guarantee::WAKE,
+            format_args!("the 9 waiters took {took:?} after the completion to wake")
+        )
     );
     let late = replicas[2]
         .pending
@@ -818,7 +955,11 @@ pub async fn complete_wakes_waiters_across_replicas(h: Harness) {
     assert_eq!(
         late,
         Some(outcome.clone()),
-        "a waiter after completion gets the outcome at once"
+        "{}",
+        broke(
+            guarantee::WAKE,
+            "a wait started after complete did not return the outcome"
+        )
     );
     assert_eq!(
         replicas[0].pending.outcome(&f.state).await.unwrap(),
@@ -1039,6 +1180,676 @@ pub async fn huge_durations_mean_as_long_as_possible(h: Harness) {
             replicas[1].pending.wait(&f.state, huge).await.unwrap(),
             Some(outcome),
             "a huge wait after completion returns at once"
+        );
+    }
+}
+
+/// The guarantees of the trait docs, in their words, for failure messages.
+pub(crate) mod guarantee {
+    pub const TOKEN_KEYS: &str = "Keys are isolated: no operation on one key reads or changes \
+         another, whatever characters the provider and subject contain. (TokenStore)";
+    pub const PENDING_KEYS: &str = "Keys are isolated in every structure (flows, the active flow \
+         of a key, outcomes), whatever characters the provider and subject contain. (PendingStore)";
+    pub const REVISIONS: &str = "Every write stores the record at a new revision that is greater \
+         than every revision the key had before, also after a delete. (TokenStore)";
+    pub const CAS: &str = "compare_and_swap and delete_if_revision are atomic with respect to \
+         every other operation in every process. (TokenStore)";
+    pub const LEASE: &str = "A refresh lease has at most one holder across all processes sharing \
+         the backend; it ends when released by its holder or when its TTL passes. (TokenStore)";
+    pub const RELEASE_EXPIRED: &str = "release_lease: false whenever the lease was no longer \
+         held: released already, taken over by another holder, or past its TTL, even if nobody \
+         took it over since. (TokenStore)";
+    pub const EXPIRED: &str =
+        "An expired flow (past its expires_at) is gone for every operation. (PendingStore)";
+    pub const TAKE: &str = "take returns a flow to exactly one caller, across all processes, \
+         however many race for it. (PendingStore)";
+    pub const ONE_ACTIVE: &str = "One active flow per TokenKey: while a flow for a key is \
+         pending or being completed, insert of another flow for that key returns \
+         InsertOutcome::Joined with the active flow's state, decided atomically. (PendingStore)";
+    pub const WAKE: &str = "complete wakes every waiter in every process; a wait that starts \
+         after complete returns the outcome at once (it is kept for keep_for); no completion is \
+         ever missed. (PendingStore)";
+    pub const MANY_WAITERS: &str = "Waiting on many flows does not cost a connection (or a \
+         thread) per waiter. (PendingStore)";
+    pub const HUGE_DURATIONS: &str = "Every backend takes any Duration (Duration::MAX \
+         included) as \"as long as possible\" for TTLs, keep-times and waits, never a panic. \
+         (DESIGN.md, store guarantees)";
+    pub const SINGLE_FLIGHT: &str = "A token within refresh_skew of its expiry is refreshed \
+         once, however many callers ask at the same time: inside a process, and across \
+         processes through the store's refresh lease. (TokenLifecycle)";
+    pub const REFRESH_FAILURES: &str = "Failures are classified: invalid_grant removes the token \
+         (by revision, so a token another replica just refreshed survives) and asks for a new \
+         authorization; anything else never deletes the token. (TokenLifecycle)";
+    pub const CROSS_PROCESS: &str = "take returns a flow to exactly one caller, across all \
+         processes; complete wakes every waiter in every process; a refresh lease has at most \
+         one holder across all processes sharing the backend. (PendingStore, TokenStore)";
+    pub const COMPLETE_UNTAKEN: &str = "A flow completed without being taken first ends all the \
+         same: it is gone for get_flow and take, no longer its key's active flow, and its \
+         outcome is what waiters get. (PendingStore::complete)";
+}
+
+/// The guarantee a scenario checks, in the docs' words: what a failure
+/// whose check did not name one is reported under.
+pub(crate) fn guarantee_of(scenario: &str) -> &'static str {
+    use guarantee::*;
+    match scenario {
+        "token_crud_and_isolation" | "odd_keys" | "scan_lists_every_key" => TOKEN_KEYS,
+        "keys_isolated_in_every_structure" => PENDING_KEYS,
+        "revisions_and_compare_and_swap" => REVISIONS,
+        "concurrent_compare_and_swap_has_one_winner" | "stale_invalidation_keeps_newer_token" => {
+            CAS
+        }
+        "lease_is_exclusive_across_replicas"
+        | "lease_release"
+        | "lease_expires_when_holder_dies" => LEASE,
+        "releasing_an_expired_lease_reports_false" => RELEASE_EXPIRED,
+        "pending_insert_get_take" | "take_exactly_once" => TAKE,
+        "pending_expiry" | "purge_removes_expired_only" => EXPIRED,
+        "one_active_flow_per_key" => ONE_ACTIVE,
+        "complete_wakes_waiters_across_replicas"
+        | "complete_racing_the_start_of_wait"
+        | "wait_times_out"
+        | "outcome_ttl" => WAKE,
+        "complete_of_a_never_taken_flow_ends_it" => COMPLETE_UNTAKEN,
+        "many_waiters_cost_no_thread_or_connection_each" => MANY_WAITERS,
+        "huge_durations_mean_as_long_as_possible" | "huge_durations_in_the_lifecycle" => {
+            HUGE_DURATIONS
+        }
+        "single_flight_refresh_across_replicas" => SINGLE_FLIGHT,
+        "invalid_grant_leads_to_new_authorization"
+        | "invalid_grant_spares_a_token_written_meanwhile"
+        | "transient_refresh_failure_keeps_token" => REFRESH_FAILURES,
+        "flow_completes_across_replicas" => WAKE,
+        "cross_process" => CROSS_PROCESS,
+        _ => "the scenario's own docs say what it checks",
+    }
+}
+
+/// A failure message: the guarantee in the trait docs' words, then what was
+/// seen.
+pub(crate) fn broke(guarantee: &str, seen: impl std::fmt::Display) -> String {
+    format!("guarantee broken: \"{guarantee}\"\n  seen: {seen}")
+}
+
+/// A small random number generator for jitter: the suite needs no
+/// cryptographic randomness, only rounds that differ.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let seed = mcp_authkit_core::random_urlsafe(8)
+            .bytes()
+            .fold(0x9E37_79B9_7F4A_7C15_u64, |acc, b| {
+                (acc ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+            });
+        Jitter(seed | 1)
+    }
+
+    /// Uniform-ish in `0..=max`.
+    fn up_to(&mut self, max: Duration) -> Duration {
+        // xorshift64
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.0 % nanos.saturating_add(1))
+    }
+}
+
+/// Waits `delay` precisely (timers have millisecond resolution): sleeps the
+/// whole milliseconds, then yields until the instant.
+async fn pause(delay: Duration) {
+    let until = Instant::now() + delay;
+    if delay > Duration::from_millis(2) {
+        tokio::time::sleep(delay - Duration::from_millis(1)).await;
+    }
+    while Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Every keyed structure of both traits keeps odd keys apart: leases, flows,
+/// the active flow of a key, and outcomes (tokens: [`odd_keys`]). Keys that
+/// join to the same text with `':'`, empty parts, unicode, a NUL byte and
+/// very long parts each have their own.
+pub async fn keys_isolated_in_every_structure(h: Harness) {
+    use guarantee::{PENDING_KEYS, TOKEN_KEYS};
+    let replicas = h.replicas(2).await;
+    let keys = odd_key_set();
+
+    // Leases: each key has its own.
+    let mut leases = Vec::new();
+    for key in &keys {
+        let lease = replicas[0]
+            .tokens
+            .try_acquire_lease(key, MINUTE)
+            .await
+            .unwrap();
+        let Some(lease) = lease else {
+            panic!(
+                "{}",
+                broke(
+                    TOKEN_KEYS,
+                    format_args!(
+                        "the lease of {key:?} was not free: taking the leases of the other odd \
+                         keys took it (is the lease keyed by provider and subject joined \
+                         together?)"
+                    )
+                )
+            )
+        };
+        leases.push(lease);
+    }
+    assert!(
+        replicas[0]
+            .tokens
+            .release_lease(&keys[0], &leases[0])
+            .await
+            .unwrap(),
+        "{}",
+        broke(
+            guarantee::LEASE,
+            format_args!("releasing the held lease of {:?} said false", keys[0])
+        )
+    );
+    for key in &keys[1..] {
+        assert!(
+            replicas[1]
+                .tokens
+                .try_acquire_lease(key, MINUTE)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            broke(
+                TOKEN_KEYS,
+                format_args!(
+                    "releasing the lease of {:?} freed the lease of {key:?}",
+                    keys[0]
+                )
+            )
+        );
+    }
+
+    // Flows and the active flow of each key.
+    let mut flows = Vec::new();
+    for key in &keys {
+        let f = flow(key, MINUTE);
+        let inserted = replicas[0].pending.insert(&f).await.unwrap();
+        assert_eq!(
+            inserted,
+            InsertOutcome::Inserted,
+            "{}",
+            broke(
+                PENDING_KEYS,
+                format_args!(
+                    "the first flow of {key:?} was {inserted:?}: it joined the flow of another \
+                     odd key (is the active-flow index keyed by provider and subject joined \
+                     together?)"
+                )
+            )
+        );
+        flows.push(f);
+    }
+    for f in &flows {
+        let active = replicas[1].pending.active_flow(&f.key).await.unwrap();
+        assert_eq!(
+            active.as_ref(),
+            Some(&f.state),
+            "{}",
+            broke(
+                PENDING_KEYS,
+                format_args!("the active flow of {:?} is {active:?}", f.key)
+            )
+        );
+        let read = replicas[1]
+            .pending
+            .get_flow(&f.state)
+            .await
+            .unwrap()
+            .map(|r| r.key);
+        assert_eq!(
+            read.as_ref(),
+            Some(&f.key),
+            "{}",
+            broke(
+                PENDING_KEYS,
+                format_args!("the flow of {:?} reads back as key {read:?}", f.key)
+            )
+        );
+    }
+
+    // Outcomes: complete every other key's flow; the rest stay untouched.
+    let outcome_of = |i: usize| FlowOutcome::Failed {
+        reason: format!("outcome-{i}"),
+    };
+    for (i, f) in flows.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let taken = replicas[0]
+            .pending
+            .take(&f.state)
+            .await
+            .unwrap()
+            .map(|t| t.key);
+        assert_eq!(
+            taken.as_ref(),
+            Some(&f.key),
+            "{}",
+            broke(
+                PENDING_KEYS,
+                format_args!("taking the flow of {:?} gave key {taken:?}", f.key)
+            )
+        );
+        replicas[0]
+            .pending
+            .complete(&f.key, &f.state, &outcome_of(i), MINUTE)
+            .await
+            .unwrap();
+    }
+    for (i, f) in flows.iter().enumerate() {
+        let active = replicas[1].pending.active_flow(&f.key).await.unwrap();
+        let outcome = replicas[1].pending.outcome(&f.state).await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(
+                (active.as_ref(), outcome.as_ref()),
+                (None, Some(&outcome_of(i))),
+                "{}",
+                broke(
+                    PENDING_KEYS,
+                    format_args!(
+                        "after completing the flow of {:?}: active flow {active:?}, outcome \
+                         {outcome:?}",
+                        f.key
+                    )
+                )
+            );
+        } else {
+            assert_eq!(
+                (active.as_ref(), outcome.as_ref()),
+                (Some(&f.state), None),
+                "{}",
+                broke(
+                    PENDING_KEYS,
+                    format_args!(
+                        "completing the flows of other odd keys changed {:?}: its active flow \
+                         is {active:?} (expected its own, still pending), its outcome \
+                         {outcome:?} (expected none)",
+                        f.key
+                    )
+                )
+            );
+            assert!(
+                replicas[1]
+                    .pending
+                    .get_flow(&f.state)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{}",
+                broke(
+                    PENDING_KEYS,
+                    format_args!(
+                        "completing other keys' flows removed the flow of {:?}",
+                        f.key
+                    )
+                )
+            );
+        }
+    }
+}
+
+/// Releasing a lease whose TTL passed, and that nobody took over, reports
+/// `false`; the lease is free.
+pub async fn releasing_an_expired_lease_reports_false(h: Harness) {
+    let replicas = h.replicas(2).await;
+    let key = unique_key("lease-ran-out");
+    let ttl = Duration::from_millis(300);
+    let lease = replicas[0]
+        .tokens
+        .try_acquire_lease(&key, ttl)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    tokio::time::sleep(ttl + Duration::from_millis(250)).await;
+    let released = replicas[0]
+        .tokens
+        .release_lease(&key, &lease)
+        .await
+        .unwrap();
+    assert!(
+        !released,
+        "{}",
+        broke(
+            guarantee::RELEASE_EXPIRED,
+            "release_lease returned true for a lease 250 ms past its TTL that nobody took over"
+        )
+    );
+    assert!(
+        replicas[1]
+            .tokens
+            .try_acquire_lease(&key, MINUTE)
+            .await
+            .unwrap()
+            .is_some(),
+        "{}",
+        broke(
+            guarantee::LEASE,
+            "the lease was not free after its TTL passed and it was released"
+        )
+    );
+}
+
+/// `complete` of a flow nobody took ends it: gone for get and take, no
+/// longer active, and waiters get its outcome; a new flow for the key starts.
+pub async fn complete_of_a_never_taken_flow_ends_it(h: Harness) {
+    use guarantee::COMPLETE_UNTAKEN;
+    let replicas = h.replicas(2).await;
+    let key = unique_key("complete-untaken");
+    let f = flow(&key, MINUTE);
+    replicas[0].pending.insert(&f).await.unwrap();
+    let waiter = {
+        let (pending, state) = (Arc::clone(&replicas[1].pending), f.state.clone());
+        tokio::spawn(async move { pending.wait(&state, Duration::from_secs(10)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcome = FlowOutcome::Failed {
+        reason: "timed out".into(),
+    };
+    replicas[0]
+        .pending
+        .complete(&key, &f.state, &outcome, MINUTE)
+        .await
+        .unwrap();
+    let seen = (
+        replicas[1]
+            .pending
+            .get_flow(&f.state)
+            .await
+            .unwrap()
+            .is_some(),
+        replicas[1].pending.active_flow(&key).await.unwrap(),
+        replicas[1].pending.take(&f.state).await.unwrap().is_some(),
+    );
+    assert_eq!(
+        seen,
+        (false, None, false),
+        "{}",
+        broke(
+            COMPLETE_UNTAKEN,
+            format_args!(
+                "after complete without take: get_flow found it {}, active flow {:?}, take \
+                 got it {}",
+                seen.0, seen.1, seen.2
+            )
+        )
+    );
+    let woken = waiter.await.unwrap();
+    assert_eq!(
+        woken.as_ref(),
+        Some(&outcome),
+        "{}",
+        broke(COMPLETE_UNTAKEN, format_args!("the waiter got {woken:?}"))
+    );
+    let next = replicas[1]
+        .pending
+        .insert(&flow(&key, MINUTE))
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        InsertOutcome::Inserted,
+        "{}",
+        broke(
+            COMPLETE_UNTAKEN,
+            format_args!("a new flow for the key was {next:?}")
+        )
+    );
+}
+
+/// Rounds of the race between `complete` and the start of `wait`.
+const RACE_ROUNDS: usize = 240;
+/// Rounds run at once (each its own flow).
+const RACE_BATCH: usize = 24;
+/// How long a racing wait may take; a woken one returns in milliseconds.
+const RACE_WAIT: Duration = Duration::from_secs(2);
+
+/// `complete` on one replica races the *start* of `wait` on others: 240
+/// rounds, the completion landing at a random moment within a few round
+/// trips of the wait's start (where a store that looks, then subscribes,
+/// loses it). Every wait returns the outcome, long before its timeout.
+pub async fn complete_racing_the_start_of_wait(h: Harness) {
+    let replicas = h.replicas(3).await;
+    // One round trip of this backend: the median of a few cheap reads.
+    let mut samples = Vec::new();
+    for _ in 0..15 {
+        let started = Instant::now();
+        replicas[1]
+            .pending
+            .outcome(&FlowState::generate())
+            .await
+            .unwrap();
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let round_trip = samples[samples.len() / 2];
+    // Around a round trip on each side, and at least a few milliseconds, so
+    // a gap the size of a network round trip is hit on any backend.
+    let window = (round_trip * 4).max(Duration::from_millis(4));
+    let mut jitter = Jitter::new();
+    let mut missed = Vec::new();
+    let mut rounds_run = 0;
+    for batch in 0..RACE_ROUNDS / RACE_BATCH {
+        rounds_run += RACE_BATCH;
+        let mut flows = Vec::new();
+        for i in 0..RACE_BATCH {
+            let round = batch * RACE_BATCH + i;
+            let f = flow(&unique_key(&format!("race-{round}")), MINUTE);
+            replicas[0].pending.insert(&f).await.unwrap();
+            flows.push((round, f));
+        }
+        let mut rounds = JoinSet::new();
+        for (round, f) in flows {
+            let completer = replicas[0].clone();
+            let waiter = Arc::clone(&replicas[1 + round % 2].pending);
+            // Either side may go first.
+            let (wait_delay, complete_delay) = if round % 3 == 0 {
+                (jitter.up_to(window / 4), Duration::ZERO)
+            } else {
+                (Duration::ZERO, jitter.up_to(window))
+            };
+            rounds.spawn(async move {
+                let outcome = FlowOutcome::Authorized {
+                    revision: Revision::new(round as u64 + 1),
+                };
+                let wait = {
+                    let state = f.state.clone();
+                    tokio::spawn(async move {
+                        pause(wait_delay).await;
+                        let began = Instant::now();
+                        let got = waiter.wait(&state, RACE_WAIT).await.unwrap();
+                        (got, began)
+                    })
+                };
+                pause(complete_delay).await;
+                let completed_at = Instant::now();
+                completer
+                    .pending
+                    .complete(&f.key, &f.state, &outcome, MINUTE)
+                    .await
+                    .unwrap();
+                let (got, began) = wait.await.unwrap();
+                let lead = if completed_at >= began {
+                    format!("{:.2?} after the wait began", completed_at - began)
+                } else {
+                    format!("{:.2?} before the wait began", began - completed_at)
+                };
+                (round, got == Some(outcome), got, lead, began.elapsed())
+            });
+        }
+        while let Some(joined) = rounds.join_next().await {
+            let (round, ok, got, lead, took) = joined.unwrap();
+            if !ok {
+                missed.push(format!(
+                    "round {round}: wait returned {got:?} after {took:.2?}, complete \
+                     started {lead}"
+                ));
+            }
+        }
+        if !missed.is_empty() {
+            // Red already; no need to wait out more timeouts.
+            break;
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{}",
+        broke(
+            guarantee::WAKE,
+            format_args!(
+                "{} waits (of the first {} rounds of {RACE_ROUNDS}) that started about when another replica completed \
+                 the flow missed the completion (round trip {round_trip:.2?}, completions spread \
+                 over {window:.2?}; a store that reads the outcome, then subscribes, loses a \
+                 completion landing in between):\n    {}",
+                missed.len(),
+                rounds_run,
+                missed
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
+            )
+        )
+    );
+}
+
+/// Waiters in the many-waiters scenario.
+const MANY_WAITERS: usize = 1_000;
+
+/// The threads of this process (Linux: `/proc/self/status`).
+fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Samples the thread count a few times; other tests of the binary start
+/// and stop threads meanwhile, so the caller takes the max before and the
+/// min during.
+async fn thread_samples() -> Vec<usize> {
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.extend(thread_count());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    samples
+}
+
+/// 1,000 waiters on two replicas cost neither a thread nor a connection
+/// each: while they wait, the process has fewer than 250 more threads than
+/// before (a thread per waiter would add 1,000), and, when the backend
+/// reports its connections, fewer than 100 more connections. The waiters
+/// still wake: ten completions wake their ten.
+pub async fn many_waiters_cost_no_thread_or_connection_each(h: Harness) {
+    use guarantee::MANY_WAITERS as GUARANTEE;
+    let replicas = h.replicas(2).await;
+    // Warm up what a backend opens lazily on the first wait.
+    for replica in &replicas {
+        replica
+            .pending
+            .wait(&FlowState::generate(), Duration::from_millis(20))
+            .await
+            .unwrap();
+    }
+    let threads_before = thread_samples().await.into_iter().max();
+    let connections_before = h.connections().await;
+
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut states = Vec::new();
+    let mut waiters = JoinSet::new();
+    for i in 0..MANY_WAITERS {
+        let state = FlowState::generate();
+        states.push(state.clone());
+        let pending = Arc::clone(&replicas[i % 2].pending);
+        let finished = Arc::clone(&finished);
+        waiters.spawn(async move {
+            let got = pending.wait(&state, Duration::from_secs(4)).await.unwrap();
+            finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (i, got)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let threads_during = thread_samples().await.into_iter().min();
+    let connections_during = h.connections().await;
+    let early = finished.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        early,
+        0,
+        "{}",
+        broke(
+            guarantee::WAKE,
+            format_args!("{early} waits returned before any completion")
+        )
+    );
+    if let (Some(before), Some(during)) = (threads_before, threads_during) {
+        let extra = during.saturating_sub(before);
+        assert!(
+            extra < MANY_WAITERS / 4,
+            "{}",
+            broke(
+                GUARANTEE,
+                format_args!(
+                    "{MANY_WAITERS} waiters added {extra} threads to the process ({before} \
+                     before, {during} while they waited)"
+                )
+            )
+        );
+    }
+    if let (Some(before), Some(during)) = (connections_before, connections_during) {
+        let extra = during.saturating_sub(before);
+        assert!(
+            extra < MANY_WAITERS / 10,
+            "{}",
+            broke(
+                GUARANTEE,
+                format_args!(
+                    "{MANY_WAITERS} waiters added {extra} connections ({before} before, \
+                     {during} while they waited, as Backend::connections reports them)"
+                )
+            )
+        );
+    }
+
+    // They are really waiting: completions wake theirs.
+    let woken: Vec<usize> = (0..10).map(|i| i * (MANY_WAITERS / 10)).collect();
+    for &i in &woken {
+        replicas[(i + 1) % 2]
+            .pending
+            .complete(
+                &unique_key("many-waiters"),
+                &states[i],
+                &FlowOutcome::Authorized {
+                    revision: Revision::new(i as u64 + 1),
+                },
+                MINUTE,
+            )
+            .await
+            .unwrap();
+    }
+    while let Some(joined) = waiters.join_next().await {
+        let (i, got) = joined.unwrap();
+        let expected = woken.contains(&i).then(|| FlowOutcome::Authorized {
+            revision: Revision::new(i as u64 + 1),
+        });
+        assert_eq!(
+            got,
+            expected,
+            "{}",
+            broke(
+                guarantee::WAKE,
+                format_args!("waiter {i} of {MANY_WAITERS} returned {got:?}")
+            )
         );
     }
 }

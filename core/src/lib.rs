@@ -44,9 +44,6 @@
 //!
 //! #[async_trait]
 //! impl TokenStore for MyStore {
-//!     fn capabilities(&self) -> Capabilities {
-//!         Capabilities::PROCESS_LOCAL
-//!     }
 //!     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
 //!         let rows = self.rows.lock().unwrap();
 //!         let Some((bytes, revision)) = rows.get(key) else { return Ok(None) };
@@ -99,8 +96,7 @@ pub use lifecycle::{
 pub use oauth::{AuthorizationRequest, OAuthClient, TokenResponse};
 pub use record::{ExtraFields, Revision, StoredToken, TokenKey, TokenRecord};
 pub use store::{
-    Capabilities, CasOutcome, LeaseGuard, LeaseToken, PendingStore, PurgeReport, ScanCursor,
-    ScanPage, TokenStore,
+    CasOutcome, LeaseGuard, LeaseToken, PendingStore, PurgeReport, ScanCursor, ScanPage, TokenStore,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, deadline_after};
 

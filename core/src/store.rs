@@ -10,27 +10,6 @@ use crate::error::Result;
 use crate::flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow, random_urlsafe};
 use crate::record::{Revision, StoredToken, TokenKey, TokenRecord};
 
-/// What a backend can and cannot do; the conformance suite skips only the
-/// scenarios a backend declares it cannot run, and says so.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// Whether store instances in different OS processes see the same data
-    /// (tokens, leases, flows and completions). False for in-process stores.
-    pub shared_across_processes: bool,
-}
-
-impl Capabilities {
-    /// Everything: a store shared by every process that opens it.
-    pub const SHARED: Capabilities = Capabilities {
-        shared_across_processes: true,
-    };
-    /// A store that lives inside one process.
-    pub const PROCESS_LOCAL: Capabilities = Capabilities {
-        shared_across_processes: false,
-    };
-}
-
 /// What a compare-and-swap did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -177,15 +156,12 @@ impl PurgeReport {
 ///   to every other operation in every process.
 /// - A refresh lease has at most one holder across all processes sharing the
 ///   backend; it ends when released by its holder or when its TTL passes.
+///   Releasing a lease that ran out reports `false`
+///   ([`release_lease`](Self::release_lease)).
 ///
 /// The conformance suite (`mcp-authkit-conformance`) checks each of these.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
-    /// What this backend can do.
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::SHARED
-    }
-
     /// The token stored under `key`, with its revision.
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>>;
 
@@ -213,6 +189,12 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>>;
 
     /// Ends the lease if `lease` still holds it; returns whether it did.
+    ///
+    /// `false` whenever the lease was no longer held: released already,
+    /// taken over by another holder, or past its TTL, even if nobody took
+    /// it over since (an expired lease protected nothing, and the holder
+    /// must learn that its refresh ran unprotected). Releasing never ends
+    /// another holder's lease.
     async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool>;
 
     /// Lists stored keys, a page at a time: what rekeying and inspection walk.
@@ -237,13 +219,14 @@ pub trait TokenStore: Send + Sync + 'static {
 ///   once (it is kept for `keep_for`); no completion is ever missed.
 /// - Waiting on many flows does not cost a connection (or a thread) per
 ///   waiter.
+/// - Keys are isolated in every structure (flows, the active flow of a key,
+///   outcomes), whatever characters the provider and subject contain.
+///
+/// Whether a store is shared across processes is not declared here: the
+/// conformance suite's configuration of the backend says so
+/// (`process_local`), and that is the declaration its checks rely on.
 #[async_trait]
 pub trait PendingStore: Send + Sync + 'static {
-    /// What this backend can do.
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::SHARED
-    }
-
     /// Stores a new flow, valid until its `expires_at`, and makes it its key's
     /// active flow, unless another unexpired flow is active for that key.
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome>;
@@ -262,6 +245,11 @@ pub trait PendingStore: Send + Sync + 'static {
     /// Records how the flow of `key` with `state` ended, keeps the outcome
     /// readable for `keep_for`, ends the key's active mark if it is this flow,
     /// and wakes every waiter.
+    ///
+    /// A flow completed without being [`take`](Self::take)n first (a
+    /// timeout, a cancellation) ends all the same: it is gone for
+    /// [`get_flow`](Self::get_flow) and `take`, no longer its key's active
+    /// flow, and its outcome is what waiters get.
     async fn complete(
         &self,
         key: &TokenKey,
@@ -353,9 +341,6 @@ impl Drop for LeaseGuard {
 /// the encrypting one) also take an `Arc<dyn TokenStore>`.
 #[async_trait]
 impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         (**self).get(key).await
     }
@@ -390,9 +375,6 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
 /// A shared pending store is a pending store.
 #[async_trait]
 impl<T: PendingStore + ?Sized> PendingStore for Arc<T> {
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         (**self).insert(flow).await
     }

@@ -5,9 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Capabilities, CasOutcome, ExposeSecret, ExtraFields, FlowOutcome, FlowState, InsertOutcome,
-    LeaseToken, PendingFlow, PendingStore, PurgeReport, Result, Revision, ScanCursor, ScanPage,
-    SecretString, StoredToken, TokenKey, TokenRecord, TokenStore, async_trait,
+    CasOutcome, ExposeSecret, ExtraFields, FlowOutcome, FlowState, InsertOutcome, LeaseToken,
+    PendingFlow, PendingStore, PurgeReport, Result, Revision, ScanCursor, ScanPage, SecretString,
+    StoredToken, TokenKey, TokenRecord, TokenStore, async_trait,
 };
 
 use crate::binding;
@@ -311,10 +311,6 @@ impl<S> fmt::Debug for EncryptedStore<S> {
 
 #[async_trait]
 impl<S: TokenStore> TokenStore for EncryptedStore<S> {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         let Some(mut stored) = self.inner.get(key).await? else {
             return Ok(None);
@@ -371,10 +367,6 @@ impl<S: TokenStore> TokenStore for EncryptedStore<S> {
 
 #[async_trait]
 impl<S: PendingStore> PendingStore for EncryptedStore<S> {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         self.inner.insert(&self.encrypt_flow(flow)).await
     }

@@ -3,7 +3,7 @@
 //! The in-process backend: tokens, leases and pending flows in a map behind
 //! one mutex. Clones share the same data, so every clone acts as a replica
 //! of one store inside the process. Nothing is shared with other processes
-//! ([`Capabilities::PROCESS_LOCAL`]) and nothing survives a restart: use it
+//! (its conformance run says `process_local`) and nothing survives a restart: use it
 //! for tests, development and single-process servers that can afford to ask
 //! users to authorize again after a restart.
 //!
@@ -57,9 +57,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Capabilities, CasOutcome, Clock, FlowOutcome, FlowState, InsertOutcome, LeaseToken,
-    PendingFlow, PendingStore, PurgeReport, Result, Revision, ScanCursor, ScanPage, StoredToken,
-    SystemClock, Timestamp, TokenKey, TokenRecord, TokenStore, async_trait,
+    CasOutcome, Clock, FlowOutcome, FlowState, InsertOutcome, LeaseToken, PendingFlow,
+    PendingStore, PurgeReport, Result, Revision, ScanCursor, ScanPage, StoredToken, SystemClock,
+    Timestamp, TokenKey, TokenRecord, TokenStore, async_trait,
 };
 use tokio::sync::watch;
 
@@ -382,10 +382,6 @@ async fn sweep_loop(store: Weak<Shared>) {
 
 #[async_trait]
 impl TokenStore for MemoryStore {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::PROCESS_LOCAL
-    }
-
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         Ok(self.lock().tokens.get(key).cloned())
     }
@@ -503,10 +499,6 @@ impl Drop for Waiting<'_> {
 
 #[async_trait]
 impl PendingStore for MemoryStore {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::PROCESS_LOCAL
-    }
-
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         let now = self.now();
         let mut state = self.lock();

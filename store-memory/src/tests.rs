@@ -290,5 +290,4 @@ async fn the_sweeper_ends_with_its_store_and_when_nothing_expires() {
         weak.upgrade().is_none(),
         "the sweeper does not keep the store alive"
     );
-    let _ = TokenStore::capabilities(&MemoryStore::new());
 }

@@ -4,14 +4,17 @@
 //! Running the suite encrypted over another backend takes one test file:
 //!
 //! ```ignore
-//! // tests/encrypted_sqlite.rs
+//! // tests/sqlite.rs
 //! mod backends {
 //!     pub mod encrypted;
 //!     pub mod sqlite;
 //! }
 //! use backends::{encrypted::Encrypted, sqlite::Sqlite};
 //!
-//! mcp_authkit_conformance::conformance_tests!(Encrypted::new(Sqlite));
+//! mcp_authkit_conformance::conformance_tests! {
+//!     plain { backend: Sqlite }
+//!     encrypted { backend: Encrypted::new(Sqlite) }
+//! }
 //!
 //! #[test]
 //! fn secrets_stay_sealed_at_rest() {
@@ -22,7 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_authkit_conformance::{Backend, Capabilities, Replica, SetupError, async_trait};
+use mcp_authkit_conformance::{Backend, Replica, SetupError, async_trait};
 use mcp_authkit_core::{ExposeSecret, PendingFlow, Timestamp, TokenKey, TokenRecord};
 use mcp_authkit_store_encrypted::{EncryptedStore, EncryptionKey, Keyring, testing};
 
@@ -63,10 +66,6 @@ impl<B: Backend> Backend for Encrypted<B> {
         &self.name
     }
 
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
     async fn create_namespace(&self) -> Result<String, SetupError> {
         self.inner.create_namespace().await
     }
@@ -77,6 +76,10 @@ impl<B: Backend> Backend for Encrypted<B> {
 
     async fn cleanup(&self, namespace: &str) {
         self.inner.cleanup(namespace).await
+    }
+
+    async fn connections(&self, namespace: &str) -> Option<usize> {
+        self.inner.connections(namespace).await
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use mcp_authkit_conformance::{Backend, Capabilities, Replica, SetupError, async_trait};
+use mcp_authkit_conformance::{Backend, Replica, SetupError, async_trait};
 use mcp_authkit_store_memory::MemoryStore;
 
 /// Namespaces of this process: clones of one store are its replicas.
@@ -20,10 +20,6 @@ pub struct Memory;
 impl Backend for Memory {
     fn name(&self) -> &str {
         "memory"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::PROCESS_LOCAL
     }
 
     async fn create_namespace(&self) -> Result<String, SetupError> {

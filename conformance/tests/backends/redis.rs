@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use mcp_authkit_conformance::{Backend, Capabilities, Replica, SetupError, async_trait};
+use mcp_authkit_conformance::{Backend, Replica, SetupError, async_trait};
 use mcp_authkit_store_redis::{RedisStore, testing};
 
 /// Redis at `REDIS_URL`; a test fails, saying how to start one, when none
@@ -15,7 +15,9 @@ impl Redis {
     async fn store(namespace: &str) -> Result<RedisStore, SetupError> {
         Ok(RedisStore::builder(testing::redis_url().await)
             .prefix(namespace)
-            .client_name("mcp-authkit-conformance")
+            // Named after the namespace, so `connections` counts this
+            // scenario's connections and no other's.
+            .client_name(namespace)
             .connect()
             .await?)
     }
@@ -27,10 +29,6 @@ impl Backend for Redis {
         "redis"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::SHARED
-    }
-
     async fn create_namespace(&self) -> Result<String, SetupError> {
         Ok(testing::unique_prefix("conformance"))
     }
@@ -40,6 +38,19 @@ impl Backend for Redis {
     async fn open(&self, namespace: &str) -> Result<Replica, SetupError> {
         let store = Arc::new(Self::store(namespace).await?);
         Ok(Replica::new(store.clone(), store))
+    }
+
+    /// Counts the server's clients named after the namespace.
+    async fn connections(&self, namespace: &str) -> Option<usize> {
+        let client = redis::Client::open(testing::redis_url().await).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let name = format!(" name={namespace} ");
+        Some(list.lines().filter(|line| line.contains(&name)).count())
     }
 
     async fn cleanup(&self, namespace: &str) {

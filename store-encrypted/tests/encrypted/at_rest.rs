@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Capabilities, CasOutcome, ExposeSecret, FlowOutcome, InsertOutcome, PendingStore, TokenKey,
-    TokenRecord, TokenStore,
+    CasOutcome, ExposeSecret, FlowOutcome, InsertOutcome, PendingStore, TokenKey, TokenRecord,
+    TokenStore,
 };
 use mcp_authkit_store_encrypted::{EncryptedStore, EnvelopeInfo, testing};
 
@@ -90,10 +90,6 @@ async fn tokens_round_trip_and_stay_sealed_in_the_backend() {
     testing::assert_token_sealed(&backend, &key, &bare).await;
 
     // Everything else passes through.
-    assert_eq!(
-        TokenStore::capabilities(&store),
-        Capabilities::PROCESS_LOCAL
-    );
     let page = store.scan(None, 100).await.unwrap();
     assert_eq!(page.items.len(), odd_keys().len() + 1);
     let lease = store

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use mcp_authkit_core::{
-    Capabilities, CasOutcome, LeaseToken, PendingFlow, Result, Revision, ScanCursor, ScanPage,
-    StoredToken, Timestamp, TokenKey, TokenRecord, TokenStore, async_trait,
+    CasOutcome, LeaseToken, PendingFlow, Result, Revision, ScanCursor, ScanPage, StoredToken,
+    Timestamp, TokenKey, TokenRecord, TokenStore, async_trait,
 };
 use mcp_authkit_store_encrypted::{EncryptedStore, EncryptionKey, Keyring};
 use mcp_authkit_store_memory::MemoryStore;
@@ -61,9 +61,6 @@ async fn yielding<T>(op: impl std::future::Future<Output = T>) -> T {
 
 #[async_trait]
 impl<S: TokenStore> TokenStore for Yielding<S> {
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         yielding(self.0.get(key)).await
     }
