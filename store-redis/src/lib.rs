@@ -553,7 +553,7 @@ pub fn acl_rules(prefix: &str) -> String {
         "resetkeys ~{prefix}:* resetchannels &{prefix}:completions &{prefix}:done:* -@all \
          +hello +auth +ping +client|setname +cluster|slots +cluster|shards \
          +get +set +del +pttl +type +time \
-         +hmget +hget +hexists +hset \
+         +hmget +hget +hexists +hset +exists \
          +eval +evalsha +script|load +subscribe +publish \
          +ssubscribe +sunsubscribe +spublish"
     )

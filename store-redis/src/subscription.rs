@@ -34,13 +34,21 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(25);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-/// The state of the subscription.
+/// The state of the subscription. (On a cluster: `Up` until the first
+/// disruption, `Down` ever after; each change tells waiters to subscribe
+/// and read again.)
 #[derive(Clone, Debug)]
 pub(crate) enum Link {
     /// Not subscribed (yet, or since a drop); the last failure, if any.
     Down(Option<Error>),
     /// Subscribed.
     Up,
+}
+
+impl Link {
+    fn is_down(&self) -> bool {
+        matches!(self, Link::Down(_))
+    }
 }
 
 type OutcomeSender = watch::Sender<Option<FlowOutcome>>;
@@ -143,22 +151,39 @@ impl Sharded {
     }
 
     /// Subscribes to the channel of `tag` (again: `SSUBSCRIBE` of a channel
-    /// the connection already has is a no-op that confirms it).
-    async fn subscribe(&self, tag: &str) -> redis::RedisResult<()> {
+    /// the connection already has is a no-op that confirms it). `again`:
+    /// after a disruption, when the slot may have a new master.
+    async fn subscribe(&self, tag: &str, again: bool) -> redis::RedisResult<()> {
         let _shared = self.gate.read().await;
         let mut connection = self.connection().await?;
         let limit = self.settings.connect_timeout + self.settings.response_timeout;
-        tokio::time::timeout(
-            limit,
-            connection.ssubscribe(self.keys.done_channel_of_tag(tag)),
-        )
-        .await
-        .map_err(|_| {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "SSUBSCRIBE got no answer",
-            ))
-        })??;
+        let channel = self.keys.done_channel_of_tag(tag);
+        if again {
+            // A demoted master still accepts SSUBSCRIBE (replicas serve
+            // shard channels) but, measured on Redis 7.0, a subscription
+            // made there after the failover missed every later SPUBLISH.
+            // A keyed read of the channel's own slot (the channel name is
+            // never a key) gets a MOVED from a demoted master, which makes
+            // redis-rs refresh its slot map, so the SSUBSCRIBE below goes to
+            // the slot's current master.
+            let exists = redis::cmd("EXISTS").arg(&channel).to_owned();
+            tokio::time::timeout(limit, exists.query_async::<i64>(&mut connection))
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "EXISTS got no answer",
+                    ))
+                })??;
+        }
+        tokio::time::timeout(limit, connection.ssubscribe(channel))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "SSUBSCRIBE got no answer",
+                ))
+            })??;
         lock(&self.subscribed).insert(tag.to_owned());
         Ok(())
     }
@@ -263,11 +288,12 @@ impl Completions {
     ) -> Result<Ready, Error> {
         if let Some(sharded) = &self.sharded {
             // Disruptions seen so far are handled by this subscribe.
-            link.borrow_and_update();
+            let again = link.borrow_and_update().is_down();
             let mut delay = MIN_RECONNECT_DELAY;
             loop {
                 let attempt =
-                    tokio::time::timeout_at(deadline, sharded.subscribe(&registration.tag)).await;
+                    tokio::time::timeout_at(deadline, sharded.subscribe(&registration.tag, again))
+                        .await;
                 match attempt {
                     Err(_) => return Ok(Ready::TimedOut),
                     Ok(Ok(())) => return Ok(Ready::Yes),

@@ -497,3 +497,82 @@ async fn waiters_wake_and_operations_recover_when_a_master_dies() {
     let (current, _) = retrying("get", || a.get(&refresh_key)).await;
     assert!(current.is_some());
 }
+
+/// A planned failover (`CLUSTER FAILOVER` on a replica) while flows wait:
+/// the old master ends their sharded subscriptions (`SUNSUBSCRIBE`), and
+/// every waiter subscribes again, reads again and wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_wake_through_a_planned_failover() {
+    let cluster = PrivateCluster::start(7300);
+    let url = cluster.url.clone();
+    let prefix = testing::unique_prefix("cluster-planned");
+    let a = store(&url, &prefix, "mcp-authkit-test-planned-a").await;
+    let b = store(&url, &prefix, "mcp-authkit-test-planned-b").await;
+    let masters = masters(&url).await;
+    let replica = replica_of(&url, &masters[1]).await;
+    let flows: Vec<PendingFlow> = (0..60)
+        .map(|i| flow(&TokenKey::new("github", format!("planned-{i}"))))
+        .collect();
+    for flow in &flows {
+        b.insert(flow).await.unwrap();
+    }
+    let mut waits = JoinSet::new();
+    for flow in &flows {
+        let store = a.clone();
+        let state = flow.state.clone();
+        waits.spawn(async move { (state.clone(), store.wait(&state, MINUTE).await) });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut raw_node(&replica).await)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the replica took over", || async {
+        role(&replica).await == "master"
+    })
+    .await;
+    for flow in &flows {
+        let outcome = FlowOutcome::Failed {
+            reason: flow.state.as_str()[..8].to_owned(),
+        };
+        retrying("complete", || {
+            b.complete(&flow.key, &flow.state, &outcome, MINUTE)
+        })
+        .await;
+    }
+    while let Some(done) = waits.join_next().await {
+        let (state, outcome) = done.unwrap();
+        assert_eq!(
+            outcome.unwrap(),
+            Some(FlowOutcome::Failed {
+                reason: state.as_str()[..8].to_owned()
+            }),
+            "every waiter wakes after a planned failover"
+        );
+    }
+}
+
+/// The replica (`host:port`) of the master at `master`.
+async fn replica_of(url: &str, master: &str) -> String {
+    let port: i64 = master.rsplit(':').next().unwrap().parse().unwrap();
+    for node in nodes(url) {
+        let Ok(mut connection) = redis::Client::open(format!("redis://{node}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        else {
+            continue; // the killed master
+        };
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if matches!(&role[0], redis::Value::BulkString(r) if r == b"slave")
+            && matches!(role.get(2), Some(redis::Value::Int(p)) if *p == port)
+        {
+            return node;
+        }
+    }
+    panic!("no replica of {master}")
+}
