@@ -151,7 +151,13 @@
 //!   flow's channel through the store's one subscription client, which holds
 //!   one connection per node, so a process waiting on any number of flows
 //!   holds at most one subscribing connection per shard. Channels nobody
-//!   waits on are unsubscribed again within about a second.
+//!   waits on are unsubscribed again within about a second. After a
+//!   disruption (a node connection dropped, or a node ended subscriptions
+//!   with `SUNSUBSCRIBE` because a failover or resharding moved the slot),
+//!   every waiter reads its channel's slot once (so a demoted master's
+//!   `MOVED` refreshes the client's slot map), subscribes again and reads
+//!   the stored outcome again. From the first disruption on, each new wait
+//!   of that store pays that one extra round trip.
 //! - **Listings** (`scan`, [`delete_namespace`](RedisStore::delete_namespace),
 //!   and so the CLI's `inspect`, `purge` and `rekey`) walk every master in
 //!   turn; a `scan` cursor names the master by a slot it serves, so it
