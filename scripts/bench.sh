@@ -5,7 +5,9 @@
 # bare store), the cross-process wake latencies, the require_token hot
 # path, and the client-side providers' token() with a valid token. The
 # Redis rows need a Redis at REDIS_URL (default
-# redis://127.0.0.1:6379).
+# redis://127.0.0.1:6379); the Redis Cluster rows a cluster at
+# REDIS_CLUSTER_URL, else one started (and stopped) with
+# scripts/redis-cluster.sh.
 #
 #   bash scripts/bench.sh              # prints the table (and notes) to stdout
 #   bash scripts/bench.sh --scale      # and then the scale section: costs at
@@ -31,6 +33,12 @@ raw=$(mktemp)
 trap 'rm -f "$raw"' EXIT
 
 if [ "$main" = yes ]; then
+    if [ -z "${REDIS_CLUSTER_URL:-}" ] && command -v redis-server >/dev/null; then
+        if ! bash scripts/redis-cluster.sh status; then
+            trap 'rm -f "$raw"; bash scripts/redis-cluster.sh stop >/dev/null' EXIT
+        fi
+        eval "$(bash scripts/redis-cluster.sh env)"
+    fi
     echo "building and running the benchmarks (release mode; this takes a few minutes)..." >&2
     cargo bench -q -p mcp-authkit-bench --bench memory --bench encrypted --bench sqlite \
         --bench redis 2>/dev/null >>"$raw"

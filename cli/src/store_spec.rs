@@ -25,7 +25,7 @@ impl std::str::FromStr for StoreSpec {
 
     /// `memory`, `sqlite:PATH`, `sqlite://PATH`, a path ending in `.db` /
     /// `.sqlite` / `.sqlite3`, or `redis://`, `rediss://`, `redis+unix://`,
-    /// `unix://` URLs.
+    /// `unix://`, `redis+cluster://`, `rediss+cluster://` URLs.
     fn from_str(text: &str) -> Result<Self, String> {
         if text == "memory" {
             return Ok(StoreSpec::Memory);
@@ -44,7 +44,16 @@ impl std::str::FromStr for StoreSpec {
         let scheme = text.split_once("://").map(|(scheme, _)| scheme);
         if matches!(
             scheme,
-            Some("redis" | "rediss" | "redis+unix" | "unix" | "valkey" | "valkeys")
+            Some(
+                "redis"
+                    | "rediss"
+                    | "redis+unix"
+                    | "unix"
+                    | "valkey"
+                    | "valkeys"
+                    | "redis+cluster"
+                    | "rediss+cluster"
+            )
         ) {
             return Ok(StoreSpec::Redis(text.to_owned()));
         }
@@ -130,6 +139,12 @@ mod tests {
         assert_eq!(
             "redis://127.0.0.1:6379/2".parse(),
             Ok(StoreSpec::Redis("redis://127.0.0.1:6379/2".into()))
+        );
+        assert_eq!(
+            "redis+cluster://127.0.0.1:7100,127.0.0.1:7101".parse(),
+            Ok(StoreSpec::Redis(
+                "redis+cluster://127.0.0.1:7100,127.0.0.1:7101".into()
+            ))
         );
         assert!(
             "postgres://x"

@@ -169,14 +169,14 @@ impl RedisStoreBuilder {
                 return Err(Error::invalid_input(what, "it must be longer than zero"));
             }
         }
-        let client = crate::connection::client(&self.url, &self.tls)?;
+        let target = crate::connection::target(&self.url, &self.tls)?;
         let settings = Settings {
             client_name: self.client_name,
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
         };
         RedisStore::open(
-            client,
+            target,
             settings,
             &self.prefix,
             self.tombstone_ttl,

@@ -36,6 +36,11 @@ pub(crate) fn is_retryable(error: &RedisError) -> bool {
     }
 }
 
+fn is_cross_slot(error: &RedisError) -> bool {
+    error.code() == Some("CROSSSLOT")
+        || matches!(error.kind(), ErrorKind::Server(ServerErrorKind::CrossSlot))
+}
+
 /// Without TLS there is no certificate to refuse.
 #[cfg(not(feature = "tls"))]
 fn is_certificate_refusal(_: &RedisError) -> bool {
@@ -48,8 +53,17 @@ pub(crate) fn never_sent(error: &RedisError) -> bool {
     error.is_connection_refusal()
 }
 
-/// A failed Redis call of `operation`.
+/// A failed Redis call of `operation`. CROSSSLOT cannot come from a sound
+/// store (every command and script stays on one hash tag): it is reported
+/// as a bug of this crate, never as a retryable backend hiccup.
 pub(crate) fn backend(operation: &'static str, error: RedisError) -> Error {
+    if is_cross_slot(&error) {
+        return Error::Internal(format!(
+            "redis {operation}: CROSSSLOT from the cluster ({error}); every operation of this \
+             store should stay on one hash slot, so this is a bug in mcp-authkit-store-redis: \
+             please report it"
+        ));
+    }
     let retryable = is_retryable(&error);
     Error::backend(BACKEND, operation, retryable, error)
 }
@@ -86,4 +100,21 @@ pub(crate) fn undecodable(location: &str, error: CodecError) -> Error {
 /// Redis answered something our scripts never return.
 pub(crate) fn unexpected(operation: &'static str, what: impl std::fmt::Display) -> Error {
     Error::Internal(format!("redis {operation}: unexpected reply {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crossslot_is_reported_as_a_bug() {
+        let error = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::CrossSlot),
+            "Keys in request don't hash to the same slot",
+        ));
+        let reported = backend("complete flow", error);
+        assert!(!reported.is_retryable());
+        let text = reported.to_string();
+        assert!(text.contains("CROSSSLOT") && text.contains("bug"), "{text}");
+    }
 }

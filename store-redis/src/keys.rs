@@ -211,6 +211,18 @@ impl Keys {
         &self.channel
     }
 
+    /// `prefix:done:{state}`: on a cluster, the sharded channel one flow's
+    /// completion is announced on. It shares the flow's hash tag, so it lives
+    /// on the flow's slot and the finish script can `SPUBLISH` to it.
+    pub(crate) fn done_channel(&self, state: &FlowState) -> String {
+        self.done_channel_of_tag(&state_tag(state))
+    }
+
+    /// [`done_channel`](Self::done_channel) from a state tag.
+    pub(crate) fn done_channel_of_tag(&self, tag: &str) -> String {
+        format!("{}:done:{{{tag}}}", self.prefix)
+    }
+
     /// The SCAN MATCH pattern of token keys.
     pub(crate) fn token_pattern(&self) -> &str {
         &self.token_pattern

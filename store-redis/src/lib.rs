@@ -8,8 +8,9 @@
 //!
 //! [`RedisStore`] implements both [`TokenStore`] and [`PendingStore`] with
 //! every guarantee those traits list (the `mcp-authkit-conformance` suite
-//! checks them against a real server, with a second OS process). It needs
-//! Redis 6.2 or newer (or a compatible server speaking RESP3).
+//! checks them against a real server and a real cluster, with a second OS
+//! process). It needs Redis 6.2 or newer (or a compatible server speaking
+//! RESP3); on Redis Cluster, Redis 7.0 or newer (sharded pub/sub).
 //!
 //! ```
 //! use mcp_authkit_core::{TokenKey, TokenRecord, TokenStore, Timestamp};
@@ -20,7 +21,7 @@
 //! # async fn main() -> mcp_authkit_core::Result<()> {
 //! # let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
 //! # let prefix = format!("doc-example:{}", mcp_authkit_core::random_urlsafe(8));
-//! let store = RedisStore::builder(url) // redis://, rediss:// or unix:///path
+//! let store = RedisStore::builder(url) // redis://, rediss://, unix:///path or redis+cluster://
 //!     .prefix(prefix)                   // every key of this store starts with it
 //!     .connect_timeout(Duration::from_secs(2))
 //!     .connect()
@@ -38,7 +39,8 @@
 //! A store holds one command connection (a redis-rs `ConnectionManager`,
 //! which reconnects by itself after a drop) and, once something waits for a
 //! flow, one subscription connection. Clones share both: however many flows
-//! a process waits on, it uses two connections per store. Both carry the
+//! a process waits on, it uses two connections per store (on a cluster, two
+//! per node: see [Redis Cluster](#redis-cluster)). Both carry the
 //! `CLIENT SETNAME` given to [`RedisStoreBuilder::client_name`], so they are
 //! easy to find in `CLIENT LIST`.
 //!
@@ -54,7 +56,9 @@
 //! uses, without `SCAN` (which would list every key of the database); give
 //! operators (inspect, purge, rekey) the rules of [`acl_operator_rules`].
 //! (Users created on Redis 7 have no pub/sub channels by default; without
-//! the channel, `complete` and `wait` fail with a permission error.)
+//! the channel, `complete` and `wait` fail with a permission error.) The
+//! rules cover a cluster too: its sharded channels and `CLUSTER SLOTS`,
+//! which the cluster client reads to find the shards.
 //!
 //! # Key layout
 //!
@@ -76,8 +80,9 @@
 //! | `P:flow:{S}` | string | a pending flow ([`codec`] bytes) | at the flow's `expires_at` |
 //! | `P:out:{S}` | string | a completed flow's outcome ([`codec`] bytes) | after `keep_for` |
 //!
-//! Completions are announced on the pub/sub channel `P:completions` with the
-//! message `S <outcome>`.
+//! Completions are announced with the message `S <outcome>` on the pub/sub
+//! channel `P:completions` (single server), or on the sharded channel
+//! `P:done:{S}` (cluster).
 //!
 //! ## Why it works on Redis Cluster
 //!
@@ -108,9 +113,72 @@
 //!   that starts a new flow is not joined to the finished one.
 //!
 //! On a single server both steps go out as one pipeline, in that order, in
-//! one round trip. Revisions come from the server clock (see below), never
-//! from a shared counter key, which would need its own slot. Cluster
-//! support itself (a cluster client, sharded pub/sub) is not in this release.
+//! one round trip; on a cluster, as two commands one after the other.
+//! Revisions come from the server clock (see below), never from a shared
+//! counter key, which would need its own slot.
+//!
+//! # Redis Cluster
+//!
+//! Pick a cluster when one Redis server is not enough (memory, throughput,
+//! or a managed offering that only comes in cluster mode). The store is the
+//! same type with the same API and guarantees; only the URL differs:
+//!
+//! - `redis+cluster://[user:password@]host:port[,host:port...]`: seed nodes
+//!   (one is enough; more let the first connect survive a node being
+//!   down). redis-rs's cluster client learns the rest of the cluster from
+//!   them and reaches every node with the same credentials.
+//! - `rediss+cluster://...`: the same over TLS, with the same
+//!   [`tls_root_certificates_pem`](RedisStoreBuilder::tls_root_certificates_pem)
+//!   and [`tls_client_identity_pem`](RedisStoreBuilder::tls_client_identity_pem)
+//!   as a single server. (Not tested against a TLS cluster yet.)
+//!
+//! A cluster has only database 0. A `redis://` URL that names a cluster
+//! node, or a `redis+cluster://` URL that names a server without cluster
+//! support, is a configuration error saying which URL to use: a single-server
+//! connection to one node would fail with `MOVED` on most keys.
+//!
+//! It needs Redis 7.0 or newer. What changes underneath:
+//!
+//! - **Commands** go through redis-rs's cluster client, which holds one
+//!   connection per node, sends each command to its slot's master and
+//!   follows `MOVED`/`ASK` and failovers. Every command and script still
+//!   touches one hash tag, so the refresh lease and every compare-and-swap
+//!   stay one atomic step on one master. A `CROSSSLOT` error can only mean
+//!   a bug in this crate: please report it.
+//! - **Wake-ups** use sharded pub/sub: `complete` runs `SPUBLISH` on the
+//!   channel `P:done:{S}`, which shares the flow's hash tag and so lives on
+//!   the flow's slot, inside the finish script. A waiter `SSUBSCRIBE`s to its
+//!   flow's channel through the store's one subscription client, which holds
+//!   one connection per node, so a process waiting on any number of flows
+//!   holds at most one subscribing connection per shard. Channels nobody
+//!   waits on are unsubscribed again within about a second. After a
+//!   disruption (a node connection dropped, or a node ended subscriptions
+//!   with `SUNSUBSCRIBE` because a failover or resharding moved the slot),
+//!   every waiter reads its channel's slot once (so a demoted master's
+//!   `MOVED` refreshes the client's slot map), subscribes again and reads
+//!   the stored outcome again. From the first disruption on, each new wait
+//!   of that store pays that one extra round trip.
+//! - **Listings** (`scan`, [`delete_namespace`](RedisStore::delete_namespace),
+//!   and so the CLI's `inspect`, `purge` and `rekey`) walk every master in
+//!   turn; a `scan` cursor names the master by a slot it serves, so it
+//!   follows a failover.
+//! - **Connection names**: the cluster client opens node connections by
+//!   itself; they carry the [`client_name`](RedisStoreBuilder::client_name)
+//!   when opened with the store, not after a reconnect.
+//!
+//! What a failover costs: when a master fails, Redis promotes its replica
+//! after `cluster-node-timeout` (commonly 5-15 s) plus an election. In that
+//! window, operations on that shard's keys fail with a retryable error
+//! ([`Error::is_retryable`]) after the response timeout, and the other shards
+//! carry on. A waiting tool call does not fail: its waiter notices the
+//! dropped connection, subscribes again (retrying until the new master
+//! answers or its wait times out) and reads the stored outcome, so a
+//! completion stored before or during the failover still wakes it, late by
+//! about the failover's length. Redis replicates asynchronously: a write
+//! acknowledged by a master in the instant before it died may be lost with
+//! it (a completed flow's outcome, a refresh lease, a token); the lease's
+//! TTL and compare-and-swap on revisions keep that from producing two
+//! refreshes that both win.
 //!
 //! # Guarantees and how they are kept
 //!
@@ -172,15 +240,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_authkit_core::{Clock, Result};
-use redis::aio::ConnectionManager;
-use redis::{Client, FromRedisValue, RedisResult};
+use redis::{FromRedisValue, RedisResult, Value};
 
 pub use config::{
     DEFAULT_CLIENT_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT,
     DEFAULT_TOMBSTONE_TTL, RedisStoreBuilder,
 };
 
-use connection::{AbortOnDrop, Settings};
+use connection::{AbortOnDrop, Commands, Settings, Target};
 use keys::Keys;
 use scripts::Scripts;
 use subscription::Completions;
@@ -195,9 +262,11 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: Client,
+    target: Target,
     settings: Settings,
-    manager: ConnectionManager,
+    /// Single server: a `ConnectionManager`; cluster: redis-rs's cluster
+    /// connection (one connection per node).
+    manager: Commands,
     keys: Keys,
     scripts: Scripts,
     tombstone_ttl_ms: u64,
@@ -206,7 +275,8 @@ struct Inner {
     /// has shut down (a store shared by several test runtimes).
     completions: Mutex<Option<Arc<Completions>>>,
     address: String,
-    _renamer: AbortOnDrop,
+    /// Single server only: renames the command connection after a reconnect.
+    _renamer: Option<AbortOnDrop>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -227,23 +297,34 @@ impl RedisStore {
     }
 
     /// A builder for a store on `url`: `redis://[user:password@]host:port/db`,
-    /// `rediss://...` for TLS, or `unix:///path/to/redis.sock`.
+    /// `rediss://...` for TLS, or `unix:///path/to/redis.sock`; for Redis
+    /// Cluster `redis+cluster://[user:password@]host:port[,host:port...]`
+    /// or `rediss+cluster://...` (see [Redis Cluster](crate#redis-cluster)).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder::new(url)
     }
 
     async fn open(
-        client: Client,
+        target: Target,
         settings: Settings,
         prefix: &str,
         tombstone_ttl: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<RedisStore> {
-        let (manager, renamer) = connection::command_connection(&client, &settings).await?;
+        let (manager, renamer) = match &target {
+            Target::Single(client) => {
+                let (manager, renamer) = connection::command_connection(client, &settings).await?;
+                (Commands::Single(manager), Some(renamer))
+            }
+            Target::Cluster(cluster) => (
+                Commands::Cluster(connection::cluster_connection(cluster, &settings).await?),
+                None,
+            ),
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                address: connection::describe_addr(&client),
-                client,
+                address: target.describe(),
+                target,
                 settings,
                 manager,
                 keys: Keys::new(prefix),
@@ -271,44 +352,115 @@ impl RedisStore {
     /// removing a tenant: it is not atomic, so stop using the prefix first.
     pub async fn delete_namespace(&self) -> Result<u64> {
         let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
-        let mut cursor = 0u64;
         let mut deleted = 0;
-        loop {
-            let (next, names): (u64, Vec<String>) = self
-                .inner
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500),
-                )
-                .await
-                .map_err(|e| error::backend("delete namespace", e))?;
-            // One UNLINK per key (pipelined): keys of different hash tags
-            // live on different cluster shards.
-            let mut pipeline = redis::pipe();
-            for name in names.iter().filter(|name| self.inner.keys.is_ours(name)) {
-                pipeline.cmd("UNLINK").arg(name);
-            }
-            if !pipeline.is_empty() {
-                let removed: Vec<u64> = self
+        // On a cluster, SCAN lists one master's keys: walk every master.
+        for node in self.inner.scan_nodes().await? {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let (next, names): (u64, Vec<String>) = self
                     .inner
-                    .query_pipeline(&pipeline)
+                    .query_on(node, scan)
                     .await
                     .map_err(|e| error::backend("delete namespace", e))?;
-                deleted += removed.iter().sum::<u64>();
+                let ours = names.iter().filter(|name| self.inner.keys.is_ours(name));
+                if self.inner.is_cluster() {
+                    // Keys of different hash tags live on different slots,
+                    // which one pipeline may not mix.
+                    for name in ours {
+                        let removed: u64 = self
+                            .inner
+                            .query(redis::cmd("UNLINK").arg(name))
+                            .await
+                            .map_err(|e| error::backend("delete namespace", e))?;
+                        deleted += removed;
+                    }
+                } else {
+                    let mut pipeline = redis::pipe();
+                    for name in ours {
+                        pipeline.cmd("UNLINK").arg(name);
+                    }
+                    if !pipeline.is_empty() {
+                        let removed: Vec<u64> = self
+                            .inner
+                            .query_pipeline(&pipeline)
+                            .await
+                            .map_err(|e| error::backend("delete namespace", e))?;
+                        deleted += removed.iter().sum::<u64>();
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
+        Ok(deleted)
     }
 }
 
 impl Inner {
+    /// The nodes a key listing must walk, each named by a slot it serves:
+    /// `[None]` (the one server) on a single server, and on a cluster the
+    /// first slot of every master, in slot order. A slot rather than an
+    /// address names the node, so a listing follows a shard through a
+    /// failover to its new master.
+    async fn scan_nodes(&self) -> Result<Vec<Option<u16>>> {
+        if !self.is_cluster() {
+            return Ok(vec![None]);
+        }
+        let ranges: Vec<Value> = self
+            .query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
+            .await
+            .map_err(|e| error::backend("list the cluster's masters", e))?;
+        // Each range: [start, end, [host, port, id, ...], replicas...].
+        let mut first_slots: std::collections::HashMap<Vec<u8>, u16> = Default::default();
+        for range in ranges {
+            let Value::Array(items) = range else { continue };
+            let (Some(Value::Int(start)), Some(Value::Array(master))) =
+                (items.first(), items.get(2))
+            else {
+                continue;
+            };
+            let id = match master.get(2) {
+                Some(Value::BulkString(id)) => id.clone(),
+                _ => format!("{:?}", master.get(..2)).into_bytes(),
+            };
+            let start = *start as u16;
+            first_slots
+                .entry(id)
+                .and_modify(|slot| *slot = (*slot).min(start))
+                .or_insert(start);
+        }
+        let mut slots: Vec<Option<u16>> = first_slots.into_values().map(Some).collect();
+        slots.sort();
+        Ok(slots)
+    }
+
+    /// Runs `cmd` on the node [`scan_nodes`](Self::scan_nodes) named.
+    async fn query_on<T: FromRedisValue>(
+        &self,
+        node: Option<u16>,
+        cmd: redis::Cmd,
+    ) -> RedisResult<T> {
+        match (node, &self.manager) {
+            (Some(slot), Commands::Cluster(connection)) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                let value = connection.clone().route_command(cmd, route).await?;
+                T::from_redis_value(value).map_err(Into::into)
+            }
+            _ => self.query(&cmd).await,
+        }
+    }
+
     /// Runs `cmd`; once more if the connection could not be opened (the
     /// command never left, and the manager has started a new connection).
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
@@ -346,23 +498,35 @@ impl Inner {
         }
     }
 
-    fn completions(&self) -> Arc<Completions> {
+    fn completions(&self) -> Result<Arc<Completions>> {
         let mut current = self
             .completions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match &*current {
-            Some(completions) if completions.is_running() => Arc::clone(completions),
+            Some(completions) if completions.is_running() => Ok(Arc::clone(completions)),
             _ => {
-                let started = Arc::new(Completions::start(
-                    self.client.clone(),
-                    self.settings.clone(),
-                    self.keys.channel().to_owned(),
-                ));
+                let started = Arc::new(match &self.target {
+                    Target::Single(client) => Completions::start(
+                        client.clone(),
+                        self.settings.clone(),
+                        self.keys.channel().to_owned(),
+                    ),
+                    Target::Cluster(cluster) => Completions::start_sharded(
+                        cluster,
+                        self.settings.clone(),
+                        self.keys.clone(),
+                    )?,
+                });
                 *current = Some(Arc::clone(&started));
-                started
+                Ok(started)
             }
         }
+    }
+
+    /// Whether the store runs on a cluster.
+    fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 }
 
@@ -392,11 +556,12 @@ impl Inner {
 pub fn acl_rules(prefix: &str) -> String {
     let prefix = keys::escape_glob(prefix);
     format!(
-        "resetkeys ~{prefix}:* resetchannels &{prefix}:completions -@all \
-         +hello +auth +ping +client|setname \
+        "resetkeys ~{prefix}:* resetchannels &{prefix}:completions &{prefix}:done:* -@all \
+         +hello +auth +ping +client|setname +cluster|slots +cluster|shards \
          +get +set +del +pttl +type +time \
-         +hmget +hget +hexists +hset \
-         +eval +evalsha +script|load +subscribe +publish"
+         +hmget +hget +hexists +hset +exists \
+         +eval +evalsha +script|load +subscribe +publish \
+         +ssubscribe +sunsubscribe +spublish"
     )
 }
 

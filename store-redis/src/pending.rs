@@ -12,7 +12,7 @@ use redis::Value;
 use crate::error::{self, not_ours};
 use crate::keys::state_tag;
 use crate::scripts::{CLAIM_ACTIVE, COMPARE_AND_DELETE, STORE_FLOW};
-use crate::subscription::Link;
+use crate::subscription::Ready;
 use crate::{RedisStore, millis};
 
 /// How soon a waiter reads the stored outcome again after that read failed
@@ -97,27 +97,49 @@ impl PendingStore for RedisStore {
         let keys = &self.inner.keys;
         let flow_key = keys.flow(&flow.state);
         let mark = keys.active(&flow.key);
-        // Flow first, mark second, in one round trip: a caller that sees the
-        // mark always finds the flow (see the crate docs).
-        let (stored, claim): (i64, Value) = self
-            .inner
-            .query_pipeline(
-                redis::pipe()
-                    .cmd("EVAL")
-                    .arg(STORE_FLOW)
-                    .arg(1)
-                    .arg(&flow_key)
-                    .arg(codec::encode_flow(flow))
-                    .arg(ttl)
-                    .cmd("EVAL")
-                    .arg(CLAIM_ACTIVE)
-                    .arg(1)
-                    .arg(&mark)
-                    .arg(flow.state.as_str())
-                    .arg(ttl),
-            )
-            .await
-            .map_err(|e| error::backend("insert pending flow", e))?;
+        // Flow first, mark second: a caller that sees the mark always finds
+        // the flow (see the crate docs). One round trip on a single server;
+        // two on a cluster, where the keys live on different slots.
+        let mut store_flow = redis::cmd("EVAL");
+        store_flow
+            .arg(STORE_FLOW)
+            .arg(1)
+            .arg(&flow_key)
+            .arg(codec::encode_flow(flow))
+            .arg(ttl);
+        let mut claim_active = redis::cmd("EVAL");
+        claim_active
+            .arg(CLAIM_ACTIVE)
+            .arg(1)
+            .arg(&mark)
+            .arg(flow.state.as_str())
+            .arg(ttl);
+        let (stored, claim): (i64, Value) = if self.inner.is_cluster() {
+            let stored: i64 = self
+                .inner
+                .query(&store_flow)
+                .await
+                .map_err(|e| error::backend("insert pending flow", e))?;
+            let claim = if stored < 0 {
+                // Not ours to claim for: the claim is skipped.
+                Value::Array(vec![Value::Int(0)])
+            } else {
+                self.inner
+                    .query(&claim_active)
+                    .await
+                    .map_err(|e| error::backend("insert pending flow", e))?
+            };
+            (stored, claim)
+        } else {
+            self.inner
+                .query_pipeline(
+                    redis::pipe()
+                        .add_command(store_flow)
+                        .add_command(claim_active),
+                )
+                .await
+                .map_err(|e| error::backend("insert pending flow", e))?
+        };
         let claim = status_and_text(&claim)
             .ok_or_else(|| error::unexpected("insert pending flow", format!("{claim:?}")))?;
         if stored < 0 {
@@ -231,31 +253,51 @@ impl PendingStore for RedisStore {
         let mut message = state_tag(state).into_bytes();
         message.push(b' ');
         message.extend_from_slice(&encoded);
+        let (channel, publish) = if self.inner.is_cluster() {
+            (keys.done_channel(state), "SPUBLISH")
+        } else {
+            (keys.channel().to_owned(), "PUBLISH")
+        };
+        let mut end_mark = redis::cmd("EVAL");
+        end_mark
+            .arg(COMPARE_AND_DELETE)
+            .arg(1)
+            .arg(&mark)
+            .arg(state.as_str());
+        let mut finish = redis::cmd("EVAL");
+        finish
+            .arg(&self.inner.scripts.finish_flow)
+            .arg(2)
+            .arg(keys.flow(state))
+            .arg(keys.outcome(state))
+            .arg(encoded)
+            .arg(millis(keep_for))
+            .arg(channel)
+            .arg(message)
+            .arg(FLOW_FORMAT_VERSION)
+            .arg(OUTCOME_FORMAT_VERSION)
+            .arg(publish);
         // The mark ends first, so a waiter woken by the announcement that
-        // starts a new flow is not joined to this one (see the crate docs).
-        let (mark_ended, finished): (i64, i64) = self
-            .inner
-            .query_pipeline(
-                redis::pipe()
-                    .cmd("EVAL")
-                    .arg(COMPARE_AND_DELETE)
-                    .arg(1)
-                    .arg(&mark)
-                    .arg(state.as_str())
-                    .cmd("EVAL")
-                    .arg(&self.inner.scripts.finish_flow)
-                    .arg(2)
-                    .arg(keys.flow(state))
-                    .arg(keys.outcome(state))
-                    .arg(encoded)
-                    .arg(millis(keep_for))
-                    .arg(keys.channel())
-                    .arg(message)
-                    .arg(FLOW_FORMAT_VERSION)
-                    .arg(OUTCOME_FORMAT_VERSION),
-            )
-            .await
-            .map_err(|e| error::backend("complete flow", e))?;
+        // starts a new flow is not joined to this one (see the crate docs):
+        // in one pipeline on a single server, as two steps on a cluster.
+        let (mark_ended, finished): (i64, i64) = if self.inner.is_cluster() {
+            let mark_ended: i64 = self
+                .inner
+                .query(&end_mark)
+                .await
+                .map_err(|e| error::backend("complete flow", e))?;
+            let finished: i64 = self
+                .inner
+                .query(&finish)
+                .await
+                .map_err(|e| error::backend("complete flow", e))?;
+            (mark_ended, finished)
+        } else {
+            self.inner
+                .query_pipeline(redis::pipe().add_command(end_mark).add_command(finish))
+                .await
+                .map_err(|e| error::backend("complete flow", e))?
+        };
         match finished {
             1 => {}
             -1 => {
@@ -292,7 +334,7 @@ impl PendingStore for RedisStore {
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
         let deadline = mcp_authkit_core::deadline_after(timeout);
-        let completions = self.inner.completions();
+        let completions = self.inner.completions()?;
         // Registered before the stored outcome is read: what is published
         // from now on reaches this waiter.
         let mut registration = completions.register(state_tag(state));
@@ -300,26 +342,14 @@ impl PendingStore for RedisStore {
         loop {
             // Until the subscription is confirmed, a read could miss a
             // completion published right after it.
-            loop {
-                match &*link.borrow_and_update() {
-                    Link::Up => break,
-                    // A refusal that retrying cannot fix (say, an ACL that
-                    // forbids SUBSCRIBE) would otherwise look like a wait
-                    // that never ends.
-                    Link::Down(Some(error)) if !error.is_retryable() => return Err(error.clone()),
-                    Link::Down(_) => {}
-                }
-                match tokio::time::timeout_at(deadline, link.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        return Err(mcp_authkit_core::Error::Internal(
-                            "the completion listener stopped".into(),
-                        ));
-                    }
-                    // Out of time without a subscription: answer from the
-                    // store, which is what the subscription would have told.
-                    Err(_) => return self.stored_outcome(state).await,
-                }
+            match completions
+                .ready(&registration, &mut link, deadline)
+                .await?
+            {
+                Ready::Yes => {}
+                // Out of time without a subscription: answer from the
+                // store, which is what the subscription would have told.
+                Ready::TimedOut => return self.stored_outcome(state).await,
             }
             let mut recheck = false;
             match self.stored_outcome(state).await {
@@ -376,7 +406,7 @@ mod tests {
         while let Some(waited) = waits.join_next().await {
             assert_eq!(waited.unwrap().unwrap(), None);
         }
-        assert_eq!(store.inner.completions().waited_states(), 0);
+        assert_eq!(store.inner.completions().unwrap().waited_states(), 0);
         store.delete_namespace().await.unwrap();
     }
 }

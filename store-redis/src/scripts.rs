@@ -168,7 +168,10 @@ return {1, value}
 /// Ends a flow: removes it, keeps its outcome for a while and announces it.
 ///
 /// KEYS: flow, outcome. ARGV: outcome bytes, keep-for in ms, channel,
-/// message, newest flow version, newest outcome version read by this release.
+/// message, newest flow version, newest outcome version read by this release,
+/// the publish command: `PUBLISH` on a single server, `SPUBLISH` on a
+/// cluster (where the channel shares the flow's hash tag, so it is on the
+/// script's slot).
 ///
 /// Returns 1 when done, -1 / -2 when the flow / outcome key holds something
 /// that is not ours (nothing is written then).
@@ -188,7 +191,11 @@ end
 -- Published first: the script is atomic, so nobody sees the message before
 -- the outcome is stored, and a refused PUBLISH (an ACL without the channel)
 -- fails the script before it has written anything.
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[7] == 'SPUBLISH' then
+  redis.call('SPUBLISH', ARGV[3], ARGV[4])
+else
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 if flow_kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1

@@ -1,5 +1,6 @@
 //! The completion listener: one subscription connection per store (shared
-//! by its clones) that every waiter of the store listens through.
+//! by its clones) that every waiter of the store listens through; on a
+//! cluster, one per shard (see [`Completions::start_sharded`]).
 //!
 //! `complete` publishes `<state tag> <outcome>` on the prefix's channel in
 //! the same script that stores the outcome. The listener task keeps one
@@ -11,15 +12,21 @@
 //! listener reconnects and re-subscribes, and every waiter reads the stored
 //! outcome again, catching completions published while it was away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mcp_authkit_core::{Error, FlowOutcome, codec};
+use redis::cluster_async::ClusterConnection;
 use redis::{Client, PushKind, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OnceCell, RwLock, mpsc, watch};
+use tokio::time::Instant;
 
-use crate::connection::{AbortOnDrop, Settings, subscription_connection};
+use crate::connection::{AbortOnDrop, ClusterTarget, Settings, subscription_connection};
+use crate::keys::Keys;
+
+/// How often a cluster listener unsubscribes the channels nobody waits on.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the listener checks that its connection still answers, so a
 /// connection that died silently (no reset, no close) is replaced.
@@ -27,13 +34,21 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(25);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-/// The state of the subscription.
+/// The state of the subscription. (On a cluster: `Up` until the first
+/// disruption, `Down` ever after; each change tells waiters to subscribe
+/// and read again.)
 #[derive(Clone, Debug)]
 pub(crate) enum Link {
     /// Not subscribed (yet, or since a drop); the last failure, if any.
     Down(Option<Error>),
     /// Subscribed.
     Up,
+}
+
+impl Link {
+    fn is_down(&self) -> bool {
+        matches!(self, Link::Down(_))
+    }
 }
 
 type OutcomeSender = watch::Sender<Option<FlowOutcome>>;
@@ -86,7 +101,128 @@ impl Shared {
 /// connection.
 pub(crate) struct Completions {
     shared: Arc<Shared>,
+    /// Set on a cluster: the sharded subscriptions.
+    sharded: Option<Arc<Sharded>>,
     task: AbortOnDrop,
+}
+
+/// Whether a waiter may read the stored outcome now.
+pub(crate) enum Ready {
+    /// Subscribed: whatever is published from now on is delivered.
+    Yes,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// The sharded subscriptions of a store on a cluster: one redis-rs cluster
+/// connection used for `SSUBSCRIBE` only, which keeps one connection per
+/// node it needs (the master of each slot a waited flow lives on), however
+/// many flows are waited on. redis-rs re-subscribes after a reconnect or a
+/// topology change; waiters do not trust that alone: after any disruption
+/// (a dropped node connection, a server-sent `SUNSUBSCRIBE` when a slot
+/// moves) they subscribe again themselves and read the stored outcome again.
+struct Sharded {
+    client: redis::cluster::ClusterClient,
+    settings: Settings,
+    keys: Keys,
+    connection: OnceCell<ClusterConnection>,
+    /// Tags whose channel we subscribed to (and did not unsubscribe since).
+    subscribed: Mutex<HashSet<String>>,
+    /// Subscribes hold it shared, the sweep that unsubscribes idle channels
+    /// exclusively: a channel is never unsubscribed under a waiter that
+    /// registered before the sweep looked and subscribed after it.
+    gate: RwLock<()>,
+}
+
+impl Sharded {
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        self.connection
+            .get_or_try_init(|| async {
+                let mut connection = self.client.get_async_connection().await?;
+                crate::connection::name_cluster_connections(
+                    &mut connection,
+                    &self.settings.client_name,
+                )
+                .await;
+                Ok(connection)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Subscribes to the channel of `tag` (again: `SSUBSCRIBE` of a channel
+    /// the connection already has is a no-op that confirms it). `again`:
+    /// after a disruption, when the slot may have a new master.
+    async fn subscribe(&self, tag: &str, again: bool) -> redis::RedisResult<()> {
+        let _shared = self.gate.read().await;
+        let mut connection = self.connection().await?;
+        let limit = self.settings.connect_timeout + self.settings.response_timeout;
+        let channel = self.keys.done_channel_of_tag(tag);
+        if again {
+            // A demoted master still accepts SSUBSCRIBE (replicas serve
+            // shard channels) but, measured on Redis 7.0, a subscription
+            // made there after the failover missed every later SPUBLISH.
+            // A keyed read of the channel's own slot (the channel name is
+            // never a key) gets a MOVED from a demoted master, which makes
+            // redis-rs refresh its slot map, so the SSUBSCRIBE below goes to
+            // the slot's current master.
+            let exists = redis::cmd("EXISTS").arg(&channel).to_owned();
+            tokio::time::timeout(limit, exists.query_async::<i64>(&mut connection))
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "EXISTS got no answer",
+                    ))
+                })??;
+        }
+        tokio::time::timeout(limit, connection.ssubscribe(channel))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "SSUBSCRIBE got no answer",
+                ))
+            })??;
+        lock(&self.subscribed).insert(tag.to_owned());
+        Ok(())
+    }
+
+    /// Unsubscribes the channels nobody in this process waits on any more.
+    async fn sweep(&self, shared: &Shared) {
+        let _exclusive = self.gate.write().await;
+        let idle: Vec<String> = {
+            let waiters = shared.waiters();
+            lock(&self.subscribed)
+                .iter()
+                .filter(|tag| !waiters.contains_key(*tag))
+                .cloned()
+                .collect()
+        };
+        if idle.is_empty() {
+            return;
+        }
+        let Some(connection) = self.connection.get() else {
+            return;
+        };
+        let mut connection = connection.clone();
+        for tag in idle {
+            // A failure leaves a subscription nobody listens to, which costs
+            // nothing but its messages; it is tried again next sweep.
+            let unsubscribe = connection.sunsubscribe(self.keys.done_channel_of_tag(&tag));
+            if let Ok(Ok(())) =
+                tokio::time::timeout(self.settings.response_timeout, unsubscribe).await
+            {
+                lock(&self.subscribed).remove(&tag);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Completions {
@@ -100,7 +236,101 @@ impl Completions {
         let task = tokio::spawn(listen(Arc::clone(&shared), client, settings, channel));
         Completions {
             shared,
+            sharded: None,
             task: AbortOnDrop(task),
+        }
+    }
+
+    /// Starts the listener of a cluster store: waiters subscribe to their
+    /// flow's sharded channel themselves ([`ready`](Self::ready)); the task
+    /// delivers messages, tells waiters of disruptions, and unsubscribes
+    /// channels nobody waits on.
+    pub(crate) fn start_sharded(
+        target: &ClusterTarget,
+        settings: Settings,
+        keys: Keys,
+    ) -> Result<Self, Error> {
+        let (pushes, incoming) = mpsc::unbounded_channel();
+        let client = target.client(&settings, Some(pushes))?;
+        let shared = Arc::new(Shared {
+            waiters: Mutex::new(HashMap::new()),
+            link: watch::Sender::new(Link::Up),
+        });
+        let sharded = Arc::new(Sharded {
+            client,
+            settings,
+            keys,
+            connection: OnceCell::new(),
+            subscribed: Mutex::new(HashSet::new()),
+            gate: RwLock::new(()),
+        });
+        let task = tokio::spawn(listen_sharded(
+            Arc::clone(&shared),
+            Arc::clone(&sharded),
+            incoming,
+        ));
+        Ok(Completions {
+            shared,
+            sharded: Some(sharded),
+            task: AbortOnDrop(task),
+        })
+    }
+
+    /// Waits until a completion of `registration`'s state published from now
+    /// on will be delivered, or the deadline. Single server: the store's
+    /// subscription is up. Cluster: the flow's sharded channel is
+    /// subscribed (retried while the shard is unreachable or failing over).
+    pub(crate) async fn ready(
+        &self,
+        registration: &Registration,
+        link: &mut watch::Receiver<Link>,
+        deadline: Instant,
+    ) -> Result<Ready, Error> {
+        if let Some(sharded) = &self.sharded {
+            // Disruptions seen so far are handled by this subscribe.
+            let again = link.borrow_and_update().is_down();
+            let mut delay = MIN_RECONNECT_DELAY;
+            loop {
+                let attempt =
+                    tokio::time::timeout_at(deadline, sharded.subscribe(&registration.tag, again))
+                        .await;
+                match attempt {
+                    Err(_) => return Ok(Ready::TimedOut),
+                    Ok(Ok(())) => return Ok(Ready::Yes),
+                    Ok(Err(error)) => {
+                        let error =
+                            crate::error::backend("subscribing to a flow's completion", error);
+                        if !error.is_retryable() {
+                            return Err(error);
+                        }
+                        tracing::debug!(%error, "sharded subscription failed; retrying");
+                    }
+                }
+                if tokio::time::timeout_at(deadline, tokio::time::sleep(delay))
+                    .await
+                    .is_err()
+                {
+                    return Ok(Ready::TimedOut);
+                }
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+        loop {
+            match &*link.borrow_and_update() {
+                Link::Up => return Ok(Ready::Yes),
+                // A refusal that retrying cannot fix (say, an ACL that
+                // forbids SUBSCRIBE) would otherwise look like a wait
+                // that never ends.
+                Link::Down(Some(error)) if !error.is_retryable() => return Err(error.clone()),
+                Link::Down(_) => {}
+            }
+            match tokio::time::timeout_at(deadline, link.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Error::Internal("the completion listener stopped".into()));
+                }
+                Err(_) => return Ok(Ready::TimedOut),
+            }
         }
     }
 
@@ -244,4 +474,56 @@ async fn listen(shared: Arc<Shared>, client: Client, settings: Settings, channel
         tracing::debug!(error = %lost, "completion subscription lost; re-subscribing");
         shared.link.send_replace(Link::Down(Some(lost)));
     }
+}
+
+/// Delivers the messages of a cluster store's sharded subscriptions, tells
+/// waiters of every disruption (through the link: they subscribe and read
+/// again), and unsubscribes channels nobody waits on.
+async fn listen_sharded(
+    shared: Arc<Shared>,
+    sharded: Arc<Sharded>,
+    mut incoming: mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            push = incoming.recv() => {
+                let Some(push) = push else { return };
+                match push.kind {
+                    PushKind::SMessage | PushKind::Message => shared.deliver(&push.data),
+                    // A node connection dropped (its master failed, say):
+                    // redis-rs reconnects and re-subscribes in the
+                    // background; waiters do it too, and read again.
+                    PushKind::Disconnection => {
+                        tracing::debug!("a sharded subscription connection dropped");
+                        shared.link.send_replace(Link::Down(None));
+                    }
+                    // The server ends subscriptions of a slot the node no
+                    // longer serves (resharding, failover); our own sweep's
+                    // unsubscribes land here too, for channels nobody waits on.
+                    PushKind::SUnsubscribe => {
+                        let waited = channel_tag(&push.data)
+                            .is_some_and(|tag| shared.waiters().contains_key(tag));
+                        if waited {
+                            tracing::debug!("the server ended a sharded subscription");
+                            shared.link.send_replace(Link::Down(None));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = sweep.tick() => sharded.sweep(&shared).await,
+        }
+    }
+}
+
+/// The state tag in a `prefix:done:{tag}` channel name of a push.
+fn channel_tag(data: &[Value]) -> Option<&str> {
+    let Some(Value::BulkString(channel)) = data.first() else {
+        return None;
+    };
+    let channel = std::str::from_utf8(channel).ok()?;
+    let start = channel.find('{')?;
+    channel[start + 1..].strip_suffix('}')
 }

@@ -74,6 +74,122 @@ pub async fn probe(url: &str) -> Result<(), String> {
     }
 }
 
+/// The URL of a Redis Cluster for tests (`redis+cluster://...`); panics,
+/// saying how to provide one, when there is none. Found once per process:
+/// `REDIS_CLUSTER_URL` if set (it must answer); otherwise the cluster of
+/// `scripts/redis-cluster.sh` (in this repository), started by that script
+/// when it is not running and `redis-server` is installed. The script's
+/// cluster keeps running after the tests, for later runs and for the child
+/// processes of the cross-process tests; `scripts/redis-cluster.sh stop`
+/// stops it (`.ci/run` does).
+pub async fn redis_cluster_url() -> String {
+    static URL: OnceCell<String> = OnceCell::const_new();
+    URL.get_or_init(find_cluster).await.clone()
+}
+
+/// Where the repository's cluster script is, when this crate is built from
+/// the repository.
+fn cluster_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
+}
+
+async fn find_cluster() -> String {
+    if let Ok(url) = std::env::var("REDIS_CLUSTER_URL") {
+        match probe_cluster(&url).await {
+            Ok(()) => return url,
+            Err(error) => panic!("{}", missing_cluster_message(Some(&url), &error)),
+        }
+    }
+    let script = cluster_script();
+    if !script.exists() {
+        panic!(
+            "{}",
+            missing_cluster_message(None, "REDIS_CLUSTER_URL is not set")
+        );
+    }
+    // The script takes a lock, so test processes starting at once share one
+    // cluster; it returns at once when the cluster already runs.
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .output()
+        .await;
+    let output = match output {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => panic!(
+            "{}",
+            missing_cluster_message(
+                None,
+                &format!(
+                    "{} start failed: {}",
+                    script.display(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )
+            )
+        ),
+        Err(error) => panic!(
+            "{}",
+            missing_cluster_message(None, &format!("running {}: {error}", script.display()))
+        ),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(url) = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("REDIS_CLUSTER_URL="))
+    else {
+        panic!(
+            "{} start printed no REDIS_CLUSTER_URL: {stdout}",
+            script.display()
+        );
+    };
+    if let Err(error) = probe_cluster(url).await {
+        panic!("{}", missing_cluster_message(Some(url), &error));
+    }
+    // Child processes (the cross-process scenario) find it the same way.
+    url.to_owned()
+}
+
+/// Whether a Redis Cluster answers at `url` (a `redis+cluster://` URL),
+/// with every slot covered.
+pub async fn probe_cluster(url: &str) -> Result<(), String> {
+    let store = crate::RedisStore::builder(url)
+        .connect_timeout(PROBE_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let info: String = store
+        .inner
+        .query(redis::cmd("CLUSTER").arg("INFO"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if info.lines().any(|line| line.trim() == "cluster_state:ok") {
+        Ok(())
+    } else {
+        Err("the cluster's state is not ok (slots uncovered or nodes failing)".into())
+    }
+}
+
+/// What a test says when it finds no Redis Cluster.
+pub fn missing_cluster_message(url: Option<&str>, error: &str) -> String {
+    let address = url.map(|url| url.rsplit('@').next().unwrap_or(url));
+    let mut message = match address {
+        Some(address) => format!("no Redis Cluster answers at {address} ({error})."),
+        None => format!("no Redis Cluster for the tests ({error})."),
+    };
+    message.push_str(
+        " These tests need a Redis 7 cluster:\n\
+         - install redis-server (7.0 or newer) and let the tests start one with \
+         scripts/redis-cluster.sh (six nodes on ports 7100-7105), or start it yourself: \
+         `scripts/redis-cluster.sh start`, or\n\
+         - point REDIS_CLUSTER_URL at one, e.g. \
+         `REDIS_CLUSTER_URL=redis+cluster://127.0.0.1:7000,127.0.0.1:7001 cargo test`",
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        message.push_str("\nCI=true: tests never skip; the CI script must provide the cluster.");
+    }
+    message
+}
+
 /// What a test says when it finds no Redis.
 pub fn missing_redis_message(url: &str, error: &str, ci: bool) -> String {
     let address = url.rsplit('@').next().unwrap_or(url);

@@ -216,44 +216,70 @@ impl TokenStore for RedisStore {
     /// Lists token keys with `SCAN`. A page holds about `limit` keys (Redis
     /// decides exactly; a page may hold a few more, or none while more
     /// follow), and a key may be listed twice if the keyspace is resized
-    /// during the scan.
+    /// during the scan. On a cluster the listing walks every master in turn
+    /// (the cursor names the master by a slot it serves, so it follows a
+    /// failover; a failover during the walk may list that shard's keys twice
+    /// or, if its new master's table differs, miss keys written meanwhile).
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
-        let mut position: u64 = match cursor {
-            Some(cursor) => cursor.as_str().parse().map_err(|_| {
-                mcp_authkit_core::Error::invalid_input(
-                    "scan cursor",
-                    "it was not returned by a redis store",
-                )
-            })?,
-            None => 0,
+        let bad_cursor = || {
+            mcp_authkit_core::Error::invalid_input(
+                "scan cursor",
+                "it was not returned by a redis store",
+            )
         };
+        let nodes = self.inner.scan_nodes().await?;
+        // A cursor is `position` on one server, `slot:position` on a cluster.
+        let (mut node, mut position): (Option<u16>, u64) = match cursor {
+            Some(cursor) => match cursor.as_str().split_once(':') {
+                Some((slot, position)) => (
+                    Some(slot.parse().map_err(|_| bad_cursor())?),
+                    position.parse().map_err(|_| bad_cursor())?,
+                ),
+                None => (None, cursor.as_str().parse().map_err(|_| bad_cursor())?),
+            },
+            None => (nodes[0], 0),
+        };
+        if node.is_some() != self.inner.is_cluster() {
+            return Err(bad_cursor());
+        }
         let limit = limit.max(1);
         let keys = &self.inner.keys;
         let mut items = Vec::new();
         for _ in 0..SCAN_CALLS_PER_PAGE {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(position)
+                .arg("MATCH")
+                .arg(keys.token_pattern())
+                .arg("COUNT")
+                .arg(limit.clamp(10, 1000));
             let (next, names): (u64, Vec<String>) = self
                 .inner
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(position)
-                        .arg("MATCH")
-                        .arg(keys.token_pattern())
-                        .arg("COUNT")
-                        .arg(limit.clamp(10, 1000)),
-                )
+                .query_on(node, scan)
                 .await
                 .map_err(|e| error::backend("scan tokens", e))?;
             for name in names {
                 items.push(keys.parse_token(&name)?);
             }
             position = next;
-            if position == 0 || items.len() >= limit {
+            if position == 0 {
+                // This node is done: on to the next master, if any.
+                match nodes.iter().find(|next| **next > node) {
+                    Some(next) if node.is_some() => node = *next,
+                    _ => {
+                        node = None;
+                        break;
+                    }
+                }
+            }
+            if items.len() >= limit {
                 break;
             }
         }
-        Ok(ScanPage {
-            items,
-            next: (position != 0).then(|| ScanCursor::new(position.to_string())),
-        })
+        let next = match (node, position) {
+            (None, 0) => None,
+            (None, position) => Some(ScanCursor::new(position.to_string())),
+            (Some(slot), position) => Some(ScanCursor::new(format!("{slot}:{position}"))),
+        };
+        Ok(ScanPage { items, next })
     }
 }

@@ -3,6 +3,7 @@
 //! `redis-server` processes for tests that stop, kill or reconfigure one.
 //! One binary, so the workspace links one test executable for them.
 
+mod cluster;
 mod common;
 mod resilience;
 mod store;

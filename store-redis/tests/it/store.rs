@@ -10,6 +10,7 @@ use mcp_authkit_core::{
 use redis::AsyncCommands;
 
 use crate::common::{Namespace, PrivateRedis, raw, shared_url};
+use mcp_authkit_store_redis::RedisStore;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -494,7 +495,8 @@ async fn scan_and_delete_namespace_stay_inside_their_prefix() {
 
 /// A single-node Redis Cluster refuses any script whose keys hash to
 /// different slots (CROSSSLOT), so running every operation on one proves
-/// the layout is cluster safe.
+/// the layout is cluster safe. (The six-node cluster of `cluster.rs` runs
+/// the whole store, and the conformance suite, across shards.)
 #[tokio::test]
 async fn every_operation_runs_on_a_cluster_node() {
     let server = PrivateRedis::start(&[
@@ -534,6 +536,14 @@ async fn every_operation_runs_on_a_cluster_node() {
         .await;
     assert_eq!(cross.unwrap_err().code(), Some("CROSSSLOT"));
 
+    // A single-server URL naming a cluster node is refused, saying what to
+    // use instead.
+    let refused = RedisStore::connect(&url).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("redis+cluster://127.0.0.1:{}", server.port)),
+        "{refused}"
+    );
+    let url = format!("redis+cluster://127.0.0.1:{}", server.port);
     let ns = Namespace::new(&url, "cluster");
     let store = ns.store().await;
     let key = TokenKey::new("github", "cluster");

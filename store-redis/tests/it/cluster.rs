@@ -1,0 +1,578 @@
+//! The store on a real six-node Redis Cluster (three masters, three
+//! replicas): keys on every shard, listings over every master, sharded
+//! wake-ups with one subscription connection per shard, clear errors for
+//! the wrong kind of URL, and a master failing while flows wait.
+//!
+//! Most tests share the cluster of `testing::redis_cluster_url` (its own
+//! prefix each); the failover test starts a private cluster it may break.
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_authkit_core::{
+    CasOutcome, FlowOutcome, InsertOutcome, PendingFlow, PendingStore, Timestamp, TokenKey,
+    TokenRecord, TokenStore,
+};
+use mcp_authkit_store_redis::{RedisStore, testing};
+use tokio::task::JoinSet;
+
+use crate::common::{eventually, random, shared_url};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn record(access: &str) -> TokenRecord {
+    TokenRecord::new(access, Timestamp::now())
+}
+
+fn flow(key: &TokenKey) -> PendingFlow {
+    PendingFlow::new(
+        key.clone(),
+        "http://127.0.0.1:9/callback",
+        vec!["repo".into()],
+        Timestamp::now(),
+        MINUTE * 5,
+    )
+}
+
+/// `host:port` of every node in a `redis+cluster://` URL.
+fn nodes(url: &str) -> Vec<String> {
+    url.trim_start_matches("redis+cluster://")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn raw_node(node: &str) -> redis::aio::MultiplexedConnection {
+    crate::common::raw(&format!("redis://{node}")).await
+}
+
+/// Each node's role, `master` or `slave`, from the node itself.
+async fn role(node: &str) -> String {
+    let mut connection = raw_node(node).await;
+    let role: Vec<redis::Value> = redis::cmd("ROLE")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    match &role[0] {
+        redis::Value::BulkString(role) => String::from_utf8_lossy(role).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn masters(url: &str) -> Vec<String> {
+    let mut masters = Vec::new();
+    for node in nodes(url) {
+        if role(&node).await == "master" {
+            masters.push(node);
+        }
+    }
+    masters
+}
+
+/// The connections named `name` on `node` that hold sharded subscriptions,
+/// with how many channels each.
+async fn sharded_subscribers(node: &str, name: &str) -> Vec<u64> {
+    let mut connection = raw_node(node).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|line| line.split(' ').any(|pair| pair == format!("name={name}")))
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|pair| pair.strip_prefix("ssub="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .filter(|channels| *channels > 0)
+        .collect()
+}
+
+/// How many keys of `prefix` each master holds.
+async fn keys_per_master(url: &str, prefix: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for node in masters(url).await {
+        let mut connection = raw_node(&node).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        counts.insert(node, keys.len());
+    }
+    counts
+}
+
+async fn store(url: &str, prefix: &str, name: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .prefix(prefix)
+        .client_name(name)
+        .connect()
+        .await
+        .expect("connect to the redis cluster")
+}
+
+#[tokio::test]
+async fn the_wrong_kind_of_url_is_a_clear_error() {
+    let cluster = testing::redis_cluster_url().await;
+    let node = nodes(&cluster)[0].clone();
+    let error = RedisStore::connect(&format!("redis://{node}"))
+        .await
+        .unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("Redis Cluster node") && text.contains(&format!("redis+cluster://{node}")),
+        "{text}"
+    );
+
+    let single = shared_url().await;
+    let single_node = single.trim_start_matches("redis://").trim_end_matches('/');
+    let error = RedisStore::connect(&format!("redis+cluster://{single_node}"))
+        .await
+        .unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("single Redis server") && text.contains("redis://"),
+        "{text}"
+    );
+
+    for bad in [
+        "redis+cluster://",
+        "redis+cluster://127.0.0.1:7100/3",
+        "redis+cluster://127.0.0.1:7100?protocol=2",
+    ] {
+        let error = RedisStore::connect(bad).await.unwrap_err().to_string();
+        assert!(error.contains("redis+cluster://"), "{bad}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn keys_spread_over_every_master_and_listings_walk_them_all() {
+    let url = testing::redis_cluster_url().await;
+    let prefix = testing::unique_prefix("cluster-spread");
+    let store = store(&url, &prefix, "mcp-authkit-test-spread").await;
+    let keys: Vec<TokenKey> = (0..60)
+        .map(|i| TokenKey::new("github", format!("user-{i}")))
+        .collect();
+    for key in &keys {
+        let revision = store.put(key, &record("a")).await.unwrap();
+        // Compare-and-swap, delete-if-revision and leases on every shard.
+        let CasOutcome::Swapped(revision) = store
+            .compare_and_swap(key, Some(revision), &record("b"))
+            .await
+            .unwrap()
+        else {
+            panic!("compare-and-swap lost on an idle key")
+        };
+        assert!(
+            !store
+                .delete_if_revision(key, mcp_authkit_core::Revision::new(revision.get() + 1))
+                .await
+                .unwrap()
+        );
+        let lease = store.try_acquire_lease(key, MINUTE).await.unwrap().unwrap();
+        assert!(
+            store
+                .try_acquire_lease(key, MINUTE)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.release_lease(key, &lease).await.unwrap());
+    }
+    let spread = keys_per_master(&url, &prefix).await;
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert!(
+        spread.values().all(|count| *count > 0),
+        "every master holds some keys: {spread:?}"
+    );
+
+    // Small pages, so the cursor crosses from master to master.
+    let mut listed = HashSet::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store.scan(cursor.as_ref(), 7).await.unwrap();
+        listed.extend(page.items);
+        pages += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 1000, "the listing ends");
+    }
+    assert_eq!(listed, keys.iter().cloned().collect::<HashSet<_>>());
+    assert!(
+        store
+            .scan(Some(&mcp_authkit_core::ScanCursor::new("12")), 5)
+            .await
+            .is_err(),
+        "a single server's cursor is refused on a cluster"
+    );
+
+    assert_eq!(store.delete_namespace().await.unwrap(), 60);
+    assert!(
+        keys_per_master(&url, &prefix)
+            .await
+            .values()
+            .all(|count| *count == 0)
+    );
+}
+
+/// 1,000 waiters on flows spread over every slot hold at most one
+/// subscription connection per shard, and every one of them wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_waiters_hold_one_subscription_connection_per_shard() {
+    const WAITERS: usize = 1000;
+    let url = testing::redis_cluster_url().await;
+    let prefix = testing::unique_prefix("cluster-waiters");
+    let name = format!("mcp-authkit-test-waiters-{}", random());
+    let waiting = store(&url, &prefix, &name).await;
+    let completing = store(&url, &prefix, "mcp-authkit-test-completer").await;
+
+    let mut flows = Vec::new();
+    for i in 0..WAITERS {
+        let flow = flow(&TokenKey::new("github", format!("waiter-{i}")));
+        assert_eq!(
+            completing.insert(&flow).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+        flows.push(flow);
+    }
+    let mut waits = JoinSet::new();
+    for flow in &flows {
+        let store = waiting.clone();
+        let state = flow.state.clone();
+        waits.spawn(async move { (state.clone(), store.wait(&state, MINUTE).await) });
+    }
+    let masters = masters(&url).await;
+    eventually(
+        Duration::from_secs(30),
+        "all waiters subscribed",
+        || async {
+            let mut channels = 0;
+            for master in &masters {
+                channels += sharded_subscribers(master, &name).await.iter().sum::<u64>();
+            }
+            channels == WAITERS as u64
+        },
+    )
+    .await;
+    for master in &masters {
+        let subscribers = sharded_subscribers(master, &name).await;
+        assert_eq!(
+            subscribers.len(),
+            1,
+            "one subscription connection on {master}: {subscribers:?}"
+        );
+    }
+
+    for flow in &flows {
+        let outcome = FlowOutcome::Failed {
+            reason: flow.state.as_str()[..8].to_owned(),
+        };
+        completing
+            .complete(&flow.key, &flow.state, &outcome, MINUTE)
+            .await
+            .unwrap();
+    }
+    let mut woken = 0;
+    while let Some(done) = waits.join_next().await {
+        let (state, outcome) = done.unwrap();
+        assert_eq!(
+            outcome.unwrap(),
+            Some(FlowOutcome::Failed {
+                reason: state.as_str()[..8].to_owned()
+            })
+        );
+        woken += 1;
+    }
+    assert_eq!(woken, WAITERS);
+    // Channels nobody waits on are unsubscribed again.
+    eventually(
+        Duration::from_secs(10),
+        "idle channels unsubscribed",
+        || async {
+            let mut channels = 0;
+            for master in &masters {
+                channels += sharded_subscribers(master, &name).await.iter().sum::<u64>();
+            }
+            channels == 0
+        },
+    )
+    .await;
+    completing.delete_namespace().await.unwrap();
+}
+
+/// A cluster of this test alone (it kills a master), on its own ports.
+struct PrivateCluster {
+    base_port: u16,
+    url: String,
+}
+
+impl PrivateCluster {
+    fn start(base_port: u16) -> PrivateCluster {
+        let output = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/redis-cluster.sh"
+            ))
+            .arg("start")
+            .env("REDIS_CLUSTER_BASE_PORT", base_port.to_string())
+            .output()
+            .expect("run scripts/redis-cluster.sh");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let url = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("REDIS_CLUSTER_URL="))
+            .expect("the script prints the URL")
+            .to_owned();
+        PrivateCluster { base_port, url }
+    }
+
+    fn pid(&self, node: &str) -> String {
+        let port = node.rsplit(':').next().unwrap();
+        let dir = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        std::fs::read_to_string(format!(
+            "{dir}/mcp-authkit-redis-cluster-{}/{port}/redis.pid",
+            self.base_port
+        ))
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/redis-cluster.sh"
+            ))
+            .arg("stop")
+            .env("REDIS_CLUSTER_BASE_PORT", self.base_port.to_string())
+            .output();
+    }
+}
+
+/// Retries `op` while it fails retryably (a shard failing over), for up to
+/// 30 seconds; returns how many attempts failed.
+async fn retrying<T, F, Fut>(what: &str, mut op: F) -> (T, usize)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = mcp_authkit_core::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut failures = 0;
+    loop {
+        match op().await {
+            Ok(value) => return (value, failures),
+            Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
+    }
+}
+
+/// A master dies (SIGKILL) while flows on every shard are waited on:
+/// operations in flight fail retryably or succeed, later ones succeed once
+/// its replica took over, every waiter still wakes with its outcome, a
+/// flow is still taken at most once, and leases stay exclusive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_wake_and_operations_recover_when_a_master_dies() {
+    let cluster = PrivateCluster::start(7200);
+    let url = cluster.url.clone();
+    let prefix = testing::unique_prefix("cluster-failover");
+    let a = store(&url, &prefix, "mcp-authkit-test-failover-a").await;
+    let b = store(&url, &prefix, "mcp-authkit-test-failover-b").await;
+
+    let flows: Vec<PendingFlow> = (0..60)
+        .map(|i| flow(&TokenKey::new("github", format!("failover-{i}"))))
+        .collect();
+    for flow in &flows {
+        b.insert(flow).await.unwrap();
+    }
+    let mut waits = JoinSet::new();
+    for flow in &flows {
+        let store = a.clone();
+        let state = flow.state.clone();
+        waits.spawn(async move { (state.clone(), store.wait(&state, MINUTE).await) });
+    }
+    let masters = masters(&url).await;
+    eventually(
+        Duration::from_secs(20),
+        "all waiters subscribed",
+        || async {
+            let mut channels = 0;
+            for master in &masters {
+                channels += sharded_subscribers(master, "mcp-authkit-test-failover-a")
+                    .await
+                    .iter()
+                    .sum::<u64>();
+            }
+            channels == flows.len() as u64
+        },
+    )
+    .await;
+
+    // Refreshes keep going (from both stores) while the master dies.
+    let refresh_key = TokenKey::new("github", "refreshing");
+    a.put(&refresh_key, &record("r0")).await.unwrap();
+    let victim = masters[0].clone();
+    let pid = cluster.pid(&victim);
+    let killed = Command::new("kill").arg("-9").arg(&pid).status().unwrap();
+    assert!(killed.success());
+
+    // Half the flows are taken by racing stores, the rest just completed.
+    let mut taken_twice = 0;
+    for (i, flow) in flows.iter().enumerate() {
+        if i % 2 == 0 {
+            let (from_a, _) = retrying("take in A", || a.take(&flow.state)).await;
+            let (from_b, _) = retrying("take in B", || b.take(&flow.state)).await;
+            if from_a.is_some() && from_b.is_some() {
+                taken_twice += 1;
+            }
+        }
+        let outcome = FlowOutcome::Failed {
+            reason: flow.state.as_str()[..8].to_owned(),
+        };
+        retrying("complete", || {
+            b.complete(&flow.key, &flow.state, &outcome, MINUTE)
+        })
+        .await;
+    }
+    assert_eq!(taken_twice, 0, "a flow was taken twice");
+
+    let mut woken = 0;
+    while let Some(done) = waits.join_next().await {
+        let (state, outcome) = done.unwrap();
+        assert_eq!(
+            outcome.unwrap(),
+            Some(FlowOutcome::Failed {
+                reason: state.as_str()[..8].to_owned()
+            }),
+            "every waiter wakes with its outcome"
+        );
+        woken += 1;
+    }
+    assert_eq!(woken, flows.len());
+
+    // Later operations succeed on every shard, and leases stay exclusive.
+    for i in 0..30 {
+        let key = TokenKey::new("github", format!("after-{i}"));
+        a.put(&key, &record("after")).await.unwrap();
+        assert!(b.get(&key).await.unwrap().is_some());
+        let leases = Arc::new(tokio::sync::Mutex::new(0));
+        let mut racers = JoinSet::new();
+        for store in [a.clone(), b.clone(), a.clone(), b.clone()] {
+            let key = key.clone();
+            let leases = leases.clone();
+            racers.spawn(async move {
+                if store
+                    .try_acquire_lease(&key, MINUTE)
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    *leases.lock().await += 1;
+                }
+            });
+        }
+        racers.join_all().await;
+        assert_eq!(*leases.lock().await, 1, "one lease holder for {key:?}");
+    }
+    let (current, _) = retrying("get", || a.get(&refresh_key)).await;
+    assert!(current.is_some());
+}
+
+/// A planned failover (`CLUSTER FAILOVER` on a replica) while flows wait:
+/// the old master ends their sharded subscriptions (`SUNSUBSCRIBE`), and
+/// every waiter subscribes again, reads again and wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_wake_through_a_planned_failover() {
+    let cluster = PrivateCluster::start(7300);
+    let url = cluster.url.clone();
+    let prefix = testing::unique_prefix("cluster-planned");
+    let a = store(&url, &prefix, "mcp-authkit-test-planned-a").await;
+    let b = store(&url, &prefix, "mcp-authkit-test-planned-b").await;
+    let masters = masters(&url).await;
+    let replica = replica_of(&url, &masters[1]).await;
+    let flows: Vec<PendingFlow> = (0..60)
+        .map(|i| flow(&TokenKey::new("github", format!("planned-{i}"))))
+        .collect();
+    for flow in &flows {
+        b.insert(flow).await.unwrap();
+    }
+    let mut waits = JoinSet::new();
+    for flow in &flows {
+        let store = a.clone();
+        let state = flow.state.clone();
+        waits.spawn(async move { (state.clone(), store.wait(&state, MINUTE).await) });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut raw_node(&replica).await)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the replica took over", || async {
+        role(&replica).await == "master"
+    })
+    .await;
+    for flow in &flows {
+        let outcome = FlowOutcome::Failed {
+            reason: flow.state.as_str()[..8].to_owned(),
+        };
+        retrying("complete", || {
+            b.complete(&flow.key, &flow.state, &outcome, MINUTE)
+        })
+        .await;
+    }
+    while let Some(done) = waits.join_next().await {
+        let (state, outcome) = done.unwrap();
+        assert_eq!(
+            outcome.unwrap(),
+            Some(FlowOutcome::Failed {
+                reason: state.as_str()[..8].to_owned()
+            }),
+            "every waiter wakes after a planned failover"
+        );
+    }
+}
+
+/// The replica (`host:port`) of the master at `master`.
+async fn replica_of(url: &str, master: &str) -> String {
+    let port: i64 = master.rsplit(':').next().unwrap().parse().unwrap();
+    for node in nodes(url) {
+        let Ok(mut connection) = redis::Client::open(format!("redis://{node}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        else {
+            continue; // the killed master
+        };
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if matches!(&role[0], redis::Value::BulkString(r) if r == b"slave")
+            && matches!(role.get(2), Some(redis::Value::Int(p)) if *p == port)
+        {
+            return node;
+        }
+    }
+    panic!("no replica of {master}")
+}
