@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use mcp_authkit_conformance::{Backend, Capabilities, Replica, SetupError, async_trait};
+use mcp_authkit_conformance::{Backend, Replica, SetupError, async_trait};
 use mcp_authkit_store_redis::{RedisStore, testing};
 
 /// A Redis Cluster; a test fails, saying how to start one, when none
@@ -26,10 +26,6 @@ impl RedisCluster {
 impl Backend for RedisCluster {
     fn name(&self) -> &str {
         "redis-cluster"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::SHARED
     }
 
     async fn create_namespace(&self) -> Result<String, SetupError> {
