@@ -345,7 +345,11 @@ impl PostgresStoreOptions {
         schema::check_schema_name(&self.schema)?;
         let pool = match self.source {
             Source::Url(url) => {
-                let mut connect = PgConnectOptions::from_str(&url).map_err(|_| {
+                let scheme_ok = ["postgres://", "postgresql://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme));
+                let parsed = PgConnectOptions::from_str(&url).ok().filter(|_| scheme_ok);
+                let mut connect = parsed.ok_or_else(|| {
                     // Not the parser's message: it may quote the URL.
                     Error::invalid_input(
                         "postgres url",

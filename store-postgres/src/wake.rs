@@ -217,6 +217,18 @@ impl Drop for Registration {
     }
 }
 
+fn closed() -> Error {
+    Error::backend(
+        crate::error::BACKEND,
+        "listening for flow completions",
+        true,
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the listening connection was closed",
+        ),
+    )
+}
+
 /// Keeps one connection listening for as long as the hub lives.
 async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
     // A pool of one, only to hand PgListener its connection: never shared.
@@ -225,14 +237,20 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
         .min_connections(0)
         .max_lifetime(None)
         .idle_timeout(None)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(connect);
     let mut delay = MIN_RECONNECT_DELAY;
     let mut epoch = 0u64;
+    // After a loss, listening again bumps the epoch: every waiter then
+    // reads its outcome again.
     loop {
         let attempt = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.ignore_pool_close_event(true);
+            // A lost connection ends this listener (below) instead of being
+            // re-established inside try_recv, so the loss is visible as
+            // `Link::Down` and every reconnection goes through one path.
+            listener.eager_reconnect(false);
             listener.listen(&shared.channel).await?;
             sqlx::Result::Ok(listener)
         }
@@ -259,13 +277,9 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
                         "ignoring a notification on the completion channel that this library did not send"
                     ),
                 },
-                // Lost, then reconnected and listening again (sqlx's eager
-                // reconnect): what was sent in between is gone, so every
-                // waiter reads again.
-                Ok(None) => {
-                    epoch += 1;
-                    shared.link.send_replace(Link::Up(epoch));
-                }
+                // The connection was lost; notifications sent from now on
+                // until the next LISTEN are gone.
+                Ok(None) => break closed(),
                 Err(error) => break crate::error::db("listening for flow completions", error),
             }
         };
