@@ -220,6 +220,50 @@ impl PostgresStore {
         self.inner.hub.channel()
     }
 
+    /// Removes the store's tables, sequence and migrations table, with
+    /// every token and flow in them, then the schema itself if nothing else
+    /// is left in it and it is not `public`. For throwaway stores (the
+    /// demo, tests); other instances on the schema fail afterwards.
+    pub async fn drop_tables(&self) -> Result<()> {
+        const OP: &str = "drop tables";
+        let s = schema::quote_ident(&self.inner.schema);
+        let mut tx = self.pool().begin().await.map_err(|e| error::db(OP, e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {s}.mcp_authkit_tokens, {s}.mcp_authkit_leases, \
+             {s}.mcp_authkit_flows, {s}.mcp_authkit_active_flows, {s}.mcp_authkit_outcomes, \
+             {s}.{MIGRATIONS_TABLE}; DROP SEQUENCE IF EXISTS {s}.mcp_authkit_revisions"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| error::db(OP, e))?;
+        let left: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1)",
+        )
+        .bind(&self.inner.schema)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| error::db(OP, e))?;
+        if !left && self.inner.schema != DEFAULT_SCHEMA {
+            // RESTRICT: anything else in it (a function, a type) keeps it,
+            // and the savepoint keeps the drops above.
+            sqlx::query("SAVEPOINT keep_schema")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| error::db(OP, e))?;
+            let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} RESTRICT")))
+                .execute(&mut *tx)
+                .await;
+            if dropped.is_err() {
+                sqlx::query("ROLLBACK TO SAVEPOINT keep_schema")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| error::db(OP, e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| error::db(OP, e))
+    }
+
     /// Closes this instance's pool (shared by its clones). Other instances
     /// are not affected.
     pub async fn close(&self) {
@@ -269,6 +313,7 @@ pub struct PostgresStoreOptions {
     max_connections: u32,
     connect_timeout: Duration,
     application_name: Option<String>,
+    create: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -302,6 +347,7 @@ impl PostgresStoreOptions {
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
             application_name: None,
+            create: true,
             clock: Arc::new(SystemClock),
         }
     }
@@ -330,6 +376,16 @@ impl PostgresStoreOptions {
     /// (URL only; default: sqlx's).
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = Some(name.into());
+        self
+    }
+
+    /// Whether opening creates the tables when the schema has none (default
+    /// true). Tools that only look at an existing store (the CLI's
+    /// `inspect`, `purge`, `rekey`) pass false, so a mistyped schema or
+    /// database fails instead of getting empty tables. A schema of an older
+    /// version is upgraded either way.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create = create;
         self
     }
 
@@ -380,7 +436,7 @@ impl PostgresStoreOptions {
             }
             Source::Pool(pool) => pool,
         };
-        schema::migrate(&pool, &self.schema).await?;
+        schema::migrate(&pool, &self.schema, self.create).await?;
         let channel = schema::channel_for(&self.schema);
         let hub = wake::Hub::shared_for(&pool.connect_options(), &channel);
         Ok(PostgresStore {

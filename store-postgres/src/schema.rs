@@ -215,7 +215,7 @@ fn newer_schema(found: i64) -> Error {
 /// migrated in one transaction under an advisory lock, so replicas opening
 /// at once take turns; a schema newer than this release is refused before
 /// anything is changed.
-pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<()> {
+pub(crate) async fn migrate(pool: &PgPool, schema: &str, create: bool) -> Result<()> {
     const OP: &str = "migrate schema";
     let mut conn = pool.acquire().await.map_err(|e| db(OP, e))?;
     match recorded_version(&mut conn, schema)
@@ -224,6 +224,15 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<()> {
     {
         Some(found) if found > SCHEMA_VERSION => return Err(newer_schema(found)),
         Some(found) if found == SCHEMA_VERSION => return Ok(()),
+        None if !create => {
+            return Err(Error::invalid_input(
+                "postgres schema",
+                format!(
+                    "there are no mcp-authkit tables in the schema {schema:?} of this database; \
+                     check the URL and the schema name"
+                ),
+            ));
+        }
         _ => {}
     }
     let quoted = quote_ident(schema);

@@ -91,7 +91,10 @@ async fn a_killed_pool_connection_fails_retryably_and_the_store_goes_on() {
         .complete(&key, &f.state, &authorized(1), MINUTE)
         .await
         .unwrap();
-    assert_eq!(waiter.await.unwrap().unwrap(), Some(authorized(1)));
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(1)));
 }
 
 #[tokio::test]
@@ -219,7 +222,11 @@ async fn a_thousand_waiters_hold_one_listening_connection() {
             .unwrap();
     }
     let mut woken = 0;
-    while let Some(waited) = waits.join_next().await {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(waited) = tokio::time::timeout_at(give_up, waits.join_next())
+        .await
+        .expect("every waiter wakes")
+    {
         assert_eq!(waited.unwrap().unwrap(), Some(authorized(1)));
         woken += 1;
     }
