@@ -5,4 +5,5 @@
 mod common;
 mod errors;
 mod resilience;
+mod restart;
 mod store;
