@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, interleaved_latencies, measure_concurrent};
+use mcp_authkit_bench::{Stats, Table, interleaved_latencies};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
     TokenKey, TokenRecord, TokenStore, codec,
@@ -198,24 +198,6 @@ async fn interleaved(
             ours_wall,
         ),
     )
-}
-
-/// Throughput of `op` (the baseline's if `raw`) on 32 tasks.
-async fn throughput(ctx: &Arc<Context>, op: Op, raw: bool, iterations: usize) -> Stats {
-    let (name, base_name) = op.names();
-    let name = format!("{}, 32 tasks", if raw { base_name } else { name });
-    let ctx = Arc::clone(ctx);
-    measure_concurrent(&name, 32, iterations, move |_, _| {
-        let ctx = Arc::clone(&ctx);
-        async move { run(&ctx, op, raw, next_number()).await }
-    })
-    .await
-}
-
-/// The better of two runs: the machine is shared, and the faster run is the
-/// one less disturbed by other work.
-fn best(a: Stats, b: Stats) -> Stats {
-    if a.ops_per_sec >= b.ops_per_sec { a } else { b }
 }
 
 fn main() {

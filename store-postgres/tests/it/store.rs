@@ -256,7 +256,10 @@ async fn least_privilege_role_runs_the_store() {
         .unwrap()
         .unwrap();
     assert!(store.release_lease(&key, &lease).await.unwrap());
-    assert_eq!(store.scan(None, 10).await.unwrap().items, std::slice::from_ref(&key));
+    assert_eq!(
+        store.scan(None, 10).await.unwrap().items,
+        std::slice::from_ref(&key)
+    );
     let f = flow(&key, MINUTE);
     store.insert(&f).await.unwrap();
     store.take(&f.state).await.unwrap().unwrap();
