@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Every benchmark of the project, printed as one table: each backend's
 # operations beside their raw baseline measured in the same run (memory vs
-# a locked map, SQLite vs raw sqlx, Redis vs raw redis-rs, encryption vs the
-# bare store), the cross-process wake latencies, the require_token hot
+# a locked map, SQLite vs raw sqlx, Redis vs raw redis-rs, PostgreSQL vs
+# raw sqlx on the same pool, encryption vs the bare store), the cross-process wake latencies, the require_token hot
 # path, and the client-side providers' token() with a valid token. The
 # Redis rows need a Redis at REDIS_URL (default
 # redis://127.0.0.1:6379); the Redis Cluster rows a cluster at
 # REDIS_CLUSTER_URL, else one started (and stopped) with
-# scripts/redis-cluster.sh.
+# scripts/redis-cluster.sh; the PostgreSQL rows a PostgreSQL at DATABASE_URL
+# (default postgres://postgres@127.0.0.1:5432/test).
 #
 #   bash scripts/bench.sh              # prints the table (and notes) to stdout
 #   bash scripts/bench.sh --scale      # and then the scale section: costs at
@@ -41,7 +42,7 @@ if [ "$main" = yes ]; then
     fi
     echo "building and running the benchmarks (release mode; this takes a few minutes)..." >&2
     cargo bench -q -p mcp-authkit-bench --bench memory --bench encrypted --bench sqlite \
-        --bench redis 2>/dev/null >>"$raw"
+        --bench redis --bench postgres 2>/dev/null >>"$raw"
     cargo bench -q -p mcp-authkit-providers --features rmcp --bench server_require_token \
         --bench server_sign_in 2>/dev/null >>"$raw"
     cargo bench -q -p mcp-authkit-providers --bench client_token 2>/dev/null >>"$raw"

@@ -8,6 +8,7 @@
 //! | `memory` (default) | [`memory::MemoryStore`], in-process |
 //! | `sqlite` | `sqlite::SqliteStore`, the embedded default for one machine |
 //! | `redis` | `redis::RedisStore`, shared state for many replicas |
+//! | `postgres` | `postgres::PostgresStore`, durable shared state on PostgreSQL |
 //! | `encrypted` | `encrypted::EncryptedStore`, AES-256-GCM over any store |
 //! | `providers` | server-side `OAuthProvider` and client-side `AuthProvider`s |
 //! | `rmcp` | `providers` plus the rmcp integration |
@@ -46,6 +47,12 @@ pub mod sqlite {
 #[cfg(feature = "redis")]
 pub mod redis {
     pub use mcp_authkit_store_redis::*;
+}
+
+/// The PostgreSQL backend.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use mcp_authkit_store_postgres::*;
 }
 
 /// Encryption at rest over any store.

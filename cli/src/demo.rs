@@ -58,6 +58,8 @@ pub enum DemoStore {
     Sqlite,
     /// Redis at --redis-url, under a fresh key prefix it removes afterwards.
     Redis,
+    /// PostgreSQL at --database-url, in a fresh schema it drops afterwards.
+    Postgres,
 }
 
 /// The demo's choices.
@@ -65,6 +67,7 @@ pub struct DemoOptions {
     pub store: DemoStore,
     pub sqlite_path: Option<std::path::PathBuf>,
     pub redis_url: String,
+    pub database_url: String,
     pub encrypt: bool,
 }
 
@@ -313,12 +316,15 @@ struct DemoBackend {
     description: String,
     _tempdir: Option<tempfile::TempDir>,
     redis_namespace: Option<(String, String)>,
+    /// The demo's PostgreSQL store, whose schema is dropped afterwards.
+    postgres: Option<mcp_authkit::postgres::PostgresStore>,
 }
 
 /// Opens the chosen store (encrypted if asked) as the provider will use it.
 async fn open_store(options: &DemoOptions) -> Result<DemoBackend, String> {
     let mut tempdir = None;
     let mut redis_namespace = None;
+    let mut postgres = None;
     let prefix = format!("mcp-authkit-demo-{}", mcp_authkit::random_urlsafe(6));
     let spec = match options.store {
         DemoStore::Memory => StoreSpec::Memory,
@@ -336,15 +342,38 @@ async fn open_store(options: &DemoOptions) -> Result<DemoBackend, String> {
             redis_namespace = Some((options.redis_url.clone(), prefix.clone()));
             StoreSpec::Redis(options.redis_url.clone())
         }
+        DemoStore::Postgres => StoreSpec::Postgres(options.database_url.clone()),
     };
-    let opened = spec
-        .open(Some(&prefix), true)
-        .await
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+    // A schema name needs no quoting in psql: lower case, no dashes.
+    let namespace = match spec {
+        StoreSpec::Postgres(_) => prefix.to_ascii_lowercase().replace('-', "_"),
+        _ => prefix.clone(),
+    };
+    let opened = match &spec {
+        StoreSpec::Postgres(url) => {
+            let store = mcp_authkit::postgres::PostgresStore::options(url)
+                .schema(&namespace)
+                .connect_timeout(Duration::from_secs(3))
+                .open()
+                .await
+                .map_err(|e| format!("cannot open the store: {e}"))?;
+            postgres = Some(store.clone());
+            let store = Arc::new(store);
+            OpenStore {
+                tokens: store.clone(),
+                pending: store,
+            }
+        }
+        _ => spec
+            .open(Some(&prefix), true)
+            .await
+            .map_err(|e| format!("cannot open the store: {e}"))?,
+    };
     let mut description = match &spec {
         StoreSpec::Memory => "memory (in-process)".to_owned(),
         StoreSpec::Sqlite(path) => format!("SQLite file {}", path.display()),
         StoreSpec::Redis(url) => format!("Redis {url} under key prefix {prefix}"),
+        StoreSpec::Postgres(_) => format!("PostgreSQL schema {namespace}"),
     };
     let at_rest = Arc::clone(&opened.tokens);
     let store = if options.encrypt {
@@ -363,6 +392,7 @@ async fn open_store(options: &DemoOptions) -> Result<DemoBackend, String> {
         description,
         _tempdir: tempdir,
         redis_namespace,
+        postgres,
     })
 }
 
@@ -612,6 +642,10 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let removed = redis.delete_namespace().await.map_err(|e| e.to_string())?;
         say(&format!("removed the demo's {removed} Redis keys"));
+    }
+    if let Some(store) = &backend.postgres {
+        store.drop_tables().await.map_err(|e| e.to_string())?;
+        say(&format!("dropped the demo's schema {}", store.schema()));
     }
     step(&format!(
         "done in {:.1}s: 2 elicitations, 2 code exchanges, 1 silent refresh, 1 invalidation",

@@ -1,7 +1,7 @@
 //! `mcp-authkit`: the operator's tool for mcp-authkit stores.
 //!
 //! ```text
-//! mcp-authkit demo [--store memory|sqlite|redis] [--encrypt]
+//! mcp-authkit demo [--store memory|sqlite|redis|postgres] [--encrypt]
 //! mcp-authkit keys generate [--id ID]
 //! mcp-authkit inspect --store STORE [--provider P]
 //! mcp-authkit purge   --store STORE
@@ -9,7 +9,8 @@
 //! ```
 //!
 //! STORE is `sqlite:PATH` (or a path ending in `.db`), `redis://HOST:PORT`
-//! (with `--redis-prefix`), or `memory`. No command ever prints a token,
+//! (with `--redis-prefix`), `postgres://USER@HOST/DATABASE` (with
+//! `--pg-schema`), or `memory`. No command ever prints a token,
 //! refresh token or verifier.
 
 mod demo;
@@ -38,12 +39,16 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct StoreArgs {
-    /// The store: sqlite:PATH, a path ending in .db, redis://HOST:PORT, or memory.
+    /// The store: sqlite:PATH, a path ending in .db, redis://HOST:PORT,
+    /// postgres://USER@HOST/DATABASE, or memory.
     #[arg(long, value_name = "STORE")]
     store: StoreSpec,
     /// Key prefix of a Redis store (default: mcp-authkit).
     #[arg(long, value_name = "PREFIX")]
     redis_prefix: Option<String>,
+    /// Schema of a PostgreSQL store (default: public).
+    #[arg(long, value_name = "SCHEMA")]
+    pg_schema: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +65,14 @@ enum Command {
         /// The Redis server for --store redis.
         #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
+        /// The PostgreSQL database for --store postgres (the demo works in a
+        /// fresh schema it drops afterwards).
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        database_url: String,
         /// Wrap the store in AES-256-GCM encryption (with a fresh key).
         #[arg(long)]
         encrypt: bool,
@@ -125,12 +138,14 @@ async fn run(command: Command) -> CommandResult {
             store,
             sqlite_path,
             redis_url,
+            database_url,
             encrypt,
         } => {
             demo::run(demo::DemoOptions {
                 store,
                 sqlite_path,
                 redis_url,
+                database_url,
                 encrypt,
             })
             .await
@@ -166,8 +181,12 @@ async fn run(command: Command) -> CommandResult {
 }
 
 async fn open(args: &StoreArgs) -> Result<store_spec::OpenStore, String> {
+    let namespace = match args.store {
+        StoreSpec::Postgres(_) => args.pg_schema.as_deref(),
+        _ => args.redis_prefix.as_deref(),
+    };
     args.store
-        .open(args.redis_prefix.as_deref(), false)
+        .open(namespace, false)
         .await
         .map_err(|e| format!("cannot open the store: {e}"))
 }

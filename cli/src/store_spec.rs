@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit::memory::MemoryStore;
+use mcp_authkit::postgres::PostgresStore;
 use mcp_authkit::redis::RedisStore;
 use mcp_authkit::sqlite::SqliteStore;
 use mcp_authkit::{Error, PendingStore, TokenStore};
@@ -18,6 +19,8 @@ pub enum StoreSpec {
     Sqlite(PathBuf),
     /// A Redis server URL.
     Redis(String),
+    /// A PostgreSQL database URL.
+    Postgres(String),
 }
 
 impl std::str::FromStr for StoreSpec {
@@ -25,7 +28,8 @@ impl std::str::FromStr for StoreSpec {
 
     /// `memory`, `sqlite:PATH`, `sqlite://PATH`, a path ending in `.db` /
     /// `.sqlite` / `.sqlite3`, or `redis://`, `rediss://`, `redis+unix://`,
-    /// `unix://`, `redis+cluster://`, `rediss+cluster://` URLs.
+    /// `unix://`, `redis+cluster://`, `rediss+cluster://` URLs, or
+    /// `postgres://` / `postgresql://` URLs.
     fn from_str(text: &str) -> Result<Self, String> {
         if text == "memory" {
             return Ok(StoreSpec::Memory);
@@ -57,9 +61,13 @@ impl std::str::FromStr for StoreSpec {
         ) {
             return Ok(StoreSpec::Redis(text.to_owned()));
         }
+        if matches!(scheme, Some("postgres" | "postgresql")) {
+            return Ok(StoreSpec::Postgres(text.to_owned()));
+        }
         if let Some(scheme) = scheme {
             return Err(format!(
-                "unknown store scheme {scheme:?}: use memory, sqlite:PATH or redis://HOST:PORT"
+                "unknown store scheme {scheme:?}: use memory, sqlite:PATH, redis://HOST:PORT or \
+                 postgres://USER@HOST/DATABASE"
             ));
         }
         let path = PathBuf::from(text);
@@ -91,9 +99,11 @@ impl OpenStore {
 }
 
 impl StoreSpec {
-    /// Opens the store. An existing SQLite file is required unless `create`
-    /// (inspecting a typo'd path must not create an empty database).
-    pub async fn open(&self, redis_prefix: Option<&str>, create: bool) -> Result<OpenStore, Error> {
+    /// Opens the store. An existing SQLite file (or PostgreSQL schema with
+    /// the store's tables) is required unless `create` (inspecting a typo'd
+    /// path must not create an empty database). `namespace` is the Redis key
+    /// prefix or the PostgreSQL schema.
+    pub async fn open(&self, namespace: Option<&str>, create: bool) -> Result<OpenStore, Error> {
         match self {
             StoreSpec::Memory => Ok(OpenStore::of(MemoryStore::new())),
             StoreSpec::Sqlite(path) => {
@@ -108,10 +118,19 @@ impl StoreSpec {
             StoreSpec::Redis(url) => {
                 let mut builder =
                     RedisStore::builder(url.clone()).connect_timeout(Duration::from_secs(3));
-                if let Some(prefix) = redis_prefix {
+                if let Some(prefix) = namespace {
                     builder = builder.prefix(prefix);
                 }
                 Ok(OpenStore::of(builder.connect().await?))
+            }
+            StoreSpec::Postgres(url) => {
+                let mut options = PostgresStore::options(url)
+                    .connect_timeout(Duration::from_secs(3))
+                    .create_if_missing(create);
+                if let Some(schema) = namespace {
+                    options = options.schema(schema);
+                }
+                Ok(OpenStore::of(options.open().await?))
             }
         }
     }
@@ -146,8 +165,12 @@ mod tests {
                 "redis+cluster://127.0.0.1:7100,127.0.0.1:7101".into()
             ))
         );
+        assert_eq!(
+            "postgres://app@db/app".parse(),
+            Ok(StoreSpec::Postgres("postgres://app@db/app".into()))
+        );
         assert!(
-            "postgres://x"
+            "mysql://x"
                 .parse::<StoreSpec>()
                 .unwrap_err()
                 .contains("unknown store scheme")

@@ -1,0 +1,421 @@
+//! The PostgreSQL store against raw sqlx statements on the same pool
+//! (same server, same connections), and the cross-process wake-up:
+//! `complete` in process B to `wait` returning in process A, beside a raw
+//! `NOTIFY` from B reaching a `PgListener` in A.
+//!
+//! Needs PostgreSQL at DATABASE_URL (default
+//! postgres://postgres@127.0.0.1:5432/test); works in a fresh schema and
+//! drops it afterwards.
+//!
+//! `cargo bench -p mcp-authkit-bench --bench postgres`
+
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mcp_authkit_bench::{Stats, Table, interleaved_latencies};
+use mcp_authkit_core::{
+    FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
+    TokenKey, TokenRecord, TokenStore, codec,
+};
+use mcp_authkit_store_postgres::PostgresStore;
+use mcp_authkit_store_postgres::sqlx::{self, AssertSqlSafe, PgPool, postgres::PgListener};
+
+const ROLE: &str = "MCP_AUTHKIT_BENCH_ROLE";
+const SCHEMA: &str = "MCP_AUTHKIT_BENCH_SCHEMA";
+const WAKES: usize = 300;
+
+fn url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn flow(n: usize) -> PendingFlow {
+    PendingFlow::new(
+        TokenKey::new("github", format!("flow-user-{n}")),
+        "https://mcp.example/oauth/callback",
+        vec!["repo".into()],
+        Timestamp::now(),
+        Duration::from_secs(600),
+    )
+}
+
+fn latency_row(name: &str, latencies: Vec<Duration>) -> Stats {
+    let total: Duration = latencies.iter().sum();
+    Stats::from_latencies(name, latencies, total)
+}
+
+/// What the benchmark runs on.
+struct Context {
+    store: PostgresStore,
+    /// The store's own pool: the baseline runs on the same connections.
+    pool: PgPool,
+    keys: Vec<TokenKey>,
+    record: TokenRecord,
+    /// The record's stored bytes, what the raw baseline reads and writes.
+    bytes: Vec<u8>,
+    raw_get: String,
+    raw_put: String,
+    raw_insert: String,
+    raw_take: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `get` beside a raw primary-key SELECT of the same bytes.
+    Get,
+    /// `put` (an upsert taking a sequence value) beside a raw upsert.
+    Put,
+    /// `insert` (a transaction of two statements) + `take` beside a raw
+    /// INSERT + DELETE RETURNING of the same flow bytes.
+    InsertTake,
+}
+
+impl Op {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Op::Get => ("get", "raw SELECT"),
+            Op::Put => ("put", "raw upsert"),
+            Op::InsertTake => ("insert + take", "raw INSERT + DELETE RETURNING"),
+        }
+    }
+}
+
+async fn run(ctx: &Context, op: Op, raw: bool, n: usize) {
+    match (op, raw) {
+        (Op::Get, false) => {
+            let key = &ctx.keys[n % ctx.keys.len()];
+            std::hint::black_box(TokenStore::get(&ctx.store, key).await.unwrap());
+        }
+        (Op::Get, true) => {
+            let key = &ctx.keys[n % ctx.keys.len()];
+            let value: Option<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(ctx.raw_get.as_str()))
+                .bind(key.subject().as_bytes())
+                .fetch_optional(&ctx.pool)
+                .await
+                .unwrap();
+            std::hint::black_box(value);
+        }
+        (Op::Put, false) => {
+            let key = &ctx.keys[n % ctx.keys.len()];
+            ctx.store.put(key, &ctx.record).await.unwrap();
+        }
+        (Op::Put, true) => {
+            let key = &ctx.keys[n % ctx.keys.len()];
+            sqlx::query(AssertSqlSafe(ctx.raw_put.as_str()))
+                .bind(key.subject().as_bytes())
+                .bind(&ctx.bytes)
+                .execute(&ctx.pool)
+                .await
+                .unwrap();
+        }
+        (Op::InsertTake, false) => {
+            let flow = flow(n);
+            assert_eq!(
+                ctx.store.insert(&flow).await.unwrap(),
+                InsertOutcome::Inserted
+            );
+            assert!(ctx.store.take(&flow.state).await.unwrap().is_some());
+        }
+        (Op::InsertTake, true) => {
+            let flow = flow(n);
+            sqlx::query(AssertSqlSafe(ctx.raw_insert.as_str()))
+                .bind(flow.state.as_str().as_bytes())
+                .bind(codec::encode_flow(&flow))
+                .execute(&ctx.pool)
+                .await
+                .unwrap();
+            let taken: Option<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(ctx.raw_take.as_str()))
+                .bind(flow.state.as_str().as_bytes())
+                .fetch_optional(&ctx.pool)
+                .await
+                .unwrap();
+            assert!(taken.is_some());
+        }
+    }
+}
+
+/// A number no other run of the process uses, for unique flows.
+fn next_number() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Ours and the baseline interleaved op by op on each of `tasks` tasks, in
+/// alternating order; rows whose ops/s is tasks / mean latency, so the
+/// ratio compares mean latencies under the same conditions.
+async fn interleaved(
+    ctx: &Arc<Context>,
+    op: Op,
+    tasks: usize,
+    iterations: usize,
+) -> (Stats, Stats) {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let ctx = Arc::clone(ctx);
+        // Plain closures returning futures, not async closures: the spawned
+        // task must be Send, which rustc cannot yet prove through an async
+        // closure's borrowing future.
+        let call = move |raw: bool| {
+            let ctx = Arc::clone(&ctx);
+            move |_| {
+                let ctx = Arc::clone(&ctx);
+                async move { run(&ctx, op, raw, next_number()).await }
+            }
+        };
+        handles.push(tokio::spawn(interleaved_latencies(
+            iterations,
+            call(false),
+            call(true),
+        )));
+    }
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for handle in handles {
+        let (o, b) = handle.await.unwrap();
+        ours.extend(o);
+        base.extend(b);
+    }
+    let wall = |latencies: &[Duration]| latencies.iter().sum::<Duration>() / tasks as u32;
+    let (base_wall, ours_wall) = (wall(&base), wall(&ours));
+    let (name, base_name) = op.names();
+    (
+        Stats::from_latencies(
+            format!("{base_name}, {tasks} task(s), interleaved"),
+            base,
+            base_wall,
+        ),
+        Stats::from_latencies(
+            format!("{name}, {tasks} task(s), interleaved"),
+            ours,
+            ours_wall,
+        ),
+    )
+}
+
+fn main() {
+    if std::env::var(ROLE).as_deref() == Ok("completer") {
+        return completer();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(benchmark());
+}
+
+async fn benchmark() {
+    let schema = format!(
+        "mcp_authkit_bench_{}",
+        mcp_authkit_core::random_urlsafe(8)
+            .to_ascii_lowercase()
+            .replace('-', "_")
+    );
+    let store = PostgresStore::options(&url())
+        .schema(&schema)
+        .open()
+        .await
+        .expect(
+            "a PostgreSQL server at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test)",
+        );
+    let pool = store.pool().clone();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {schema}.raw_tokens (k BYTEA PRIMARY KEY, v BYTEA NOT NULL);
+         CREATE TABLE {schema}.raw_flows (state BYTEA PRIMARY KEY, v BYTEA NOT NULL)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let keys: Vec<TokenKey> = (0..1000)
+        .map(|i| TokenKey::new("github", format!("user-{i}")))
+        .collect();
+    let record = mcp_authkit_bench::github_record();
+    let bytes = codec::encode_token(&record);
+    let raw_put = format!(
+        "INSERT INTO {schema}.raw_tokens (k, v) VALUES ($1, $2) \
+         ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+    );
+    for key in &keys {
+        store.put(key, &record).await.unwrap();
+        sqlx::query(AssertSqlSafe(raw_put.as_str()))
+            .bind(key.subject().as_bytes())
+            .bind(&bytes)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        pool,
+        keys,
+        record,
+        bytes,
+        raw_get: format!("SELECT v FROM {schema}.raw_tokens WHERE k = $1"),
+        raw_put,
+        raw_insert: format!("INSERT INTO {schema}.raw_flows (state, v) VALUES ($1, $2)"),
+        raw_take: format!("DELETE FROM {schema}.raw_flows WHERE state = $1 RETURNING v"),
+    });
+    let mut table = Table::new();
+    for op in [Op::Get, Op::Put, Op::InsertTake] {
+        let iterations = if op == Op::Get { 10_000 } else { 3_000 };
+        let (base, ours) = interleaved(&ctx, op, 1, iterations).await;
+        table.row("postgres", ours, Some(base));
+    }
+    for op in [Op::Get, Op::Put, Op::InsertTake] {
+        let (base, ours) = interleaved(&ctx, op, 32, 200).await;
+        table.row("postgres", ours, Some(base));
+    }
+    let (wake, notify) = cross_process_wakes(&store, &schema).await;
+    table.row("postgres", wake, Some(notify.clone()));
+    table.row("sqlx", notify, None);
+
+    println!("{}", table.render());
+    println!(
+        "Targets: get <= 1.2x raw SELECT, put <= 1.5x raw upsert (same pool, interleaved); \
+         cross-process wake p99 <= 5 ms on loopback."
+    );
+    store.drop_tables().await.unwrap();
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(store.pool())
+    .await;
+}
+
+/// Times wakes across processes: this process waits (through the store, or
+/// a raw PgListener), a child completes (or NOTIFYs) and reports when it
+/// started to, on the shared system clock.
+async fn cross_process_wakes(store: &PostgresStore, schema: &str) -> (Stats, Stats) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, "completer")
+        .env(SCHEMA, schema)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut ask = move |line: String| {
+        writeln!(to_child, "{line}").unwrap();
+        to_child.flush().unwrap();
+    };
+    let (reports, mut started_at) = tokio::sync::mpsc::unbounded_channel::<u128>();
+    let from_child = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from_child).lines() {
+            let started = line.unwrap().parse().expect("a timestamp");
+            if reports.send(started).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(started_at.recv().await, Some(0), "the child is ready");
+
+    let channel = format!("{schema}_raw");
+    let mut listener = PgListener::connect(&url()).await.unwrap();
+    listener.listen(&channel).await.unwrap();
+    // The store's listener starts with its first waiter: warm it up.
+    let _ = store
+        .wait(&FlowState::generate(), Duration::from_millis(50))
+        .await;
+
+    let (mut wakes, mut notifies) = (Vec::new(), Vec::new());
+    for i in 0..2 * (WAKES + 20) {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let (woke, started) = if i % 2 == 0 {
+            let state = FlowState::generate();
+            let waiter = {
+                let store = store.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let outcome = store.wait(&state, Duration::from_secs(10)).await.unwrap();
+                    assert!(outcome.is_some(), "the wait saw the completion");
+                    now_nanos()
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            ask(format!("complete {}", state.as_str()));
+            let started = started_at.recv().await.expect("the child reports");
+            (waiter.await.unwrap(), started)
+        } else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            ask(format!("notify {channel}"));
+            listener.recv().await.unwrap();
+            let woke = now_nanos();
+            (woke, started_at.recv().await.expect("the child reports"))
+        };
+        let latency = Duration::from_nanos(woke.saturating_sub(started) as u64);
+        match (i >= 40, i % 2) {
+            (true, 0) => wakes.push(latency),
+            (true, _) => notifies.push(latency),
+            _ => {}
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (
+        latency_row("wake: complete in B -> wait returns in A", wakes),
+        latency_row("raw NOTIFY in B -> notification in A", notifies),
+    )
+}
+
+/// Process B: completes flows or sends NOTIFYs when asked, and reports when
+/// it started each (nanoseconds since the epoch).
+fn completer() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let schema = std::env::var(SCHEMA).unwrap();
+        let store = PostgresStore::options(&url())
+            .schema(schema)
+            .open()
+            .await
+            .unwrap();
+        let outcome = FlowOutcome::Authorized {
+            revision: Revision::new(1),
+        };
+        let key = TokenKey::new("github", "bench");
+        let say = |line: String| {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}").unwrap();
+            out.flush().unwrap();
+        };
+        say("0".into());
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let line = line.unwrap();
+            let (command, argument) = line.split_once(' ').unwrap();
+            let started = now_nanos();
+            match command {
+                "complete" => store
+                    .complete(
+                        &key,
+                        &FlowState::new(argument),
+                        &outcome,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap(),
+                "notify" => {
+                    sqlx::query("SELECT pg_notify($1, 'x')")
+                        .bind(argument)
+                        .execute(store.pool())
+                        .await
+                        .unwrap();
+                }
+                other => panic!("unknown command {other}"),
+            }
+            say(started.to_string());
+        }
+    });
+}

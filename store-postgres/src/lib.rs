@@ -1,0 +1,452 @@
+//! # mcp-authkit-store-postgres
+//!
+//! Tokens and pending authorization flows in PostgreSQL, shared by every
+//! replica that connects to the same database and schema, and durable
+//! across restarts of the server (unlike a Redis without persistence, which
+//! forgets every refresh token when it restarts). [`PostgresStore`]
+//! implements both [`TokenStore`] and [`PendingStore`] with every guarantee
+//! of `mcp-authkit-core`, across processes, and passes the whole
+//! `mcp-authkit-conformance` suite including its cross-process scenario.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mcp_authkit_core::{PendingStore, Timestamp, TokenKey, TokenRecord, TokenStore};
+//! use mcp_authkit_store_postgres::PostgresStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Tables go in the schema you choose (default `public`), created or
+//! // upgraded on open.
+//! let store = PostgresStore::options("postgres://app@db.internal/app?sslmode=verify-full")
+//!     .schema("authkit")
+//!     .open()
+//!     .await?;
+//! let tokens: Arc<dyn TokenStore> = Arc::new(store.clone());
+//! let pending: Arc<dyn PendingStore> = Arc::new(store);
+//! let key = TokenKey::new("github", "user-1");
+//! tokens.put(&key, &TokenRecord::new("gho_x", Timestamp::now())).await?;
+//! # let _ = pending;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connecting
+//!
+//! From a URL ([`PostgresStore::connect`], [`PostgresStore::options`]), with
+//! every parameter sqlx's `PgConnectOptions` reads, `sslmode` and
+//! `sslrootcert` included (TLS through rustls with the `tls` feature, on by
+//! default), or from an application's existing [`PgPool`]
+//! ([`PostgresStore::from_pool`]). URLs never appear in errors or logs: they
+//! may hold a password.
+//!
+//! # Schema and migrations
+//!
+//! Tables are named `mcp_authkit_*` and live in the schema given to
+//! [`PostgresStoreOptions::schema`] (default `public`), so the store can
+//! share the application's own database. Every statement names the schema
+//! (quoted), so it does not depend on `search_path`, also on a pool the
+//! application configured. The schema is created and upgraded by this
+//! crate's own migrations, recorded in their own table, [`MIGRATIONS_TABLE`]
+//! in that schema (never in sqlx's `_sqlx_migrations`), in one transaction
+//! under an advisory lock, so replicas starting together take turns. A
+//! schema already at [`SCHEMA_VERSION`] is only read, so a least-privilege
+//! role opens it. A schema newer than this release is refused with
+//! [`Error::UnsupportedFormat`] before anything is changed.
+//!
+//! # Least-privilege role
+//!
+//! Let the schema's owner create it once (the first open as that role, or
+//! `mcp-authkit purge --store postgres://owner@...`), then run the
+//! application as a role with only these grants (schema `authkit`, role
+//! `app`):
+//!
+//! ```sql
+//! GRANT USAGE ON SCHEMA authkit TO app;
+//! GRANT SELECT, INSERT, UPDATE, DELETE ON
+//!     authkit.mcp_authkit_tokens, authkit.mcp_authkit_leases,
+//!     authkit.mcp_authkit_flows, authkit.mcp_authkit_active_flows,
+//!     authkit.mcp_authkit_outcomes TO app;
+//! GRANT SELECT ON authkit.mcp_authkit_migrations TO app;
+//! GRANT USAGE ON SEQUENCE authkit.mcp_authkit_revisions TO app;
+//! ```
+//!
+//! (`LISTEN` and `NOTIFY` need no grant.) The test `least_privilege_role`
+//! runs the store as such a role.
+//!
+//! # How the guarantees hold across processes
+//!
+//! - Revisions come from one sequence per schema; a sequence never hands a
+//!   value out twice, so revisions grow across deletes. A `put` that met a
+//!   concurrent write takes its revision after the row lock is held, so it
+//!   is above the revision of the write it follows.
+//! - Compare-and-swap is one `UPDATE ... WHERE revision = $expected` (or an
+//!   `INSERT ... ON CONFLICT DO NOTHING` for "no record"); under READ
+//!   COMMITTED a concurrent writer makes PostgreSQL re-check the condition
+//!   on the row it committed, so exactly one racer wins.
+//! - [`PendingStore::take`] is one `DELETE ... RETURNING`: one caller gets
+//!   the row.
+//! - One active flow per key is the primary key of
+//!   `mcp_authkit_active_flows`; a refresh lease is a row with an expiry
+//!   and a random token, replaced only once expired.
+//! - Key parts and flow states are stored as `BYTEA`, so any UTF-8 key
+//!   works, NUL included (which `TEXT` cannot hold).
+//! - Times (expiry of flows, outcomes, leases) come from the store's
+//!   clock, as in the other backends: replicas must agree on time.
+//!
+//! # Durable or an error
+//!
+//! No write is reported done before its commit succeeded: writes of one
+//! statement run in autocommit and every row they return is read, so an
+//! error the server sends at commit is seen; writes of several statements
+//! run in a transaction whose `COMMIT` is checked. A disk that fills up, a
+//! read-only database (a standby, `default_transaction_read_only`), a
+//! missing privilege, bad credentials or a missing database are errors that
+//! say so and are not retryable ([`Error::is_retryable`]); an unreachable
+//! server, a connection killed in the middle of the work, a statement
+//! timeout or a deadlock are retryable. A connection lost during a commit
+//! leaves the outcome unknown (as in any client); the guarantees above hold
+//! either way, and a retried `put` only writes a newer revision.
+//!
+//! # Waiting
+//!
+//! [`PendingStore::complete`] sends a `NOTIFY` in the transaction that
+//! stores the outcome, so it goes out at commit. Each process holds one
+//! listening connection per server and schema, shared by every store
+//! instance and every waiter, opened by the first `wait`: a thousand
+//! waiting flows cost one connection. After that connection drops and comes
+//! back, every waiter reads its flow's outcome again, so a completion made
+//! while it was down is not lost. Waiters in the completing process wake
+//! right after the commit, without waiting for the notification.
+//!
+//! # Expiry
+//!
+//! Expired flows, outcomes and leases are ignored by every operation at
+//! once and removed by [`PendingStore::purge_expired`] or by the background
+//! task of [`PostgresStore::spawn_purge_task`], in statements of at most
+//! 256 rows per table, so a large backlog never holds many row locks at
+//! once.
+
+#![warn(missing_docs)]
+
+mod error;
+mod pending;
+mod purge;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tokens;
+mod wake;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_authkit_core::{Clock, Error, Result, SystemClock};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+pub use purge::PurgeTask;
+/// The sqlx version this crate is built on, for [`PostgresStore::pool`].
+pub use sqlx;
+
+#[cfg(doc)]
+use mcp_authkit_core::{PendingStore, TokenStore};
+
+/// The table (in the store's schema) that records which of this crate's
+/// migrations the schema has.
+pub const MIGRATIONS_TABLE: &str = "mcp_authkit_migrations";
+
+/// The newest schema version this release creates and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The schema used when none is chosen.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// Token and pending-flow storage in PostgreSQL; clones share one pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    sql: schema::Statements,
+    clock: Arc<dyn Clock>,
+    hub: Arc<wake::Hub>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host/db?...`)
+    /// with default options and brings the schema `public` up to date.
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        PostgresStoreOptions::new(url).open().await
+    }
+
+    /// Options for connecting to the database at `url`.
+    pub fn options(url: &str) -> PostgresStoreOptions {
+        PostgresStoreOptions::new(url)
+    }
+
+    /// A store on an application's existing pool, in the schema `public`;
+    /// [`PostgresStoreOptions::from_pool`] chooses another.
+    pub async fn from_pool(pool: PgPool) -> Result<PostgresStore> {
+        PostgresStoreOptions::from_pool(pool).open().await
+    }
+
+    /// The connection pool: for inspection, or an application's own queries.
+    /// Tables named `mcp_authkit_*` belong to this crate; write to them only
+    /// through the store.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema the store's tables are in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel of this store's schema.
+    pub fn channel(&self) -> &str {
+        self.inner.hub.channel()
+    }
+
+    /// Removes the store's tables, sequence and migrations table, with
+    /// every token and flow in them, then the schema itself if nothing else
+    /// is left in it and it is not `public`. For throwaway stores (the
+    /// demo, tests); other instances on the schema fail afterwards.
+    pub async fn drop_tables(&self) -> Result<()> {
+        const OP: &str = "drop tables";
+        let s = schema::quote_ident(&self.inner.schema);
+        let mut tx = self.pool().begin().await.map_err(|e| error::db(OP, e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {s}.mcp_authkit_tokens, {s}.mcp_authkit_leases, \
+             {s}.mcp_authkit_flows, {s}.mcp_authkit_active_flows, {s}.mcp_authkit_outcomes, \
+             {s}.{MIGRATIONS_TABLE}; DROP SEQUENCE IF EXISTS {s}.mcp_authkit_revisions"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| error::db(OP, e))?;
+        let left: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1)",
+        )
+        .bind(&self.inner.schema)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| error::db(OP, e))?;
+        if !left && self.inner.schema != DEFAULT_SCHEMA {
+            // RESTRICT: anything else in it (a function, a type) keeps it,
+            // and the savepoint keeps the drops above.
+            sqlx::query("SAVEPOINT keep_schema")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| error::db(OP, e))?;
+            let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} RESTRICT")))
+                .execute(&mut *tx)
+                .await;
+            if dropped.is_err() {
+                sqlx::query("ROLLBACK TO SAVEPOINT keep_schema")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| error::db(OP, e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| error::db(OP, e))
+    }
+
+    /// Closes this instance's pool (shared by its clones). Other instances
+    /// are not affected.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// The completion listener of this process for this store's server and
+    /// schema: `Some(n)` while it listens, `n` growing with every
+    /// (re)connection; `None` while it is down or not started. For tests
+    /// and health checks.
+    #[doc(hidden)]
+    pub fn listener_epoch(&self) -> Option<u64> {
+        match &*self.inner.hub.link().borrow() {
+            wake::Link::Up(epoch) => Some(*epoch),
+            wake::Link::Down(_) => None,
+        }
+    }
+
+    /// How many flow states this process's waiters wait on, for tests.
+    #[doc(hidden)]
+    pub fn waited_states(&self) -> usize {
+        self.inner.hub.waited_states()
+    }
+
+    pub(crate) fn now(&self) -> mcp_authkit_core::Timestamp {
+        self.inner.clock.now()
+    }
+
+    pub(crate) fn sql(&self) -> &schema::Statements {
+        &self.inner.sql
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<wake::Hub> {
+        &self.inner.hub
+    }
+}
+
+enum Source {
+    Url(String),
+    Pool(PgPool),
+}
+
+/// How to open a [`PostgresStore`].
+pub struct PostgresStoreOptions {
+    source: Source,
+    schema: String,
+    max_connections: u32,
+    connect_timeout: Duration,
+    application_name: Option<String>,
+    create: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for PostgresStoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: never printed.
+        f.debug_struct("PostgresStoreOptions")
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStoreOptions {
+    /// Default options for the database at `url`.
+    pub fn new(url: &str) -> Self {
+        Self::with_source(Source::Url(url.to_owned()))
+    }
+
+    /// Options for a store on an existing pool (its size and timeouts stay
+    /// the application's).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self::with_source(Source::Pool(pool))
+    }
+
+    fn with_source(source: Source) -> Self {
+        PostgresStoreOptions {
+            source,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+            application_name: None,
+            create: true,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The schema of the store's tables (default `public`); created if
+    /// missing and the role may.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Most connections of the pool (default 10, at least 1; URL only).
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long opening, and getting a pooled connection, may take before
+    /// failing with a retryable error (default 10 s; URL only).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The `application_name` the connections show in `pg_stat_activity`
+    /// (URL only; default: sqlx's).
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// Whether opening creates the tables when the schema has none (default
+    /// true). Tools that only look at an existing store (the CLI's
+    /// `inspect`, `purge`, `rekey`) pass false, so a mistyped schema or
+    /// database fails instead of getting empty tables. A schema of an older
+    /// version is upgraded either way.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// The clock that decides expiry of flows, outcomes and leases (default:
+    /// the system clock); replace it only in tests.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn open(self) -> Result<PostgresStore> {
+        schema::check_schema_name(&self.schema)?;
+        let pool = match self.source {
+            Source::Url(url) => {
+                let scheme_ok = ["postgres://", "postgresql://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme));
+                let parsed = PgConnectOptions::from_str(&url).ok().filter(|_| scheme_ok);
+                let mut connect = parsed.ok_or_else(|| {
+                    // Not the parser's message: it may quote the URL.
+                    Error::invalid_input(
+                        "postgres url",
+                        "it is not a PostgreSQL connection URL; expected \
+                         postgres://user[:password]@host[:port]/database[?sslmode=...]",
+                    )
+                })?;
+                if let Some(name) = &self.application_name {
+                    connect = connect.application_name(name);
+                }
+                // One connection first: its error tells an unreachable
+                // server from bad credentials or a missing database, where
+                // a pool would only report a timeout.
+                let first = tokio::time::timeout(self.connect_timeout, connect.connect())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        operation: "connect to postgres",
+                        after: self.connect_timeout,
+                    })?
+                    .map_err(|e| error::db("connect", e))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(self.max_connections)
+                    .min_connections(0)
+                    .acquire_timeout(self.connect_timeout)
+                    .connect_lazy_with(connect);
+                let _ = first.close().await;
+                pool
+            }
+            Source::Pool(pool) => pool,
+        };
+        schema::migrate(&pool, &self.schema, self.create).await?;
+        let channel = schema::channel_for(&self.schema);
+        let hub = wake::Hub::shared_for(&pool.connect_options(), &channel);
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                sql: schema::Statements::new(&self.schema),
+                schema: self.schema,
+                pool,
+                clock: self.clock,
+                hub,
+            }),
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! `PendingStore` on the flows, active-flows and outcomes tables.
+
+use std::time::Duration;
+
+use mcp_authkit_core::{
+    Error, FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, PurgeReport, Result,
+    TokenKey, async_trait, codec,
+};
+use sqlx::Connection;
+
+use crate::PostgresStore;
+use crate::error::{db, decode};
+use crate::tokens::stmt;
+use crate::wake::{Link, hex};
+
+/// How soon a waiter reads the stored outcome again after that read failed
+/// while the listener stayed up.
+const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
+
+fn flow_location(state: &FlowState) -> String {
+    format!("mcp_authkit_flows row {state:?}")
+}
+
+fn outcome_location(state: &FlowState) -> String {
+    format!("mcp_authkit_outcomes row {state:?}")
+}
+
+fn stopped() -> Error {
+    Error::Internal("the completion listener stopped (its tokio runtime shut down)".into())
+}
+
+#[async_trait]
+impl PendingStore for PostgresStore {
+    async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
+        const OP: &str = "insert pending flow";
+        let bytes = codec::encode_flow(flow);
+        let provider = flow.key.provider().as_bytes();
+        let subject = flow.key.subject().as_bytes();
+        let state = flow.state.as_str().as_bytes();
+        let mut conn = self.pool().acquire().await.map_err(|e| db(OP, e))?;
+        loop {
+            let now = self.now().unix_millis();
+            let mut tx = conn.begin().await.map_err(|e| db(OP, e))?;
+            // The key's primary key decides: a free key, or one whose
+            // active flow expired, takes this flow; a live one makes this
+            // change nothing and return no row.
+            let claimed: Vec<Vec<u8>> = sqlx::query_scalar(stmt(&self.sql().claim_active))
+                .bind(provider)
+                .bind(subject)
+                .bind(state)
+                .bind(flow.expires_at.unix_millis())
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| db(OP, e))?;
+            let outcome = if claimed.is_empty() {
+                let active: Option<Vec<u8>> = sqlx::query_scalar(stmt(&self.sql().active_state))
+                    .bind(provider)
+                    .bind(subject)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| db(OP, e))?;
+                match active {
+                    Some(active) => InsertOutcome::Joined(FlowState::new(
+                        String::from_utf8_lossy(&active).into_owned(),
+                    )),
+                    // Completed between the conflict and this read: the key
+                    // is free again.
+                    None => continue,
+                }
+            } else {
+                sqlx::query(stmt(&self.sql().insert_flow))
+                    .bind(state)
+                    .bind(provider)
+                    .bind(subject)
+                    .bind(flow.expires_at.unix_millis())
+                    .bind(&bytes)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db(OP, e))?;
+                InsertOutcome::Inserted
+            };
+            tx.commit().await.map_err(|e| db(OP, e))?;
+            return Ok(outcome);
+        }
+    }
+
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(stmt(&self.sql().get_flow))
+            .bind(state.as_str().as_bytes())
+            .bind(self.now().unix_millis())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| db("get pending flow", e))?;
+        bytes
+            .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
+            .transpose()
+    }
+
+    async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
+        let state: Option<Vec<u8>> = sqlx::query_scalar(stmt(&self.sql().active_flow))
+            .bind(key.provider().as_bytes())
+            .bind(key.subject().as_bytes())
+            .bind(self.now().unix_millis())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| db("get active flow", e))?;
+        Ok(state.map(|state| FlowState::new(String::from_utf8_lossy(&state).into_owned())))
+    }
+
+    async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        // One statement: of any number of racing callers in any process,
+        // exactly one deletes the row and gets it back. Every row read, so
+        // an error at commit is seen: a take reported done but rolled back
+        // would hand the flow to a second caller.
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(stmt(&self.sql().take))
+            .bind(state.as_str().as_bytes())
+            .bind(self.now().unix_millis())
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| db("take pending flow", e))?;
+        rows.into_iter()
+            .next()
+            .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
+            .transpose()
+    }
+
+    async fn complete(
+        &self,
+        key: &TokenKey,
+        state: &FlowState,
+        outcome: &FlowOutcome,
+        keep_for: Duration,
+    ) -> Result<()> {
+        const OP: &str = "complete flow";
+        let bytes = codec::encode_outcome(outcome);
+        let keep_until = self.now().saturating_add(keep_for).unix_millis();
+        let state_bytes = state.as_str().as_bytes();
+        let mut tx = self.pool().begin().await.map_err(|e| db(OP, e))?;
+        sqlx::query(stmt(&self.sql().delete_flow))
+            .bind(state_bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db(OP, e))?;
+        sqlx::query(stmt(&self.sql().end_active))
+            .bind(key.provider().as_bytes())
+            .bind(key.subject().as_bytes())
+            .bind(state_bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db(OP, e))?;
+        sqlx::query(stmt(&self.sql().store_outcome))
+            .bind(state_bytes)
+            .bind(keep_until)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db(OP, e))?;
+        // Sent by the server at commit, and only if the commit succeeds.
+        sqlx::query(stmt(&self.sql().notify))
+            .bind(self.hub().channel())
+            .bind(hex(state_bytes))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db(OP, e))?;
+        tx.commit().await.map_err(|e| db(OP, e))?;
+        self.hub().deliver_local(state_bytes);
+        Ok(())
+    }
+
+    async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(stmt(&self.sql().outcome))
+            .bind(state.as_str().as_bytes())
+            .bind(self.now().unix_millis())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| db("get flow outcome", e))?;
+        bytes
+            .map(|bytes| {
+                codec::decode_outcome(&bytes).map_err(|e| decode(outcome_location(state), e))
+            })
+            .transpose()
+    }
+
+    async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
+        let deadline = mcp_authkit_core::deadline_after(timeout);
+        // Registered before the stored outcome is read: every notification
+        // from now on reaches this waiter.
+        let mut registration = self.hub().register(state.as_str().as_bytes());
+        let mut link = self.hub().link();
+        loop {
+            // Until LISTEN is in effect, a read could miss a completion
+            // committed right after it.
+            loop {
+                match &*link.borrow_and_update() {
+                    Link::Up(_) => break,
+                    // A refusal that retrying cannot fix would otherwise
+                    // look like a wait that never ends.
+                    Link::Down(Some(error)) if !error.is_retryable() => return Err(error.clone()),
+                    Link::Down(_) => {}
+                }
+                match tokio::time::timeout_at(deadline, link.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(stopped()),
+                    // Out of time without a listener: answer from the
+                    // store, which is what a notification would have said.
+                    Err(_) => return self.outcome(state).await,
+                }
+            }
+            let mut recheck = false;
+            match self.outcome(state).await {
+                Ok(Some(outcome)) => return Ok(Some(outcome)),
+                Ok(None) => {}
+                Err(error) if error.is_retryable() => recheck = true,
+                Err(error) => return Err(error),
+            }
+            tokio::select! {
+                // Notified: read the stored outcome.
+                () = registration.notified() => {}
+                // Dropped or listening again: read again, since notifications
+                // sent in between were not delivered.
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return Err(stopped());
+                    }
+                }
+                () = tokio::time::sleep(RECHECK_AFTER_ERROR), if recheck => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<PurgeReport> {
+        self.purge().await
+    }
+}

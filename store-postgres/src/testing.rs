@@ -1,0 +1,103 @@
+//! Helpers for tests that need a PostgreSQL server (feature `testing`).
+//!
+//! [`database_url`] finds one: `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) if it answers; otherwise the
+//! test fails with a message that says how to provide one (with `CI=true`
+//! it also says the CI script must start it). A test never skips silently
+//! for want of PostgreSQL.
+//!
+//! Give every test its own [`unique_schema`] and remove it afterwards with
+//! [`drop_schema`], so parallel runs on one server never collide.
+
+use std::time::Duration;
+
+use sqlx::{ConnectOptions, Connection, postgres::PgConnectOptions};
+use tokio::sync::OnceCell;
+
+/// Where tests look for PostgreSQL when `DATABASE_URL` is not set.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A schema name no other test run uses: `mcp_authkit_test_{label}_{random}`
+/// (lower case, so it needs no quoting in a `psql` session).
+pub fn unique_schema(label: &str) -> String {
+    let random: String = mcp_authkit_core::random_urlsafe(9)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("mcp_authkit_test_{label}_{random}")
+}
+
+/// The URL of a PostgreSQL server for tests; panics, saying how to provide
+/// one, when there is none. Found once per process.
+pub async fn database_url() -> String {
+    static URL: OnceCell<String> = OnceCell::const_new();
+    URL.get_or_init(find).await.clone()
+}
+
+async fn find() -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    match probe(&url).await {
+        Ok(()) => url,
+        Err(error) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            panic!("{}", missing_message(&url, &error, ci))
+        }
+    }
+}
+
+/// Whether a PostgreSQL server accepts a connection at `url`.
+pub async fn probe(url: &str) -> Result<(), String> {
+    let options: PgConnectOptions = url.parse().map_err(|_| "not a postgres URL".to_owned())?;
+    match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// What a test says when it finds no PostgreSQL.
+pub fn missing_message(url: &str, error: &str, ci: bool) -> String {
+    // Never the password: only what follows the '@'.
+    let address = url.rsplit('@').next().unwrap_or(url);
+    let mut message = format!(
+        "no PostgreSQL server accepts connections at {address} ({error}). These tests need \
+         PostgreSQL 13 or newer:\n\
+         - start one: `docker run --rm -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust \
+         -e POSTGRES_DB=test postgres:15`, or a local server with a database `test`, or\n\
+         - point DATABASE_URL at one, e.g. \
+         `DATABASE_URL=postgres://postgres@127.0.0.1:5433/test cargo test`"
+    );
+    if ci {
+        message.push_str(
+            "\nCI=true: tests never skip in CI; the CI script must start PostgreSQL (.ci/run does).",
+        );
+    }
+    message
+}
+
+/// Drops `schema` and everything in it (a test's cleanup).
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
+    let options: PgConnectOptions = url.parse().map_err(|_| "not a postgres URL".to_owned())?;
+    let mut connection = options.connect().await.map_err(|e| e.to_string())?;
+    let statement = format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        crate::schema::quote_ident(schema)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(&mut connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = connection.close().await;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Tests of the PostgreSQL store against the real server at DATABASE_URL
+//! (default postgres://postgres@127.0.0.1:5432/test; it must be a superuser
+//! for the role tests). Every test works in a fresh schema, dropped after.
+
+mod common;
+mod errors;
+mod resilience;
+mod restart;
+mod store;

@@ -1,0 +1,235 @@
+//! Killed connections, a listener that goes away and comes back, and many
+//! waiters on one listening connection.
+
+use std::time::Duration;
+
+use mcp_authkit_core::{
+    FlowOutcome, PendingStore, Revision, Timestamp, TokenKey, TokenRecord, TokenStore,
+};
+use mcp_authkit_store_postgres::PostgresStore;
+use sqlx::{Connection, Executor};
+
+use crate::common::{
+    AppRole, Schema, admin, admin_exec, eventually, flow, listener_pids, terminate, url_as,
+};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn authorized(n: u64) -> FlowOutcome {
+    FlowOutcome::Authorized {
+        revision: Revision::new(n),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_pool_connection_fails_retryably_and_the_store_goes_on() {
+    let schema = Schema::new("killpool").await;
+    let app_name = format!("mcp-authkit-test-{}", schema.name);
+    let store = PostgresStore::options(&schema.url)
+        .schema(&schema.name)
+        .application_name(&app_name)
+        .open()
+        .await
+        .unwrap();
+    let key = TokenKey::new("github", "alice");
+    let f = flow(&key, MINUTE);
+    store.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+
+    // A write blocked behind another session's lock, then killed.
+    let mut blocker = admin().await;
+    let mut tx = blocker.begin().await.unwrap();
+    tx.execute(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE \"{}\".mcp_authkit_tokens IN ACCESS EXCLUSIVE MODE",
+        schema.name
+    )))
+    .await
+    .unwrap();
+    let put = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            store
+                .put(&key, &TokenRecord::new("t1", Timestamp::now()))
+                .await
+        })
+    };
+    let mut pid = None;
+    let found = eventually(Duration::from_secs(10), async || {
+        let mut conn = admin().await;
+        pid = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+             AND wait_event_type = 'Lock'",
+        )
+        .bind(&app_name)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        pid.is_some()
+    })
+    .await;
+    assert!(found, "the put waits on the lock");
+    terminate(pid.unwrap()).await;
+    let error = put.await.unwrap().expect_err("the killed write fails");
+    assert!(error.is_retryable(), "{error}");
+    assert!(
+        error.to_string().contains("closed the connection"),
+        "{error}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Later operations succeed on fresh connections, and waiters still wake.
+    let revision = store
+        .put(&key, &TokenRecord::new("t2", Timestamp::now()))
+        .await
+        .expect("the next write works");
+    assert_eq!(store.get(&key).await.unwrap().unwrap().revision, revision);
+    store.take(&f.state).await.unwrap().unwrap();
+    store
+        .complete(&key, &f.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(1)));
+}
+
+#[tokio::test]
+async fn a_completion_while_the_listener_is_down_is_not_lost() {
+    let schema = Schema::new("listener").await;
+    // The completing side: another user, so another listener hub than the
+    // waiters' (what another process would be; the conformance suite's
+    // cross_process scenario covers a real one).
+    let owner = schema.open().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let waiters_store = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let keys: Vec<TokenKey> = (0..4)
+        .map(|i| TokenKey::new("github", format!("user-{i}")))
+        .collect();
+    let mut flows = Vec::new();
+    let mut waits = Vec::new();
+    for key in &keys {
+        let f = flow(key, MINUTE);
+        owner.insert(&f).await.unwrap();
+        let (store, state) = (waiters_store.clone(), f.state.clone());
+        waits.push(tokio::spawn(
+            async move { store.wait(&state, MINUTE).await },
+        ));
+        flows.push(f);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            waiters_store.listener_epoch().is_some() && waiters_store.waited_states() == 4
+        })
+        .await
+    );
+    let first_epoch = waiters_store.listener_epoch().unwrap();
+    let pids = listener_pids(waiters_store.channel()).await;
+    assert_eq!(pids.len(), 1, "one listener for every waiter: {pids:?}");
+
+    // Keep the listener from coming back (a retryable refusal: too many
+    // connections for the role), then kill it.
+    admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    terminate(pids[0]).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || waiters_store
+            .listener_epoch()
+            .is_none())
+        .await,
+        "the waiters' side sees its listener down"
+    );
+    // Completed while nobody listens: the notification is lost.
+    owner.take(&flows[0].state).await.unwrap().unwrap();
+    owner
+        .complete(&keys[0], &flows[0].state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waits[0].is_finished(), "no listener, no wake (yet)");
+
+    // The listener comes back; every waiter reads again.
+    admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT -1", role.name)).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), waits.remove(0))
+        .await
+        .expect("woken after the reconnect")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, Some(authorized(1)));
+    assert!(waiters_store.listener_epoch().unwrap() > first_epoch);
+    assert_eq!(listener_pids(waiters_store.channel()).await.len(), 1);
+
+    // Later completions are notified as before.
+    for (i, (key, f)) in keys.iter().zip(&flows).enumerate().skip(1) {
+        owner.take(&f.state).await.unwrap().unwrap();
+        owner
+            .complete(key, &f.state, &authorized(i as u64 + 1), MINUTE)
+            .await
+            .unwrap();
+    }
+    for (i, wait) in waits.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("woken by the notification")
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, Some(authorized(i as u64 + 2)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_hold_one_listening_connection() {
+    const WAITERS: usize = 1000;
+    let schema = Schema::new("many").await;
+    let stores = [
+        schema.open().await,
+        schema.open().await,
+        schema.open().await,
+    ];
+    let completer = schema.open().await;
+    let mut flows = Vec::new();
+    for i in 0..WAITERS {
+        let f = flow(&TokenKey::new("github", format!("user-{i}")), MINUTE);
+        completer.insert(&f).await.unwrap();
+        flows.push(f);
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    for (i, f) in flows.iter().enumerate() {
+        let (store, state) = (stores[i % 3].clone(), f.state.clone());
+        waits.spawn(async move { store.wait(&state, MINUTE).await });
+    }
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            stores[0].waited_states() == WAITERS && stores[0].listener_epoch().is_some()
+        })
+        .await,
+        "every waiter registered"
+    );
+    let listeners = listener_pids(stores[0].channel()).await;
+    assert_eq!(listeners.len(), 1, "one LISTEN connection: {listeners:?}");
+
+    for f in &flows {
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(1), MINUTE)
+            .await
+            .unwrap();
+    }
+    let mut woken = 0;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(waited) = tokio::time::timeout_at(give_up, waits.join_next())
+        .await
+        .expect("every waiter wakes")
+    {
+        assert_eq!(waited.unwrap().unwrap(), Some(authorized(1)));
+        woken += 1;
+    }
+    assert_eq!(woken, WAITERS);
+    assert_eq!(stores[0].waited_states(), 0, "nothing stays registered");
+}
