@@ -311,6 +311,15 @@ impl<S> fmt::Debug for EncryptedStore<S> {
 
 #[async_trait]
 impl<S: TokenStore> TokenStore for EncryptedStore<S> {
+    fn backend_name(&self) -> &'static str {
+        "encrypted"
+    }
+
+    /// The inner store's: nothing to decrypt.
+    async fn ping(&self) -> Result<std::time::Duration> {
+        self.inner.ping().await
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -371,6 +380,15 @@ impl<S: TokenStore> TokenStore for EncryptedStore<S> {
 
 #[async_trait]
 impl<S: PendingStore> PendingStore for EncryptedStore<S> {
+    fn pending_backend_name(&self) -> &'static str {
+        "encrypted"
+    }
+
+    /// The inner store's: nothing to decrypt.
+    async fn ping_pending(&self) -> Result<std::time::Duration> {
+        self.inner.ping_pending().await
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

@@ -382,6 +382,10 @@ async fn sweep_loop(store: Weak<Shared>) {
 
 #[async_trait]
 impl TokenStore for MemoryStore {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::PROCESS_LOCAL
     }
@@ -503,6 +507,10 @@ impl Drop for Waiting<'_> {
 
 #[async_trait]
 impl PendingStore for MemoryStore {
+    fn pending_backend_name(&self) -> &'static str {
+        "memory"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::PROCESS_LOCAL
     }

@@ -309,6 +309,16 @@ impl RedisStore {
 }
 
 impl Inner {
+    /// One `PING` round trip and its latency.
+    async fn ping(&self) -> Result<std::time::Duration> {
+        let started = std::time::Instant::now();
+        let _: String = self
+            .query(&redis::cmd("PING"))
+            .await
+            .map_err(|e| error::backend("ping", e))?;
+        Ok(started.elapsed())
+    }
+
     /// Runs `cmd`; once more if the connection could not be opened (the
     /// command never left, and the manager has started a new connection).
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
