@@ -139,6 +139,19 @@ impl AccessToken {
         Self::from_record(&stored.record, stored.revision)
     }
 
+    /// Takes the parts it needs out of a read it owns: the hot path copies
+    /// no string (the secret, type and scopes move).
+    fn from_owned(stored: StoredToken) -> Self {
+        let StoredToken { record, revision } = stored;
+        AccessToken {
+            token: record.access_token,
+            token_type: record.token_type,
+            revision,
+            expires_at: record.expires_at,
+            scopes: record.scopes,
+        }
+    }
+
     /// The secret token (use `secrecy::ExposeSecret` to send it).
     pub fn secret(&self) -> &SecretString {
         &self.token
@@ -339,6 +352,8 @@ struct Inner {
     provider: String,
     oauth: Arc<dyn OAuthClient>,
     tokens: Arc<dyn TokenStore>,
+    /// The same store as `tokens`, by its type, for the valid-token read.
+    observed_tokens: Arc<Observed<dyn TokenStore>>,
     pending: Arc<dyn PendingStore>,
     clock: Arc<dyn Clock>,
     config: LifecycleConfig,
@@ -390,13 +405,15 @@ impl TokenLifecycleBuilder {
         // it) goes through these: one place for spans and store metrics.
         let token_backend = self.tokens.backend_name();
         let pending_backend = self.pending.pending_backend_name();
-        let tokens: Arc<dyn TokenStore> = Arc::new(Observed::new(self.tokens, token_backend));
+        let observed_tokens = Arc::new(Observed::new(self.tokens, token_backend));
+        let tokens: Arc<dyn TokenStore> = observed_tokens.clone();
         let pending: Arc<dyn PendingStore> = Arc::new(Observed::new(self.pending, pending_backend));
         Ok(TokenLifecycle {
             inner: Arc::new(Inner {
                 provider: self.provider,
                 oauth: self.oauth,
                 tokens,
+                observed_tokens,
                 pending,
                 clock: self.clock,
                 config: self.config,
@@ -519,12 +536,13 @@ impl TokenLifecycle {
     /// A valid token costs one store read and no network I/O.
     pub async fn access(&self, subject: &str) -> Result<Access> {
         let key = self.key(subject);
-        let Some(stored) = self.inner.tokens.get(&key).await? else {
+        // The observed store's own method: no second boxed future.
+        let Some(stored) = self.inner.observed_tokens.get_direct(&key).await? else {
             return Ok(Access::NeedsAuthorization(AuthorizationReason::NoToken));
         };
         let now = self.inner.clock.now();
         if !self.needs_refresh(&stored.record, now) {
-            return Ok(Access::Ready(AccessToken::from_stored(&stored)));
+            return Ok(Access::Ready(AccessToken::from_owned(stored)));
         }
         let expired = stored.record.is_expired_at(now);
         let refreshable =

@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | `mcp_authkit_flows_started_total` | counter | `provider` | sign-ins started (a new flow) |
 //! | `mcp_authkit_flows_joined_total` | counter | `provider` | requests that joined the sign-in in progress for the same user |
-//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended: `authorized`, `denied`, `failed`, `abandoned` |
+//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended: `authorized`, `denied`, `failed`, `abandoned` (declined or cancelled in the client), `timed_out` (the call that started it gave up waiting) |
 //! | `mcp_authkit_callbacks_refused_total` | counter | `provider`, `reason` | callbacks refused: `unknown_state` (unknown, expired or used), `binding_mismatch` (another browser), `user_mismatch`, `issuer_mismatch`, `malformed`, `provider_error` (the token endpoint failed) |
 //! | `mcp_authkit_refreshes_total` | counter | `provider`, `result` | `refreshed`, `other_replica` (another replica or request refreshed first), `invalid_grant`, `transient` |
 //! | `mcp_authkit_refresh_duration_seconds` | histogram | `provider` | time of the refresh request to the authorization server |
@@ -19,6 +19,8 @@
 //! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
 //! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation the lifecycle makes |
 //! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
+//!
+//! The README's "Operate it" section shows the same table.
 //!
 //! Label values are provider names (from the application's configuration),
 //! backend names and the fixed words above: never a subject, a state, a
@@ -268,6 +270,15 @@ impl<S: ?Sized> Observed<S> {
     /// The store inside.
     pub fn inner(&self) -> &Arc<S> {
         &self.inner
+    }
+
+    /// [`TokenStore::get`] without the boxed future of the trait method:
+    /// what the lifecycle's valid-token path calls.
+    pub async fn get_direct(&self, key: &TokenKey) -> Result<Option<StoredToken>>
+    where
+        S: TokenStore,
+    {
+        self.run(Op::Get, self.inner.as_ref().get(key)).await
     }
 
     /// Runs one operation of the store inside in its span, and records it.
