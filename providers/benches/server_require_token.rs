@@ -96,7 +96,7 @@ fn with_user(mut ctx: RequestContext<RoleServer>, subject: &str) -> RequestConte
     ctx
 }
 
-fn provider(store: &Arc<MemoryStore>) -> OAuthProvider {
+fn build_provider(store: &Arc<MemoryStore>) -> OAuthProvider {
     let client = StandardOAuthClient::builder(
         "bench",
         "https://as.invalid/authorize",
@@ -120,7 +120,7 @@ async fn main() {
     let store = Arc::new(MemoryStore::new());
     // Built before any recorder exists: its store metric handles do nothing
     // (metrics compiled in, off).
-    let provider = provider(&store);
+    let provider = build_provider(&store);
     #[cfg(feature = "metrics")]
     let metered = {
         // What an operator runs: the Prometheus recorder (no HTTP listener;
@@ -128,7 +128,7 @@ async fn main() {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .expect("the recorder installs");
-        (provider(&store), handle)
+        (build_provider(&store), handle)
     };
     let record = TokenRecord::new(
         "gho_0123456789abcdef0123456789abcdef01234567",
