@@ -544,7 +544,7 @@ impl OAuthProvider {
 
     /// A readiness route at `path` (say `/ready`), for a load balancer or
     /// an orchestrator: `200` when the token store and the pending store
-    /// each answer one cheap round trip ([`TokenStore::ping`](mcp_authkit_core::TokenStore::ping)),
+    /// each answer one cheap round trip ([`TokenStore::ping`]),
     /// with their backends and latencies as JSON; `503` naming the store
     /// that did not (the error itself goes to the log, not to the caller).
     /// Merge it where the probe can reach it; it shows no user data.
