@@ -115,7 +115,8 @@ fn build_provider(store: &Arc<MemoryStore>) -> OAuthProvider {
         .unwrap()
 }
 
-#[tokio::main]
+// One thread: the callgrind counts then hold no idle worker threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let store = Arc::new(MemoryStore::new());
     // Built before any recorder exists: its store metric handles do nothing
