@@ -16,7 +16,9 @@
 #                                      # waiters, writer stalls during a purge
 #   bash scripts/bench.sh --scale-only # the scale section alone
 #   bash scripts/bench.sh --callgrind  # instructions per SQLite token read:
-#                                      # the store's get beside a raw sqlx SELECT
+#                                      # the store's get beside a raw sqlx SELECT;
+#                                      # per require_token (metrics off / on)
+#                                      # beside a raw memory read
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,9 @@ if [ "$main" = yes ]; then
     echo "building and running the benchmarks (release mode; this takes a few minutes)..." >&2
     cargo bench -q -p mcp-authkit-bench --bench memory --bench encrypted --bench sqlite \
         --bench redis --bench postgres 2>/dev/null >>"$raw"
-    cargo bench -q -p mcp-authkit-providers --features rmcp --bench server_require_token \
+    # metrics: the require_token rows with metrics compiled in but off, and
+    # on (a Prometheus recorder), each interleaved with the raw read.
+    cargo bench -q -p mcp-authkit-providers --features rmcp,metrics --bench server_require_token \
         --bench server_sign_in 2>/dev/null >>"$raw"
     cargo bench -q -p mcp-authkit-providers --bench client_token 2>/dev/null >>"$raw"
 
@@ -84,4 +88,15 @@ if [ "$callgrind" = yes ]; then
         high=$(count "$what" 3000)
         echo "$what: $(( (high - low) / 2000 )) instructions per read"
     done | sed 's/^get:/store get (decode included):/; s/^sqlx:/raw sqlx SELECT (no decode):/'
+
+    echo "building the require_token benchmark and counting instructions under callgrind..." >&2
+    args=(-p mcp-authkit-providers --features rmcp,metrics --bench server_require_token)
+    cargo bench -q "${args[@]}" --no-run 2>/dev/null
+    bin=$(cargo bench -q "${args[@]}" --no-run --message-format=json 2>/dev/null \
+        | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    for what in raw off on; do
+        low=$(count "$what" 1000)
+        high=$(count "$what" 3000)
+        echo "$what: $(( (high - low) / 2000 )) instructions per call"
+    done | sed 's/^raw:/memory store get (raw):/; s/^off:/require_token, metrics compiled in, off:/; s/^on:/require_token, metrics on (Prometheus):/'
 fi

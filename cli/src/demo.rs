@@ -399,6 +399,13 @@ async fn open_store(options: &DemoOptions) -> Result<DemoBackend, String> {
 /// Runs the demo; `Err` names the step that went wrong.
 pub async fn run(options: DemoOptions) -> Result<(), String> {
     let started = Instant::now();
+    // Installed before the provider is built (it takes its store metric
+    // handles then); the summary at the end reads it back.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    if recorder.install().is_err() {
+        say("(another metrics recorder is installed: no metrics summary)");
+    }
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -647,9 +654,46 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         store.drop_tables().await.map_err(|e| e.to_string())?;
         say(&format!("dropped the demo's schema {}", store.schema()));
     }
+    step("metrics, as the recorder counted them");
+    print_metrics(&snapshotter);
     step(&format!(
         "done in {:.1}s: 2 elicitations, 2 code exchanges, 1 silent refresh, 1 invalidation",
         started.elapsed().as_secs_f32()
     ));
     Ok(())
+}
+
+/// The counters, and how many calls each store operation took, straight
+/// from the recorder.
+fn print_metrics(snapshotter: &metrics_util::debugging::Snapshotter) {
+    use metrics_util::debugging::DebugValue;
+    let mut lines = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|label| format!("{}={}", label.key(), label.value()))
+            .collect();
+        let name = key.name().trim_start_matches("mcp_authkit_");
+        match value {
+            DebugValue::Counter(n) if n > 0 => {
+                lines.push(format!("{name}{{{}}} {n}", labels.join(",")));
+            }
+            DebugValue::Histogram(values) if !values.is_empty() => {
+                let mut values: Vec<f64> = values.into_iter().map(|v| v.into_inner()).collect();
+                values.sort_by(f64::total_cmp);
+                let p50 = values[values.len() / 2] * 1e6;
+                lines.push(format!(
+                    "{name}{{{}}} {} calls, p50 {p50:.0} us",
+                    labels.join(","),
+                    values.len()
+                ));
+            }
+            _ => {}
+        }
+    }
+    lines.sort();
+    for line in lines {
+        say(&line);
+    }
 }

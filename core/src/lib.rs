@@ -77,6 +77,7 @@ mod error;
 mod flow;
 mod lifecycle;
 mod oauth;
+pub mod observe;
 mod record;
 mod store;
 #[cfg(feature = "testing")]
@@ -96,7 +97,8 @@ pub use lifecycle::{
 pub use oauth::{AuthorizationRequest, OAuthClient, TokenResponse};
 pub use record::{ExtraFields, Revision, StoredToken, TokenKey, TokenRecord};
 pub use store::{
-    CasOutcome, LeaseGuard, LeaseToken, PendingStore, PurgeReport, ScanCursor, ScanPage, TokenStore,
+    CasOutcome, LeaseGuard, LeaseToken, PING_PROVIDER, PendingStore, PurgeReport,
+    ScanCursor, ScanPage, TokenStore,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, deadline_after};
 

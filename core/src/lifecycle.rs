@@ -36,6 +36,7 @@ use url::Url;
 use crate::error::{Error, OAuthError, OAuthErrorKind, Result};
 use crate::flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow};
 use crate::oauth::{AuthorizationRequest, OAuthClient};
+use crate::observe::{self, Observed, names};
 use crate::record::{Revision, StoredToken, TokenKey, TokenRecord};
 use crate::store::{CasOutcome, LeaseGuard, PendingStore, TokenStore};
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -136,6 +137,19 @@ impl AccessToken {
 
     fn from_stored(stored: &StoredToken) -> Self {
         Self::from_record(&stored.record, stored.revision)
+    }
+
+    /// Takes the parts it needs out of a read it owns: the hot path copies
+    /// no string (the secret, type and scopes move).
+    fn from_owned(stored: StoredToken) -> Self {
+        let StoredToken { record, revision } = stored;
+        AccessToken {
+            token: record.access_token,
+            token_type: record.token_type,
+            revision,
+            expires_at: record.expires_at,
+            scopes: record.scopes,
+        }
     }
 
     /// The secret token (use `secrecy::ExposeSecret` to send it).
@@ -338,6 +352,8 @@ struct Inner {
     provider: String,
     oauth: Arc<dyn OAuthClient>,
     tokens: Arc<dyn TokenStore>,
+    /// The same store as `tokens`, by its type, for the valid-token read.
+    observed_tokens: Arc<Observed<dyn TokenStore>>,
     pending: Arc<dyn PendingStore>,
     clock: Arc<dyn Clock>,
     config: LifecycleConfig,
@@ -385,12 +401,20 @@ impl TokenLifecycleBuilder {
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<TokenLifecycle> {
         self.config.validate()?;
+        // Every store call of the lifecycle (and of the providers built on
+        // it) goes through these: one place for spans and store metrics.
+        let token_backend = self.tokens.backend_name();
+        let pending_backend = self.pending.pending_backend_name();
+        let observed_tokens = Arc::new(Observed::new(self.tokens, token_backend));
+        let tokens: Arc<dyn TokenStore> = observed_tokens.clone();
+        let pending: Arc<dyn PendingStore> = Arc::new(Observed::new(self.pending, pending_backend));
         Ok(TokenLifecycle {
             inner: Arc::new(Inner {
                 provider: self.provider,
                 oauth: self.oauth,
-                tokens: self.tokens,
-                pending: self.pending,
+                tokens,
+                observed_tokens,
+                pending,
                 clock: self.clock,
                 config: self.config,
                 inflight: Mutex::new(HashMap::new()),
@@ -512,12 +536,13 @@ impl TokenLifecycle {
     /// A valid token costs one store read and no network I/O.
     pub async fn access(&self, subject: &str) -> Result<Access> {
         let key = self.key(subject);
-        let Some(stored) = self.inner.tokens.get(&key).await? else {
+        // The observed store's own method: no second boxed future.
+        let Some(stored) = self.inner.observed_tokens.get_direct(&key).await? else {
             return Ok(Access::NeedsAuthorization(AuthorizationReason::NoToken));
         };
         let now = self.inner.clock.now();
         if !self.needs_refresh(&stored.record, now) {
-            return Ok(Access::Ready(AccessToken::from_stored(&stored)));
+            return Ok(Access::Ready(AccessToken::from_owned(stored)));
         }
         let expired = stored.record.is_expired_at(now);
         let refreshable =
@@ -642,6 +667,7 @@ impl TokenLifecycle {
                 }
                 Some(current) if self.someone_else_refreshed(&observed, &current, now) => {
                     debug!("another process refreshed the token");
+                    self.count_refresh("other_replica");
                     return Ok(Access::Ready(AccessToken::from_stored(&current)));
                 }
                 Some(current) if tokio::time::Instant::now() >= deadline => {
@@ -684,6 +710,7 @@ impl TokenLifecycle {
         if self.someone_else_refreshed(observed, &current, now)
             || !self.needs_refresh(&current.record, now)
         {
+            self.count_refresh("other_replica");
             return Ok(Access::Ready(AccessToken::from_stored(&current)));
         }
         let Some(refresh_token) = current.record.refresh_token.clone() else {
@@ -694,6 +721,7 @@ impl TokenLifecycle {
             });
         };
         let timeout = self.inner.config.refresh_timeout;
+        let started = std::time::Instant::now();
         let response = tokio::time::timeout(
             timeout,
             self.inner
@@ -707,6 +735,11 @@ impl TokenLifecycle {
                 format!("the refresh request did not finish within {timeout:?}"),
             ))
         });
+        observe::record_duration(
+            names::REFRESH_DURATION,
+            &self.inner.provider,
+            started.elapsed(),
+        );
         match response {
             Ok(response) => {
                 let record =
@@ -720,12 +753,14 @@ impl TokenLifecycle {
                     CasOutcome::Swapped(revision) => {
                         lock(&self.inner.retry_after).remove(key.subject());
                         debug!(%revision, "token refreshed");
+                        self.count_refresh("refreshed");
                         Ok(Access::Ready(AccessToken::from_record(&record, revision)))
                     }
                     CasOutcome::Conflict { .. } => {
                         // Written meanwhile by a new authorization (or by a
                         // replica whose lease we outlived): theirs is newer.
                         debug!("token changed during refresh; using the stored one");
+                        self.count_refresh("other_replica");
                         self.current_or(key, AuthorizationReason::NoToken).await
                     }
                 }
@@ -742,6 +777,7 @@ impl TokenLifecycle {
     ) -> Result<Access> {
         let now = self.inner.clock.now();
         if error.kind() == OAuthErrorKind::InvalidGrant {
+            self.count_refresh("invalid_grant");
             warn!(%error, "refresh token rejected; removing the token so the user authorizes again");
             if self
                 .inner
@@ -757,6 +793,7 @@ impl TokenLifecycle {
                 .current_or(key, AuthorizationReason::RefreshRejected)
                 .await;
         }
+        self.count_refresh("transient");
         lock(&self.inner.retry_after).insert(
             key.subject().to_owned(),
             now.saturating_add(self.inner.config.refresh_retry_after),
@@ -768,6 +805,24 @@ impl TokenLifecycle {
             warn!(%error, "token refresh failed; serving the still-valid token");
             Ok(Access::Ready(AccessToken::from_stored(&current)))
         }
+    }
+
+    fn count_refresh(&self, result: &'static str) {
+        observe::count(
+            names::REFRESHES,
+            &self.inner.provider,
+            Some(("result", result)),
+        );
+    }
+
+    /// Counts a flow that a request started (`true`) or joined.
+    fn count_begin(&self, started: bool) {
+        let name = if started {
+            names::FLOWS_STARTED
+        } else {
+            names::FLOWS_JOINED
+        };
+        observe::count(name, &self.inner.provider, None);
     }
 
     async fn current_or(&self, key: &TokenKey, reason: AuthorizationReason) -> Result<Access> {
@@ -807,13 +862,21 @@ impl TokenLifecycle {
         );
         flow.started_by = request.started_by;
         flow.attributes = request.attributes;
-        match self.inner.pending.insert(&flow).await? {
-            InsertOutcome::Inserted => Ok(BeginOutcome::Started(flow)),
-            InsertOutcome::Joined(state) => Ok(match self.inner.pending.get_flow(&state).await? {
+        let begun = match self.inner.pending.insert(&flow).await? {
+            InsertOutcome::Inserted => BeginOutcome::Started(flow),
+            InsertOutcome::Joined(state) => match self.inner.pending.get_flow(&state).await? {
                 Some(existing) => BeginOutcome::Joined(existing),
                 None => BeginOutcome::Completing(state),
-            }),
-        }
+            },
+        };
+        self.count_begin(matches!(begun, BeginOutcome::Started(_)));
+        Ok(begun)
+    }
+
+    /// Reports a flow begun outside [`begin_authorization`](Self::begin_authorization)
+    /// (a provider that inserts its own flows) in the flow metrics.
+    pub fn record_flow_begun(&self, started: bool) {
+        self.count_begin(started);
     }
 
     /// A pending flow by state, without taking it (for a connect page).
@@ -842,6 +905,13 @@ impl TokenLifecycle {
     /// state is [`Error::FlowNotFound`]; a failed exchange completes the flow
     /// as [`FlowOutcome::Failed`] and returns the error.
     pub async fn complete_authorization(&self, params: CallbackParams) -> Result<CompletedFlow> {
+        let span = info_span!("callback", provider = %self.inner.provider);
+        self.complete_authorization_inner(params)
+            .instrument(span)
+            .await
+    }
+
+    async fn complete_authorization_inner(&self, params: CallbackParams) -> Result<CompletedFlow> {
         let pending = &self.inner.pending;
         // A state of another provider must not be consumed here: its own
         // callback may still arrive.
@@ -866,6 +936,11 @@ impl TokenLifecycle {
                 self.inner.config.outcome_ttl,
             )
             .await?;
+        observe::count(
+            names::FLOWS_COMPLETED,
+            &self.inner.provider,
+            Some(("outcome", observe::outcome_label(&outcome))),
+        );
         result.map(|outcome| CompletedFlow {
             key: flow.key,
             state: flow.state,
@@ -907,6 +982,11 @@ impl TokenLifecycle {
             .pending
             .complete(&flow.key, state, &outcome, self.inner.config.outcome_ttl)
             .await?;
+        observe::count(
+            names::FLOWS_COMPLETED,
+            &self.inner.provider,
+            Some(("outcome", "abandoned")),
+        );
         Ok(true)
     }
 

@@ -10,6 +10,11 @@ use crate::error::Result;
 use crate::flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow, random_urlsafe};
 use crate::record::{Revision, StoredToken, TokenKey, TokenRecord};
 
+/// The provider name of the key the default [`TokenStore::ping`] reads
+/// (and the state [`PendingStore::ping_pending`] asks about): no
+/// integration is named so.
+pub const PING_PROVIDER: &str = "mcp-authkit.health-check";
+
 /// What a compare-and-swap did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -162,6 +167,22 @@ impl PurgeReport {
 /// The conformance suite (`mcp-authkit-conformance`) checks each of these.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
+    /// The backend's name in spans and metric labels (`"sqlite"`, ...): a
+    /// fixed word, never a URL or a path.
+    fn backend_name(&self) -> &'static str {
+        "custom"
+    }
+
+    /// Checks that the backend answers, with one cheap round trip, and
+    /// returns how long it took; the error says what failed. The default
+    /// reads a key no application uses; backends with a cheaper probe
+    /// (Redis `PING`) override it.
+    async fn ping(&self) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        self.get(&TokenKey::new(PING_PROVIDER, "ping")).await?;
+        Ok(started.elapsed())
+    }
+
     /// The token stored under `key`, with its revision.
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>>;
 
@@ -227,6 +248,21 @@ pub trait TokenStore: Send + Sync + 'static {
 /// (`process_local`), and that is the declaration its checks rely on.
 #[async_trait]
 pub trait PendingStore: Send + Sync + 'static {
+    /// The backend's name in spans and metric labels (named apart from
+    /// [`TokenStore::backend_name`] so a store of both kinds has no
+    /// ambiguous method).
+    fn pending_backend_name(&self) -> &'static str {
+        "custom"
+    }
+
+    /// [`TokenStore::ping`] for flow storage: one cheap round trip and its
+    /// latency. The default reads the outcome of a state no flow has.
+    async fn ping_pending(&self) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        self.outcome(&FlowState::new(PING_PROVIDER)).await?;
+        Ok(started.elapsed())
+    }
+
     /// Stores a new flow, valid until its `expires_at`, and makes it its key's
     /// active flow, unless another unexpired flow is active for that key.
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome>;
@@ -341,6 +377,12 @@ impl Drop for LeaseGuard {
 /// the encrypting one) also take an `Arc<dyn TokenStore>`.
 #[async_trait]
 impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
+    fn backend_name(&self) -> &'static str {
+        (**self).backend_name()
+    }
+    async fn ping(&self) -> Result<Duration> {
+        (**self).ping().await
+    }
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         (**self).get(key).await
     }
@@ -375,6 +417,12 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
 /// A shared pending store is a pending store.
 #[async_trait]
 impl<T: PendingStore + ?Sized> PendingStore for Arc<T> {
+    fn pending_backend_name(&self) -> &'static str {
+        (**self).pending_backend_name()
+    }
+    async fn ping_pending(&self) -> Result<Duration> {
+        (**self).ping_pending().await
+    }
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         (**self).insert(flow).await
     }

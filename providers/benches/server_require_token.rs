@@ -1,10 +1,20 @@
 //! The cost of `require_token` when the user has a valid token (the hot
 //! path of every gated tool call), beside the raw store read it is built on.
 //!
-//! `cargo bench -p mcp-authkit-providers --features rmcp --bench server_require_token`
+//! `cargo bench -p mcp-authkit-providers --features rmcp,metrics --bench server_require_token`
+//!
+//! With the `metrics` feature it also prints `require_token` with metrics
+//! compiled in but no recorder ("metrics off") and with a Prometheus
+//! recorder installed ("metrics on"), each interleaved with the raw read in
+//! the same run. With `MCP_AUTHKIT_BENCH_PROFILE` set to `raw`, `off` or
+//! `on` (and `MCP_AUTHKIT_BENCH_READS` to a count) it only performs that
+//! many raw reads or `require_token` calls and exits, for
+//! `valgrind --tool=callgrind` (`scripts/bench.sh --callgrind`).
 
 use std::sync::Arc;
 
+#[cfg(feature = "metrics")]
+use mcp_authkit_bench::interleaved;
 use mcp_authkit_bench::{Table, measure};
 use mcp_authkit_core::{Timestamp, TokenKey, TokenRecord, TokenStore};
 use mcp_authkit_providers::server::{OAuthProvider, subject_from_extension};
@@ -86,9 +96,7 @@ fn with_user(mut ctx: RequestContext<RoleServer>, subject: &str) -> RequestConte
     ctx
 }
 
-#[tokio::main]
-async fn main() {
-    let store = Arc::new(MemoryStore::new());
+fn build_provider(store: &Arc<MemoryStore>) -> OAuthProvider {
     let client = StandardOAuthClient::builder(
         "bench",
         "https://as.invalid/authorize",
@@ -96,7 +104,7 @@ async fn main() {
     )
     .build()
     .unwrap();
-    let provider = OAuthProvider::builder("github", "https://mcp.invalid/oauth/github")
+    OAuthProvider::builder("github", "https://mcp.invalid/oauth/github")
         .client(client)
         .store(store.clone())
         .trust_link_holder()
@@ -104,7 +112,25 @@ async fn main() {
             Some(claims.sub.clone())
         }))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+// One thread: the callgrind counts then hold no idle worker threads.
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let store = Arc::new(MemoryStore::new());
+    // Built before any recorder exists: its store metric handles do nothing
+    // (metrics compiled in, off).
+    let provider = build_provider(&store);
+    #[cfg(feature = "metrics")]
+    let metered = {
+        // What an operator runs: the Prometheus recorder (no HTTP listener;
+        // the application serves its render()).
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the recorder installs");
+        (build_provider(&store), handle)
+    };
     let record = TokenRecord::new(
         "gho_0123456789abcdef0123456789abcdef01234567",
         Timestamp::now(),
@@ -128,6 +154,34 @@ async fn main() {
         .iter()
         .map(|user| with_user(base.clone(), user))
         .collect();
+
+    if let Ok(profile) = std::env::var("MCP_AUTHKIT_BENCH_PROFILE") {
+        let reads: usize = std::env::var("MCP_AUTHKIT_BENCH_READS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        #[cfg(feature = "metrics")]
+        let on = &metered.0;
+        #[cfg(not(feature = "metrics"))]
+        let on = &provider;
+        for i in 0..reads {
+            let ctx = &contexts[i % contexts.len()];
+            match profile.as_str() {
+                "raw" => {
+                    let key = &keys[i % keys.len()];
+                    std::hint::black_box(TokenStore::get(store.as_ref(), key).await.unwrap());
+                }
+                "off" => {
+                    std::hint::black_box(provider.require_token(ctx).await.unwrap());
+                }
+                "on" => {
+                    std::hint::black_box(on.require_token(ctx).await.unwrap());
+                }
+                other => panic!("unknown profile {other}: raw, off or on"),
+            }
+        }
+        return;
+    }
 
     let n = 100_000;
     let raw = measure("store get (raw)", n, |i| {
@@ -166,5 +220,30 @@ async fn main() {
     table.row("memory", access, Some(raw.clone()));
     table.row("memory", token, Some(raw.clone()));
     table.row("memory", require, Some(raw));
+    // The metrics rows: each interleaved with its own raw read, so load from
+    // elsewhere on the machine falls on both alike.
+    #[cfg(feature = "metrics")]
+    {
+        let (on, _prometheus) = &metered;
+        for (name, provider) in [
+            ("require_token (metrics compiled in, off)", &provider),
+            ("require_token (metrics on, Prometheus)", on),
+        ] {
+            let (ours, baseline) = interleaved(
+                n,
+                (name, "store get (raw)"),
+                async |i| {
+                    let ctx = &contexts[i % contexts.len()];
+                    std::hint::black_box(provider.require_token(ctx).await.unwrap());
+                },
+                async |i| {
+                    let key = &keys[i % keys.len()];
+                    std::hint::black_box(TokenStore::get(store.as_ref(), key).await.unwrap());
+                },
+            )
+            .await;
+            table.row("memory", ours, Some(baseline));
+        }
+    }
     println!("{}", table.render());
 }

@@ -311,6 +311,15 @@ impl<S> fmt::Debug for EncryptedStore<S> {
 
 #[async_trait]
 impl<S: TokenStore> TokenStore for EncryptedStore<S> {
+    fn backend_name(&self) -> &'static str {
+        "encrypted"
+    }
+
+    /// The inner store's: nothing to decrypt.
+    async fn ping(&self) -> Result<std::time::Duration> {
+        self.inner.ping().await
+    }
+
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         let Some(mut stored) = self.inner.get(key).await? else {
             return Ok(None);
@@ -367,6 +376,15 @@ impl<S: TokenStore> TokenStore for EncryptedStore<S> {
 
 #[async_trait]
 impl<S: PendingStore> PendingStore for EncryptedStore<S> {
+    fn pending_backend_name(&self) -> &'static str {
+        "encrypted"
+    }
+
+    /// The inner store's: nothing to decrypt.
+    async fn ping_pending(&self) -> Result<std::time::Duration> {
+        self.inner.ping_pending().await
+    }
+
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         self.inner.insert(&self.encrypt_flow(flow)).await
     }

@@ -382,6 +382,10 @@ async fn sweep_loop(store: Weak<Shared>) {
 
 #[async_trait]
 impl TokenStore for MemoryStore {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         Ok(self.lock().tokens.get(key).cloned())
     }
@@ -499,6 +503,10 @@ impl Drop for Waiting<'_> {
 
 #[async_trait]
 impl PendingStore for MemoryStore {
+    fn pending_backend_name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         let now = self.now();
         let mut state = self.lock();

@@ -31,6 +31,10 @@ fn stopped() -> Error {
 
 #[async_trait]
 impl PendingStore for PostgresStore {
+    fn pending_backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         const OP: &str = "insert pending flow";
         let bytes = codec::encode_flow(flow);

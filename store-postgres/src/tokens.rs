@@ -44,6 +44,10 @@ impl PostgresStore {
 
 #[async_trait]
 impl TokenStore for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         let row = sqlx::query(stmt(&self.sql().get))
             .bind(key.provider().as_bytes())

@@ -461,6 +461,16 @@ impl Inner {
         }
     }
 
+    /// One `PING` round trip and its latency.
+    async fn ping(&self) -> Result<std::time::Duration> {
+        let started = std::time::Instant::now();
+        let _: String = self
+            .query(&redis::cmd("PING"))
+            .await
+            .map_err(|e| error::backend("ping", e))?;
+        Ok(started.elapsed())
+    }
+
     /// Runs `cmd`; once more if the connection could not be opened (the
     /// command never left, and the manager has started a new connection).
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
@@ -527,6 +537,17 @@ impl Inner {
     /// Whether the store runs on a cluster.
     fn is_cluster(&self) -> bool {
         matches!(self.target, Target::Cluster(_))
+    }
+}
+
+impl RedisStore {
+    /// The backend's name in spans and metric labels.
+    fn backend_label(&self) -> &'static str {
+        if self.inner.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 }
 

@@ -87,6 +87,15 @@ impl RedisStore {
 
 #[async_trait]
 impl PendingStore for RedisStore {
+    fn pending_backend_name(&self) -> &'static str {
+        self.backend_label()
+    }
+
+    /// One `PING`, as for tokens: both kinds of record share a connection.
+    async fn ping_pending(&self) -> Result<std::time::Duration> {
+        self.inner.ping().await
+    }
+
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         let now = self.inner.clock.now();
         if flow.is_expired_at(now) {

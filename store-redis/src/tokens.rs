@@ -102,6 +102,15 @@ impl RedisStore {
 
 #[async_trait]
 impl TokenStore for RedisStore {
+    fn backend_name(&self) -> &'static str {
+        self.backend_label()
+    }
+
+    /// One `PING` (the application's ACL allows it).
+    async fn ping(&self) -> Result<std::time::Duration> {
+        self.inner.ping().await
+    }
+
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         let name = self.inner.keys.token(key);
         let (revision, record): (Option<String>, Option<Vec<u8>>) = self

@@ -20,6 +20,10 @@ fn outcome_location(state: &FlowState) -> String {
 
 #[async_trait]
 impl PendingStore for SqliteStore {
+    fn pending_backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
         const OP: &str = "insert pending flow";
         let bytes = codec::encode_flow(flow);

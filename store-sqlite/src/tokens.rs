@@ -89,6 +89,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl TokenStore for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
         // On this thread when it can (see the reader module), through the
         // pool otherwise; both read the same row in a fresh transaction.

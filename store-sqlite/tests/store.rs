@@ -432,3 +432,16 @@ async fn a_full_last_page_ends_the_scan() {
     assert_eq!(last.items.len(), 3);
     assert_eq!(last.next, None, "nothing follows the last key");
 }
+
+/// Health: the default ping (one read of a key no one uses) and its
+/// latency, for tokens and flows.
+#[tokio::test]
+async fn ping_answers_with_its_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = temp_store(&dir).await;
+    assert_eq!(TokenStore::backend_name(&store), "sqlite");
+    assert_eq!(PendingStore::pending_backend_name(&store), "sqlite");
+    let latency = store.ping().await.unwrap();
+    assert!(latency < Duration::from_secs(5), "{latency:?}");
+    store.ping_pending().await.unwrap();
+}

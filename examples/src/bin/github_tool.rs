@@ -28,6 +28,13 @@
 //! server sends `notifications/elicitation/complete` when you are done, and
 //! the retried call works.
 //!
+//! # Operate it
+//!
+//! `curl http://127.0.0.1:8005/metrics` shows the counters in Prometheus
+//! text (sign-ins, refreshes, refused callbacks, store latency; the table
+//! is in the README's "Operate it"), and `curl -i http://127.0.0.1:8005/ready`
+//! answers 200 while the stores answer.
+//!
 //! # Settings (environment)
 //!
 //! | variable | default |
@@ -57,6 +64,7 @@ use mcp_authkit::providers::server::{
     ElicitationStyle, OAuthProvider, TokenError, UserToken, gate_tools,
 };
 use mcp_authkit::providers::standard::StandardOAuthClient;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{CallToolResult, ContentBlock, ErrorData, ServerCapabilities, ServerConfig};
 use rmcp::service::{RequestContext, RoleServer};
@@ -182,6 +190,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => ElicitationStyle::Wait,
     };
 
+    // Metrics: install the recorder before building the provider (its store
+    // metric handles are taken at build time). The exporter only renders;
+    // this server serves the text at /metrics, and histograms need a
+    // periodic upkeep without the exporter's own listener.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+
     let github = OAuthProvider::builder("github", format!("{public_url}/oauth/github"))
         .display_name("GitHub")
         .client(StandardOAuthClient::github(client_id, client_secret).build()?)
@@ -205,12 +226,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
-        .merge(github.router());
+        .merge(github.router())
+        // 200 while the stores answer, 503 otherwise.
+        .merge(github.readiness_router("/ready"))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let prometheus = prometheus.clone();
+                async move { prometheus.render() }
+            }),
+        );
 
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("MCP endpoint:      {public_url}/mcp");
     println!("GitHub callback:   {}", github.redirect_uri());
     println!("Elicitation style: {style:?}");
+    println!("Metrics:           {public_url}/metrics (readiness: {public_url}/ready)");
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -440,13 +440,20 @@ impl OAuthProvider {
         flow.started_by = started_by.map(str::to_owned);
         binding::seal(&mut flow);
         let (flow, started) = match lifecycle.pending_store().insert(&flow).await? {
-            InsertOutcome::Inserted => (flow, true),
+            InsertOutcome::Inserted => {
+                lifecycle.record_flow_begun(true);
+                (flow, true)
+            }
             InsertOutcome::Joined(state) => match lifecycle.pending_flow(&state).await? {
-                Some(existing) => (existing, false),
+                Some(existing) => {
+                    lifecycle.record_flow_begun(false);
+                    (existing, false)
+                }
                 // The active flow's callback is being handled right now: the
                 // connect link is no longer needed, so hand out that flow's
                 // handle with the outcome to wait for.
                 None => {
+                    lifecycle.record_flow_begun(false);
                     return Ok(PendingAuthorization {
                         subject: subject.to_owned(),
                         connect_url: self.inner.connect_url.clone(),
@@ -533,6 +540,16 @@ impl OAuthProvider {
     /// redirect URI; merge them into the application's router.
     pub fn router(&self) -> axum::Router {
         routes::router(self.clone())
+    }
+
+    /// A readiness route at `path` (say `/ready`), for a load balancer or
+    /// an orchestrator: `200` when the token store and the pending store
+    /// each answer one cheap round trip ([`TokenStore::ping`]),
+    /// with their backends and latencies as JSON; `503` naming the store
+    /// that did not (the error itself goes to the log, not to the caller).
+    /// Merge it where the probe can reach it; it shows no user data.
+    pub fn readiness_router(&self, path: &str) -> axum::Router {
+        routes::readiness_router(self.clone(), path)
     }
 
     fn now(&self) -> mcp_authkit_core::Timestamp {

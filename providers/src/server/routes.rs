@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use mcp_authkit_core::observe::{self, names};
 use mcp_authkit_core::{
     CallbackParams, Error, FlowOutcome, FlowState, OAuthErrorKind, PendingFlow, SecretString,
 };
@@ -419,9 +420,16 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
         &provider.inner.cookies,
         &parts.headers,
     ) {
-        Gate::Unusable => return malformed_page(&provider, query.unusable_reason()),
-        Gate::UnknownFlow => return unknown_response(&provider),
+        Gate::Unusable => {
+            refused(&provider, "malformed");
+            return malformed_page(&provider, query.unusable_reason());
+        }
+        Gate::UnknownFlow => {
+            refused(&provider, "unknown_state");
+            return unknown_response(&provider);
+        }
         Gate::OtherBrowser(presented) => {
+            refused(&provider, "binding_mismatch");
             warn!(provider = %provider.name(), ?presented, "callback refused: this browser did not open the connect link of the flow");
             return other_browser(&provider);
         }
@@ -432,6 +440,7 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
         match hook.identify(&parts).await {
             BrowserIdentity::SignedIn(user) if user == flow.key.subject() => {}
             BrowserIdentity::SignedIn(_) => {
+                refused(&provider, "user_mismatch");
                 warn!(provider = %provider.name(), "callback refused: the browser user is not the user who started the flow");
                 return another_user(&provider);
             }
@@ -442,6 +451,7 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
     let state = flow.state.clone();
     let (mut response, ended) = match query {
         CallbackQuery::Malformed { state, reason } => {
+            refused(&provider, "malformed");
             abandon_malformed(&provider, &state, reason).await
         }
         CallbackQuery::Response(raw) => complete(&provider, raw).await,
@@ -456,6 +466,67 @@ async fn callback_page(State(provider): State<OAuthProvider>, parts: Parts) -> R
         response.headers_mut().append(header::SET_COOKIE, unbind);
     }
     response
+}
+
+pub(crate) fn readiness_router(provider: OAuthProvider, path: &str) -> Router {
+    Router::new()
+        .route(path, get(readiness))
+        .with_state(provider)
+}
+
+/// One ping per store; the answer names backends and latencies only.
+async fn readiness(State(provider): State<OAuthProvider>) -> Response {
+    let lifecycle = provider.lifecycle();
+    let tokens = lifecycle.token_store();
+    let pending = lifecycle.pending_store();
+    let (token_result, pending_result) = tokio::join!(tokens.ping(), pending.ping_pending());
+    let mut ready = true;
+    let mut report = |which: &str, backend: &str, result: Result<std::time::Duration, Error>| {
+        match result {
+            Ok(latency) => serde_json::json!({
+                "backend": backend,
+                "ok": true,
+                "latency_ms": latency.as_secs_f64() * 1000.0,
+            }),
+            Err(error) => {
+                ready = false;
+                warn!(provider = %provider.name(), store = which, backend, %error, "readiness: a store did not answer");
+                serde_json::json!({
+                    "backend": backend,
+                    "ok": false,
+                    "retryable": error.is_retryable(),
+                })
+            }
+        }
+    };
+    let body = serde_json::json!({
+        "provider": provider.name(),
+        "token_store": report("token", tokens.backend_name(), token_result),
+        "pending_store": report("pending", pending.pending_backend_name(), pending_result),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Counts a refused callback (`mcp_authkit_callbacks_refused_total`).
+fn refused(provider: &OAuthProvider, reason: &'static str) {
+    observe::count(
+        names::CALLBACKS_REFUSED,
+        provider.name(),
+        Some(("reason", reason)),
+    );
 }
 
 fn other_browser(provider: &OAuthProvider) -> Response {
@@ -583,8 +654,19 @@ async fn complete(provider: &OAuthProvider, raw: RawCallback) -> (Response, bool
             ),
         },
         // Another request with this browser's binding took the flow first.
-        Err(Error::FlowNotFound) => return (unknown_response(provider), false),
+        Err(Error::FlowNotFound) => {
+            refused(provider, "unknown_state");
+            return (unknown_response(provider), false);
+        }
         Err(Error::OAuth(error)) => {
+            refused(
+                provider,
+                if error.kind() == OAuthErrorKind::IssuerMismatch {
+                    "issuer_mismatch"
+                } else {
+                    "provider_error"
+                },
+            );
             warn!(provider = %provider.name(), %error, kind = ?error.kind(), "authorization callback failed");
             let (status, message) = match error.kind() {
                 OAuthErrorKind::IssuerMismatch => (
@@ -607,11 +689,14 @@ async fn complete(provider: &OAuthProvider, raw: RawCallback) -> (Response, bool
             Page::new(status, format!("{name} was not connected"), message)
                 .details(error.to_string())
         }
-        Err(Error::InvalidInput { reason, .. }) => Page::new(
-            StatusCode::BAD_REQUEST,
-            format!("{name} was not connected"),
-            format!("The authorization response is incomplete: {reason}. Nothing was stored."),
-        ),
+        Err(Error::InvalidInput { reason, .. }) => {
+            refused(provider, "malformed");
+            Page::new(
+                StatusCode::BAD_REQUEST,
+                format!("{name} was not connected"),
+                format!("The authorization response is incomplete: {reason}. Nothing was stored."),
+            )
+        }
         Err(error) => return (store_failure(provider, &error), false),
     };
     (page.into_response(), true)

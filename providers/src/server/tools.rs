@@ -16,6 +16,7 @@ use ::rmcp::model::{
     InputRequiredResult, InputResponses, ProtocolVersion, ServerNotification,
 };
 use ::rmcp::service::{ElicitationError, Peer, RequestContext, RoleServer, ServiceError};
+use mcp_authkit_core::observe::{self, names};
 use mcp_authkit_core::{FlowOutcome, FlowState};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -711,11 +712,13 @@ impl OAuthProvider {
             .and_then(|caps| caps.elicitation)
             .is_some_and(|elicitation| elicitation.url.is_some());
         if !declares_url {
+            self.count(names::TOOL_CALLS_REFUSED, ("reason", "no_url_elicitation"));
             return Err(TokenError::UrlElicitationUnsupported {
                 display: display.clone(),
             });
         }
         if !supports_url_elicitation(&version) {
+            self.count(names::TOOL_CALLS_REFUSED, ("reason", "protocol_too_old"));
             return Err(TokenError::ProtocolTooOld {
                 display: display.clone(),
                 version: version.as_str().to_owned(),
@@ -729,6 +732,11 @@ impl OAuthProvider {
             ElicitationStyle::FailFast => self.fail_fast(ctx, subject, session).await,
             _ => self.wait_mode(ctx, subject, session).await,
         }
+    }
+
+    /// Adds one to the counter `name` of this provider with `label`.
+    fn count(&self, name: &'static str, label: (&'static str, &'static str)) {
+        observe::count(name, &self.inner.name, Some(label));
     }
 
     fn prompt(&self, continues: bool) -> String {
@@ -773,6 +781,7 @@ impl OAuthProvider {
         };
         let elicits = claim.is_some();
         if elicits {
+            self.count(names::ELICITATIONS, ("path", "wait"));
             let sent = ctx.peer.elicit_url_with_timeout(
                 self.prompt(true),
                 pending.connect_url().clone(),
@@ -821,6 +830,10 @@ impl OAuthProvider {
         };
         drop(claim);
         let Some(outcome) = outcome else {
+            if pending.started() {
+                // Counted once per flow: by the call that started it.
+                self.count(names::FLOWS_COMPLETED, ("outcome", "timed_out"));
+            }
             return Err(TokenError::TimedOut {
                 display,
                 after: timeout,
@@ -893,6 +906,7 @@ impl OAuthProvider {
             return self.wait_then_token(&subject, &pending).await;
         }
         self.watch_for_completion(ctx.peer.clone(), session.unwrap_or_default(), &pending);
+        self.count(names::ELICITATIONS, ("path", "fail_fast"));
         Err(TokenError::AuthorizationRequired(Box::new(
             AuthorizationRequired {
                 provider: self.inner.name.clone(),
@@ -981,6 +995,7 @@ impl OAuthProvider {
             // The callback is being handled right now: no link to show.
             return self.wait_then_token(&subject, &pending).await;
         }
+        self.count(names::ELICITATIONS, ("path", "input_required"));
         Err(TokenError::AuthorizationRequired(Box::new(
             AuthorizationRequired {
                 provider: self.inner.name.clone(),

@@ -604,3 +604,26 @@ async fn every_operation_runs_on_a_cluster_node() {
     assert_eq!(store.outcome(&f.state).await.unwrap(), Some(outcome));
     assert!(store.delete_namespace().await.unwrap() > 0);
 }
+
+/// Health: one PING and its latency; a dead server is a retryable error,
+/// and the store answers again once the server is back.
+#[tokio::test]
+async fn ping_answers_with_its_latency_and_reports_a_dead_server() {
+    let mut server = PrivateRedis::start(&[]);
+    let ns = Namespace::new(&server.url(), "ping");
+    let store = ns.store().await;
+    assert_eq!(TokenStore::backend_name(&store), "redis");
+    assert_eq!(PendingStore::pending_backend_name(&store), "redis");
+    let latency = store.ping().await.unwrap();
+    assert!(latency < Duration::from_secs(5), "{latency:?}");
+    store.ping_pending().await.unwrap();
+    server.kill();
+    let error = store.ping().await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("redis"), "{error}");
+    server.restart();
+    crate::common::eventually(Duration::from_secs(10), "ping after restart", || async {
+        store.ping().await.is_ok()
+    })
+    .await;
+}

@@ -1,0 +1,414 @@
+//! Metrics and store spans, for operators.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, mcp-authkit reports through the
+//! [`metrics`](https://docs.rs/metrics) facade: the application installs
+//! whatever recorder it likes (Prometheus, OpenTelemetry, statsd...). Without
+//! the feature every call here compiles to nothing.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `mcp_authkit_flows_started_total` | counter | `provider` | sign-ins started (a new flow) |
+//! | `mcp_authkit_flows_joined_total` | counter | `provider` | requests that joined the sign-in in progress for the same user |
+//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended: `authorized`, `denied`, `failed`, `abandoned` (declined or cancelled in the client), `timed_out` (the call that started it gave up waiting) |
+//! | `mcp_authkit_callbacks_refused_total` | counter | `provider`, `reason` | callbacks refused: `unknown_state` (unknown, expired or used), `binding_mismatch` (another browser), `user_mismatch`, `issuer_mismatch`, `malformed`, `provider_error` (the token endpoint failed) |
+//! | `mcp_authkit_refreshes_total` | counter | `provider`, `result` | `refreshed`, `other_replica` (another replica or request refreshed first), `invalid_grant`, `transient` |
+//! | `mcp_authkit_refresh_duration_seconds` | histogram | `provider` | time of the refresh request to the authorization server |
+//! | `mcp_authkit_elicitations_total` | counter | `provider`, `path` | sign-in requests sent to a client: `wait`, `fail_fast`, `input_required` |
+//! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
+//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation the lifecycle makes |
+//! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
+//!
+//! The README's "Operate it" section shows the same table.
+//!
+//! Label values are provider names (from the application's configuration),
+//! backend names and the fixed words above: never a subject, a state, a
+//! token, a code or a URL, so the number of series stays bounded. Every
+//! label value but the provider is a `&'static str` by type.
+//!
+//! The store metrics are registered when a [`TokenLifecycle`](crate::TokenLifecycle)
+//! is built (their handles are kept, so the hot path does no lookup):
+//! install the recorder before building providers.
+//!
+//! # Spans
+//!
+//! Every store operation made through an [`Observed`] store (the lifecycle
+//! wraps its stores in one) runs in a `debug` span named `store` with the
+//! fields `backend`, `operation` and `outcome` (`ok` or `error`). The
+//! lifecycle's refresh runs in an `info` span `refresh` (`provider`), and a
+//! callback in `callback` (`provider`). No field holds a subject, a state,
+//! a token, a code or a URL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tracing::Instrument;
+
+use crate::error::Result;
+use crate::flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow};
+use crate::record::{Revision, StoredToken, TokenKey, TokenRecord};
+use crate::store::{
+    CasOutcome, LeaseToken, PendingStore, PurgeReport, ScanCursor, ScanPage,
+    TokenStore,
+};
+
+/// The metric names of the table above.
+pub mod names {
+    /// Sign-ins started.
+    pub const FLOWS_STARTED: &str = "mcp_authkit_flows_started_total";
+    /// Requests that joined a sign-in in progress.
+    pub const FLOWS_JOINED: &str = "mcp_authkit_flows_joined_total";
+    /// Flows ended, by `outcome`.
+    pub const FLOWS_COMPLETED: &str = "mcp_authkit_flows_completed_total";
+    /// Callbacks refused, by `reason`.
+    pub const CALLBACKS_REFUSED: &str = "mcp_authkit_callbacks_refused_total";
+    /// Refreshes, by `result`.
+    pub const REFRESHES: &str = "mcp_authkit_refreshes_total";
+    /// Refresh request latency.
+    pub const REFRESH_DURATION: &str = "mcp_authkit_refresh_duration_seconds";
+    /// Elicitations sent, by `path`.
+    pub const ELICITATIONS: &str = "mcp_authkit_elicitations_total";
+    /// Tool calls refused for lack of URL elicitation, by `reason`.
+    pub const TOOL_CALLS_REFUSED: &str = "mcp_authkit_tool_calls_refused_total";
+    /// Store operation latency, by `backend` and `operation`.
+    pub const STORE_DURATION: &str = "mcp_authkit_store_operation_duration_seconds";
+    /// Store operation errors, by `backend` and `operation`.
+    pub const STORE_ERRORS: &str = "mcp_authkit_store_errors_total";
+}
+
+/// Adds one to the counter `name` of `provider`, with one more fixed label
+/// (`("outcome", "authorized")`, ...). For the crates of mcp-authkit and
+/// custom integrations that report the same events.
+#[inline]
+pub fn count(name: &'static str, provider: &str, label: Option<(&'static str, &'static str)>) {
+    #[cfg(feature = "metrics")]
+    {
+        let provider = metrics::Label::new("provider", provider.to_owned());
+        match label {
+            Some((key, value)) => metrics::counter!(
+                name,
+                vec![provider, metrics::Label::from_static_parts(key, value)]
+            )
+            .increment(1),
+            None => metrics::counter!(name, vec![provider]).increment(1),
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, provider, label);
+}
+
+/// Records `elapsed` (in seconds) in the histogram `name` of `provider`.
+#[inline]
+pub fn record_duration(name: &'static str, provider: &str, elapsed: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(
+        name,
+        vec![metrics::Label::new("provider", provider.to_owned())]
+    )
+    .record(elapsed);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, provider, elapsed);
+}
+
+/// The `outcome` label of a flow's end.
+pub fn outcome_label(outcome: &FlowOutcome) -> &'static str {
+    match outcome {
+        FlowOutcome::Authorized { .. } => "authorized",
+        FlowOutcome::Denied { .. } => "denied",
+        _ => "failed",
+    }
+}
+
+/// A store operation, as named in spans and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+enum Op {
+    Get,
+    Put,
+    CompareAndSwap,
+    Delete,
+    DeleteIfRevision,
+    TryAcquireLease,
+    ReleaseLease,
+    Scan,
+    Ping,
+    Insert,
+    GetFlow,
+    ActiveFlow,
+    Take,
+    Complete,
+    Outcome,
+    Wait,
+    PurgeExpired,
+    PingPending,
+}
+
+const OPS: [Op; 18] = [
+    Op::Get,
+    Op::Put,
+    Op::CompareAndSwap,
+    Op::Delete,
+    Op::DeleteIfRevision,
+    Op::TryAcquireLease,
+    Op::ReleaseLease,
+    Op::Scan,
+    Op::Ping,
+    Op::Insert,
+    Op::GetFlow,
+    Op::ActiveFlow,
+    Op::Take,
+    Op::Complete,
+    Op::Outcome,
+    Op::Wait,
+    Op::PurgeExpired,
+    Op::PingPending,
+];
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::CompareAndSwap => "compare_and_swap",
+            Op::Delete => "delete",
+            Op::DeleteIfRevision => "delete_if_revision",
+            Op::TryAcquireLease => "try_acquire_lease",
+            Op::ReleaseLease => "release_lease",
+            Op::Scan => "scan",
+            Op::Ping => "ping",
+            Op::Insert => "insert",
+            Op::GetFlow => "get_flow",
+            Op::ActiveFlow => "active_flow",
+            Op::Take => "take",
+            Op::Complete => "complete",
+            Op::Outcome => "outcome",
+            Op::Wait => "wait",
+            Op::PurgeExpired => "purge_expired",
+            Op::PingPending => "ping_pending",
+        }
+    }
+}
+
+/// The metric handles of one store, registered once so an operation costs
+/// no registry lookup.
+struct StoreMetrics {
+    #[cfg(feature = "metrics")]
+    handles: Vec<(metrics::Histogram, metrics::Counter)>,
+}
+
+impl StoreMetrics {
+    fn new(backend: &'static str) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let handles = OPS
+                .iter()
+                .map(|op| {
+                    let labels = [("backend", backend), ("operation", op.name())];
+                    (
+                        metrics::histogram!(names::STORE_DURATION, &labels),
+                        metrics::counter!(names::STORE_ERRORS, &labels),
+                    )
+                })
+                .collect();
+            StoreMetrics { handles }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = (backend, OPS);
+            StoreMetrics {}
+        }
+    }
+
+    #[inline]
+    fn start(&self) -> Option<Instant> {
+        #[cfg(feature = "metrics")]
+        return Some(Instant::now());
+        #[cfg(not(feature = "metrics"))]
+        None
+    }
+
+    #[inline]
+    fn done(&self, op: Op, started: Option<Instant>, ok: bool) {
+        #[cfg(feature = "metrics")]
+        {
+            let (histogram, errors) = &self.handles[op as usize];
+            if let Some(started) = started {
+                histogram.record(started.elapsed());
+            }
+            if !ok {
+                errors.increment(1);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (op, started, ok);
+    }
+}
+
+/// A store that runs every operation of the store it wraps in a `store`
+/// span (backend, operation, outcome) and, with the `metrics` feature,
+/// records its latency and errors. [`TokenLifecycle`](crate::TokenLifecycle)
+/// wraps its stores in one; wrap a store yourself to observe the calls you
+/// make to it directly.
+pub struct Observed<S: ?Sized> {
+    inner: Arc<S>,
+    backend: &'static str,
+    metrics: StoreMetrics,
+}
+
+impl<S: ?Sized> Observed<S> {
+    /// Observes `inner`, labelled with `backend`.
+    pub fn new(inner: Arc<S>, backend: &'static str) -> Self {
+        Observed {
+            inner,
+            backend,
+            metrics: StoreMetrics::new(backend),
+        }
+    }
+
+    /// The store inside.
+    pub fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+
+    /// [`TokenStore::get`] without the boxed future of the trait method:
+    /// what the lifecycle's valid-token path calls.
+    pub async fn get_direct(&self, key: &TokenKey) -> Result<Option<StoredToken>>
+    where
+        S: TokenStore,
+    {
+        self.run(Op::Get, self.inner.as_ref().get(key)).await
+    }
+
+    /// Runs one operation of the store inside in its span, and records it.
+    async fn run<T>(&self, op: Op, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        let span = tracing::debug_span!(
+            "store",
+            backend = self.backend,
+            operation = op.name(),
+            outcome = tracing::field::Empty
+        );
+        let started = self.metrics.start();
+        let result = operation.instrument(span.clone()).await;
+        let ok = result.is_ok();
+        span.record("outcome", if ok { "ok" } else { "error" });
+        self.metrics.done(op, started, ok);
+        result
+    }
+}
+
+impl<S: ?Sized> std::fmt::Debug for Observed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observed")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: TokenStore + ?Sized> TokenStore for Observed<S> {
+    fn backend_name(&self) -> &'static str {
+        self.backend
+    }
+    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
+        self.run(Op::Get, self.inner.as_ref().get(key)).await
+    }
+    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
+        self.run(Op::Put, self.inner.as_ref().put(key, record))
+            .await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &TokenKey,
+        expected: Option<Revision>,
+        record: &TokenRecord,
+    ) -> Result<CasOutcome> {
+        self.run(
+            Op::CompareAndSwap,
+            self.inner.as_ref().compare_and_swap(key, expected, record),
+        )
+        .await
+    }
+    async fn delete(&self, key: &TokenKey) -> Result<bool> {
+        self.run(Op::Delete, self.inner.as_ref().delete(key)).await
+    }
+    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
+        self.run(
+            Op::DeleteIfRevision,
+            self.inner.as_ref().delete_if_revision(key, revision),
+        )
+        .await
+    }
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
+        self.run(
+            Op::TryAcquireLease,
+            self.inner.as_ref().try_acquire_lease(key, ttl),
+        )
+        .await
+    }
+    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
+        self.run(
+            Op::ReleaseLease,
+            self.inner.as_ref().release_lease(key, lease),
+        )
+        .await
+    }
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
+        self.run(Op::Scan, self.inner.as_ref().scan(cursor, limit))
+            .await
+    }
+    async fn ping(&self) -> Result<Duration> {
+        self.run(Op::Ping, self.inner.as_ref().ping()).await
+    }
+}
+
+#[async_trait]
+impl<S: PendingStore + ?Sized> PendingStore for Observed<S> {
+    fn pending_backend_name(&self) -> &'static str {
+        self.backend
+    }
+    async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
+        self.run(Op::Insert, self.inner.as_ref().insert(flow)).await
+    }
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        self.run(Op::GetFlow, self.inner.as_ref().get_flow(state))
+            .await
+    }
+    async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
+        self.run(Op::ActiveFlow, self.inner.as_ref().active_flow(key))
+            .await
+    }
+    async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        self.run(Op::Take, self.inner.as_ref().take(state)).await
+    }
+    async fn complete(
+        &self,
+        key: &TokenKey,
+        state: &FlowState,
+        outcome: &FlowOutcome,
+        keep_for: Duration,
+    ) -> Result<()> {
+        self.run(
+            Op::Complete,
+            self.inner.as_ref().complete(key, state, outcome, keep_for),
+        )
+        .await
+    }
+    async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
+        self.run(Op::Outcome, self.inner.as_ref().outcome(state))
+            .await
+    }
+    async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
+        self.run(Op::Wait, self.inner.as_ref().wait(state, timeout))
+            .await
+    }
+    async fn purge_expired(&self) -> Result<PurgeReport> {
+        self.run(Op::PurgeExpired, self.inner.as_ref().purge_expired())
+            .await
+    }
+    async fn ping_pending(&self) -> Result<Duration> {
+        self.run(Op::PingPending, self.inner.as_ref().ping_pending())
+            .await
+    }
+}

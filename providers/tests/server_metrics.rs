@@ -1,0 +1,486 @@
+//! The server provider's metrics over real HTTP (an rmcp client and server,
+//! the testkit's authorization server, a headless browser), read back
+//! through metrics-util's debugging recorder. The recorder is installed for
+//! the test's thread before the server is built; `#[tokio::test]` runs the
+//! server, the client and the browser on that one thread.
+
+#![cfg(all(feature = "rmcp", feature = "metrics"))]
+
+mod server_support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcp_authkit_core::observe::names;
+use mcp_authkit_core::{
+    CasOutcome, ExposeSecret, LeaseToken, Revision, ScanCursor, ScanPage, StoredToken, TokenKey,
+    TokenRecord, TokenStore,
+};
+use mcp_authkit_providers::server::ElicitationStyle;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use server_support::*;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+type Id = (String, Vec<(String, String)>);
+
+/// Counters so far, and every label value seen.
+struct Recording {
+    snapshotter: Snapshotter,
+    counters: BTreeMap<Id, u64>,
+    labels: Vec<String>,
+    spans: Spans,
+    _metrics: metrics::LocalRecorderGuard<'static>,
+    _spans: tracing::subscriber::DefaultGuard,
+}
+
+impl Recording {
+    /// Installs a recorder and a span log for this thread; call it before
+    /// the harness starts (store metric handles are taken then).
+    fn start() -> Recording {
+        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(spans.clone())
+            .with(tracing_subscriber::filter::LevelFilter::TRACE);
+        Recording {
+            snapshotter: recorder.snapshotter(),
+            counters: BTreeMap::new(),
+            labels: Vec::new(),
+            spans,
+            _metrics: metrics::set_default_local_recorder(recorder),
+            _spans: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Reads the recorder (a debugging snapshot drains what it reads).
+    fn update(&mut self) {
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let mut labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            self.labels.extend(labels.iter().map(|(_, v)| v.clone()));
+            if let DebugValue::Counter(n) = value {
+                *self
+                    .counters
+                    .entry((key.name().to_owned(), labels))
+                    .or_default() += n;
+            }
+        }
+    }
+
+    /// Every counter of this provider's events (store counters aside), as
+    /// `name{label=value}` -> count, so a test states the whole picture.
+    fn events(&mut self) -> BTreeMap<String, u64> {
+        self.update();
+        self.counters
+            .iter()
+            .filter(|((name, _), n)| **n > 0 && name != names::STORE_ERRORS)
+            .map(|((name, labels), n)| {
+                let labels: Vec<String> = labels
+                    .iter()
+                    .filter(|(k, _)| k != "provider")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let short = name.trim_start_matches("mcp_authkit_");
+                (format!("{short}{{{}}}", labels.join(",")), *n)
+            })
+            .collect()
+    }
+}
+
+fn expect(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// Span fields of this project's spans (target `mcp_authkit*`).
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<(String, String, String)>>>);
+
+struct Fields<'a>(&'a Spans, &'static str);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.0.lock().unwrap().push((
+            self.1.to_owned(),
+            field.name().to_owned(),
+            format!("{value:?}"),
+        ));
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>
+    tracing_subscriber::Layer<S> for Spans
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
+        if attrs.metadata().target().starts_with("mcp_authkit") {
+            attrs.record(&mut Fields(self, attrs.metadata().name()));
+        }
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id)
+            && span.metadata().target().starts_with("mcp_authkit")
+        {
+            values.record(&mut Fields(self, span.name()));
+        }
+    }
+}
+
+/// A full sign-in in wait mode, then a call with the stored token: one
+/// flow, one elicitation, one authorized completion, nothing refused. No
+/// label and no span field of ours carries the subject, the link handle,
+/// the state, a token, the code or a URL.
+#[tokio::test]
+async fn a_full_sign_in_counts_one_flow_one_elicitation_and_leaks_nothing_into_labels_or_spans() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let pending = {
+        let session = session.clone();
+        tokio::spawn(async move { call(&session, "whoami").await })
+    };
+    client
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    let (url, handle, _) = client.elicitations()[0].clone();
+    let navigation = client.navigate(&url).await;
+    assert_eq!(navigation.page().unwrap().status.as_u16(), 200);
+    let callback = navigation
+        .hops()
+        .iter()
+        .find(|hop| hop.url.path().ends_with("/callback"))
+        .expect("the browser went through the callback")
+        .url
+        .clone();
+    let result = pending.await.unwrap().unwrap();
+    assert_eq!(text(&result), "github user: gh-alice");
+    let sign_in = expect(&[
+        ("flows_started_total{}", 1),
+        ("elicitations_total{path=wait}", 1),
+        ("flows_completed_total{outcome=authorized}", 1),
+    ]);
+    assert_eq!(rec.events(), sign_in);
+    // The stored token: nothing new is counted.
+    call(&session, "whoami").await.unwrap();
+    assert_eq!(rec.events(), sign_in);
+
+    let query = query_of(callback.as_str());
+    let stored = h
+        .provider()
+        .lifecycle()
+        .stored_token("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    let secrets = [
+        "alice".to_owned(),
+        handle,
+        query["state"].clone(),
+        query["code"].clone(),
+        url,
+        stored.record.access_token.expose_secret().to_owned(),
+        "http://".to_owned(),
+        "https://".to_owned(),
+    ];
+    assert!(rec.labels.iter().any(|v| v == "github"));
+    let fields = rec.spans.0.lock().unwrap().clone();
+    assert!(
+        fields
+            .iter()
+            .any(|(span, field, _)| span == "store" && field == "outcome"),
+        "store spans: {fields:?}"
+    );
+    for secret in &secrets {
+        for label in &rec.labels {
+            assert!(
+                !label.contains(secret.as_str()),
+                "{secret} in label {label}"
+            );
+        }
+        for (span, field, value) in &fields {
+            assert!(
+                !value.contains(secret.as_str()),
+                "{secret} in span {span} field {field}: {value}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_calls_count_one_started_flow_and_the_rest_joined() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let session = session.clone();
+            tokio::spawn(async move { call(&session, "whoami").await })
+        })
+        .collect();
+    client
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    // Give the other calls time to join before the user finishes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        rec.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_joined_total{}", 2),
+            ("elicitations_total{path=wait}", 1),
+        ])
+    );
+    assert_eq!(client.open(&client.elicitations()[0].0).await.status, 200);
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        rec.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_joined_total{}", 2),
+            ("elicitations_total{path=wait}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_callback_counts_as_refused_for_an_unknown_state() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let pending = {
+        let session = session.clone();
+        tokio::spawn(async move { call(&session, "whoami").await })
+    };
+    client
+        .wait_until("the elicitation", |c| c.elicitations().len() == 1)
+        .await;
+    let navigation = client.navigate(&client.elicitations()[0].0).await;
+    let callback = navigation
+        .hops()
+        .iter()
+        .find(|hop| hop.url.path().ends_with("/callback"))
+        .expect("the browser went through the callback")
+        .url
+        .clone();
+    pending.await.unwrap().unwrap();
+    // Replayed from another browser (no binding cookie): refused at the gate.
+    assert_eq!(http().get(callback).send().await.unwrap().status(), 400);
+    assert_eq!(
+        rec.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("elicitations_total{path=wait}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+            ("callbacks_refused_total{reason=unknown_state}", 1),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_fail_fast_round_counts_two_elicitations_one_flow_and_its_completion() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options {
+        style: ElicitationStyle::FailFast,
+        ..Options::default()
+    })
+    .await;
+    let client = TestClient::new(&ClientSpec::legacy("alice"));
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let url = match call(&session, "whoami").await.unwrap_err() {
+        rmcp::service::ServiceError::McpError(error) => {
+            assert_eq!(error.code.0, -32042);
+            error.data.unwrap()["elicitations"][0]["url"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+        other => panic!("expected -32042, got {other}"),
+    };
+    // The retry before the user is done joins the same flow.
+    call(&session, "whoami").await.unwrap_err();
+    assert_eq!(
+        rec.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_joined_total{}", 1),
+            ("elicitations_total{path=fail_fast}", 2),
+        ])
+    );
+    assert_eq!(client.open(&url).await.status, 200);
+    assert_eq!(
+        text(&call(&session, "whoami").await.unwrap()),
+        "github user: gh-alice"
+    );
+    assert_eq!(
+        rec.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_joined_total{}", 1),
+            ("elicitations_total{path=fail_fast}", 2),
+            ("flows_completed_total{outcome=authorized}", 1),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_url_elicitation_is_counted_as_refused() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options::default()).await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.url_elicitation = false;
+    let client = TestClient::new(&spec);
+    let session = connect(&h.server.mcp_url, Some("alice"), client).await;
+    call(&session, "whoami").await.unwrap();
+    assert_eq!(
+        rec.events(),
+        expect(&[("tool_calls_refused_total{reason=no_url_elicitation}", 1)])
+    );
+}
+
+/// The readiness route: 200 with backends and latencies while the stores
+/// answer.
+#[tokio::test]
+async fn the_readiness_route_reports_each_store() {
+    let _rec = Recording::start();
+    let h = Harness::start(Options::default()).await;
+    let app = h.provider().readiness_router("/ready");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let response = http()
+        .get(format!("http://{address}/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["token_store"]["backend"], "memory");
+    assert_eq!(body["token_store"]["ok"], true);
+    assert_eq!(body["pending_store"]["ok"], true);
+    assert!(body["token_store"]["latency_ms"].as_f64().unwrap() >= 0.0);
+}
+
+/// A token store that cannot be reached.
+struct Down;
+
+fn down() -> mcp_authkit_core::Error {
+    mcp_authkit_core::Error::backend(
+        "down",
+        "any",
+        true,
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+    )
+}
+
+#[mcp_authkit_core::async_trait]
+impl TokenStore for Down {
+    fn backend_name(&self) -> &'static str {
+        "down"
+    }
+    async fn get(&self, _: &TokenKey) -> mcp_authkit_core::Result<Option<StoredToken>> {
+        Err(down())
+    }
+    async fn put(&self, _: &TokenKey, _: &TokenRecord) -> mcp_authkit_core::Result<Revision> {
+        Err(down())
+    }
+    async fn compare_and_swap(
+        &self,
+        _: &TokenKey,
+        _: Option<Revision>,
+        _: &TokenRecord,
+    ) -> mcp_authkit_core::Result<CasOutcome> {
+        Err(down())
+    }
+    async fn delete(&self, _: &TokenKey) -> mcp_authkit_core::Result<bool> {
+        Err(down())
+    }
+    async fn delete_if_revision(
+        &self,
+        _: &TokenKey,
+        _: Revision,
+    ) -> mcp_authkit_core::Result<bool> {
+        Err(down())
+    }
+    async fn try_acquire_lease(
+        &self,
+        _: &TokenKey,
+        _: Duration,
+    ) -> mcp_authkit_core::Result<Option<LeaseToken>> {
+        Err(down())
+    }
+    async fn release_lease(&self, _: &TokenKey, _: &LeaseToken) -> mcp_authkit_core::Result<bool> {
+        Err(down())
+    }
+    async fn scan(
+        &self,
+        _: Option<&ScanCursor>,
+        _: usize,
+    ) -> mcp_authkit_core::Result<ScanPage<TokenKey>> {
+        Err(down())
+    }
+}
+
+/// The readiness route answers 503 naming the store that is down (and not
+/// its error), and the store error is counted by backend and operation.
+#[tokio::test]
+async fn the_readiness_route_answers_503_when_a_store_is_down() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options {
+        tokens: Some(Arc::new(Down)),
+        ..Options::default()
+    })
+    .await;
+    let app = h.provider().readiness_router("/ready");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let response = http()
+        .get(format!("http://{address}/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["token_store"]["backend"], "down");
+    assert_eq!(body["token_store"]["ok"], false);
+    assert_eq!(body["token_store"]["retryable"], true);
+    assert_eq!(body["pending_store"]["ok"], true);
+    assert!(
+        !body.to_string().contains("refused"),
+        "no error text: {body}"
+    );
+    rec.update();
+    let errors = rec.counters[&(
+        names::STORE_ERRORS.to_owned(),
+        vec![
+            ("backend".to_owned(), "down".to_owned()),
+            ("operation".to_owned(), "ping".to_owned()),
+        ],
+    )];
+    assert_eq!(errors, 1);
+}
