@@ -97,8 +97,8 @@ pub use lifecycle::{
 pub use oauth::{AuthorizationRequest, OAuthClient, TokenResponse};
 pub use record::{ExtraFields, Revision, StoredToken, TokenKey, TokenRecord};
 pub use store::{
-    CasOutcome, LeaseGuard, LeaseToken, PING_PROVIDER, PendingStore, PurgeReport,
-    ScanCursor, ScanPage, TokenStore,
+    CasOutcome, LeaseGuard, LeaseToken, PING_PROVIDER, PendingStore, PurgeReport, ScanCursor,
+    ScanPage, TokenStore,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, deadline_after};
 

@@ -50,8 +50,7 @@ use crate::error::Result;
 use crate::flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow};
 use crate::record::{Revision, StoredToken, TokenKey, TokenRecord};
 use crate::store::{
-    CasOutcome, LeaseToken, PendingStore, PurgeReport, ScanCursor, ScanPage,
-    TokenStore,
+    CasOutcome, LeaseToken, PendingStore, PurgeReport, ScanCursor, ScanPage, TokenStore,
 };
 
 /// The metric names of the table above.
