@@ -163,20 +163,29 @@ impl Statements {
             notify: "SELECT pg_notify($1, $2)".into(),
             outcome: sql("SELECT outcome FROM __S__.mcp_authkit_outcomes \
                           WHERE state = $1 AND expires_at > $2"),
+            // Every purge checks the expiry again on the row it deletes: a
+            // takeover (ON CONFLICT DO UPDATE) that renewed the row after the
+            // subquery read it commits while the DELETE waits for its lock,
+            // and the DELETE then sees the renewed row (READ COMMITTED
+            // rechecks only the outer WHERE, not the subquery's).
             purge_flows: sql("DELETE FROM __S__.mcp_authkit_flows WHERE state IN \
                               (SELECT state FROM __S__.mcp_authkit_flows \
-                               WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                               WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                              AND expires_at <= $1"),
             purge_active: sql("DELETE FROM __S__.mcp_authkit_active_flows \
                                WHERE (provider, subject) IN \
                                (SELECT provider, subject FROM __S__.mcp_authkit_active_flows \
-                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                               AND expires_at <= $1"),
             purge_outcomes: sql("DELETE FROM __S__.mcp_authkit_outcomes WHERE state IN \
                                  (SELECT state FROM __S__.mcp_authkit_outcomes \
-                                  WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                                  WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                                 AND expires_at <= $1"),
             purge_leases: sql("DELETE FROM __S__.mcp_authkit_leases \
                                WHERE (provider, subject) IN \
                                (SELECT provider, subject FROM __S__.mcp_authkit_leases \
-                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                               AND expires_at <= $1"),
         }
     }
 }

@@ -327,3 +327,84 @@ async fn the_purge_task_removes_expired_rows() {
     assert!(emptied, "the task purged every expired flow");
     assert!(task.is_running());
 }
+
+/// A purge that selected an expired lease, active mark or outcome must not
+/// delete it when a takeover (the store's `ON CONFLICT DO UPDATE ... WHERE
+/// expires_at <= now`) renewed the row while the purge waited for its lock.
+#[tokio::test]
+async fn purge_spares_a_row_renewed_while_it_waited() {
+    let schema = Schema::new("purgerace").await;
+    let store = schema.open().await;
+    let s = format!("\"{}\"", schema.name);
+    let live = i64::MAX / 2;
+    // (table, the expired row, the takeover that renews it, what survives)
+    let cases = [
+        (
+            "mcp_authkit_leases",
+            format!("INSERT INTO {s}.mcp_authkit_leases VALUES ('p', 's', 'old', 1)"),
+            format!(
+                "INSERT INTO {s}.mcp_authkit_leases AS l VALUES ('p', 's', 'new', {live}) \
+                 ON CONFLICT (provider, subject) DO UPDATE SET \
+                 lease_token = excluded.lease_token, expires_at = excluded.expires_at \
+                 WHERE l.expires_at <= 2"
+            ),
+        ),
+        (
+            "mcp_authkit_active_flows",
+            format!("INSERT INTO {s}.mcp_authkit_active_flows VALUES ('p', 's', 'old', 1)"),
+            format!(
+                "INSERT INTO {s}.mcp_authkit_active_flows AS a VALUES ('p', 's', 'new', {live}) \
+                 ON CONFLICT (provider, subject) DO UPDATE SET \
+                 state = excluded.state, expires_at = excluded.expires_at \
+                 WHERE a.expires_at <= 2"
+            ),
+        ),
+        (
+            "mcp_authkit_outcomes",
+            format!("INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', 1, 'old')"),
+            format!(
+                "INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', {live}, 'new') \
+                 ON CONFLICT (state) DO UPDATE SET \
+                 expires_at = excluded.expires_at, outcome = excluded.outcome"
+            ),
+        ),
+    ];
+    for (table, expired, takeover) in cases {
+        crate::common::admin_exec(expired).await;
+        let mut holder = admin().await;
+        let mut tx = sqlx::Connection::begin(&mut holder).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(takeover))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let purge = {
+            let store = store.clone();
+            tokio::spawn(async move { store.purge_expired().await })
+        };
+        // Commit only once the purge's DELETE waits for the row lock.
+        let mut watcher = admin().await;
+        let blocked = crate::common::eventually(Duration::from_secs(10), async || {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM%' \
+                 AND query LIKE '%' || $1 || '%'",
+            )
+            .bind(table)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            waiting > 0
+        })
+        .await;
+        assert!(blocked, "{table}: the purge waited for the renewed row");
+        tx.commit().await.unwrap();
+        purge.await.unwrap().unwrap();
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {s}.{table} WHERE expires_at = {live}"
+        )))
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        assert_eq!(left, 1, "{table}: the renewed row survived the purge");
+    }
+}
