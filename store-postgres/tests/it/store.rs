@@ -408,3 +408,72 @@ async fn purge_spares_a_row_renewed_while_it_waited() {
         assert_eq!(left, 1, "{table}: the renewed row survived the purge");
     }
 }
+
+/// Schema names with quotes and the statements' own marker are names, not
+/// SQL: the store works in exactly that schema and creates nothing else; a
+/// name with a newline is refused before anything runs.
+#[tokio::test]
+async fn hostile_schema_names_stay_names() {
+    let tag = crate::common::unique_tag();
+    let names = [
+        format!("x{tag}__S__'y"),
+        format!("x{tag}\"; drop'--"),
+        format!("x{tag}'||'__S__\".\"z"),
+    ];
+    let mut conn = admin().await;
+    let ours = async |conn: &mut sqlx::PgConnection| -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY 1",
+        )
+        .bind(format!("x{tag}"))
+        .fetch_all(conn)
+        .await
+        .unwrap()
+    };
+    for name in &names {
+        let schema = Schema {
+            url: crate::common::admin_url().await,
+            name: name.clone(),
+        };
+        let store = schema.open().await;
+        let key = TokenKey::new("p", "s");
+        let r1 = store
+            .put(&key, &TokenRecord::new("one", Timestamp::now()))
+            .await
+            .unwrap();
+        let swapped = store
+            .compare_and_swap(&key, Some(r1), &TokenRecord::new("two", Timestamp::now()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(swapped, CasOutcome::Swapped(r) if r > r1),
+            "{name:?}"
+        );
+        let got = store.get(&key).await.unwrap().expect("stored");
+        assert_eq!(
+            mcp_authkit_core::ExposeSecret::expose_secret(&got.record.access_token),
+            "two"
+        );
+        assert_eq!(ours(&mut conn).await, vec![name.clone()], "{name:?}");
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname LIKE 'mcp_authkit_%'",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(tables >= 6, "{name:?}: the tables are in the named schema");
+        store.close().await;
+        drop(schema);
+    }
+    let injected = format!("x{tag}\nCREATE SCHEMA x{tag}evil;\n--");
+    let error = PostgresStore::options(&crate::common::admin_url().await)
+        .schema(&injected)
+        .open()
+        .await
+        .expect_err("a newline in the schema name is refused");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("control character"), "{error}");
+    assert!(ours(&mut conn).await.is_empty(), "nothing was created");
+}
