@@ -333,43 +333,46 @@ async fn the_purge_task_removes_expired_rows() {
 /// expires_at <= now`) renewed the row while the purge waited for its lock.
 #[tokio::test]
 async fn purge_spares_a_row_renewed_while_it_waited() {
-    let schema = Schema::new("purgerace").await;
-    let store = schema.open().await;
-    let s = format!("\"{}\"", schema.name);
     let live = i64::MAX / 2;
-    // (table, the expired row, the takeover that renews it, what survives)
-    let cases = [
-        (
-            "mcp_authkit_leases",
-            format!("INSERT INTO {s}.mcp_authkit_leases VALUES ('p', 's', 'old', 1)"),
-            format!(
-                "INSERT INTO {s}.mcp_authkit_leases AS l VALUES ('p', 's', 'new', {live}) \
+    // Each case in a fresh schema and store: the race showed in whichever
+    // case ran first, so none runs after another.
+    for case in 0..3 {
+        let schema = Schema::new("purgerace").await;
+        let store = schema.open().await;
+        let s = format!("\"{}\"", schema.name);
+        // (table, the expired row, the takeover that renews it)
+        let cases = [
+            (
+                "mcp_authkit_leases",
+                format!("INSERT INTO {s}.mcp_authkit_leases VALUES ('p', 's', 'old', 1)"),
+                format!(
+                    "INSERT INTO {s}.mcp_authkit_leases AS l VALUES ('p', 's', 'new', {live}) \
                  ON CONFLICT (provider, subject) DO UPDATE SET \
                  lease_token = excluded.lease_token, expires_at = excluded.expires_at \
                  WHERE l.expires_at <= 2"
+                ),
             ),
-        ),
-        (
-            "mcp_authkit_active_flows",
-            format!("INSERT INTO {s}.mcp_authkit_active_flows VALUES ('p', 's', 'old', 1)"),
-            format!(
-                "INSERT INTO {s}.mcp_authkit_active_flows AS a VALUES ('p', 's', 'new', {live}) \
+            (
+                "mcp_authkit_active_flows",
+                format!("INSERT INTO {s}.mcp_authkit_active_flows VALUES ('p', 's', 'old', 1)"),
+                format!(
+                    "INSERT INTO {s}.mcp_authkit_active_flows AS a VALUES ('p', 's', 'new', {live}) \
                  ON CONFLICT (provider, subject) DO UPDATE SET \
                  state = excluded.state, expires_at = excluded.expires_at \
                  WHERE a.expires_at <= 2"
+                ),
             ),
-        ),
-        (
-            "mcp_authkit_outcomes",
-            format!("INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', 1, 'old')"),
-            format!(
-                "INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', {live}, 'new') \
+            (
+                "mcp_authkit_outcomes",
+                format!("INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', 1, 'old')"),
+                format!(
+                    "INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', {live}, 'new') \
                  ON CONFLICT (state) DO UPDATE SET \
                  expires_at = excluded.expires_at, outcome = excluded.outcome"
+                ),
             ),
-        ),
-    ];
-    for (table, expired, takeover) in cases {
+        ];
+        let (table, expired, takeover) = cases[case].clone();
         crate::common::admin_exec(expired).await;
         let mut holder = admin().await;
         let mut tx = sqlx::Connection::begin(&mut holder).await.unwrap();
