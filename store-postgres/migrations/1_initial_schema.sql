@@ -1,6 +1,6 @@
 -- mcp-authkit PostgreSQL schema, version 1.
 --
--- __SCHEMA__ is replaced by the quoted schema the store was opened with, so
+-- The schema placeholder is replaced by the quoted schema the store was opened with, so
 -- the tables can live in an application's own database and schema. Every
 -- name carries the mcp_authkit_ prefix. Key parts (provider, subject) and
 -- flow states are BYTEA: keys may hold any UTF-8, NUL included, which TEXT

@@ -9,6 +9,9 @@ pub(crate) const BACKEND: &str = "postgres";
 /// retry may help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
+    /// The TLS handshake refused the server's certificate (unknown issuer,
+    /// expired, wrong name): no retry makes it trusted.
+    CertificateRefused,
     /// No answer: refused, reset, unreachable host, pool timeout.
     Unreachable,
     /// The server ended the connection (pg_terminate_backend, a restart, a
@@ -43,6 +46,11 @@ pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
 }
 
 pub(crate) fn kind(error: &sqlx::Error) -> Kind {
+    // First: sqlx reports a refused certificate as an I/O error of the
+    // handshake, which would otherwise read as a transient "unreachable".
+    if is_certificate_refusal(error) {
+        return Kind::CertificateRefused;
+    }
     match error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => Kind::Unreachable,
         sqlx::Error::Database(_) => {
@@ -68,6 +76,17 @@ pub(crate) fn kind(error: &sqlx::Error) -> Kind {
     }
 }
 
+#[cfg(feature = "tls")]
+fn is_certificate_refusal(error: &sqlx::Error) -> bool {
+    mcp_authkit_core::is_certificate_refusal(error)
+}
+
+/// Without TLS there is no certificate to refuse.
+#[cfg(not(feature = "tls"))]
+fn is_certificate_refusal(_: &sqlx::Error) -> bool {
+    false
+}
+
 /// Whether trying the same operation again later may succeed by itself. A
 /// full disk, a read-only database, bad credentials, a missing database or a
 /// missing privilege need someone to act first.
@@ -80,6 +99,11 @@ pub(crate) fn is_retryable(error: &sqlx::Error) -> bool {
 
 fn explanation(kind: Kind) -> Option<&'static str> {
     Some(match kind {
+        Kind::CertificateRefused => {
+            "the PostgreSQL server's TLS certificate was refused (unknown issuer, expired, or \
+             not valid for the host in the URL); a retry cannot help: fix the certificate, the \
+             host name, or the trusted roots (sslrootcert)"
+        }
         Kind::Unreachable => {
             "the PostgreSQL server cannot be reached (refused, unreachable, or every pooled \
              connection busy); check the host, port and that the server runs, then try again"
@@ -175,6 +199,37 @@ mod tests {
         let error = db("get token", error);
         assert!(error.is_retryable());
         assert!(error.to_string().contains("cannot be reached"), "{error}");
+    }
+
+    /// The chain sqlx gives for a refused certificate: the handshake's I/O
+    /// error (InvalidData) around the rustls error.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn refused_certificates_are_not_retryable() {
+        for refusal in [
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+            rustls::Error::NoCertificatesPresented,
+        ] {
+            let error = sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                refusal,
+            ));
+            assert_eq!(kind(&error), Kind::CertificateRefused);
+            let error = db("get token", error);
+            assert!(!error.is_retryable(), "{error}");
+            assert!(
+                error.to_string().contains("certificate was refused"),
+                "{error}"
+            );
+        }
+        // Other TLS trouble on the wire stays a transient I/O failure.
+        let error = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::DecryptError,
+        ));
+        assert_eq!(kind(&error), Kind::Unreachable);
     }
 
     #[test]

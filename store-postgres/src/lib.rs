@@ -353,7 +353,9 @@ impl PostgresStoreOptions {
     }
 
     /// The schema of the store's tables (default `public`); created if
-    /// missing and the role may.
+    /// missing and the role may. Any name of 1 to 63 bytes without control
+    /// characters (those are refused at open); it is always quoted, so
+    /// quotes in it are part of the name.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self

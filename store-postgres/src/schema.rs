@@ -23,12 +23,21 @@ pub(crate) fn quote_ident(name: &str) -> String {
 }
 
 /// Checks a schema name before it is used: PostgreSQL cuts identifiers at
-/// 63 bytes (two long names could meet) and refuses NUL.
+/// 63 bytes (two long names could meet) and refuses NUL; control characters
+/// (newlines, tabs, ...) are refused too: no one means them in a name, and
+/// they make log lines and `psql` sessions lie.
 pub(crate) fn check_schema_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+    if name.is_empty() || name.len() > 63 {
         return Err(Error::invalid_input(
             "postgres schema",
-            "give a schema name of 1 to 63 bytes without NUL (default \"public\")",
+            "give a schema name of 1 to 63 bytes (default \"public\")",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid_input(
+            "postgres schema",
+            "the schema name holds a control character (a newline, tab, NUL...); \
+             give one without",
         ));
     }
     Ok(())
@@ -48,6 +57,8 @@ pub(crate) fn channel_for(schema: &str) -> String {
 
 /// Every statement of the store, with the schema filled in.
 pub(crate) struct Statements {
+    /// The revisions sequence, as text for a `$n::regclass` parameter.
+    pub(crate) sequence: Arc<str>,
     pub(crate) get: Arc<str>,
     pub(crate) revision: Arc<str>,
     pub(crate) put: Arc<str>,
@@ -79,14 +90,13 @@ pub(crate) struct Statements {
 impl Statements {
     pub(crate) fn new(schema: &str) -> Statements {
         let s = quote_ident(schema);
-        // The sequence is named in a string literal: its quotes doubled.
-        let seq = format!(
-            "'{}'",
-            format!("{s}.mcp_authkit_revisions").replace('\'', "''")
-        );
-        let sql =
-            |text: &str| -> Arc<str> { text.replace("__SEQ__", &seq).replace("__S__", &s).into() };
+        // One marker, replaced in one pass: the quoted name is never
+        // scanned again, so whatever it holds stays part of the name. The
+        // sequence is bound as a parameter (`$n::regclass`), never spliced
+        // into a string literal.
+        let sql = |text: &str| -> Arc<str> { text.replace("__S__", &s).into() };
         Statements {
+            sequence: format!("{s}.mcp_authkit_revisions").into(),
             get: sql("SELECT revision, record FROM __S__.mcp_authkit_tokens \
                       WHERE provider = $1 AND subject = $2"),
             revision: sql("SELECT revision FROM __S__.mcp_authkit_tokens \
@@ -97,17 +107,17 @@ impl Statements {
             // before waiting for that lock).
             put: sql("INSERT INTO __S__.mcp_authkit_tokens AS t \
                           (provider, subject, revision, expires_at, record) \
-                      VALUES ($1, $2, nextval(__SEQ__), $3, $4) \
+                      VALUES ($1, $2, nextval($5::regclass), $3, $4) \
                       ON CONFLICT (provider, subject) DO UPDATE SET \
-                          revision = nextval(__SEQ__), \
+                          revision = nextval($5::regclass), \
                           expires_at = excluded.expires_at, record = excluded.record \
                       RETURNING revision"),
             create: sql("INSERT INTO __S__.mcp_authkit_tokens \
                              (provider, subject, revision, expires_at, record) \
-                         VALUES ($1, $2, nextval(__SEQ__), $3, $4) \
+                         VALUES ($1, $2, nextval($5::regclass), $3, $4) \
                          ON CONFLICT (provider, subject) DO NOTHING RETURNING revision"),
             swap: sql("UPDATE __S__.mcp_authkit_tokens SET \
-                           revision = nextval(__SEQ__), \
+                           revision = nextval($6::regclass), \
                            expires_at = $3, record = $4 \
                        WHERE provider = $1 AND subject = $2 AND revision = $5 \
                        RETURNING revision"),
@@ -163,20 +173,29 @@ impl Statements {
             notify: "SELECT pg_notify($1, $2)".into(),
             outcome: sql("SELECT outcome FROM __S__.mcp_authkit_outcomes \
                           WHERE state = $1 AND expires_at > $2"),
+            // Every purge checks the expiry again on the row it deletes: a
+            // takeover (ON CONFLICT DO UPDATE) that renewed the row after the
+            // subquery read it commits while the DELETE waits for its lock,
+            // and the DELETE then sees the renewed row (READ COMMITTED
+            // rechecks only the outer WHERE, not the subquery's).
             purge_flows: sql("DELETE FROM __S__.mcp_authkit_flows WHERE state IN \
                               (SELECT state FROM __S__.mcp_authkit_flows \
-                               WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                               WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                              AND expires_at <= $1"),
             purge_active: sql("DELETE FROM __S__.mcp_authkit_active_flows \
                                WHERE (provider, subject) IN \
                                (SELECT provider, subject FROM __S__.mcp_authkit_active_flows \
-                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                               AND expires_at <= $1"),
             purge_outcomes: sql("DELETE FROM __S__.mcp_authkit_outcomes WHERE state IN \
                                  (SELECT state FROM __S__.mcp_authkit_outcomes \
-                                  WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                                  WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                                 AND expires_at <= $1"),
             purge_leases: sql("DELETE FROM __S__.mcp_authkit_leases \
                                WHERE (provider, subject) IN \
                                (SELECT provider, subject FROM __S__.mcp_authkit_leases \
-                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)"),
+                                WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2) \
+                               AND expires_at <= $1"),
         }
     }
 }
@@ -303,6 +322,28 @@ mod tests {
     #[test]
     fn schema_version_is_the_last_migration() {
         assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn the_schema_marker_appears_only_in_statements() {
+        // A marker in a comment would put the name there, where a newline
+        // in it would end the comment.
+        for (_, _, text) in MIGRATIONS {
+            for line in text.lines() {
+                if let Some(at) = line.find("--") {
+                    assert!(!line[at..].contains("__SCHEMA__"), "{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_schema_names() {
+        for name in ["a\nb", "a\rb", "a\tb", "a\0b", "\u{7f}"] {
+            let error = check_schema_name(name).expect_err(name);
+            assert!(error.to_string().contains("control character"), "{error}");
+        }
+        check_schema_name("a'b\"c __S__ ü").unwrap();
     }
 
     #[test]

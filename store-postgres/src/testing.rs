@@ -68,8 +68,7 @@ pub async fn probe(url: &str) -> Result<(), String> {
 
 /// What a test says when it finds no PostgreSQL.
 pub fn missing_message(url: &str, error: &str, ci: bool) -> String {
-    // Never the password: only what follows the '@'.
-    let address = url.rsplit('@').next().unwrap_or(url);
+    let address = address_of(url);
     let mut message = format!(
         "no PostgreSQL server accepts connections at {address} ({error}). These tests need \
          PostgreSQL 13 or newer:\n\
@@ -86,6 +85,20 @@ pub fn missing_message(url: &str, error: &str, ci: bool) -> String {
     message
 }
 
+/// Where `url` points (host, port, database) and nothing else: a URL's user
+/// part, password and query (`?password=...`) never reach a message.
+fn address_of(url: &str) -> String {
+    match url.parse::<PgConnectOptions>() {
+        Ok(options) => format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        ),
+        Err(_) => "DATABASE_URL (not a postgres URL; not shown)".to_owned(),
+    }
+}
+
 /// Drops `schema` and everything in it (a test's cleanup).
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
     let options: PgConnectOptions = url.parse().map_err(|_| "not a postgres URL".to_owned())?;
@@ -100,4 +113,27 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _ = connection.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_messages_never_show_passwords_or_queries() {
+        for url in [
+            "postgres://u:hunter2@db.example:5433/app",
+            "postgres://db.example:5433/app?password=hunter2&user=u",
+            "postgres:///app?host=db.example&port=5433&password=hunter2",
+            "postgres://u:hun@ter2@db.example:5433/app",
+            "not a url hunter2",
+        ] {
+            let message = missing_message(url, "refused", false);
+            assert!(!message.contains("hunter2"), "{url}: {message}");
+            assert!(!message.contains("ter2"), "{url}: {message}");
+            if !url.starts_with("not") {
+                assert!(message.contains("db.example:5433/app"), "{url}: {message}");
+            }
+        }
+    }
 }

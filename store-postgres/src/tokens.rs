@@ -73,6 +73,7 @@ impl TokenStore for PostgresStore {
             .bind(key.subject().as_bytes())
             .bind(record.expires_at.map(|at| at.unix_millis()))
             .bind(bytes)
+            .bind(&*self.sql().sequence)
             .fetch_all(self.pool())
             .await
             .map_err(|e| db("put token", e))?;
@@ -99,12 +100,14 @@ impl TokenStore for PostgresStore {
                     .bind(key.subject().as_bytes())
                     .bind(expires_at)
                     .bind(&bytes)
-                    .bind(expected),
+                    .bind(expected)
+                    .bind(&*self.sql().sequence),
                 None => sqlx::query_scalar(stmt(&self.sql().create))
                     .bind(key.provider().as_bytes())
                     .bind(key.subject().as_bytes())
                     .bind(expires_at)
-                    .bind(&bytes),
+                    .bind(&bytes)
+                    .bind(&*self.sql().sequence),
             };
             let written: Option<i64> = query
                 .fetch_all(self.pool())

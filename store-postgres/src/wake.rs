@@ -14,7 +14,9 @@
 //! committed after it is notified. When the listening connection drops
 //! (`pg_terminate_backend`, a restart, a network failure), notifications
 //! sent meanwhile are gone, so the listener reconnects, listens again, and
-//! then bumps the link's epoch: every waiter reads its outcome again.
+//! then bumps the link's epoch: every waiter reads its outcome again. A
+//! connection that dies silently (no FIN or RST reaches us) is found by a
+//! `SELECT 1` probe every [`PROBE_EVERY`] and handled the same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -27,6 +29,12 @@ use tokio::task::JoinHandle;
 
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(20);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How often an idle listening connection is asked `SELECT 1`: a connection
+/// that died without a FIN or RST (a frozen network, a dropped NAT entry)
+/// would otherwise look alive forever while notifications go nowhere.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(15);
+/// How long a probe may take before the connection counts as dead.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The state of the listening connection.
 #[derive(Clone, Debug)]
@@ -229,21 +237,40 @@ fn closed() -> Error {
     )
 }
 
+fn unanswered() -> Error {
+    Error::backend(
+        crate::error::BACKEND,
+        "listening for flow completions",
+        true,
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the listening connection did not answer a probe within {PROBE_TIMEOUT:?}; \
+                 it counts as dead"
+            ),
+        ),
+    )
+}
+
 /// Keeps one connection listening for as long as the hub lives.
 async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
-    // A pool of one, only to hand PgListener its connection: never shared.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect);
     let mut delay = MIN_RECONNECT_DELAY;
     let mut epoch = 0u64;
     // After a loss, listening again bumps the epoch: every waiter then
     // reads its outcome again.
     loop {
+        // A pool of one, only to hand PgListener its connection: never
+        // shared. A new one per attempt: a dropped PgListener sends
+        // `UNLISTEN *` on its old connection before giving it back, which
+        // never ends on a connection that stopped answering, and would hold
+        // a shared pool's only slot forever.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(connect.clone());
         let attempt = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.ignore_pool_close_event(true);
@@ -269,8 +296,28 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
         delay = MIN_RECONNECT_DELAY;
         epoch += 1;
         shared.link.send_replace(Link::Up(epoch));
+        let mut probes =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROBE_EVERY, PROBE_EVERY);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = loop {
-            match listener.try_recv().await {
+            // try_recv is cancel-safe (sqlx keeps a partly read message in
+            // its buffer), so a probe may interrupt it at any moment.
+            let received = tokio::select! {
+                received = listener.try_recv() => received,
+                _ = probes.tick() => {
+                    // Notifications that arrive during the probe are
+                    // buffered by the listener and returned by try_recv.
+                    let probe = sqlx::query("SELECT 1").execute(&mut listener);
+                    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(error)) => {
+                            break crate::error::db("listening for flow completions", error);
+                        }
+                        Err(_) => break unanswered(),
+                    }
+                }
+            };
+            match received {
                 Ok(Some(notification)) => match unhex(notification.payload()) {
                     Some(state) => shared.deliver(&state),
                     None => tracing::warn!(

@@ -185,3 +185,15 @@ pub async fn terminate(pid: i32) {
     assert!(done, "backend {pid} was terminated");
     let _ = conn.close().await;
 }
+
+/// A short random lower-case tag, to find what one test created.
+pub fn unique_tag() -> String {
+    mcp_authkit_core::random_urlsafe(6)
+        .to_ascii_lowercase()
+        .replace(['-', '_'], "x")
+}
+
+/// DATABASE_URL (the server's superuser).
+pub async fn admin_url() -> String {
+    testing::database_url().await
+}

@@ -233,3 +233,128 @@ async fn a_thousand_waiters_hold_one_listening_connection() {
     assert_eq!(woken, WAITERS);
     assert_eq!(stores[0].waited_states(), 0, "nothing stays registered");
 }
+
+/// A loopback TCP proxy to the test server whose connections can be frozen:
+/// they stay open but carry no more bytes, as over a dead network path
+/// that sends neither FIN nor RST.
+struct FreezingProxy {
+    port: u16,
+    connections:
+        std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: String) -> FreezingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let frozen = std::sync::Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(frozen.clone());
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(server_read), Box::new(client_write)),
+                ] {
+                    let frozen = frozen.clone();
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            let Ok(n) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            while frozen.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if to.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingProxy {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    /// Freezes every connection open now; later ones pass.
+    fn freeze_existing(&self) {
+        for frozen in self.connections.lock().unwrap().iter() {
+            frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listening connection that silently stops answering is found out by
+/// the listener's probe and replaced (a new epoch, so waiters read again),
+/// instead of leaving every waiter of the process deaf.
+#[tokio::test]
+async fn a_silently_dead_listener_is_probed_and_replaced() {
+    let schema = Schema::new("deadlistener").await;
+    let direct = schema.open().await;
+    let options: sqlx::postgres::PgConnectOptions = schema.url.parse().unwrap();
+    let proxy =
+        FreezingProxy::start(format!("{}:{}", options.get_host(), options.get_port())).await;
+    let through_proxy = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        options.get_username(),
+        proxy.port,
+        options.get_database().unwrap_or("postgres")
+    );
+    let store = PostgresStore::options(&through_proxy)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "frozen"), MINUTE * 5);
+    direct.insert(&f).await.unwrap();
+    let wait = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE * 5).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store.listener_epoch()
+            == Some(1))
+        .await,
+        "listening through the proxy"
+    );
+    proxy.freeze_existing();
+    // The probe runs every 15 s and gives a connection 5 s to answer.
+    assert!(
+        eventually(Duration::from_secs(45), async || store
+            .listener_epoch()
+            .is_some_and(|epoch| epoch > 1))
+        .await,
+        "the frozen listening connection was noticed and replaced: {:?}",
+        store.listener_epoch()
+    );
+    wait.abort();
+}

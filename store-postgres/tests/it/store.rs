@@ -327,3 +327,156 @@ async fn the_purge_task_removes_expired_rows() {
     assert!(emptied, "the task purged every expired flow");
     assert!(task.is_running());
 }
+
+/// A purge that selected an expired lease, active mark or outcome must not
+/// delete it when a takeover (the store's `ON CONFLICT DO UPDATE ... WHERE
+/// expires_at <= now`) renewed the row while the purge waited for its lock.
+#[tokio::test]
+async fn purge_spares_a_row_renewed_while_it_waited() {
+    let live = i64::MAX / 2;
+    // Each case in a fresh schema and store: the race showed in whichever
+    // case ran first, so none runs after another.
+    for case in 0..3 {
+        let schema = Schema::new("purgerace").await;
+        let store = schema.open().await;
+        let s = format!("\"{}\"", schema.name);
+        // (table, the expired row, the takeover that renews it)
+        let cases = [
+            (
+                "mcp_authkit_leases",
+                format!("INSERT INTO {s}.mcp_authkit_leases VALUES ('p', 's', 'old', 1)"),
+                format!(
+                    "INSERT INTO {s}.mcp_authkit_leases AS l VALUES ('p', 's', 'new', {live}) \
+                 ON CONFLICT (provider, subject) DO UPDATE SET \
+                 lease_token = excluded.lease_token, expires_at = excluded.expires_at \
+                 WHERE l.expires_at <= 2"
+                ),
+            ),
+            (
+                "mcp_authkit_active_flows",
+                format!("INSERT INTO {s}.mcp_authkit_active_flows VALUES ('p', 's', 'old', 1)"),
+                format!(
+                    "INSERT INTO {s}.mcp_authkit_active_flows AS a VALUES ('p', 's', 'new', {live}) \
+                 ON CONFLICT (provider, subject) DO UPDATE SET \
+                 state = excluded.state, expires_at = excluded.expires_at \
+                 WHERE a.expires_at <= 2"
+                ),
+            ),
+            (
+                "mcp_authkit_outcomes",
+                format!("INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', 1, 'old')"),
+                format!(
+                    "INSERT INTO {s}.mcp_authkit_outcomes VALUES ('st', {live}, 'new') \
+                 ON CONFLICT (state) DO UPDATE SET \
+                 expires_at = excluded.expires_at, outcome = excluded.outcome"
+                ),
+            ),
+        ];
+        let (table, expired, takeover) = cases[case].clone();
+        crate::common::admin_exec(expired).await;
+        let mut holder = admin().await;
+        let mut tx = sqlx::Connection::begin(&mut holder).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(takeover))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let purge = {
+            let store = store.clone();
+            tokio::spawn(async move { store.purge_expired().await })
+        };
+        // Commit only once the purge's DELETE waits for the row lock.
+        let mut watcher = admin().await;
+        let blocked = crate::common::eventually(Duration::from_secs(10), async || {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM%' \
+                 AND query LIKE '%' || $1 || '%'",
+            )
+            .bind(table)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            waiting > 0
+        })
+        .await;
+        assert!(blocked, "{table}: the purge waited for the renewed row");
+        tx.commit().await.unwrap();
+        purge.await.unwrap().unwrap();
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {s}.{table} WHERE expires_at = {live}"
+        )))
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        assert_eq!(left, 1, "{table}: the renewed row survived the purge");
+    }
+}
+
+/// Schema names with quotes and the statements' own marker are names, not
+/// SQL: the store works in exactly that schema and creates nothing else; a
+/// name with a newline is refused before anything runs.
+#[tokio::test]
+async fn hostile_schema_names_stay_names() {
+    let tag = crate::common::unique_tag();
+    let names = [
+        format!("x{tag}__S__'y"),
+        format!("x{tag}\"; drop'--"),
+        format!("x{tag}'||'__S__\".\"z"),
+    ];
+    let mut conn = admin().await;
+    let ours = async |conn: &mut sqlx::PgConnection| -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY 1",
+        )
+        .bind(format!("x{tag}"))
+        .fetch_all(conn)
+        .await
+        .unwrap()
+    };
+    for name in &names {
+        let schema = Schema {
+            url: crate::common::admin_url().await,
+            name: name.clone(),
+        };
+        let store = schema.open().await;
+        let key = TokenKey::new("p", "s");
+        let r1 = store
+            .put(&key, &TokenRecord::new("one", Timestamp::now()))
+            .await
+            .unwrap();
+        let swapped = store
+            .compare_and_swap(&key, Some(r1), &TokenRecord::new("two", Timestamp::now()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(swapped, CasOutcome::Swapped(r) if r > r1),
+            "{name:?}"
+        );
+        let got = store.get(&key).await.unwrap().expect("stored");
+        assert_eq!(
+            mcp_authkit_core::ExposeSecret::expose_secret(&got.record.access_token),
+            "two"
+        );
+        assert_eq!(ours(&mut conn).await, vec![name.clone()], "{name:?}");
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname LIKE 'mcp_authkit_%'",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(tables >= 6, "{name:?}: the tables are in the named schema");
+        store.close().await;
+        drop(schema);
+    }
+    let injected = format!("x{tag}\nCREATE SCHEMA x{tag}evil;\n--");
+    let error = PostgresStore::options(&crate::common::admin_url().await)
+        .schema(&injected)
+        .open()
+        .await
+        .expect_err("a newline in the schema name is refused");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("control character"), "{error}");
+    assert!(ours(&mut conn).await.is_empty(), "nothing was created");
+}
