@@ -213,7 +213,7 @@ async fn purge_removes_expired_flows() {
 fn bad_stores_and_keys_are_clear_errors() {
     let cases: [(&[&str], &str); 5] = [
         (
-            &["inspect", "--store", "postgres://db/x"],
+            &["inspect", "--store", "mysql://db/x"],
             "unknown store scheme",
         ),
         (
