@@ -324,20 +324,28 @@ impl PrivateCluster {
             ))
             .arg("start")
             .env("REDIS_CLUSTER_BASE_PORT", base_port.to_string())
+            // The default folder, where `pid` looks.
+            .env_remove("REDIS_CLUSTER_DIR")
             .output()
             .expect("run scripts/redis-cluster.sh");
+        // Built before anything is asserted: a start that fails half-way
+        // still has its nodes stopped when the panic drops the guard.
+        let mut cluster = PrivateCluster {
+            base_port,
+            url: String::new(),
+        };
         assert!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let url = stdout
+        stdout
             .lines()
             .find_map(|line| line.strip_prefix("REDIS_CLUSTER_URL="))
             .expect("the script prints the URL")
-            .to_owned();
-        PrivateCluster { base_port, url }
+            .clone_into(&mut cluster.url);
+        cluster
     }
 
     fn pid(&self, node: &str) -> String {
@@ -362,6 +370,7 @@ impl Drop for PrivateCluster {
             ))
             .arg("stop")
             .env("REDIS_CLUSTER_BASE_PORT", self.base_port.to_string())
+            .env_remove("REDIS_CLUSTER_DIR")
             .output();
     }
 }
