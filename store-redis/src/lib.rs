@@ -261,6 +261,14 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+/// A master a cluster key listing walks (see `Inner::scan_masters`).
+struct ScanMaster {
+    /// Its node id: SCAN positions belong to it.
+    id: String,
+    /// A slot it serves, to route commands to it.
+    slot: u16,
+}
+
 struct Inner {
     target: Target,
     settings: Settings,
@@ -354,7 +362,13 @@ impl RedisStore {
         let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         let mut deleted = 0;
         // On a cluster, SCAN lists one master's keys: walk every master.
-        for node in self.inner.scan_nodes().await? {
+        let nodes: Vec<Option<u16>> = if self.inner.is_cluster() {
+            let masters = self.inner.scan_masters().await?;
+            masters.iter().map(|master| Some(master.slot)).collect()
+        } else {
+            vec![None]
+        };
+        for node in nodes {
             let mut cursor = 0u64;
             loop {
                 let mut scan = redis::cmd("SCAN");
@@ -405,21 +419,19 @@ impl RedisStore {
 }
 
 impl Inner {
-    /// The nodes a key listing must walk, each named by a slot it serves:
-    /// `[None]` (the one server) on a single server, and on a cluster the
-    /// first slot of every master, in slot order. A slot rather than an
-    /// address names the node, so a listing follows a shard through a
-    /// failover to its new master.
-    async fn scan_nodes(&self) -> Result<Vec<Option<u16>>> {
-        if !self.is_cluster() {
-            return Ok(vec![None]);
-        }
+    /// The masters a cluster key listing must walk, in slot order: each by
+    /// its node id (`CLUSTER SLOTS` item `[2][2]`) and its first slot, which
+    /// commands are routed by. A SCAN position is only valid on the node
+    /// that returned it, so a listing checks by id that the node is still a
+    /// master before it continues there. An empty answer (a cluster being
+    /// set up) is a retryable error.
+    async fn scan_masters(&self) -> Result<Vec<ScanMaster>> {
         let ranges: Vec<Value> = self
             .query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
             .await
             .map_err(|e| error::backend("list the cluster's masters", e))?;
         // Each range: [start, end, [host, port, id, ...], replicas...].
-        let mut first_slots: std::collections::HashMap<Vec<u8>, u16> = Default::default();
+        let mut first_slots: std::collections::HashMap<String, u16> = Default::default();
         for range in ranges {
             let Value::Array(items) = range else { continue };
             let (Some(Value::Int(start)), Some(Value::Array(master))) =
@@ -428,8 +440,11 @@ impl Inner {
                 continue;
             };
             let id = match master.get(2) {
-                Some(Value::BulkString(id)) => id.clone(),
-                _ => format!("{:?}", master.get(..2)).into_bytes(),
+                Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+                Some(Value::SimpleString(id)) => id.clone(),
+                // Redis 4+ always sends the id; without it a position cannot
+                // be tied to its node.
+                _ => continue,
             };
             let start = *start as u16;
             first_slots
@@ -437,18 +452,29 @@ impl Inner {
                 .and_modify(|slot| *slot = (*slot).min(start))
                 .or_insert(start);
         }
-        let mut slots: Vec<Option<u16>> = first_slots.into_values().map(Some).collect();
-        slots.sort();
-        Ok(slots)
+        if first_slots.is_empty() {
+            return Err(mcp_authkit_core::Error::backend(
+                BACKEND,
+                "list the cluster's masters",
+                true,
+                std::io::Error::other("CLUSTER SLOTS named no master with its node id"),
+            ));
+        }
+        let mut masters: Vec<ScanMaster> = first_slots
+            .into_iter()
+            .map(|(id, slot)| ScanMaster { id, slot })
+            .collect();
+        masters.sort_by_key(|master| master.slot);
+        Ok(masters)
     }
 
-    /// Runs `cmd` on the node [`scan_nodes`](Self::scan_nodes) named.
+    /// Runs `cmd` on the master of `slot` (`None`: as any command).
     async fn query_on<T: FromRedisValue>(
         &self,
-        node: Option<u16>,
+        slot: Option<u16>,
         cmd: redis::Cmd,
     ) -> RedisResult<T> {
-        match (node, &self.manager) {
+        match (slot, &self.manager) {
             (Some(slot), Commands::Cluster(connection)) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(

@@ -585,3 +585,70 @@ async fn replica_of(url: &str, master: &str) -> String {
     }
     panic!("no replica of {master}")
 }
+
+/// A listing paged across a failover of every shard (`CLUSTER FAILOVER` on
+/// each replica after the first page): a SCAN position is only valid on
+/// the node that returned it, so the walk restarts a shard whose master
+/// changed. Every key present throughout is listed (some twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_paged_across_failovers_lists_every_key() {
+    let cluster = PrivateCluster::start(7400);
+    let url = cluster.url.clone();
+    let prefix = testing::unique_prefix("cluster-scan-failover");
+    let store = store(&url, &prefix, "mcp-authkit-test-scan-failover").await;
+    const KEYS: usize = 2_000;
+    let mut puts = JoinSet::new();
+    for task in 0..8 {
+        let store = store.clone();
+        puts.spawn(async move {
+            for i in (task..KEYS).step_by(8) {
+                let key = TokenKey::new("github", format!("user-{i}"));
+                store.put(&key, &record("a")).await.unwrap();
+            }
+        });
+    }
+    while let Some(put) = puts.join_next().await {
+        put.unwrap();
+    }
+    let mut listed = HashSet::new();
+    let first = store.scan(None, 50).await.unwrap();
+    listed.extend(first.items);
+    let mut cursor = first.next;
+    assert!(cursor.is_some(), "the listing has more pages");
+
+    for master in masters(&url).await {
+        let replica = replica_of(&url, &master).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut raw_node(&replica).await)
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(20), "the replica took over", || async {
+            role(&replica).await == "master"
+        })
+        .await;
+    }
+
+    // Keyed reads on every shard: the MOVED answers make redis-rs learn the
+    // new masters, so commands routed by slot now reach them (until then
+    // they may still reach the demoted masters, whose positions are valid).
+    for i in 0..100 {
+        let key = TokenKey::new("github", format!("user-{i}"));
+        retrying("get", || store.get(&key)).await;
+    }
+
+    while let Some(at) = cursor {
+        let (page, _) = retrying("scan", || store.scan(Some(&at), 50)).await;
+        listed.extend(page.items);
+        cursor = page.next;
+    }
+    let missing: Vec<usize> = (0..KEYS)
+        .filter(|i| !listed.contains(&TokenKey::new("github", format!("user-{i}"))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {KEYS} keys were not listed after the failover",
+        missing.len()
+    );
+    drop(cluster);
+}
