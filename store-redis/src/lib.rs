@@ -160,8 +160,13 @@
 //!   of that store pays that one extra round trip.
 //! - **Listings** (`scan`, [`delete_namespace`](RedisStore::delete_namespace),
 //!   and so the CLI's `inspect`, `purge` and `rekey`) walk every master in
-//!   turn; a `scan` cursor names the master by a slot it serves, so it
-//!   follows a failover.
+//!   turn. A `scan` cursor names the master it is on by node id and lists
+//!   the masters already walked: a SCAN position is only valid on the node
+//!   that returned it, so when that node is no longer a master (a
+//!   failover) the listing goes on with the masters not walked yet, among
+//!   them the new one, from the start. Every key present throughout is
+//!   listed, some twice; a resharding during a listing may miss keys moved
+//!   to a master already walked.
 //! - **Connection names**: the cluster client opens node connections by
 //!   itself; they carry the [`client_name`](RedisStoreBuilder::client_name)
 //!   when opened with the store, not after a reconnect.
@@ -180,6 +185,27 @@
 //! TTL and compare-and-swap on revisions keep that from producing two
 //! refreshes that both win.
 //!
+//! Re-sent commands: redis-rs's cluster client (1.8) retries a request up
+//! to 4 times, and besides `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` (where the
+//! server ran nothing) it re-sends one whose node connection dropped
+//! (reset, EOF, broken pipe) or whose reply timed out *after it was sent*:
+//! the server may have run it, and the re-send runs it again (on the new
+//! master after a failover, which has it only if it was replicated). The
+//! window is that instant of a broken connection or a late reply; a single
+//! server's connection re-sends only a command that never left. What a
+//! second run changes:
+//!
+//! - **Leases** are safe: acquisition reads the key back, and a key that
+//!   holds the call's own random token counts as acquired.
+//! - **take** is not: the second run finds the flow gone and answers `None`,
+//!   so nobody gets the flow and that authorization must be started again
+//!   (the flow is never handed out twice).
+//! - **compare-and-swap** answers `Conflict` with the revision it wrote
+//!   itself; **delete**, **delete-if-revision** and **release** answer
+//!   `false` for a key they removed; **put** writes twice and returns the
+//!   second revision. The stored state is right in every case; only the
+//!   answer is.
+//!
 //! # Guarantees and how they are kept
 //!
 //! - **Revisions** are `max(previous + 1, server time in µs)`, computed in
@@ -188,8 +214,9 @@
 //!   above it; after that the server clock alone keeps revisions growing.
 //! - **Compare-and-swap** and **delete-if-revision** are scripts that compare
 //!   the stored revision and write in one atomic step.
-//! - **Leases**: `SET NX PX` with a random token; release deletes the key
-//!   only if it still holds that token.
+//! - **Leases**: `SET NX PX` with a random token (a key already holding
+//!   that token means a re-sent acquisition: acquired); release deletes the
+//!   key only if it still holds that token.
 //! - **take** is a script that reads and deletes the flow: exactly one caller
 //!   gets it.
 //! - **TTLs**: every pending flow, active mark, outcome, lease and tombstone

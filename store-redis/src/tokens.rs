@@ -127,6 +127,49 @@ impl RedisStore {
         }
         Ok(next)
     }
+
+    /// [`try_acquire_lease`](TokenStore::try_acquire_lease) with the token
+    /// chosen. Safe to send twice: the cluster client re-sends a request
+    /// whose connection dropped before the reply, although the server may
+    /// have run it; a key that already holds our token (random, never
+    /// shared) was set by an earlier send of this same call, so the lease
+    /// is ours.
+    pub(crate) async fn acquire_lease(
+        &self,
+        key: &TokenKey,
+        ttl: Duration,
+        lease: LeaseToken,
+    ) -> Result<Option<LeaseToken>> {
+        let name = self.inner.keys.lease(key);
+        // PTTL rides along so that a value without a TTL, which this library
+        // never writes, is reported instead of blocking refreshes forever.
+        let (set, holder, ttl_left): (Option<String>, Option<String>, i64) = self
+            .inner
+            .query_pipeline(
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&name)
+                    .arg(lease.as_str())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .cmd("GET")
+                    .arg(&name)
+                    .cmd("PTTL")
+                    .arg(&name),
+            )
+            .await
+            .map_err(|e| error::on_key("acquire refresh lease", &name, e))?;
+        match (set, ttl_left) {
+            (Some(_), _) => Ok(Some(lease)),
+            (None, _) if holder.as_deref() == Some(lease.as_str()) => Ok(Some(lease)),
+            (None, -1) => Err(not_ours(
+                &name,
+                "it has no expiry, which a refresh lease always has",
+            )),
+            (None, _) => Ok(None),
+        }
+    }
 }
 
 #[async_trait]
@@ -197,33 +240,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
-        let name = self.inner.keys.lease(key);
-        let lease = LeaseToken::generate();
-        // PTTL rides along so that a value without a TTL, which this library
-        // never writes, is reported instead of blocking refreshes forever.
-        let (set, ttl_left): (Option<String>, i64) = self
-            .inner
-            .query_pipeline(
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(&name)
-                    .arg(lease.as_str())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .cmd("PTTL")
-                    .arg(&name),
-            )
-            .await
-            .map_err(|e| error::on_key("acquire refresh lease", &name, e))?;
-        match (set, ttl_left) {
-            (Some(_), _) => Ok(Some(lease)),
-            (None, -1) => Err(not_ours(
-                &name,
-                "it has no expiry, which a refresh lease always has",
-            )),
-            (None, _) => Ok(None),
-        }
+        self.acquire_lease(key, ttl, LeaseToken::generate()).await
     }
 
     async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
@@ -342,5 +359,42 @@ impl TokenStore for RedisStore {
             items,
             next: Some(ScanCursor::new(next)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mcp_authkit_core::{LeaseToken, TokenKey, TokenStore};
+
+    use crate::{RedisStore, testing};
+
+    /// The cluster client re-sends a request whose connection dropped
+    /// before the reply, though the server may have run it: the second send
+    /// of one acquisition finds the key holding its own token, and the
+    /// lease is reported acquired (it is held), not refused.
+    #[tokio::test]
+    async fn a_lease_acquisition_sent_twice_is_acquired() {
+        let store = RedisStore::builder(testing::redis_url().await)
+            .prefix(testing::unique_prefix("lease-resent"))
+            .connect()
+            .await
+            .unwrap();
+        let key = TokenKey::new("github", "resent");
+        let ttl = Duration::from_secs(30);
+        let lease = LeaseToken::generate();
+        let first = store.acquire_lease(&key, ttl, lease.clone()).await.unwrap();
+        assert_eq!(first.as_ref(), Some(&lease));
+        let resent = store.acquire_lease(&key, ttl, lease.clone()).await.unwrap();
+        assert_eq!(
+            resent.as_ref(),
+            Some(&lease),
+            "the re-sent acquisition holds the lease"
+        );
+        // Anyone else is still refused while it is held.
+        assert_eq!(store.try_acquire_lease(&key, ttl).await.unwrap(), None);
+        assert!(store.release_lease(&key, &lease).await.unwrap());
+        store.delete_namespace().await.unwrap();
     }
 }
