@@ -4,7 +4,9 @@
 //! the wrong kind of URL, and a master failing while flows wait.
 //!
 //! Most tests share the cluster of `testing::redis_cluster_url` (its own
-//! prefix each); the failover test starts a private cluster it may break.
+//! prefix each); the failover tests start private clusters they may break,
+//! on their own ports (7200, 7300, 7400; 7450 and 7460 for the script's own
+//! tests), never the shared 7100-7105.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
@@ -651,4 +653,82 @@ async fn a_listing_paged_across_failovers_lists_every_key() {
         missing.len()
     );
     drop(cluster);
+}
+
+fn cluster_script(
+    command: &str,
+    base_port: u16,
+    dir: Option<&std::path::Path>,
+) -> std::process::Output {
+    let mut script = Command::new("bash");
+    script
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/redis-cluster.sh"
+        ))
+        .arg(command)
+        .env("REDIS_CLUSTER_BASE_PORT", base_port.to_string())
+        .env_remove("REDIS_CLUSTER_DIR");
+    if let Some(dir) = dir {
+        script.env("REDIS_CLUSTER_DIR", dir);
+    }
+    script.output().expect("run scripts/redis-cluster.sh")
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// `REDIS_CLUSTER_DIR` names a folder of the user's: the script works in a
+/// subfolder of it and `stop` leaves everything else there alone (it once
+/// ran `rm -rf` on the folder itself).
+#[test]
+fn the_cluster_script_leaves_a_user_folder_alone() {
+    let user = tempfile::tempdir().unwrap();
+    std::fs::write(user.path().join("precious"), "keep").unwrap();
+    let started = cluster_script("start", 7450, Some(user.path()));
+    let stopped = cluster_script("stop", 7450, Some(user.path()));
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(stopped.status.success());
+    assert!(!answers(7450), "the nodes are stopped");
+    assert_eq!(
+        std::fs::read_to_string(user.path().join("precious")).unwrap(),
+        "keep"
+    );
+    let left: Vec<_> = std::fs::read_dir(user.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("precious")]);
+}
+
+/// A start that fails half-way (the last port is taken) stops the nodes
+/// it launched before it.
+#[test]
+fn a_failed_cluster_start_stops_the_nodes_it_launched() {
+    let mut taken = Command::new("redis-server")
+        .args(["--port", "7465", "--bind", "127.0.0.1", "--save", ""])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !answers(7465) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server on 7465 did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = cluster_script("start", 7460, None);
+    let _ = taken.kill();
+    let _ = taken.wait();
+    assert!(!started.status.success());
+    assert!(String::from_utf8_lossy(&started.stderr).contains("port 7465 is taken"));
+    for port in 7460..7465 {
+        assert!(!answers(port), "node {port} was left running");
+    }
 }
