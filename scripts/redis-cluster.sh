@@ -10,14 +10,27 @@
 #   scripts/redis-cluster.sh status  # exits 0 when all six answer
 #   eval "$(scripts/redis-cluster.sh env)"   # exports REDIS_CLUSTER_URL
 #
-# REDIS_CLUSTER_BASE_PORT (default 7100) picks the ports (base .. base+5);
-# REDIS_CLUSTER_DIR (default ${TMPDIR:-/tmp}/mcp-authkit-redis-cluster-$PORT)
-# holds each node's folder, config, log and pid file. Nothing is saved to
-# disk (no RDB, no AOF): a stopped cluster is gone.
+# REDIS_CLUSTER_BASE_PORT (default 7100) picks the ports (base .. base+5).
+# The nodes' folders (config, log, pid file each) live in
+# ${TMPDIR:-/tmp}/mcp-authkit-redis-cluster-$BASE_PORT, or in
+# $REDIS_CLUSTER_DIR/mcp-authkit-redis-cluster-$BASE_PORT when that is set.
+# `stop` removes only the per-port folders this script made (each holds a
+# marker file) and then the folder above them if it is empty: never
+# anything else in a folder the user named. Nothing is saved to disk (no
+# RDB, no AOF): a stopped cluster is gone.
 set -euo pipefail
 
 BASE_PORT="${REDIS_CLUSTER_BASE_PORT:-7100}"
-DIR="${REDIS_CLUSTER_DIR:-${TMPDIR:-/tmp}/mcp-authkit-redis-cluster-$BASE_PORT}"
+DIR="${REDIS_CLUSTER_DIR:-${TMPDIR:-/tmp}}/mcp-authkit-redis-cluster-$BASE_PORT"
+# Present in every node folder this script made; nothing else is removed.
+MARKER=".made-by-mcp-authkit-redis-cluster"
+
+# Whether the node folder $1 is ours to remove: it holds the marker, or it
+# sits in the default folder (named after this script, under TMPDIR), where
+# an earlier version of this script left node folders without a marker.
+ours() {
+    [ -f "$1/$MARKER" ] || [ -z "${REDIS_CLUSTER_DIR:-}" ]
+}
 PORTS=()
 for i in 0 1 2 3 4 5; do PORTS+=("$((BASE_PORT + i))"); done
 
@@ -26,6 +39,14 @@ url() {
     for port in "${PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
     local IFS=,
     echo "redis+cluster://${nodes[*]}"
+}
+
+# A failed start stops the nodes it launched (by their pid files) and
+# removes their folders; the message says what went wrong.
+fail() {
+    echo "redis-cluster.sh: $1" >&2
+    stop >/dev/null 2>&1 || true
+    exit 1
 }
 
 answers() { redis-cli -h 127.0.0.1 -p "$1" ping >/dev/null 2>&1; }
@@ -52,12 +73,18 @@ start() {
     stop >/dev/null 2>&1 || true
     for port in "${PORTS[@]}"; do
         if answers "$port"; then
-            echo "redis-cluster.sh: port $port is taken by another Redis; set REDIS_CLUSTER_BASE_PORT" >&2
-            exit 1
+            fail "port $port is taken by another Redis; set REDIS_CLUSTER_BASE_PORT"
         fi
         local node="$DIR/$port"
-        rm -rf "$node"
+        if [ -e "$node" ]; then
+            if ours "$node"; then
+                rm -rf "$node"
+            else
+                fail "$node exists and was not made by this script; remove it or choose another REDIS_CLUSTER_DIR"
+            fi
+        fi
         mkdir -p "$node"
+        touch "$node/$MARKER"
         chmod 700 "$DIR" "$node"
         redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes \
             --cluster-enabled yes --cluster-config-file "$node/nodes.conf" \
@@ -71,15 +98,17 @@ start() {
             sleep 0.05
         done
         answers "$port" || {
-            echo "redis-cluster.sh: node $port did not start; see $DIR/$port/redis.log" >&2
-            exit 1
+            # The log goes with the folder: show its end first.
+            tail -n 20 "$DIR/$port/redis.log" >&2 2>/dev/null || true
+            fail "node $port did not start (its log is above)"
         }
     done
     local nodes=()
     for port in "${PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log" 2>&1 || {
-        cat "$DIR/create.log" >&2
-        exit 1
+    local created
+    created="$(redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes 2>&1)" || {
+        echo "$created" >&2
+        fail "redis-cli --cluster create failed (its output is above)"
     }
     # `create` returns once the slots are assigned; wait until every node
     # agrees and every replica is attached, so tests start on a settled
@@ -91,8 +120,11 @@ start() {
         fi
         sleep 0.05
     done
-    echo "redis-cluster.sh: the cluster did not settle; see $DIR/*/redis.log" >&2
-    exit 1
+    for port in "${PORTS[@]}"; do
+        echo "--- node $port" >&2
+        tail -n 5 "$DIR/$port/redis.log" >&2 2>/dev/null || true
+    done
+    fail "the cluster did not settle (the end of each node's log is above)"
 }
 
 replicas() {
@@ -126,7 +158,12 @@ stop() {
         fi
         rm -f "$pidfile"
     done
-    rm -rf "$DIR"
+    for port in "${PORTS[@]}"; do
+        if [ -d "$DIR/$port" ] && ours "$DIR/$port"; then rm -rf "${DIR:?}/$port"; fi
+    done
+    # Written there by earlier versions of this script.
+    if [ -z "${REDIS_CLUSTER_DIR:-}" ]; then rm -f "$DIR/create.log"; fi
+    rmdir "$DIR" 2>/dev/null || true
     echo "stopped $stopped redis cluster node(s)"
 }
 

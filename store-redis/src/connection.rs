@@ -343,7 +343,9 @@ impl ClusterTarget {
     /// A cluster client: RESP3, our timeouts, few quick retries (a command
     /// never waits through a long backoff series while a shard fails over:
     /// it fails retryably within the response timeout). `pushes` receives
-    /// the pub/sub messages of every node.
+    /// the pub/sub messages of every node. The retries also re-send a
+    /// request whose connection dropped after it was sent: see "Re-sent
+    /// commands" in the crate docs for what that means for each operation.
     pub(crate) fn client(
         &self,
         settings: &Settings,

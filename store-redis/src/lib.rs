@@ -160,8 +160,13 @@
 //!   of that store pays that one extra round trip.
 //! - **Listings** (`scan`, [`delete_namespace`](RedisStore::delete_namespace),
 //!   and so the CLI's `inspect`, `purge` and `rekey`) walk every master in
-//!   turn; a `scan` cursor names the master by a slot it serves, so it
-//!   follows a failover.
+//!   turn. A `scan` cursor names the master it is on by node id and lists
+//!   the masters already walked: a SCAN position is only valid on the node
+//!   that returned it, so when that node is no longer a master (a
+//!   failover) the listing goes on with the masters not walked yet, among
+//!   them the new one, from the start. Every key present throughout is
+//!   listed, some twice; a resharding during a listing may miss keys moved
+//!   to a master already walked.
 //! - **Connection names**: the cluster client opens node connections by
 //!   itself; they carry the [`client_name`](RedisStoreBuilder::client_name)
 //!   when opened with the store, not after a reconnect.
@@ -180,6 +185,27 @@
 //! TTL and compare-and-swap on revisions keep that from producing two
 //! refreshes that both win.
 //!
+//! Re-sent commands: redis-rs's cluster client (1.8) retries a request up
+//! to 4 times, and besides `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` (where the
+//! server ran nothing) it re-sends one whose node connection dropped
+//! (reset, EOF, broken pipe) or whose reply timed out *after it was sent*:
+//! the server may have run it, and the re-send runs it again (on the new
+//! master after a failover, which has it only if it was replicated). The
+//! window is that instant of a broken connection or a late reply; a single
+//! server's connection re-sends only a command that never left. What a
+//! second run changes:
+//!
+//! - **Leases** are safe: acquisition reads the key back, and a key that
+//!   holds the call's own random token counts as acquired.
+//! - **take** is not: the second run finds the flow gone and answers `None`,
+//!   so nobody gets the flow and that authorization must be started again
+//!   (the flow is never handed out twice).
+//! - **compare-and-swap** answers `Conflict` with the revision it wrote
+//!   itself; **delete**, **delete-if-revision** and **release** answer
+//!   `false` for a key they removed; **put** writes twice and returns the
+//!   second revision. The stored state is right in every case; only the
+//!   answer is.
+//!
 //! # Guarantees and how they are kept
 //!
 //! - **Revisions** are `max(previous + 1, server time in µs)`, computed in
@@ -188,8 +214,9 @@
 //!   above it; after that the server clock alone keeps revisions growing.
 //! - **Compare-and-swap** and **delete-if-revision** are scripts that compare
 //!   the stored revision and write in one atomic step.
-//! - **Leases**: `SET NX PX` with a random token; release deletes the key
-//!   only if it still holds that token.
+//! - **Leases**: `SET NX PX` with a random token (a key already holding
+//!   that token means a re-sent acquisition: acquired); release deletes the
+//!   key only if it still holds that token.
 //! - **take** is a script that reads and deletes the flow: exactly one caller
 //!   gets it.
 //! - **TTLs**: every pending flow, active mark, outcome, lease and tombstone
@@ -259,6 +286,14 @@ const BACKEND: &str = "redis";
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
+}
+
+/// A master a cluster key listing walks (see `Inner::scan_masters`).
+struct ScanMaster {
+    /// Its node id: SCAN positions belong to it.
+    id: String,
+    /// A slot it serves, to route commands to it.
+    slot: u16,
 }
 
 struct Inner {
@@ -354,7 +389,13 @@ impl RedisStore {
         let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         let mut deleted = 0;
         // On a cluster, SCAN lists one master's keys: walk every master.
-        for node in self.inner.scan_nodes().await? {
+        let nodes: Vec<Option<u16>> = if self.inner.is_cluster() {
+            let masters = self.inner.scan_masters().await?;
+            masters.iter().map(|master| Some(master.slot)).collect()
+        } else {
+            vec![None]
+        };
+        for node in nodes {
             let mut cursor = 0u64;
             loop {
                 let mut scan = redis::cmd("SCAN");
@@ -405,21 +446,19 @@ impl RedisStore {
 }
 
 impl Inner {
-    /// The nodes a key listing must walk, each named by a slot it serves:
-    /// `[None]` (the one server) on a single server, and on a cluster the
-    /// first slot of every master, in slot order. A slot rather than an
-    /// address names the node, so a listing follows a shard through a
-    /// failover to its new master.
-    async fn scan_nodes(&self) -> Result<Vec<Option<u16>>> {
-        if !self.is_cluster() {
-            return Ok(vec![None]);
-        }
+    /// The masters a cluster key listing must walk, in slot order: each by
+    /// its node id (`CLUSTER SLOTS` item `[2][2]`) and its first slot, which
+    /// commands are routed by. A SCAN position is only valid on the node
+    /// that returned it, so a listing checks by id that the node is still a
+    /// master before it continues there. An empty answer (a cluster being
+    /// set up) is a retryable error.
+    async fn scan_masters(&self) -> Result<Vec<ScanMaster>> {
         let ranges: Vec<Value> = self
             .query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
             .await
             .map_err(|e| error::backend("list the cluster's masters", e))?;
         // Each range: [start, end, [host, port, id, ...], replicas...].
-        let mut first_slots: std::collections::HashMap<Vec<u8>, u16> = Default::default();
+        let mut first_slots: std::collections::HashMap<String, u16> = Default::default();
         for range in ranges {
             let Value::Array(items) = range else { continue };
             let (Some(Value::Int(start)), Some(Value::Array(master))) =
@@ -428,8 +467,11 @@ impl Inner {
                 continue;
             };
             let id = match master.get(2) {
-                Some(Value::BulkString(id)) => id.clone(),
-                _ => format!("{:?}", master.get(..2)).into_bytes(),
+                Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+                Some(Value::SimpleString(id)) => id.clone(),
+                // Redis 4+ always sends the id; without it a position cannot
+                // be tied to its node.
+                _ => continue,
             };
             let start = *start as u16;
             first_slots
@@ -437,18 +479,29 @@ impl Inner {
                 .and_modify(|slot| *slot = (*slot).min(start))
                 .or_insert(start);
         }
-        let mut slots: Vec<Option<u16>> = first_slots.into_values().map(Some).collect();
-        slots.sort();
-        Ok(slots)
+        if first_slots.is_empty() {
+            return Err(mcp_authkit_core::Error::backend(
+                BACKEND,
+                "list the cluster's masters",
+                true,
+                std::io::Error::other("CLUSTER SLOTS named no master with its node id"),
+            ));
+        }
+        let mut masters: Vec<ScanMaster> = first_slots
+            .into_iter()
+            .map(|(id, slot)| ScanMaster { id, slot })
+            .collect();
+        masters.sort_by_key(|master| master.slot);
+        Ok(masters)
     }
 
-    /// Runs `cmd` on the node [`scan_nodes`](Self::scan_nodes) named.
+    /// Runs `cmd` on the master of `slot` (`None`: as any command).
     async fn query_on<T: FromRedisValue>(
         &self,
-        node: Option<u16>,
+        slot: Option<u16>,
         cmd: redis::Cmd,
     ) -> RedisResult<T> {
-        match (node, &self.manager) {
+        match (slot, &self.manager) {
             (Some(slot), Commands::Cluster(connection)) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(

@@ -379,7 +379,10 @@ impl PendingStore for RedisStore {
                     }
                 }
                 _ = tokio::time::sleep(RECHECK_AFTER_ERROR), if recheck => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                // One last read, as in the TimedOut branch: an outcome
+                // stored after the read above whose announcement was lost
+                // is still the answer.
+                _ = tokio::time::sleep_until(deadline) => return self.stored_outcome(state).await,
             }
         }
     }
@@ -394,7 +397,7 @@ impl PendingStore for RedisStore {
 mod tests {
     use std::time::Duration;
 
-    use mcp_authkit_core::{FlowState, PendingStore};
+    use mcp_authkit_core::{FlowOutcome, FlowState, PendingStore, codec};
 
     use crate::{RedisStore, testing};
 
@@ -416,6 +419,40 @@ mod tests {
             assert_eq!(waited.unwrap().unwrap(), None);
         }
         assert_eq!(store.inner.completions().unwrap().waited_states(), 0);
+        store.delete_namespace().await.unwrap();
+    }
+
+    /// An outcome stored while the waiter sleeps, whose announcement never
+    /// arrives (lost with a dropped subscription, say), is still returned at
+    /// the deadline rather than `None`.
+    #[tokio::test]
+    async fn wait_reads_the_store_once_more_at_its_deadline() {
+        let store = RedisStore::builder(testing::redis_url().await)
+            .prefix(testing::unique_prefix("deadline-read"))
+            .connect()
+            .await
+            .unwrap();
+        let state = FlowState::new("stored-without-announcement");
+        let waiter = {
+            let (store, state) = (store.clone(), state.clone());
+            tokio::spawn(async move { store.wait(&state, Duration::from_millis(600)).await })
+        };
+        // Well after the waiter's first read, well before its deadline.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let outcome = FlowOutcome::Failed { reason: "x".into() };
+        // Written straight to the key: no SPUBLISH/PUBLISH reaches the waiter.
+        let _: () = store
+            .inner
+            .query(
+                redis::cmd("SET")
+                    .arg(store.inner.keys.outcome(&state))
+                    .arg(codec::encode_outcome(&outcome))
+                    .arg("PX")
+                    .arg(60_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), Some(outcome));
         store.delete_namespace().await.unwrap();
     }
 }

@@ -28,6 +28,10 @@ use crate::keys::Keys;
 /// How often a cluster listener unsubscribes the channels nobody waits on.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the sweep waits for one `SUNSUBSCRIBE` (at most the response
+/// timeout): a channel that fails is tried again next sweep.
+const SWEEP_UNSUBSCRIBE_LIMIT: Duration = Duration::from_millis(500);
+
 /// How often the listener checks that its connection still answers, so a
 /// connection that died silently (no reset, no close) is replaced.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -189,8 +193,15 @@ impl Sharded {
     }
 
     /// Unsubscribes the channels nobody in this process waits on any more.
+    /// Skips the round when a subscribe holds the gate (it may be stuck on
+    /// an unreachable shard: waiting would hold back every later subscribe
+    /// behind this queued writer). Unsubscribes go out concurrently with a
+    /// short limit, so one unreachable shard costs one short wait, not one
+    /// per channel.
     async fn sweep(&self, shared: &Shared) {
-        let _exclusive = self.gate.write().await;
+        let Ok(_exclusive) = self.gate.try_write() else {
+            return;
+        };
         let idle: Vec<String> = {
             let waiters = shared.waiters();
             lock(&self.subscribed)
@@ -205,14 +216,20 @@ impl Sharded {
         let Some(connection) = self.connection.get() else {
             return;
         };
-        let mut connection = connection.clone();
+        let limit = self.settings.response_timeout.min(SWEEP_UNSUBSCRIBE_LIMIT);
+        let mut unsubscribes = tokio::task::JoinSet::new();
         for tag in idle {
+            let mut connection = connection.clone();
+            let channel = self.keys.done_channel_of_tag(&tag);
+            unsubscribes.spawn(async move {
+                let done = tokio::time::timeout(limit, connection.sunsubscribe(channel)).await;
+                (tag, matches!(done, Ok(Ok(()))))
+            });
+        }
+        while let Some(finished) = unsubscribes.join_next().await {
             // A failure leaves a subscription nobody listens to, which costs
             // nothing but its messages; it is tried again next sweep.
-            let unsubscribe = connection.sunsubscribe(self.keys.done_channel_of_tag(&tag));
-            if let Ok(Ok(())) =
-                tokio::time::timeout(self.settings.response_timeout, unsubscribe).await
-            {
+            if let Ok((tag, true)) = finished {
                 lock(&self.subscribed).remove(&tag);
             }
         }
@@ -486,6 +503,9 @@ async fn listen_sharded(
 ) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The sweep runs in its own task: messages keep flowing while it waits
+    // on a shard. One at a time; aborted with this task.
+    let mut sweeping: Option<AbortOnDrop> = None;
     loop {
         tokio::select! {
             push = incoming.recv() => {
@@ -513,7 +533,14 @@ async fn listen_sharded(
                     _ => {}
                 }
             }
-            _ = sweep.tick() => sharded.sweep(&shared).await,
+            _ = sweep.tick() => {
+                if sweeping.as_ref().is_none_or(|task| task.0.is_finished()) {
+                    let (shared, sharded) = (Arc::clone(&shared), Arc::clone(&sharded));
+                    sweeping = Some(AbortOnDrop(tokio::spawn(async move {
+                        sharded.sweep(&shared).await;
+                    })));
+                }
+            }
         }
     }
 }
@@ -526,4 +553,64 @@ fn channel_tag(data: &[Value]) -> Option<&str> {
     let channel = std::str::from_utf8(channel).ok()?;
     let start = channel.find('{')?;
     channel[start + 1..].strip_suffix('}')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mcp_authkit_core::{FlowOutcome, PendingFlow, PendingStore, Timestamp, TokenKey};
+
+    use crate::{RedisStore, testing};
+
+    /// A subscribe that hangs (its shard unreachable) holds the gate shared;
+    /// the idle-channel sweep must not stop the delivery of messages of
+    /// other shards while it waits for the gate.
+    #[tokio::test]
+    async fn a_sweep_waiting_for_the_gate_does_not_stall_deliveries() {
+        let url = testing::redis_cluster_url().await;
+        let prefix = testing::unique_prefix("sweep-stall");
+        let waiting = RedisStore::builder(&url)
+            .prefix(&prefix)
+            .connect()
+            .await
+            .unwrap();
+        let completing = RedisStore::builder(&url)
+            .prefix(&prefix)
+            .connect()
+            .await
+            .unwrap();
+        let key = TokenKey::new("github", "sweep");
+        let flow = PendingFlow::new(
+            key.clone(),
+            "http://127.0.0.1:9/callback",
+            vec![],
+            Timestamp::now(),
+            Duration::from_secs(300),
+        );
+        completing.insert(&flow).await.unwrap();
+        let waiter = {
+            let (store, state) = (waiting.clone(), flow.state.clone());
+            tokio::spawn(async move { store.wait(&state, Duration::from_secs(30)).await })
+        };
+        // Subscribed (the first sweep tick, at once, found nothing idle).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let completions = waiting.inner.completions().unwrap();
+        let sharded = completions.sharded.as_ref().unwrap();
+        let hung_subscribe = sharded.gate.read().await;
+        // Past the next sweep tick.
+        tokio::time::sleep(super::SWEEP_INTERVAL * 2).await;
+        let outcome = FlowOutcome::Failed { reason: "x".into() };
+        completing
+            .complete(&key, &flow.state, &outcome, Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Far below the wait's own 30 s: delivered, not read at the deadline.
+        let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the completion was not delivered while a sweep waited");
+        assert_eq!(waited.unwrap().unwrap(), Some(outcome));
+        drop(hung_subscribe);
+        waiting.delete_namespace().await.unwrap();
+    }
 }

@@ -100,6 +100,78 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// One `SCAN` call at `position` on the master of `slot` (`None`: the
+    /// one server): appends the token keys found, returns the next position.
+    async fn scan_once(
+        &self,
+        slot: Option<u16>,
+        position: u64,
+        limit: usize,
+        items: &mut Vec<TokenKey>,
+    ) -> Result<u64> {
+        let keys = &self.inner.keys;
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(position)
+            .arg("MATCH")
+            .arg(keys.token_pattern())
+            .arg("COUNT")
+            .arg(limit.clamp(10, 1000));
+        let (next, names): (u64, Vec<String>) = self
+            .inner
+            .query_on(slot, scan)
+            .await
+            .map_err(|e| error::backend("scan tokens", e))?;
+        for name in names {
+            items.push(keys.parse_token(&name)?);
+        }
+        Ok(next)
+    }
+
+    /// [`try_acquire_lease`](TokenStore::try_acquire_lease) with the token
+    /// chosen. Safe to send twice: the cluster client re-sends a request
+    /// whose connection dropped before the reply, although the server may
+    /// have run it; a key that already holds our token (random, never
+    /// shared) was set by an earlier send of this same call, so the lease
+    /// is ours.
+    pub(crate) async fn acquire_lease(
+        &self,
+        key: &TokenKey,
+        ttl: Duration,
+        lease: LeaseToken,
+    ) -> Result<Option<LeaseToken>> {
+        let name = self.inner.keys.lease(key);
+        // PTTL rides along so that a value without a TTL, which this library
+        // never writes, is reported instead of blocking refreshes forever.
+        let (set, holder, ttl_left): (Option<String>, Option<String>, i64) = self
+            .inner
+            .query_pipeline(
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&name)
+                    .arg(lease.as_str())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .cmd("GET")
+                    .arg(&name)
+                    .cmd("PTTL")
+                    .arg(&name),
+            )
+            .await
+            .map_err(|e| error::on_key("acquire refresh lease", &name, e))?;
+        match (set, ttl_left) {
+            (Some(_), _) => Ok(Some(lease)),
+            (None, _) if holder.as_deref() == Some(lease.as_str()) => Ok(Some(lease)),
+            (None, -1) => Err(not_ours(
+                &name,
+                "it has no expiry, which a refresh lease always has",
+            )),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
 #[async_trait]
 impl TokenStore for RedisStore {
     fn backend_name(&self) -> &'static str {
@@ -177,33 +249,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
-        let name = self.inner.keys.lease(key);
-        let lease = LeaseToken::generate();
-        // PTTL rides along so that a value without a TTL, which this library
-        // never writes, is reported instead of blocking refreshes forever.
-        let (set, ttl_left): (Option<String>, i64) = self
-            .inner
-            .query_pipeline(
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(&name)
-                    .arg(lease.as_str())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .cmd("PTTL")
-                    .arg(&name),
-            )
-            .await
-            .map_err(|e| error::on_key("acquire refresh lease", &name, e))?;
-        match (set, ttl_left) {
-            (Some(_), _) => Ok(Some(lease)),
-            (None, -1) => Err(not_ours(
-                &name,
-                "it has no expiry, which a refresh lease always has",
-            )),
-            (None, _) => Ok(None),
-        }
+        self.acquire_lease(key, ttl, LeaseToken::generate()).await
     }
 
     async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
@@ -225,10 +271,14 @@ impl TokenStore for RedisStore {
     /// Lists token keys with `SCAN`. A page holds about `limit` keys (Redis
     /// decides exactly; a page may hold a few more, or none while more
     /// follow), and a key may be listed twice if the keyspace is resized
-    /// during the scan. On a cluster the listing walks every master in turn
-    /// (the cursor names the master by a slot it serves, so it follows a
-    /// failover; a failover during the walk may list that shard's keys twice
-    /// or, if its new master's table differs, miss keys written meanwhile).
+    /// during the scan. On a cluster the listing walks every master in turn.
+    /// The cursor names the master it is on by node id (a SCAN position is
+    /// only valid on the node that returned it) and the masters already
+    /// walked. When that master is no longer a master (a failover), the
+    /// listing goes on with the masters not walked yet, among them the one
+    /// that took over, which is walked from the start: every key present
+    /// throughout is listed, some twice. Resharding during a listing is not
+    /// covered: keys moved to a master already walked may be missed.
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
         let bad_cursor = || {
             mcp_authkit_core::Error::invalid_input(
@@ -236,59 +286,124 @@ impl TokenStore for RedisStore {
                 "it was not returned by a redis store",
             )
         };
-        let nodes = self.inner.scan_nodes().await?;
-        // A cursor is `position` on one server, `slot:position` on a cluster.
-        let (mut node, mut position): (Option<u16>, u64) = match cursor {
-            Some(cursor) => match cursor.as_str().split_once(':') {
-                Some((slot, position)) => (
-                    Some(slot.parse().map_err(|_| bad_cursor())?),
-                    position.parse().map_err(|_| bad_cursor())?,
-                ),
-                None => (None, cursor.as_str().parse().map_err(|_| bad_cursor())?),
-            },
-            None => (nodes[0], 0),
+        if !self.inner.is_cluster() {
+            let position: u64 = match cursor {
+                Some(cursor) => cursor.as_str().parse().map_err(|_| bad_cursor())?,
+                None => 0,
+            };
+            let limit = limit.max(1);
+            let mut position = position;
+            let mut items = Vec::new();
+            for _ in 0..SCAN_CALLS_PER_PAGE {
+                position = self.scan_once(None, position, limit, &mut items).await?;
+                if position == 0 || items.len() >= limit {
+                    break;
+                }
+            }
+            let next = (position != 0).then(|| ScanCursor::new(position.to_string()));
+            return Ok(ScanPage { items, next });
+        }
+        // A cluster cursor is `node id:position:walked ids, comma-separated`.
+        let (mut current, mut position, mut walked): (String, u64, Vec<String>) = match cursor {
+            Some(cursor) => {
+                let mut parts = cursor.as_str().splitn(3, ':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(id), Some(position), Some(walked)) if !id.is_empty() => (
+                        id.to_owned(),
+                        position.parse().map_err(|_| bad_cursor())?,
+                        walked
+                            .split(',')
+                            .filter(|id| !id.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    ),
+                    _ => return Err(bad_cursor()),
+                }
+            }
+            None => (String::new(), 0, Vec::new()),
         };
-        if node.is_some() != self.inner.is_cluster() {
-            return Err(bad_cursor());
+        let masters = self.inner.scan_masters().await?;
+        let next_unwalked = |walked: &[String]| {
+            masters
+                .iter()
+                .find(|master| !walked.contains(&master.id))
+                .map(|master| master.id.clone())
+        };
+        if !masters.iter().any(|master| master.id == current) {
+            // A new listing, or its master failed over: its position means
+            // nothing elsewhere, so the next master not walked starts at 0.
+            position = 0;
+            match next_unwalked(&walked) {
+                Some(id) => current = id,
+                None => {
+                    return Ok(ScanPage {
+                        items: Vec::new(),
+                        next: None,
+                    });
+                }
+            }
         }
         let limit = limit.max(1);
-        let keys = &self.inner.keys;
         let mut items = Vec::new();
         for _ in 0..SCAN_CALLS_PER_PAGE {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(position)
-                .arg("MATCH")
-                .arg(keys.token_pattern())
-                .arg("COUNT")
-                .arg(limit.clamp(10, 1000));
-            let (next, names): (u64, Vec<String>) = self
-                .inner
-                .query_on(node, scan)
-                .await
-                .map_err(|e| error::backend("scan tokens", e))?;
-            for name in names {
-                items.push(keys.parse_token(&name)?);
-            }
-            position = next;
+            let slot = masters
+                .iter()
+                .find(|master| master.id == current)
+                .map(|master| master.slot);
+            position = self.scan_once(slot, position, limit, &mut items).await?;
             if position == 0 {
-                // This node is done: on to the next master, if any.
-                match nodes.iter().find(|next| **next > node) {
-                    Some(next) if node.is_some() => node = *next,
-                    _ => {
-                        node = None;
-                        break;
-                    }
+                // This master is done: on to the next one not walked.
+                walked.push(std::mem::take(&mut current));
+                match next_unwalked(&walked) {
+                    Some(id) => current = id,
+                    None => return Ok(ScanPage { items, next: None }),
                 }
             }
             if items.len() >= limit {
                 break;
             }
         }
-        let next = match (node, position) {
-            (None, 0) => None,
-            (None, position) => Some(ScanCursor::new(position.to_string())),
-            (Some(slot), position) => Some(ScanCursor::new(format!("{slot}:{position}"))),
-        };
-        Ok(ScanPage { items, next })
+        let next = format!("{current}:{position}:{}", walked.join(","));
+        Ok(ScanPage {
+            items,
+            next: Some(ScanCursor::new(next)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mcp_authkit_core::{LeaseToken, TokenKey, TokenStore};
+
+    use crate::{RedisStore, testing};
+
+    /// The cluster client re-sends a request whose connection dropped
+    /// before the reply, though the server may have run it: the second send
+    /// of one acquisition finds the key holding its own token, and the
+    /// lease is reported acquired (it is held), not refused.
+    #[tokio::test]
+    async fn a_lease_acquisition_sent_twice_is_acquired() {
+        let store = RedisStore::builder(testing::redis_url().await)
+            .prefix(testing::unique_prefix("lease-resent"))
+            .connect()
+            .await
+            .unwrap();
+        let key = TokenKey::new("github", "resent");
+        let ttl = Duration::from_secs(30);
+        let lease = LeaseToken::generate();
+        let first = store.acquire_lease(&key, ttl, lease.clone()).await.unwrap();
+        assert_eq!(first.as_ref(), Some(&lease));
+        let resent = store.acquire_lease(&key, ttl, lease.clone()).await.unwrap();
+        assert_eq!(
+            resent.as_ref(),
+            Some(&lease),
+            "the re-sent acquisition holds the lease"
+        );
+        // Anyone else is still refused while it is held.
+        assert_eq!(store.try_acquire_lease(&key, ttl).await.unwrap(), None);
+        assert!(store.release_lease(&key, &lease).await.unwrap());
+        store.delete_namespace().await.unwrap();
     }
 }

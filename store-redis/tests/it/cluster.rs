@@ -4,7 +4,9 @@
 //! the wrong kind of URL, and a master failing while flows wait.
 //!
 //! Most tests share the cluster of `testing::redis_cluster_url` (its own
-//! prefix each); the failover test starts a private cluster it may break.
+//! prefix each); the failover tests start private clusters they may break,
+//! on their own ports (7200, 7300, 7400; 7450 and 7460 for the script's own
+//! tests), never the shared 7100-7105.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
@@ -324,20 +326,28 @@ impl PrivateCluster {
             ))
             .arg("start")
             .env("REDIS_CLUSTER_BASE_PORT", base_port.to_string())
+            // The default folder, where `pid` looks.
+            .env_remove("REDIS_CLUSTER_DIR")
             .output()
             .expect("run scripts/redis-cluster.sh");
+        // Built before anything is asserted: a start that fails half-way
+        // still has its nodes stopped when the panic drops the guard.
+        let mut cluster = PrivateCluster {
+            base_port,
+            url: String::new(),
+        };
         assert!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let url = stdout
+        stdout
             .lines()
             .find_map(|line| line.strip_prefix("REDIS_CLUSTER_URL="))
             .expect("the script prints the URL")
-            .to_owned();
-        PrivateCluster { base_port, url }
+            .clone_into(&mut cluster.url);
+        cluster
     }
 
     fn pid(&self, node: &str) -> String {
@@ -362,6 +372,7 @@ impl Drop for PrivateCluster {
             ))
             .arg("stop")
             .env("REDIS_CLUSTER_BASE_PORT", self.base_port.to_string())
+            .env_remove("REDIS_CLUSTER_DIR")
             .output();
     }
 }
@@ -575,4 +586,149 @@ async fn replica_of(url: &str, master: &str) -> String {
         }
     }
     panic!("no replica of {master}")
+}
+
+/// A listing paged across a failover of every shard (`CLUSTER FAILOVER` on
+/// each replica after the first page): a SCAN position is only valid on
+/// the node that returned it, so the walk restarts a shard whose master
+/// changed. Every key present throughout is listed (some twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_paged_across_failovers_lists_every_key() {
+    let cluster = PrivateCluster::start(7400);
+    let url = cluster.url.clone();
+    let prefix = testing::unique_prefix("cluster-scan-failover");
+    let store = store(&url, &prefix, "mcp-authkit-test-scan-failover").await;
+    const KEYS: usize = 2_000;
+    let mut puts = JoinSet::new();
+    for task in 0..8 {
+        let store = store.clone();
+        puts.spawn(async move {
+            for i in (task..KEYS).step_by(8) {
+                let key = TokenKey::new("github", format!("user-{i}"));
+                store.put(&key, &record("a")).await.unwrap();
+            }
+        });
+    }
+    while let Some(put) = puts.join_next().await {
+        put.unwrap();
+    }
+    let mut listed = HashSet::new();
+    let first = store.scan(None, 50).await.unwrap();
+    listed.extend(first.items);
+    let mut cursor = first.next;
+    assert!(cursor.is_some(), "the listing has more pages");
+
+    for master in masters(&url).await {
+        let replica = replica_of(&url, &master).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut raw_node(&replica).await)
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(20), "the replica took over", || async {
+            role(&replica).await == "master"
+        })
+        .await;
+    }
+
+    // Keyed reads on every shard: the MOVED answers make redis-rs learn the
+    // new masters, so commands routed by slot now reach them (until then
+    // they may still reach the demoted masters, whose positions are valid).
+    for i in 0..100 {
+        let key = TokenKey::new("github", format!("user-{i}"));
+        retrying("get", || store.get(&key)).await;
+    }
+
+    while let Some(at) = cursor {
+        let (page, _) = retrying("scan", || store.scan(Some(&at), 50)).await;
+        listed.extend(page.items);
+        cursor = page.next;
+    }
+    let missing: Vec<usize> = (0..KEYS)
+        .filter(|i| !listed.contains(&TokenKey::new("github", format!("user-{i}"))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {KEYS} keys were not listed after the failover",
+        missing.len()
+    );
+    drop(cluster);
+}
+
+fn cluster_script(
+    command: &str,
+    base_port: u16,
+    dir: Option<&std::path::Path>,
+) -> std::process::Output {
+    let mut script = Command::new("bash");
+    script
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/redis-cluster.sh"
+        ))
+        .arg(command)
+        .env("REDIS_CLUSTER_BASE_PORT", base_port.to_string())
+        .env_remove("REDIS_CLUSTER_DIR");
+    if let Some(dir) = dir {
+        script.env("REDIS_CLUSTER_DIR", dir);
+    }
+    script.output().expect("run scripts/redis-cluster.sh")
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// `REDIS_CLUSTER_DIR` names a folder of the user's: the script works in a
+/// subfolder of it and `stop` leaves everything else there alone (it once
+/// ran `rm -rf` on the folder itself).
+#[test]
+fn the_cluster_script_leaves_a_user_folder_alone() {
+    let user = tempfile::tempdir().unwrap();
+    std::fs::write(user.path().join("precious"), "keep").unwrap();
+    let started = cluster_script("start", 7450, Some(user.path()));
+    let stopped = cluster_script("stop", 7450, Some(user.path()));
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(stopped.status.success());
+    assert!(!answers(7450), "the nodes are stopped");
+    assert_eq!(
+        std::fs::read_to_string(user.path().join("precious")).unwrap(),
+        "keep"
+    );
+    let left: Vec<_> = std::fs::read_dir(user.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("precious")]);
+}
+
+/// A start that fails half-way (the last port is taken) stops the nodes
+/// it launched before it.
+#[test]
+fn a_failed_cluster_start_stops_the_nodes_it_launched() {
+    let mut taken = Command::new("redis-server")
+        .args(["--port", "7465", "--bind", "127.0.0.1", "--save", ""])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !answers(7465) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server on 7465 did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = cluster_script("start", 7460, None);
+    let _ = taken.kill();
+    let _ = taken.wait();
+    assert!(!started.status.success());
+    assert!(String::from_utf8_lossy(&started.stderr).contains("port 7465 is taken"));
+    for port in 7460..7465 {
+        assert!(!answers(port), "node {port} was left running");
+    }
 }
