@@ -197,3 +197,8 @@ pub fn unique_tag() -> String {
 pub async fn admin_url() -> String {
     testing::database_url().await
 }
+
+/// Whether this is a CI run (`CI=true`), where no test may skip.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}

@@ -2,6 +2,7 @@
 //! (default postgres://postgres@127.0.0.1:5432/test; it must be a superuser
 //! for the role tests). Every test works in a fresh schema, dropped after.
 
+mod cluster;
 mod common;
 mod errors;
 mod resilience;

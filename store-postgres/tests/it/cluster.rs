@@ -1,0 +1,223 @@
+//! A private PostgreSQL cluster for tests that must not touch the shared
+//! server: a restart, another authentication method, a full disk. initdb +
+//! pg_ctl on its own port and data directory; the server runs as user
+//! `postgres` when the tests run as root (PostgreSQL refuses root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bindir() -> Option<PathBuf> {
+    let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    if dir.join("initdb").exists() {
+        return Some(dir);
+    }
+    // Debian keeps the server binaries out of PATH.
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .find(|bin| bin.join("initdb").exists())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// A private cluster in a temp dir; stopped (immediately) when dropped.
+pub struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Runs a server binary, as `postgres` when this is root (initdb and
+    /// the server refuse root).
+    pub fn run(bin: &Path, program: &str, args: &[&str]) -> std::process::Output {
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            c
+        } else {
+            Command::new(bin.join(program))
+        };
+        command
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program")
+    }
+
+    /// A started cluster, or `None` with a note when initdb and pg_ctl are
+    /// missing; with `CI=true` their absence fails the test instead.
+    pub fn start_new_or_explain() -> Option<Cluster> {
+        let cluster = Self::start_new();
+        if cluster.is_none() {
+            assert!(
+                !crate::common::ci(),
+                "CI=true: this test starts a private PostgreSQL cluster and needs initdb and \
+                 pg_ctl (apt-get install postgresql)"
+            );
+            eprintln!("NOT RUN: no initdb/pg_ctl here to start a private cluster");
+        }
+        cluster
+    }
+
+    pub fn start_new() -> Option<Cluster> {
+        let bin = bindir()?;
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let init = Self::run(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(init.status.success(), "initdb: {init:?}");
+        let cluster = Cluster {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        };
+        cluster.start();
+        Some(cluster)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let log = self.data.parent().unwrap().join("server.log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.data.parent().unwrap().display()
+        );
+        let mut all = vec!["-D", self.data.to_str().unwrap(), "-w", "-t", "30"];
+        all.extend_from_slice(args);
+        if args.contains(&"start") {
+            all.extend_from_slice(&["-o", &options, "-l", log.to_str().unwrap()]);
+        }
+        let out = Self::run(&self.bin, "pg_ctl", &all);
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {out:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn start(&self) {
+        self.pg_ctl(&["start"]);
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast"]);
+    }
+
+    /// Replaces pg_hba.conf with `rules` and makes the server read it.
+    pub fn set_hba(&self, rules: &str) {
+        std::fs::write(self.data.join("pg_hba.conf"), rules).unwrap();
+        self.pg_ctl(&["reload"]);
+    }
+
+    /// A connection as the cluster's superuser (trust on loopback).
+    pub async fn admin(&self) -> sqlx::PgConnection {
+        <sqlx::PgConnection as sqlx::Connection>::connect(&self.url("postgres"))
+            .await
+            .expect("a superuser connection to the private cluster")
+    }
+
+    pub fn url(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Self::run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "stop", "-m", "immediate"],
+        );
+    }
+}
+
+
+/// A tmpfs of a fixed size owned by the user the server runs as, for a
+/// tablespace whose disk fills up; unmounted when dropped. Declare it
+/// before the cluster that uses it, so the cluster stops first. Needs root.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`), or `None` when this
+    /// process may not mount (not root).
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // The server's user must reach the mount point.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let owner = |flag: &str| {
+            let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!(
+                "size={size},mode=0700,uid={},gid={}",
+                owner("-u"),
+                owner("-g")
+            ))
+            .arg("tmpfs")
+            .arg(&path)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!("mount -t tmpfs failed: {out:?}");
+            return None;
+        }
+        Some(Tmpfs { path, _dir: dir })
+    }
+
+    /// Fills every byte left with a file of its own; removing that file
+    /// frees the space again.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        for chunk in [1 << 20, 64 * 1024, 4096, 512, 1] {
+            let bytes = vec![0u8; chunk];
+            while file.write_all(&bytes).is_ok() {}
+        }
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
