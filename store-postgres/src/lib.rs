@@ -118,6 +118,15 @@
 //! while it was down is not lost. Waiters in the completing process wake
 //! right after the commit, without waiting for the notification.
 //!
+//! The listening connection lives on a thread of its own (named
+//! `mcp-authkit-pg-listen`, one per server and schema, stopped when the
+//! last store instance on them is dropped), so it does not depend on the
+//! tokio runtime of whoever waited first: waiters in any runtime of the
+//! process keep waking after another runtime shuts down. It reconnects with
+//! the current connect options of a store's pool, so a password rotated
+//! with `PgPool::set_connect_options` on a pool given to
+//! [`PostgresStore::from_pool`] is used from the next reconnection on.
+//!
 //! # Expiry
 //!
 //! Expired flows, outcomes and leases are ignored by every operation at
@@ -175,6 +184,8 @@ struct Inner {
     sql: schema::Statements,
     clock: Arc<dyn Clock>,
     hub: Arc<wake::Hub>,
+    /// Lets the hub's listener reconnect with this pool's current options.
+    _attached: wake::AttachedPool,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -441,6 +452,7 @@ impl PostgresStoreOptions {
         schema::migrate(&pool, &self.schema, self.create).await?;
         let channel = schema::channel_for(&self.schema);
         let hub = wake::Hub::shared_for(&pool.connect_options(), &channel);
+        let attached = hub.attach(&pool);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 sql: schema::Statements::new(&self.schema),
@@ -448,6 +460,7 @@ impl PostgresStoreOptions {
                 pool,
                 clock: self.clock,
                 hub,
+                _attached: attached,
             }),
         })
     }

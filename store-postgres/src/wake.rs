@@ -17,15 +17,33 @@
 //! then bumps the link's epoch: every waiter reads its outcome again. A
 //! connection that dies silently (no FIN or RST reaches us) is found by a
 //! `SELECT 1` probe every [`PROBE_EVERY`] and handled the same way.
+//!
+//! The listener runs on a thread of its own with its own single-threaded
+//! tokio runtime, not on the runtime of whoever waited first: a hub is
+//! shared by every store instance of the process, and a runtime that shuts
+//! down (a `#[tokio::test]`, a short-lived runtime of a CLI command, one of
+//! several runtimes of an application) would take the listener with it and
+//! leave the waiters of every other runtime deaf, with a link that still
+//! says "up". Restarting the task on the next waiter's runtime would not
+//! reach waiters already parked, nor one runtime dying under another's
+//! listener. The thread costs one OS thread per server and schema; waiters
+//! in any runtime are woken through `tokio::sync::watch`, which needs no
+//! particular runtime.
+//!
+//! Every (re)connection uses the current connect options of a live store
+//! instance's pool (`PgPool::connect_options`), not a copy taken at open:
+//! an application that rotates a password with `PgPool::set_connect_options`
+//! keeps a listener that can log in again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use mcp_authkit_core::Error;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(20);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -52,6 +70,14 @@ struct Shared {
     /// Waiters by state; each notification of a state bumps its counter.
     waiters: Mutex<Waiters>,
     link: watch::Sender<Link>,
+    /// The number of the last (re)connection; kept here, not in the
+    /// listener, so it keeps growing if a listener thread is replaced.
+    epoch: AtomicU64,
+    /// The pools of the live store instances on this hub, by attachment id;
+    /// each reconnection reads the newest one's current connect options.
+    pools: Mutex<Vec<(u64, PgPool)>>,
+    /// The options the hub was created with, for when no pool is attached.
+    first_options: PgConnectOptions,
 }
 
 /// Every critical section leaves its map consistent before anything that
@@ -68,20 +94,39 @@ impl Shared {
             sender.send_modify(|count| *count += 1);
         }
     }
+
+    /// What the next connection attempt logs in with: the current options
+    /// of the most recently attached pool, read now.
+    fn connect_options(&self) -> PgConnectOptions {
+        match lock(&self.pools).last() {
+            Some((_, pool)) => (*pool.connect_options()).clone(),
+            None => self.first_options.clone(),
+        }
+    }
+}
+
+/// The listener thread of a hub; it stops when this is dropped.
+struct ListenerThread {
+    /// Dropping it tells the thread to stop.
+    _stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// The per-process listener of one server and schema.
 pub(crate) struct Hub {
     shared: Arc<Shared>,
-    connect: PgConnectOptions,
-    task: Mutex<Option<JoinHandle<()>>>,
+    listener: Mutex<Option<ListenerThread>>,
 }
 
-impl Drop for Hub {
+/// A store instance's pool, attached to its hub for as long as this lives.
+pub(crate) struct AttachedPool {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for AttachedPool {
     fn drop(&mut self) {
-        if let Some(task) = lock(&self.task).take() {
-            task.abort();
-        }
+        lock(&self.shared.pools).retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -132,28 +177,62 @@ impl Hub {
                 channel: channel.to_owned(),
                 waiters: Mutex::new(HashMap::new()),
                 link: watch::Sender::new(Link::Down(None)),
+                epoch: AtomicU64::new(0),
+                pools: Mutex::new(Vec::new()),
+                first_options: connect.clone(),
             }),
-            connect: connect.clone(),
-            task: Mutex::new(None),
+            listener: Mutex::new(None),
         });
         hubs.insert(identity, Arc::downgrade(&hub));
         hub
     }
 
-    /// Starts the listener on the current runtime unless it runs; it
-    /// starts with the first waiter, so a store that never waits holds no
-    /// listening connection.
+    /// Attaches a store instance's pool: while the returned guard lives,
+    /// reconnections log in with that pool's current options (the newest
+    /// attached pool wins).
+    pub(crate) fn attach(&self, pool: &PgPool) -> AttachedPool {
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.pools).push((id, pool.clone()));
+        AttachedPool {
+            shared: Arc::clone(&self.shared),
+            id,
+        }
+    }
+
+    /// Starts the listener thread unless it runs; it starts with the first
+    /// waiter, so a store that never waits holds no listening connection.
     fn ensure_listening(&self) {
-        let mut task = lock(&self.task);
-        if task.as_ref().is_some_and(|task| !task.is_finished()) {
+        let mut listener = lock(&self.listener);
+        if listener
+            .as_ref()
+            .is_some_and(|running| !running.thread.is_finished())
+        {
             return;
         }
-        // A listener whose runtime shut down is replaced on this one.
+        // Only a panic ends the thread while the hub lives: start another,
+        // and tell the waiters to read again meanwhile.
         self.shared.link.send_replace(Link::Down(None));
-        *task = Some(tokio::spawn(listen(
-            Arc::clone(&self.shared),
-            self.connect.clone(),
-        )));
+        let (stop, stopped) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("mcp-authkit-pg-listen".into())
+            .spawn(move || run_listener(shared, stopped));
+        match spawned {
+            Ok(thread) => {
+                *listener = Some(ListenerThread {
+                    _stop: stop,
+                    thread,
+                })
+            }
+            Err(error) => {
+                // Not retryable: waiters report it instead of waiting for a
+                // listener that cannot start.
+                self.shared.link.send_replace(Link::Down(Some(Error::Internal(
+                    format!("could not start the PostgreSQL completion listener thread: {error}"),
+                ))));
+            }
+        }
     }
 
     /// Registers a waiter for `state`; it sees every notification of that
@@ -252,13 +331,37 @@ fn unanswered() -> Error {
     )
 }
 
+/// The body of the listener thread: listens until the hub is dropped.
+fn run_listener(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            shared.link.send_replace(Link::Down(Some(Error::Internal(format!(
+                "could not start the runtime of the PostgreSQL completion listener: {error}"
+            )))));
+            return;
+        }
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            () = listen(&shared) => {}
+            // Sent or dropped: the hub is gone.
+            _ = stop => {}
+        }
+    });
+}
+
 /// Keeps one connection listening for as long as the hub lives.
-async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
+async fn listen(shared: &Shared) {
     let mut delay = MIN_RECONNECT_DELAY;
-    let mut epoch = 0u64;
     // After a loss, listening again bumps the epoch: every waiter then
     // reads its outcome again.
     loop {
+        // Read at every attempt: a rotated password is picked up here.
+        let connect = shared.connect_options();
         // A pool of one, only to hand PgListener its connection: never
         // shared. A new one per attempt: a dropped PgListener sends
         // `UNLISTEN *` on its old connection before giving it back, which
@@ -270,7 +373,7 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
             .max_lifetime(None)
             .idle_timeout(None)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(connect.clone());
+            .connect_lazy_with(connect);
         let attempt = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.ignore_pool_close_event(true);
@@ -294,7 +397,7 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
             }
         };
         delay = MIN_RECONNECT_DELAY;
-        epoch += 1;
+        let epoch = shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         shared.link.send_replace(Link::Up(epoch));
         let mut probes =
             tokio::time::interval_at(tokio::time::Instant::now() + PROBE_EVERY, PROBE_EVERY);

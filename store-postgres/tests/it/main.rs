@@ -4,7 +4,9 @@
 
 mod cluster;
 mod common;
+mod disk_full;
 mod errors;
 mod resilience;
 mod restart;
 mod store;
+mod wake;

@@ -1,0 +1,209 @@
+//! The shared completion listener: independent of the runtime that started
+//! it, and logging in again with a pool's current connect options.
+
+use std::time::Duration;
+
+use mcp_authkit_core::{FlowOutcome, PendingStore, Revision, TokenKey};
+use mcp_authkit_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::cluster::Cluster;
+use crate::common::{AppRole, Schema, eventually, flow, listener_pids, url_as};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn authorized(n: u64) -> FlowOutcome {
+    FlowOutcome::Authorized {
+        revision: Revision::new(n),
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The first waiter of the process runs in runtime A, which then shuts
+/// down (as a `#[tokio::test]` or a CLI command's runtime does). A waiter
+/// of runtime B registered before that, and one registered after, both
+/// still wake on completions from another listener hub (another role), so
+/// only a NOTIFY can wake them.
+#[test]
+fn waiters_wake_after_the_runtime_of_the_first_waiter_is_gone() {
+    let a = current_thread();
+    let b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schema = b.block_on(Schema::new("runtimes"));
+    let (completer, role) = b.block_on(async {
+        // The waiters' stores use the superuser; the completer another role.
+        schema.open().await.close().await;
+        let role = AppRole::new(&schema.name, true).await;
+        let completer = PostgresStore::options(&url_as(&role.name).await)
+            .schema(&schema.name)
+            .open()
+            .await
+            .unwrap();
+        (completer, role)
+    });
+    let flows: Vec<_> = (0..3)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        b.block_on(completer.insert(f)).unwrap();
+    }
+
+    // Runtime A: the first waiter starts the listener.
+    let store_a = a.block_on(schema.open());
+    let wait_a = {
+        let (store, state) = (store_a.clone(), flows[0].state.clone());
+        a.spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        a.block_on(eventually(Duration::from_secs(10), async || {
+            store_a.listener_epoch().is_some()
+        })),
+        "listening"
+    );
+
+    // Runtime B: a waiter registered while A's waiter is there.
+    let store_b = b.block_on(schema.open());
+    let early = {
+        let (store, state) = (store_b.clone(), flows[1].state.clone());
+        b.spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(b.block_on(eventually(Duration::from_secs(10), async || {
+        store_b.waited_states() == 2
+    })));
+
+    drop(wait_a);
+    drop(a);
+
+    b.block_on(async {
+        let late = {
+            let (store, state) = (store_b.clone(), flows[2].state.clone());
+            tokio::spawn(async move { store.wait(&state, MINUTE).await })
+        };
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                store_b.waited_states() == 2
+            })
+            .await
+        );
+        for (i, f) in flows.iter().enumerate().skip(1) {
+            completer.take(&f.state).await.unwrap().unwrap();
+            completer
+                .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+                .await
+                .unwrap();
+        }
+        for (i, wait) in [(1, early), (2, late)] {
+            let woken = tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .unwrap_or_else(|_| panic!("waiter {i} of runtime B wakes after A shut down"));
+            assert_eq!(woken.unwrap().unwrap(), Some(authorized(i)));
+        }
+        assert_eq!(listener_pids(store_b.channel()).await.len(), 1);
+    });
+    drop(store_a);
+    drop((store_b, completer));
+    b.block_on(async move { drop(role) });
+    drop(schema);
+}
+
+/// A store on an application's pool whose password is rotated: once the
+/// application gives the pool the new options, a listener that lost its
+/// connection logs in with them, and the waiter still wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_with_the_pools_current_password() {
+    let Some(cluster) = Cluster::start_new_or_explain() else {
+        return;
+    };
+    let mut admin = cluster.admin().await;
+    sqlx::raw_sql(
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE rotated LOGIN SUPERUSER PASSWORD 'first-pw'",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // The role logs in with a password (SCRAM); the superuser keeps trust.
+    cluster.set_hba(
+        "local all all trust\n\
+         host all rotated 127.0.0.1/32 scram-sha-256\n\
+         host all all 127.0.0.1/32 trust\n",
+    );
+    let options: PgConnectOptions = cluster.url("rotated").parse().unwrap();
+    let refused = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone().password("wrong-pw"))
+        .await;
+    assert!(refused.is_err(), "pg_hba.conf asks for a password");
+    let pool = PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(options.clone().password("first-pw"))
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool.clone())
+        .schema("rotation")
+        .open()
+        .await
+        .unwrap();
+    // The completer: the superuser, so another listener hub.
+    let completer = PostgresStore::options(&cluster.url("postgres"))
+        .schema("rotation")
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await
+    );
+    let first_epoch = store.listener_epoch().unwrap();
+
+    sqlx::raw_sql("ALTER ROLE rotated PASSWORD 'second-pw'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    pool.set_connect_options(options.clone().password("second-pw"));
+    let listener: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'rotated' AND query LIKE 'LISTEN %'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some_and(|epoch| epoch > first_epoch))
+        .await,
+        "the listener logged in again with the new password"
+    );
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(3), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(3)));
+}
