@@ -123,7 +123,7 @@ async fn a_read_only_database_is_not_retryable() {
         .put(&key, &TokenRecord::new("lost", Timestamp::now()))
         .await
         .expect_err("read-only");
-    explained(&error, "read-only", false);
+    explained(&error, "point the store at the primary", false);
     let kept = writable.get(&key).await.unwrap().unwrap();
     assert_eq!(
         mcp_authkit_core::ExposeSecret::expose_secret(&kept.record.access_token),
@@ -174,18 +174,18 @@ async fn a_read_only_database_refuses_every_write() {
         .put(&key, &TokenRecord::new("lost", Timestamp::now()))
         .await
         .expect_err("read-only");
-    explained(&put, "read-only", false);
+    explained(&put, "point the store at the primary", false);
     let other = crate::common::flow(&TokenKey::new("github", "bob"), Duration::from_secs(600));
     let insert = store.insert(&other).await.expect_err("read-only");
-    explained(&insert, "read-only", false);
+    explained(&insert, "point the store at the primary", false);
     let outcome = mcp_authkit_core::FlowOutcome::Authorized { revision: kept };
     let complete = store
         .complete(&key, &f.state, &outcome, Duration::from_secs(60))
         .await
         .expect_err("read-only");
-    explained(&complete, "read-only", false);
+    explained(&complete, "point the store at the primary", false);
     let take = store.take(&f.state).await.expect_err("read-only");
-    explained(&take, "read-only", false);
+    explained(&take, "point the store at the primary", false);
 
     // Nothing changed, and reads still answer.
     let got = store.get(&key).await.unwrap().unwrap();
