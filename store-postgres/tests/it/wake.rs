@@ -215,3 +215,54 @@ async fn the_listener_reconnects_with_the_pools_current_password() {
         .expect("the waiter wakes");
     assert_eq!(woken.unwrap().unwrap(), Some(authorized(3)));
 }
+
+/// Any role that can connect may NOTIFY any channel, so a notification is
+/// only a hint to read the stored outcome (which GRANTs guard), never the
+/// outcome itself: a forged one, naming a waiter's state or carrying junk,
+/// makes no waiter return, and the real completion still wakes it.
+#[tokio::test]
+async fn a_forged_notification_wakes_nobody_with_an_outcome() {
+    let schema = Schema::new("forged").await;
+    let store = schema.open().await;
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    store.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 1)
+        .await
+    );
+    let hex: String = f
+        .state
+        .as_str()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut forger = crate::common::admin().await;
+    for payload in [hex.as_str(), "zz-not-hex", ""] {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(store.channel())
+            .bind(payload)
+            .execute(&mut forger)
+            .await
+            .unwrap();
+    }
+    // The forged hint made the waiter read; nothing is stored, so it waits on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "a forged notification ended the wait");
+    assert_eq!(store.listener_epoch(), Some(1), "junk did not break the link");
+    store.take(&f.state).await.unwrap().unwrap();
+    store
+        .complete(&f.key, &f.state, &authorized(5), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the real completion wakes it");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(5)));
+}
