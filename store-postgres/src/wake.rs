@@ -228,9 +228,11 @@ impl Hub {
             Err(error) => {
                 // Not retryable: waiters report it instead of waiting for a
                 // listener that cannot start.
-                self.shared.link.send_replace(Link::Down(Some(Error::Internal(
-                    format!("could not start the PostgreSQL completion listener thread: {error}"),
-                ))));
+                self.shared
+                    .link
+                    .send_replace(Link::Down(Some(Error::Internal(format!(
+                        "could not start the PostgreSQL completion listener thread: {error}"
+                    )))));
             }
         }
     }
@@ -339,9 +341,11 @@ fn run_listener(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            shared.link.send_replace(Link::Down(Some(Error::Internal(format!(
-                "could not start the runtime of the PostgreSQL completion listener: {error}"
-            )))));
+            shared
+                .link
+                .send_replace(Link::Down(Some(Error::Internal(format!(
+                    "could not start the runtime of the PostgreSQL completion listener: {error}"
+                )))));
             return;
         }
     };

@@ -158,7 +158,6 @@ impl Drop for Cluster {
     }
 }
 
-
 /// A tmpfs of a fixed size owned by the user the server runs as, for a
 /// tablespace whose disk fills up; unmounted when dropped. Declare it
 /// before the cluster that uses it, so the cluster stops first. Needs root.
@@ -181,7 +180,10 @@ impl Tmpfs {
         let path = dir.path().join("disk");
         std::fs::create_dir(&path).unwrap();
         let owner = |flag: &str| {
-            let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
             String::from_utf8(out.stdout).unwrap().trim().to_owned()
         };
         let out = Command::new("mount")

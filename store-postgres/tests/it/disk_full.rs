@@ -93,8 +93,8 @@ async fn a_full_disk_fails_writes_clearly_and_writes_nothing() {
     let mut refused = None;
     for i in 0..500 {
         let key = TokenKey::new("github", format!("user-{i}"));
-        let record = TokenRecord::new(format!("t{i}"), Timestamp::now())
-            .with_extra("payload", noise(6000));
+        let record =
+            TokenRecord::new(format!("t{i}"), Timestamp::now()).with_extra("payload", noise(6000));
         match store.put(&key, &record).await {
             Ok(revision) => written.push((key, revision)),
             Err(error) => {

@@ -191,7 +191,10 @@ async fn a_read_only_database_refuses_every_write() {
     let got = store.get(&key).await.unwrap().unwrap();
     assert_eq!(got.revision, kept);
     assert!(store.get_flow(&f.state).await.unwrap().is_some());
-    assert_eq!(store.active_flow(&key).await.unwrap(), Some(f.state.clone()));
+    assert_eq!(
+        store.active_flow(&key).await.unwrap(),
+        Some(f.state.clone())
+    );
     assert_eq!(store.active_flow(&other.key).await.unwrap(), None);
     assert_eq!(store.outcome(&f.state).await.unwrap(), None);
     store.close().await;

@@ -204,15 +204,20 @@ fn completer_child() {
         .unwrap();
     runtime.block_on(async {
         // Not a `Schema`: the parent drops it.
-        let store = PostgresStore::options(&mcp_authkit_store_postgres::testing::database_url().await)
-            .schema(&schema)
-            .open()
-            .await
-            .unwrap();
+        let store =
+            PostgresStore::options(&mcp_authkit_store_postgres::testing::database_url().await)
+                .schema(&schema)
+                .open()
+                .await
+                .unwrap();
         let mut completed = 0;
         for state in &states {
             let state = mcp_authkit_core::FlowState::new(state.as_str());
-            let f = store.take(&state).await.unwrap().expect("the flow is there");
+            let f = store
+                .take(&state)
+                .await
+                .unwrap()
+                .expect("the flow is there");
             store
                 .complete(&f.key, &state, &authorized(1), MINUTE)
                 .await

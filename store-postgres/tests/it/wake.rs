@@ -254,8 +254,15 @@ async fn a_forged_notification_wakes_nobody_with_an_outcome() {
     }
     // The forged hint made the waiter read; nothing is stored, so it waits on.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "a forged notification ended the wait");
-    assert_eq!(store.listener_epoch(), Some(1), "junk did not break the link");
+    assert!(
+        !waiter.is_finished(),
+        "a forged notification ended the wait"
+    );
+    assert_eq!(
+        store.listener_epoch(),
+        Some(1),
+        "junk did not break the link"
+    );
     store.take(&f.state).await.unwrap().unwrap();
     store
         .complete(&f.key, &f.state, &authorized(5), MINUTE)
