@@ -273,3 +273,41 @@ async fn a_forged_notification_wakes_nobody_with_an_outcome() {
         .expect("the real completion wakes it");
     assert_eq!(woken.unwrap().unwrap(), Some(authorized(5)));
 }
+
+/// The listener thread and its connection go with the last store instance
+/// on their server and schema: dropping stores leaks no connection.
+#[tokio::test]
+async fn the_listening_connection_goes_with_the_last_store() {
+    let schema = Schema::new("stoplisten").await;
+    let (first, second) = (schema.open().await, schema.open().await);
+    let _ = first
+        .wait(
+            &mcp_authkit_core::FlowState::generate(),
+            Duration::from_millis(1),
+        )
+        .await;
+    let channel = first.channel().to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), async || listener_pids(&channel)
+            .await
+            .len()
+            == 1)
+        .await,
+        "listening"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        listener_pids(&channel).await.len(),
+        1,
+        "another instance still uses the listener"
+    );
+    drop(second);
+    assert!(
+        eventually(Duration::from_secs(10), async || listener_pids(&channel)
+            .await
+            .is_empty())
+        .await,
+        "the listening connection was closed with the last store"
+    );
+}
