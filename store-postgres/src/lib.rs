@@ -293,10 +293,29 @@ impl PostgresStore {
         }
     }
 
+    /// Why the completion listener is down, while it is down after a
+    /// failure (`None` while it listens or has not failed). For tests and
+    /// health checks.
+    #[doc(hidden)]
+    pub fn listener_failure(&self) -> Option<Error> {
+        match &*self.inner.hub.link().borrow() {
+            wake::Link::Down(failure) => failure.clone(),
+            wake::Link::Up(_) => None,
+        }
+    }
+
     /// How many flow states this process's waiters wait on, for tests.
     #[doc(hidden)]
     pub fn waited_states(&self) -> usize {
         self.inner.hub.waited_states()
+    }
+
+    /// Makes this store's completion listener thread panic when it receives
+    /// its next notification, to test that it is restarted.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn panic_listener_at_next_notification(&self) {
+        self.inner.hub.panic_listener_at_next_notification();
     }
 
     pub(crate) fn now(&self) -> mcp_authkit_core::Timestamp {

@@ -1,5 +1,6 @@
 //! Waking waiters with LISTEN/NOTIFY: one listening connection per process
-//! and server/schema, shared by every store instance and every waiter.
+//! and host, port, unix socket, TLS mode, database, user and schema, shared
+//! by every store instance and every waiter on them.
 //!
 //! `complete` calls `pg_notify` in the transaction that stores the outcome,
 //! so the notification is sent at commit, never for a rolled-back write.
@@ -30,10 +31,20 @@
 //! in any runtime are woken through `tokio::sync::watch`, which needs no
 //! particular runtime.
 //!
-//! Every (re)connection uses the current connect options of a live store
-//! instance's pool (`PgPool::connect_options`), not a copy taken at open:
+//! Every (re)connection uses the current connect options of the live store
+//! instances' pools (`PgPool::connect_options`), not a copy taken at open:
 //! an application that rotates a password with `PgPool::set_connect_options`
-//! keeps a listener that can log in again.
+//! keeps a listener that can log in again. A failed attempt tries every
+//! attached pool's options, newest first, before backing off, so one store
+//! opened later with a stale password does not lock the others out.
+//!
+//! The listening connection is named (`application_name`)
+//! [`LISTENER_APPLICATION`] followed by the channel, so operators and tests
+//! find it in `pg_stat_activity` whatever it last ran (the probe's
+//! `SELECT 1` replaces the `LISTEN` in its `query` column).
+//!
+//! A listener that is down ends no wait by itself: the waiters read their
+//! outcome through their pool meanwhile (see `PendingStore::wait`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +64,11 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(15);
 /// How long a probe may take before the connection counts as dead.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The start of the listening connection's `application_name`; the channel
+/// follows after a space (49 characters in all, under PostgreSQL's 63).
+pub(crate) const LISTENER_APPLICATION: &str = "mcp-authkit listener";
+/// The listener thread's name: Linux keeps 15 bytes of it (`ps`, `top`).
+const THREAD_NAME: &str = "authkit-pg-wake";
 
 /// The state of the listening connection.
 #[derive(Clone, Debug)]
@@ -78,6 +94,10 @@ struct Shared {
     pools: Mutex<Vec<(u64, PgPool)>>,
     /// The options the hub was created with, for when no pool is attached.
     first_options: PgConnectOptions,
+    /// Set by a test to make the listener thread panic at its next
+    /// notification, to show that it is restarted.
+    #[cfg(feature = "testing")]
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 /// Every critical section leaves its map consistent before anything that
@@ -95,13 +115,19 @@ impl Shared {
         }
     }
 
-    /// What the next connection attempt logs in with: the current options
-    /// of the most recently attached pool, read now.
-    fn connect_options(&self) -> PgConnectOptions {
-        match lock(&self.pools).last() {
-            Some((_, pool)) => (*pool.connect_options()).clone(),
-            None => self.first_options.clone(),
+    /// What the next connection attempt tries, in order: the current
+    /// options of every attached pool, newest first, read now; the hub's
+    /// first options when none is attached.
+    fn connect_options(&self) -> Vec<PgConnectOptions> {
+        let pools = lock(&self.pools);
+        if pools.is_empty() {
+            return vec![self.first_options.clone()];
         }
+        pools
+            .iter()
+            .rev()
+            .map(|(_, pool)| (*pool.connect_options()).clone())
+            .collect()
     }
 }
 
@@ -159,10 +185,14 @@ impl Hub {
     /// The hub of this process for the server `connect` points at and the
     /// schema whose channel is `channel`; created on first use.
     pub(crate) fn shared_for(connect: &PgConnectOptions, channel: &str) -> Arc<Hub> {
+        // The socket and the TLS mode too: a store that asked for TLS must
+        // not share a listener that another store opened without it.
         let identity = format!(
-            "{}\0{}\0{}\0{}\0{}",
+            "{}\0{}\0{:?}\0{:?}\0{}\0{}\0{}",
             connect.get_host(),
             connect.get_port(),
+            connect.get_socket(),
+            connect.get_ssl_mode(),
             connect.get_database().unwrap_or_default(),
             connect.get_username(),
             channel
@@ -180,6 +210,8 @@ impl Hub {
                 epoch: AtomicU64::new(0),
                 pools: Mutex::new(Vec::new()),
                 first_options: connect.clone(),
+                #[cfg(feature = "testing")]
+                panic_next: std::sync::atomic::AtomicBool::new(false),
             }),
             listener: Mutex::new(None),
         });
@@ -188,8 +220,8 @@ impl Hub {
     }
 
     /// Attaches a store instance's pool: while the returned guard lives,
-    /// reconnections log in with that pool's current options (the newest
-    /// attached pool wins).
+    /// reconnections may log in with that pool's current options (tried
+    /// newest first).
     pub(crate) fn attach(&self, pool: &PgPool) -> AttachedPool {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let id = IDS.fetch_add(1, Ordering::Relaxed);
@@ -210,13 +242,14 @@ impl Hub {
         {
             return;
         }
-        // Only a panic ends the thread while the hub lives: start another,
-        // and tell the waiters to read again meanwhile.
+        // The thread restarts its listener after a panic, so it ends only
+        // if that restart failed: start another, and tell the waiters to
+        // read again meanwhile.
         self.shared.link.send_replace(Link::Down(None));
         let (stop, stopped) = oneshot::channel();
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
-            .name("mcp-authkit-pg-listen".into())
+            .name(THREAD_NAME.into())
             .spawn(move || run_listener(shared, stopped));
         match spawned {
             Ok(thread) => {
@@ -269,6 +302,13 @@ impl Hub {
     /// How many states have waiters right now.
     pub(crate) fn waited_states(&self) -> usize {
         lock(&self.shared.waiters).len()
+    }
+
+    /// Makes the listener thread panic when it receives its next
+    /// notification.
+    #[cfg(feature = "testing")]
+    pub(crate) fn panic_listener_at_next_notification(&self) {
+        self.shared.panic_next.store(true, Ordering::SeqCst);
     }
 }
 
@@ -333,29 +373,66 @@ fn unanswered() -> Error {
     )
 }
 
-/// The body of the listener thread: listens until the hub is dropped.
-fn run_listener(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            shared
-                .link
-                .send_replace(Link::Down(Some(Error::Internal(format!(
-                    "could not start the runtime of the PostgreSQL completion listener: {error}"
-                )))));
+fn panicked() -> Error {
+    Error::backend(
+        crate::error::BACKEND,
+        "listening for flow completions",
+        true,
+        std::io::Error::other("the completion listener panicked; it is restarted"),
+    )
+}
+
+/// Publishes a retryable `Link::Down` when the listener unwinds: a link
+/// left reading "up" would leave every waiter deaf.
+struct DownOnUnwind<'a>(&'a Shared);
+
+impl Drop for DownOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.link.send_replace(Link::Down(Some(panicked())));
+        }
+    }
+}
+
+/// The body of the listener thread: listens until the hub is dropped, and
+/// starts listening again after a panic (a bug here or in a dependency
+/// must not leave the process's waiters deaf for good).
+fn run_listener(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        // A fresh runtime per run: one a panic unwound through is not
+        // trusted again.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                shared
+                    .link
+                    .send_replace(Link::Down(Some(Error::Internal(format!(
+                        "could not start the runtime of the PostgreSQL completion listener: {error}"
+                    )))));
+                return;
+            }
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let _down = DownOnUnwind(&shared);
+                tokio::select! {
+                    () = listen(&shared) => {}
+                    // Sent or dropped: the hub is gone.
+                    _ = &mut stop => {}
+                }
+            })
+        }));
+        drop(runtime);
+        if run.is_ok() {
             return;
         }
-    };
-    runtime.block_on(async {
-        tokio::select! {
-            () = listen(&shared) => {}
-            // Sent or dropped: the hub is gone.
-            _ = stop => {}
-        }
-    });
+        tracing::error!("the PostgreSQL completion listener panicked; restarting it");
+        // Not in a tight loop if it panics again at once.
+        std::thread::sleep(MAX_RECONNECT_DELAY);
+    }
 }
 
 /// Keeps one connection listening for as long as the hub lives.
@@ -365,33 +442,25 @@ async fn listen(shared: &Shared) {
     // reads its outcome again.
     loop {
         // Read at every attempt: a rotated password is picked up here.
-        let connect = shared.connect_options();
-        // A pool of one, only to hand PgListener its connection: never
-        // shared. A new one per attempt: a dropped PgListener sends
-        // `UNLISTEN *` on its old connection before giving it back, which
-        // never ends on a connection that stopped answering, and would hold
-        // a shared pool's only slot forever.
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(connect);
-        let attempt = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.ignore_pool_close_event(true);
-            // A lost connection ends this listener (below) instead of being
-            // re-established inside try_recv, so the loss is visible as
-            // `Link::Down` and every reconnection goes through one path.
-            listener.eager_reconnect(false);
-            listener.listen(&shared.channel).await?;
-            sqlx::Result::Ok(listener)
+        let mut attempt = Err(None);
+        for connect in shared.connect_options() {
+            match connect_listener(shared, connect).await {
+                Ok(listener) => {
+                    attempt = Ok(listener);
+                    break;
+                }
+                // The newest pool's refusal is the one reported.
+                Err(error) => {
+                    if let Err(first @ None) = &mut attempt {
+                        *first = Some(error);
+                    }
+                }
+            }
         }
-        .await;
         let mut listener = match attempt {
             Ok(listener) => listener,
             Err(error) => {
+                let error = error.expect("at least one set of options was tried");
                 let error = crate::error::db("listening for flow completions", error);
                 tracing::debug!(%error, "completion listener is down; retrying");
                 shared.link.send_replace(Link::Down(Some(error)));
@@ -424,6 +493,10 @@ async fn listen(shared: &Shared) {
                     }
                 }
             };
+            #[cfg(feature = "testing")]
+            if received.is_ok() && shared.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("the completion listener panics, as a test asked");
+            }
             match received {
                 Ok(Some(notification)) => match unhex(notification.payload()) {
                     Some(state) => shared.deliver(&state),
@@ -441,6 +514,31 @@ async fn listen(shared: &Shared) {
         shared.link.send_replace(Link::Down(Some(lost)));
         drop(listener);
     }
+}
+
+/// One connection that listens on the hub's channel, opened with `connect`.
+async fn connect_listener(shared: &Shared, connect: PgConnectOptions) -> sqlx::Result<PgListener> {
+    let connect = connect.application_name(&format!("{LISTENER_APPLICATION} {}", shared.channel));
+    // A pool of one, only to hand PgListener its connection: never shared.
+    // A new one per attempt: a dropped PgListener sends `UNLISTEN *` on its
+    // old connection before giving it back, which never ends on a
+    // connection that stopped answering, and would hold a shared pool's
+    // only slot forever.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect);
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
+    // A lost connection ends this listener (below) instead of being
+    // re-established inside try_recv, so the loss is visible as
+    // `Link::Down` and every reconnection goes through one path.
+    listener.eager_reconnect(false);
+    listener.listen(&shared.channel).await?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -130,10 +130,29 @@ impl Cluster {
         self.pg_ctl(&["stop", "-m", "fast"]);
     }
 
-    /// Replaces pg_hba.conf with `rules` and makes the server read it.
-    pub fn set_hba(&self, rules: &str) {
+    /// Replaces pg_hba.conf with `rules` and makes the server read it;
+    /// returns once a login as `needs_password` with a wrong password is
+    /// refused (the reload is a signal the server handles when it gets to
+    /// it, not before `pg_ctl reload` returns).
+    pub async fn set_hba(&self, rules: &str, needs_password: &str) {
         std::fs::write(self.data.join("pg_hba.conf"), rules).unwrap();
         self.pg_ctl(&["reload"]);
+        let wrong: sqlx::postgres::PgConnectOptions = self.url(needs_password).parse().unwrap();
+        let wrong = wrong.password("certainly-not-the-password");
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match <sqlx::PgConnection as sqlx::Connection>::connect_with(&wrong).await {
+                Err(_) => return,
+                Ok(conn) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    assert!(
+                        std::time::Instant::now() < give_up,
+                        "the server did not apply the new pg_hba.conf within 10 s"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
 
     /// A connection as the cluster's superuser (trust on loopback).

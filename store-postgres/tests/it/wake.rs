@@ -123,11 +123,28 @@ fn waiters_wake_after_the_runtime_of_the_first_waiter_is_gone() {
     drop(schema);
 }
 
-/// A store on an application's pool whose password is rotated: once the
-/// application gives the pool the new options, a listener that lost its
-/// connection logs in with them, and the waiter still wakes.
+/// The backend pid of the listening connection of `channel` logged in as
+/// `user`, found by its `application_name`.
+async fn listener_of(admin: &mut sqlx::PgConnection, user: &str, channel: &str) -> i32 {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND application_name = $2",
+    )
+    .bind(user)
+    .bind(format!("mcp-authkit listener {channel}"))
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// A password rotated on the server before the application's options
+/// follow: the listener, terminated meanwhile, cannot log in again, yet no
+/// wait fails (not one parked before, nor one started during the outage);
+/// they read their outcome through the pool, whose sessions still work, and
+/// see completions made meanwhile. Once the application gives the older of
+/// two pools the new password, the listener logs in with it although the
+/// newer pool's options are stale, and the last waiter wakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_listener_reconnects_with_the_pools_current_password() {
+async fn waits_outlive_a_password_rotation_and_the_listener_logs_in_again() {
     let Some(cluster) = Cluster::start_new_or_explain() else {
         return;
     };
@@ -140,23 +157,33 @@ async fn the_listener_reconnects_with_the_pools_current_password() {
     .await
     .unwrap();
     // The role logs in with a password (SCRAM); the superuser keeps trust.
-    cluster.set_hba(
-        "local all all trust\n\
-         host all rotated 127.0.0.1/32 scram-sha-256\n\
-         host all all 127.0.0.1/32 trust\n",
-    );
-    let options: PgConnectOptions = cluster.url("rotated").parse().unwrap();
-    let refused = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.clone().password("wrong-pw"))
+    cluster
+        .set_hba(
+            "local all all trust\n\
+             host all rotated 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 trust\n",
+            "rotated",
+        )
         .await;
-    assert!(refused.is_err(), "pg_hba.conf asks for a password");
-    let pool = PgPoolOptions::new()
-        .max_connections(3)
-        .connect_with(options.clone().password("first-pw"))
+    let options: PgConnectOptions = cluster.url("rotated").parse().unwrap();
+    let pool_with = async |password: &str| {
+        // Sessions opened now outlive the rotation, as an application's do.
+        PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(4)
+            .connect_with(options.clone().password(password))
+            .await
+            .unwrap()
+    };
+    let pool = pool_with("first-pw").await;
+    let store = PostgresStoreOptions::from_pool(pool.clone())
+        .schema("rotation")
+        .open()
         .await
         .unwrap();
-    let store = PostgresStoreOptions::from_pool(pool.clone())
+    // Opened later on the same server, user and schema: the same listener,
+    // and the newest pool, whose options are never updated.
+    let stale = PostgresStoreOptions::from_pool(pool_with("first-pw").await)
         .schema("rotation")
         .open()
         .await
@@ -167,16 +194,30 @@ async fn the_listener_reconnects_with_the_pools_current_password() {
         .open()
         .await
         .unwrap();
-    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
-    completer.insert(&f).await.unwrap();
-    let waiter = {
-        let (store, state) = (store.clone(), f.state.clone());
+    let flows: Vec<_> = (0..3)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        completer.insert(f).await.unwrap();
+    }
+    let complete = async |i: usize| {
+        let f = &flows[i];
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+            .await
+            .unwrap();
+    };
+    let wait = |i: usize| {
+        let (store, state) = (store.clone(), flows[i].state.clone());
         tokio::spawn(async move { store.wait(&state, MINUTE).await })
     };
+    let (parked, last) = (wait(0), wait(1));
     assert!(
         eventually(Duration::from_secs(10), async || store
             .listener_epoch()
-            .is_some())
+            .is_some()
+            && store.waited_states() == 2)
         .await
     );
     let first_epoch = store.listener_epoch().unwrap();
@@ -185,13 +226,7 @@ async fn the_listener_reconnects_with_the_pools_current_password() {
         .execute(&mut admin)
         .await
         .unwrap();
-    pool.set_connect_options(options.clone().password("second-pw"));
-    let listener: i32 = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE usename = 'rotated' AND query LIKE 'LISTEN %'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
+    let listener = listener_of(&mut admin, "rotated", store.channel()).await;
     let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(listener)
         .fetch_one(&mut admin)
@@ -200,20 +235,40 @@ async fn the_listener_reconnects_with_the_pools_current_password() {
     assert!(terminated);
     assert!(
         eventually(Duration::from_secs(10), async || store
+            .listener_failure()
+            .is_some_and(|failure| !failure.is_retryable()))
+        .await,
+        "the listener cannot log in: {:?}",
+        store.listener_failure()
+    );
+    // A wait that starts during the outage never saw the listener up.
+    let during = wait(2);
+    complete(0).await;
+    complete(2).await;
+    for (waiter, i) in [(parked, 0), (during, 2)] {
+        let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the pool's re-read finds the outcome");
+        assert_eq!(woken.unwrap().unwrap(), Some(authorized(i)));
+    }
+    assert!(!last.is_finished(), "a listener that is down ended a wait");
+    assert_eq!(store.listener_epoch(), None, "still refused");
+
+    pool.set_connect_options(options.clone().password("second-pw"));
+    assert!(
+        eventually(Duration::from_secs(10), async || store
             .listener_epoch()
             .is_some_and(|epoch| epoch > first_epoch))
         .await,
-        "the listener logged in again with the new password"
+        "the listener logged in again with the older pool's new password: {:?}",
+        store.listener_failure()
     );
-    completer.take(&f.state).await.unwrap().unwrap();
-    completer
-        .complete(&f.key, &f.state, &authorized(3), MINUTE)
+    complete(1).await;
+    let woken = tokio::time::timeout(Duration::from_secs(10), last)
         .await
-        .unwrap();
-    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("the waiter wakes");
-    assert_eq!(woken.unwrap().unwrap(), Some(authorized(3)));
+        .expect("the last waiter wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(1)));
+    drop(stale);
 }
 
 /// Any role that can connect may NOTIFY any channel, so a notification is
@@ -252,8 +307,32 @@ async fn a_forged_notification_wakes_nobody_with_an_outcome() {
             .await
             .unwrap();
     }
-    // The forged hint made the waiter read; nothing is stored, so it waits on.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Notifications on a channel arrive in order: once a waiter woken only
+    // by a later, real NOTIFY (from another hub) has its outcome, the
+    // forged ones were handled; nothing is stored for the first waiter, so
+    // it waits on.
+    let other = flow(&TokenKey::new("github", "bob"), MINUTE);
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    completer.insert(&other).await.unwrap();
+    let barrier = {
+        let (store, state) = (store.clone(), other.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(eventually(Duration::from_secs(10), async || store.waited_states() == 2).await);
+    completer.take(&other.state).await.unwrap().unwrap();
+    completer
+        .complete(&other.key, &other.state, &authorized(6), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), barrier)
+        .await
+        .expect("the real notification after the forged ones wakes its waiter");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(6)));
     assert!(
         !waiter.is_finished(),
         "a forged notification ended the wait"
@@ -272,10 +351,13 @@ async fn a_forged_notification_wakes_nobody_with_an_outcome() {
         .await
         .expect("the real completion wakes it");
     assert_eq!(woken.unwrap().unwrap(), Some(authorized(5)));
+    drop((store, completer));
+    drop(role);
 }
 
 /// The listener thread and its connection go with the last store instance
-/// on their server and schema: dropping stores leaks no connection.
+/// on their server and schema: dropping one of two keeps the listener (the
+/// same connection, the same epoch), dropping the last leaks no connection.
 #[tokio::test]
 async fn the_listening_connection_goes_with_the_last_store() {
     let schema = Schema::new("stoplisten").await;
@@ -295,12 +377,42 @@ async fn the_listening_connection_goes_with_the_last_store() {
         .await,
         "listening"
     );
+    let listening = listener_pids(&channel).await;
+    let epoch = second.listener_epoch();
+    assert!(epoch.is_some());
     drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A round trip through the listener: a completion from another hub
+    // wakes a waiter of `second` only if the listener still listens.
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (second.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || second.waited_states()
+            == 1)
+        .await
+    );
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(7), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the listener still listens for the other instance");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(7)));
     assert_eq!(
-        listener_pids(&channel).await.len(),
-        1,
-        "another instance still uses the listener"
+        (listener_pids(&channel).await, second.listener_epoch()),
+        (listening, epoch),
+        "the same listening connection, never replaced"
     );
     drop(second);
     assert!(
@@ -310,4 +422,63 @@ async fn the_listening_connection_goes_with_the_last_store() {
         .await,
         "the listening connection was closed with the last store"
     );
+    drop(completer);
+    drop(role);
+}
+
+/// A panic in the listener thread (a bug here or in a dependency) does not
+/// leave the waiters deaf behind a link that still reads "up": the thread
+/// says the link is down, listens again (a new epoch), and a waiter parked
+/// before the panic wakes on a later completion, with no new waiter coming
+/// to restart anything.
+#[tokio::test]
+async fn a_panicking_listener_is_restarted() {
+    let schema = Schema::new("panicking").await;
+    let store = schema.open().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 1)
+        .await
+    );
+    let first_epoch = store.listener_epoch().unwrap();
+    store.panic_listener_at_next_notification();
+    let mut forger = crate::common::admin().await;
+    sqlx::query("SELECT pg_notify($1, 'junk')")
+        .bind(store.channel())
+        .execute(&mut forger)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some_and(|epoch| epoch > first_epoch))
+        .await,
+        "the listener listens again after its panic: {:?}",
+        store.listener_failure()
+    );
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(8), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter parked before the panic wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(8)));
+    drop((store, completer));
+    drop(role);
 }
