@@ -32,7 +32,41 @@ pub struct Cluster {
     bin: PathBuf,
     data: PathBuf,
     pub port: u16,
+    /// Locked while the cluster may use `port`; released after it stopped.
+    _port_lock: std::fs::File,
     _dir: tempfile::TempDir,
+}
+
+/// The private clusters' ports: a fixed range, so a leftover server is
+/// easy to tell from anything else.
+const PORTS: std::ops::RangeInclusive<u16> = 5450..=5459;
+
+/// A port of [`PORTS`] that no other cluster of any test process holds (a
+/// `flock`ed file per port) and that nothing else listens on, with its
+/// lock. A port from `bind(:0)`, released before the server starts, could
+/// be taken in between by a concurrent test's server.
+fn claim_port() -> (u16, std::fs::File) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        for port in PORTS {
+            let path = std::env::temp_dir().join(format!("mcp-authkit-test-pg-port-{port}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            // Held by a live cluster, or a leftover server of a killed run.
+            if file.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return (port, file);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "every port of {PORTS:?} stayed taken for 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 impl Cluster {
@@ -73,11 +107,7 @@ impl Cluster {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let (port, port_lock) = claim_port();
         let init = Self::run(
             &bin,
             "initdb",
@@ -96,6 +126,7 @@ impl Cluster {
             bin,
             data,
             port,
+            _port_lock: port_lock,
             _dir: dir,
         };
         cluster.start();

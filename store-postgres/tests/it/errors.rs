@@ -133,8 +133,10 @@ async fn a_read_only_database_is_not_retryable() {
 
 /// A database made read-only for every session (`ALTER DATABASE ... SET
 /// default_transaction_read_only`, as after a failover to a standby): every
-/// kind of write, the multi-statement ones included, is refused clearly and
-/// changes nothing; reads and waits still answer.
+/// kind of write of both traits (put, compare-and-swap, both deletes, a
+/// lease, insert, take, complete, purge), the multi-statement ones
+/// included, is refused clearly and changes nothing; reads and waits still
+/// answer.
 #[tokio::test]
 async fn a_read_only_database_refuses_every_write() {
     let database = format!("mcp_authkit_ro_{}", crate::common::unique_tag());
@@ -186,6 +188,30 @@ async fn a_read_only_database_refuses_every_write() {
     explained(&complete, "point the store at the primary", false);
     let take = store.take(&f.state).await.expect_err("read-only");
     explained(&take, "point the store at the primary", false);
+    let refusals = [
+        store
+            .compare_and_swap(
+                &key,
+                Some(kept),
+                &TokenRecord::new("lost", Timestamp::now()),
+            )
+            .await
+            .map(drop),
+        store.delete(&key).await.map(drop),
+        store.delete_if_revision(&key, kept).await.map(drop),
+        store
+            .try_acquire_lease(&key, Duration::from_secs(60))
+            .await
+            .map(drop),
+        store.purge_expired().await.map(drop),
+    ];
+    for (i, refused) in refusals.into_iter().enumerate() {
+        explained(
+            &refused.expect_err(&format!("write {i} is refused")),
+            "point the store at the primary",
+            false,
+        );
+    }
 
     // Nothing changed, and reads still answer.
     let got = store.get(&key).await.unwrap().unwrap();
@@ -197,6 +223,23 @@ async fn a_read_only_database_refuses_every_write() {
     );
     assert_eq!(store.active_flow(&other.key).await.unwrap(), None);
     assert_eq!(store.outcome(&f.state).await.unwrap(), None);
+    // LISTEN is allowed in a read-only transaction: a wait listens, reads,
+    // and ends at its deadline with nothing stored.
+    assert_eq!(
+        store
+            .wait(&f.state, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        crate::common::eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await,
+        "the wait listened: {:?}",
+        store.listener_failure()
+    );
     store.close().await;
 }
 
