@@ -118,14 +118,41 @@
 //! while it was down is not lost. Waiters in the completing process wake
 //! right after the commit, without waiting for the notification.
 //!
+//! "Per server" means per host, port, unix socket, TLS mode (`sslmode`),
+//! database and user: stores that differ in any of these, or in the schema,
+//! get listeners of their own, so a store that asked for TLS never shares a
+//! listener opened without it.
+//!
 //! The listening connection lives on a thread of its own (named
-//! `mcp-authkit-pg-listen`, one per server and schema, stopped when the
-//! last store instance on them is dropped), so it does not depend on the
-//! tokio runtime of whoever waited first: waiters in any runtime of the
-//! process keep waking after another runtime shuts down. It reconnects with
-//! the current connect options of a store's pool, so a password rotated
-//! with `PgPool::set_connect_options` on a pool given to
-//! [`PostgresStore::from_pool`] is used from the next reconnection on.
+//! `authkit-pg-wake`, one per listener, stopped when the last store
+//! instance on it is dropped, restarted if it ever panics), so it does not
+//! depend on the tokio runtime of whoever waited first: waiters in any
+//! runtime of the process keep waking after another runtime shuts down. In
+//! `pg_stat_activity` it shows as `application_name` `mcp-authkit
+//! listener <channel>` (whatever the pool's own `application_name`), with
+//! [`PostgresStore::channel`] as the channel.
+//!
+//! Each reconnection uses the current connect options of the stores'
+//! pools, so a password rotated with `PgPool::set_connect_options` on a
+//! pool given to [`PostgresStore::from_pool`] is used from the next
+//! reconnection on. When several store instances share a listener, the
+//! options of every live one are tried, the most recently opened first,
+//! before the listener backs off (20 ms doubling to 1 s): one instance with
+//! a stale password neither decides for the others nor locks them out.
+//!
+//! A listener that is down never ends a wait by itself: meanwhile each
+//! waiter reads its outcome through its store's pool every second, whose
+//! sessions usually still work (a password changed on the server before
+//! the application's options, a listener killed by an operator), until the
+//! listener is back or the wait's deadline passes. Only a wait that never
+//! saw the listener up and cannot read through the pool either returns the
+//! listener's error, when that error is one retrying cannot fix.
+//!
+//! How soon a waiter in another process wakes is dominated by the
+//! completing transaction's durable commit (4.7-5.5 ms measured here, vs
+//! 0.06-0.08 ms for the notification itself). `complete` keeps
+//! `synchronous_commit` on by design: an outcome reported stored must
+//! survive a crash of the server.
 //!
 //! # Expiry
 //!
