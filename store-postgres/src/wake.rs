@@ -553,4 +553,20 @@ mod tests {
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
     }
+
+    /// Stores that differ only in TLS mode or unix socket do not share a
+    /// listener: one opened without TLS must not serve a store that asked
+    /// for it. No server needed: a hub connects only when waited on.
+    #[test]
+    fn tls_mode_and_socket_are_part_of_the_listeners_identity() {
+        use sqlx::postgres::PgSslMode;
+        let base: PgConnectOptions = "postgres://someone@127.0.0.1:5432/db".parse().unwrap();
+        let channel = "mcp_authkit_identity_test";
+        let hub = Hub::shared_for(&base, channel);
+        assert!(Arc::ptr_eq(&hub, &Hub::shared_for(&base.clone(), channel)));
+        let tls = base.clone().ssl_mode(PgSslMode::Require);
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&tls, channel)));
+        let socket = base.clone().socket("/run/postgresql");
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&socket, channel)));
+    }
 }
