@@ -482,3 +482,45 @@ async fn a_panicking_listener_is_restarted() {
     drop((store, completer));
     drop(role);
 }
+
+/// The listening connection is found by its name after its probe replaced
+/// the `LISTEN` in `pg_stat_activity.query`: counting listeners stays
+/// right in tests and for operators however long the listener has run.
+#[tokio::test]
+async fn the_listener_is_found_by_name_after_its_probe() {
+    let schema = Schema::new("probed").await;
+    let store = schema.open().await;
+    let _ = store
+        .wait(
+            &mcp_authkit_core::FlowState::generate(),
+            Duration::from_millis(1),
+        )
+        .await;
+    let channel = store.channel().to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), async || listener_pids(&channel)
+            .await
+            .len()
+            == 1)
+        .await,
+        "listening"
+    );
+    let pid = listener_pids(&channel).await[0];
+    let mut admin = crate::common::admin().await;
+    // The probe runs 15 s after listening starts.
+    assert!(
+        eventually(Duration::from_secs(40), async || {
+            let query: Option<String> =
+                sqlx::query_scalar("SELECT query FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_optional(&mut admin)
+                    .await
+                    .unwrap();
+            query.as_deref() == Some("SELECT 1")
+        })
+        .await,
+        "the probe ran on the listening connection"
+    );
+    assert_eq!(listener_pids(&channel).await, vec![pid]);
+    assert_eq!(store.listener_epoch(), Some(1), "the probe broke nothing");
+}
