@@ -118,6 +118,42 @@
 //! while it was down is not lost. Waiters in the completing process wake
 //! right after the commit, without waiting for the notification.
 //!
+//! "Per server" means per host, port, unix socket, TLS mode (`sslmode`),
+//! database and user: stores that differ in any of these, or in the schema,
+//! get listeners of their own, so a store that asked for TLS never shares a
+//! listener opened without it.
+//!
+//! The listening connection lives on a thread of its own (named
+//! `authkit-pg-wake`, one per listener, stopped when the last store
+//! instance on it is dropped, restarted if it ever panics), so it does not
+//! depend on the tokio runtime of whoever waited first: waiters in any
+//! runtime of the process keep waking after another runtime shuts down. In
+//! `pg_stat_activity` it shows as `application_name` `mcp-authkit
+//! listener <channel>` (whatever the pool's own `application_name`), with
+//! [`PostgresStore::channel`] as the channel.
+//!
+//! Each reconnection uses the current connect options of the stores'
+//! pools, so a password rotated with `PgPool::set_connect_options` on a
+//! pool given to [`PostgresStore::from_pool`] is used from the next
+//! reconnection on. When several store instances share a listener, the
+//! options of every live one are tried, the most recently opened first,
+//! before the listener backs off (20 ms doubling to 1 s): one instance with
+//! a stale password neither decides for the others nor locks them out.
+//!
+//! A listener that is down never ends a wait by itself: meanwhile each
+//! waiter reads its outcome through its store's pool every second, whose
+//! sessions usually still work (a password changed on the server before
+//! the application's options, a listener killed by an operator), until the
+//! listener is back or the wait's deadline passes. Only a wait that never
+//! saw the listener up and cannot read through the pool either returns the
+//! listener's error, when that error is one retrying cannot fix.
+//!
+//! How soon a waiter in another process wakes is dominated by the
+//! completing transaction's durable commit (4.7-5.5 ms measured here, vs
+//! 0.06-0.08 ms for the notification itself). `complete` keeps
+//! `synchronous_commit` on by design: an outcome reported stored must
+//! survive a crash of the server.
+//!
 //! # Expiry
 //!
 //! Expired flows, outcomes and leases are ignored by every operation at
@@ -175,6 +211,8 @@ struct Inner {
     sql: schema::Statements,
     clock: Arc<dyn Clock>,
     hub: Arc<wake::Hub>,
+    /// Lets the hub's listener reconnect with this pool's current options.
+    _attached: wake::AttachedPool,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -282,10 +320,29 @@ impl PostgresStore {
         }
     }
 
+    /// Why the completion listener is down, while it is down after a
+    /// failure (`None` while it listens or has not failed). For tests and
+    /// health checks.
+    #[doc(hidden)]
+    pub fn listener_failure(&self) -> Option<Error> {
+        match &*self.inner.hub.link().borrow() {
+            wake::Link::Down(failure) => failure.clone(),
+            wake::Link::Up(_) => None,
+        }
+    }
+
     /// How many flow states this process's waiters wait on, for tests.
     #[doc(hidden)]
     pub fn waited_states(&self) -> usize {
         self.inner.hub.waited_states()
+    }
+
+    /// Makes this store's completion listener thread panic when it receives
+    /// its next notification, to test that it is restarted.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn panic_listener_at_next_notification(&self) {
+        self.inner.hub.panic_listener_at_next_notification();
     }
 
     pub(crate) fn now(&self) -> mcp_authkit_core::Timestamp {
@@ -441,6 +498,7 @@ impl PostgresStoreOptions {
         schema::migrate(&pool, &self.schema, self.create).await?;
         let channel = schema::channel_for(&self.schema);
         let hub = wake::Hub::shared_for(&pool.connect_options(), &channel);
+        let attached = hub.attach(&pool);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 sql: schema::Statements::new(&self.schema),
@@ -448,6 +506,7 @@ impl PostgresStoreOptions {
                 pool,
                 clock: self.clock,
                 hub,
+                _attached: attached,
             }),
         })
     }

@@ -16,6 +16,10 @@ use crate::wake::{Link, hex};
 /// How soon a waiter reads the stored outcome again after that read failed
 /// while the listener stayed up.
 const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
+/// How often a waiter reads its outcome through the pool while the
+/// listener is down: the pool's sessions may well work (a password rotated
+/// on the server before the application's options follow).
+const POLL_WHILE_DOWN: Duration = Duration::from_secs(1);
 
 fn flow_location(state: &FlowState) -> String {
     format!("mcp_authkit_flows row {state:?}")
@@ -192,23 +196,45 @@ impl PendingStore for PostgresStore {
         // from now on reaches this waiter.
         let mut registration = self.hub().register(state.as_str().as_bytes());
         let mut link = self.hub().link();
+        let mut seen_up = false;
+        let mut next_poll = tokio::time::Instant::now() + POLL_WHILE_DOWN;
         loop {
             // Until LISTEN is in effect, a read could miss a completion
-            // committed right after it.
+            // committed right after it; meanwhile the outcome is polled.
             loop {
-                match &*link.borrow_and_update() {
-                    Link::Up(_) => break,
-                    // A refusal that retrying cannot fix would otherwise
-                    // look like a wait that never ends.
-                    Link::Down(Some(error)) if !error.is_retryable() => return Err(error.clone()),
-                    Link::Down(_) => {}
+                let refused = match &*link.borrow_and_update() {
+                    Link::Up(_) => {
+                        seen_up = true;
+                        break;
+                    }
+                    Link::Down(error) => error.clone().filter(|error| !error.is_retryable()),
+                };
+                // A listener that cannot log in ends no wait while the pool
+                // still answers; only a wait that has nothing that works
+                // (never a listener, no pool) reports the refusal.
+                let must_answer = refused.is_some() && !seen_up;
+                if must_answer || tokio::time::Instant::now() >= next_poll {
+                    next_poll = tokio::time::Instant::now() + POLL_WHILE_DOWN;
+                    match self.outcome(state).await {
+                        Ok(Some(outcome)) => return Ok(Some(outcome)),
+                        Ok(None) => {}
+                        Err(_) if must_answer => {
+                            return Err(refused.expect("must_answer implies a refusal"));
+                        }
+                        // Retried at the next poll, or by the deadline's read.
+                        Err(_) => {}
+                    }
                 }
-                match tokio::time::timeout_at(deadline, link.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(stopped()),
+                tokio::select! {
+                    changed = link.changed() => {
+                        if changed.is_err() {
+                            return Err(stopped());
+                        }
+                    }
+                    () = tokio::time::sleep_until(next_poll) => {}
                     // Out of time without a listener: answer from the
                     // store, which is what a notification would have said.
-                    Err(_) => return self.outcome(state).await,
+                    () = tokio::time::sleep_until(deadline) => return self.outcome(state).await,
                 }
             }
             let mut recheck = false;

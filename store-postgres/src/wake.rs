@@ -1,5 +1,6 @@
 //! Waking waiters with LISTEN/NOTIFY: one listening connection per process
-//! and server/schema, shared by every store instance and every waiter.
+//! and host, port, unix socket, TLS mode, database, user and schema, shared
+//! by every store instance and every waiter on them.
 //!
 //! `complete` calls `pg_notify` in the transaction that stores the outcome,
 //! so the notification is sent at commit, never for a rolled-back write.
@@ -17,15 +18,43 @@
 //! then bumps the link's epoch: every waiter reads its outcome again. A
 //! connection that dies silently (no FIN or RST reaches us) is found by a
 //! `SELECT 1` probe every [`PROBE_EVERY`] and handled the same way.
+//!
+//! The listener runs on a thread of its own with its own single-threaded
+//! tokio runtime, not on the runtime of whoever waited first: a hub is
+//! shared by every store instance of the process, and a runtime that shuts
+//! down (a `#[tokio::test]`, a short-lived runtime of a CLI command, one of
+//! several runtimes of an application) would take the listener with it and
+//! leave the waiters of every other runtime deaf, with a link that still
+//! says "up". Restarting the task on the next waiter's runtime would not
+//! reach waiters already parked, nor one runtime dying under another's
+//! listener. The thread costs one OS thread per server and schema; waiters
+//! in any runtime are woken through `tokio::sync::watch`, which needs no
+//! particular runtime.
+//!
+//! Every (re)connection uses the current connect options of the live store
+//! instances' pools (`PgPool::connect_options`), not a copy taken at open:
+//! an application that rotates a password with `PgPool::set_connect_options`
+//! keeps a listener that can log in again. A failed attempt tries every
+//! attached pool's options, newest first, before backing off, so one store
+//! opened later with a stale password does not lock the others out.
+//!
+//! The listening connection is named (`application_name`)
+//! [`LISTENER_APPLICATION`] followed by the channel, so operators and tests
+//! find it in `pg_stat_activity` whatever it last ran (the probe's
+//! `SELECT 1` replaces the `LISTEN` in its `query` column).
+//!
+//! A listener that is down ends no wait by itself: the waiters read their
+//! outcome through their pool meanwhile (see `PendingStore::wait`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use mcp_authkit_core::Error;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(20);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -35,6 +64,11 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(15);
 /// How long a probe may take before the connection counts as dead.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The start of the listening connection's `application_name`; the channel
+/// follows after a space (49 characters in all, under PostgreSQL's 63).
+pub(crate) const LISTENER_APPLICATION: &str = "mcp-authkit listener";
+/// The listener thread's name: Linux keeps 15 bytes of it (`ps`, `top`).
+const THREAD_NAME: &str = "authkit-pg-wake";
 
 /// The state of the listening connection.
 #[derive(Clone, Debug)]
@@ -52,6 +86,18 @@ struct Shared {
     /// Waiters by state; each notification of a state bumps its counter.
     waiters: Mutex<Waiters>,
     link: watch::Sender<Link>,
+    /// The number of the last (re)connection; kept here, not in the
+    /// listener, so it keeps growing if a listener thread is replaced.
+    epoch: AtomicU64,
+    /// The pools of the live store instances on this hub, by attachment id;
+    /// each reconnection reads the newest one's current connect options.
+    pools: Mutex<Vec<(u64, PgPool)>>,
+    /// The options the hub was created with, for when no pool is attached.
+    first_options: PgConnectOptions,
+    /// Set by a test to make the listener thread panic at its next
+    /// notification, to show that it is restarted.
+    #[cfg(feature = "testing")]
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 /// Every critical section leaves its map consistent before anything that
@@ -68,20 +114,45 @@ impl Shared {
             sender.send_modify(|count| *count += 1);
         }
     }
+
+    /// What the next connection attempt tries, in order: the current
+    /// options of every attached pool, newest first, read now; the hub's
+    /// first options when none is attached.
+    fn connect_options(&self) -> Vec<PgConnectOptions> {
+        let pools = lock(&self.pools);
+        if pools.is_empty() {
+            return vec![self.first_options.clone()];
+        }
+        pools
+            .iter()
+            .rev()
+            .map(|(_, pool)| (*pool.connect_options()).clone())
+            .collect()
+    }
+}
+
+/// The listener thread of a hub; it stops when this is dropped.
+struct ListenerThread {
+    /// Dropping it tells the thread to stop.
+    _stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// The per-process listener of one server and schema.
 pub(crate) struct Hub {
     shared: Arc<Shared>,
-    connect: PgConnectOptions,
-    task: Mutex<Option<JoinHandle<()>>>,
+    listener: Mutex<Option<ListenerThread>>,
 }
 
-impl Drop for Hub {
+/// A store instance's pool, attached to its hub for as long as this lives.
+pub(crate) struct AttachedPool {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for AttachedPool {
     fn drop(&mut self) {
-        if let Some(task) = lock(&self.task).take() {
-            task.abort();
-        }
+        lock(&self.shared.pools).retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -114,10 +185,14 @@ impl Hub {
     /// The hub of this process for the server `connect` points at and the
     /// schema whose channel is `channel`; created on first use.
     pub(crate) fn shared_for(connect: &PgConnectOptions, channel: &str) -> Arc<Hub> {
+        // The socket and the TLS mode too: a store that asked for TLS must
+        // not share a listener that another store opened without it.
         let identity = format!(
-            "{}\0{}\0{}\0{}\0{}",
+            "{}\0{}\0{:?}\0{:?}\0{}\0{}\0{}",
             connect.get_host(),
             connect.get_port(),
+            connect.get_socket(),
+            connect.get_ssl_mode(),
             connect.get_database().unwrap_or_default(),
             connect.get_username(),
             channel
@@ -132,28 +207,67 @@ impl Hub {
                 channel: channel.to_owned(),
                 waiters: Mutex::new(HashMap::new()),
                 link: watch::Sender::new(Link::Down(None)),
+                epoch: AtomicU64::new(0),
+                pools: Mutex::new(Vec::new()),
+                first_options: connect.clone(),
+                #[cfg(feature = "testing")]
+                panic_next: std::sync::atomic::AtomicBool::new(false),
             }),
-            connect: connect.clone(),
-            task: Mutex::new(None),
+            listener: Mutex::new(None),
         });
         hubs.insert(identity, Arc::downgrade(&hub));
         hub
     }
 
-    /// Starts the listener on the current runtime unless it runs; it
-    /// starts with the first waiter, so a store that never waits holds no
-    /// listening connection.
+    /// Attaches a store instance's pool: while the returned guard lives,
+    /// reconnections may log in with that pool's current options (tried
+    /// newest first).
+    pub(crate) fn attach(&self, pool: &PgPool) -> AttachedPool {
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.pools).push((id, pool.clone()));
+        AttachedPool {
+            shared: Arc::clone(&self.shared),
+            id,
+        }
+    }
+
+    /// Starts the listener thread unless it runs; it starts with the first
+    /// waiter, so a store that never waits holds no listening connection.
     fn ensure_listening(&self) {
-        let mut task = lock(&self.task);
-        if task.as_ref().is_some_and(|task| !task.is_finished()) {
+        let mut listener = lock(&self.listener);
+        if listener
+            .as_ref()
+            .is_some_and(|running| !running.thread.is_finished())
+        {
             return;
         }
-        // A listener whose runtime shut down is replaced on this one.
+        // The thread restarts its listener after a panic, so it ends only
+        // if that restart failed: start another, and tell the waiters to
+        // read again meanwhile.
         self.shared.link.send_replace(Link::Down(None));
-        *task = Some(tokio::spawn(listen(
-            Arc::clone(&self.shared),
-            self.connect.clone(),
-        )));
+        let (stop, stopped) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || run_listener(shared, stopped));
+        match spawned {
+            Ok(thread) => {
+                *listener = Some(ListenerThread {
+                    _stop: stop,
+                    thread,
+                })
+            }
+            Err(error) => {
+                // Not retryable: waiters report it instead of waiting for a
+                // listener that cannot start.
+                self.shared
+                    .link
+                    .send_replace(Link::Down(Some(Error::Internal(format!(
+                        "could not start the PostgreSQL completion listener thread: {error}"
+                    )))));
+            }
+        }
     }
 
     /// Registers a waiter for `state`; it sees every notification of that
@@ -188,6 +302,13 @@ impl Hub {
     /// How many states have waiters right now.
     pub(crate) fn waited_states(&self) -> usize {
         lock(&self.shared.waiters).len()
+    }
+
+    /// Makes the listener thread panic when it receives its next
+    /// notification.
+    #[cfg(feature = "testing")]
+    pub(crate) fn panic_listener_at_next_notification(&self) {
+        self.shared.panic_next.store(true, Ordering::SeqCst);
     }
 }
 
@@ -252,39 +373,94 @@ fn unanswered() -> Error {
     )
 }
 
+fn panicked() -> Error {
+    Error::backend(
+        crate::error::BACKEND,
+        "listening for flow completions",
+        true,
+        std::io::Error::other("the completion listener panicked; it is restarted"),
+    )
+}
+
+/// Publishes a retryable `Link::Down` when the listener unwinds: a link
+/// left reading "up" would leave every waiter deaf.
+struct DownOnUnwind<'a>(&'a Shared);
+
+impl Drop for DownOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.link.send_replace(Link::Down(Some(panicked())));
+        }
+    }
+}
+
+/// The body of the listener thread: listens until the hub is dropped, and
+/// starts listening again after a panic (a bug here or in a dependency
+/// must not leave the process's waiters deaf for good).
+fn run_listener(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        // A fresh runtime per run: one a panic unwound through is not
+        // trusted again.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                shared
+                    .link
+                    .send_replace(Link::Down(Some(Error::Internal(format!(
+                        "could not start the runtime of the PostgreSQL completion listener: {error}"
+                    )))));
+                return;
+            }
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let _down = DownOnUnwind(&shared);
+                tokio::select! {
+                    () = listen(&shared) => {}
+                    // Sent or dropped: the hub is gone.
+                    _ = &mut stop => {}
+                }
+            })
+        }));
+        drop(runtime);
+        if run.is_ok() {
+            return;
+        }
+        tracing::error!("the PostgreSQL completion listener panicked; restarting it");
+        // Not in a tight loop if it panics again at once.
+        std::thread::sleep(MAX_RECONNECT_DELAY);
+    }
+}
+
 /// Keeps one connection listening for as long as the hub lives.
-async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
+async fn listen(shared: &Shared) {
     let mut delay = MIN_RECONNECT_DELAY;
-    let mut epoch = 0u64;
     // After a loss, listening again bumps the epoch: every waiter then
     // reads its outcome again.
     loop {
-        // A pool of one, only to hand PgListener its connection: never
-        // shared. A new one per attempt: a dropped PgListener sends
-        // `UNLISTEN *` on its old connection before giving it back, which
-        // never ends on a connection that stopped answering, and would hold
-        // a shared pool's only slot forever.
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(connect.clone());
-        let attempt = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.ignore_pool_close_event(true);
-            // A lost connection ends this listener (below) instead of being
-            // re-established inside try_recv, so the loss is visible as
-            // `Link::Down` and every reconnection goes through one path.
-            listener.eager_reconnect(false);
-            listener.listen(&shared.channel).await?;
-            sqlx::Result::Ok(listener)
+        // Read at every attempt: a rotated password is picked up here.
+        let mut attempt = Err(None);
+        for connect in shared.connect_options() {
+            match connect_listener(shared, connect).await {
+                Ok(listener) => {
+                    attempt = Ok(listener);
+                    break;
+                }
+                // The newest pool's refusal is the one reported.
+                Err(error) => {
+                    if let Err(first @ None) = &mut attempt {
+                        *first = Some(error);
+                    }
+                }
+            }
         }
-        .await;
         let mut listener = match attempt {
             Ok(listener) => listener,
             Err(error) => {
+                let error = error.expect("at least one set of options was tried");
                 let error = crate::error::db("listening for flow completions", error);
                 tracing::debug!(%error, "completion listener is down; retrying");
                 shared.link.send_replace(Link::Down(Some(error)));
@@ -294,7 +470,7 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
             }
         };
         delay = MIN_RECONNECT_DELAY;
-        epoch += 1;
+        let epoch = shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         shared.link.send_replace(Link::Up(epoch));
         let mut probes =
             tokio::time::interval_at(tokio::time::Instant::now() + PROBE_EVERY, PROBE_EVERY);
@@ -317,6 +493,10 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
                     }
                 }
             };
+            #[cfg(feature = "testing")]
+            if received.is_ok() && shared.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("the completion listener panics, as a test asked");
+            }
             match received {
                 Ok(Some(notification)) => match unhex(notification.payload()) {
                     Some(state) => shared.deliver(&state),
@@ -336,6 +516,31 @@ async fn listen(shared: Arc<Shared>, connect: PgConnectOptions) {
     }
 }
 
+/// One connection that listens on the hub's channel, opened with `connect`.
+async fn connect_listener(shared: &Shared, connect: PgConnectOptions) -> sqlx::Result<PgListener> {
+    let connect = connect.application_name(&format!("{LISTENER_APPLICATION} {}", shared.channel));
+    // A pool of one, only to hand PgListener its connection: never shared.
+    // A new one per attempt: a dropped PgListener sends `UNLISTEN *` on its
+    // old connection before giving it back, which never ends on a
+    // connection that stopped answering, and would hold a shared pool's
+    // only slot forever.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect);
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
+    // A lost connection ends this listener (below) instead of being
+    // re-established inside try_recv, so the loss is visible as
+    // `Link::Down` and every reconnection goes through one path.
+    listener.eager_reconnect(false);
+    listener.listen(&shared.channel).await?;
+    Ok(listener)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +552,21 @@ mod tests {
         }
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
+    }
+
+    /// Stores that differ only in TLS mode or unix socket do not share a
+    /// listener: one opened without TLS must not serve a store that asked
+    /// for it. No server needed: a hub connects only when waited on.
+    #[test]
+    fn tls_mode_and_socket_are_part_of_the_listeners_identity() {
+        use sqlx::postgres::PgSslMode;
+        let base: PgConnectOptions = "postgres://someone@127.0.0.1:5432/db".parse().unwrap();
+        let channel = "mcp_authkit_identity_test";
+        let hub = Hub::shared_for(&base, channel);
+        assert!(Arc::ptr_eq(&hub, &Hub::shared_for(&base.clone(), channel)));
+        let tls = base.clone().ssl_mode(PgSslMode::Require);
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&tls, channel)));
+        let socket = base.clone().socket("/run/postgresql");
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&socket, channel)));
     }
 }

@@ -161,13 +161,16 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
 }
 
-/// Backend pids of this store's channel listener(s).
+/// Backend pids of this store's channel listener(s), by the name the
+/// listening connection gives itself: its `query` column changes with
+/// every probe (`SELECT 1` every 15 s), its name does not.
 pub async fn listener_pids(channel: &str) -> Vec<i32> {
     let mut conn = admin().await;
     let pids = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND query = $1",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' \
+         AND application_name = $1",
     )
-    .bind(format!("LISTEN \"{channel}\""))
+    .bind(format!("mcp-authkit listener {channel}"))
     .fetch_all(&mut conn)
     .await
     .unwrap();
@@ -196,4 +199,9 @@ pub fn unique_tag() -> String {
 /// DATABASE_URL (the server's superuser).
 pub async fn admin_url() -> String {
     testing::database_url().await
+}
+
+/// Whether this is a CI run (`CI=true`), where no test may skip.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

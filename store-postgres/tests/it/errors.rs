@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mcp_authkit_core::{Error, Timestamp, TokenKey, TokenRecord, TokenStore};
+use mcp_authkit_core::{Error, PendingStore, Timestamp, TokenKey, TokenRecord, TokenStore};
 use mcp_authkit_store_postgres::{PostgresStore, testing};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor};
@@ -123,10 +123,140 @@ async fn a_read_only_database_is_not_retryable() {
         .put(&key, &TokenRecord::new("lost", Timestamp::now()))
         .await
         .expect_err("read-only");
-    explained(&error, "read-only", false);
+    explained(&error, "point the store at the primary", false);
     let kept = writable.get(&key).await.unwrap().unwrap();
     assert_eq!(
         mcp_authkit_core::ExposeSecret::expose_secret(&kept.record.access_token),
         "kept"
     );
+}
+
+/// A database made read-only for every session (`ALTER DATABASE ... SET
+/// default_transaction_read_only`, as after a failover to a standby): every
+/// kind of write of both traits (put, compare-and-swap, both deletes, a
+/// lease, insert, take, complete, purge), the multi-statement ones
+/// included, is refused clearly and changes nothing; reads and waits still
+/// answer.
+#[tokio::test]
+async fn a_read_only_database_refuses_every_write() {
+    let database = format!("mcp_authkit_ro_{}", crate::common::unique_tag());
+    crate::common::admin_exec(format!("CREATE DATABASE {database}")).await;
+    let _drop = DropDatabase(database.clone());
+    let admin: PgConnectOptions = testing::database_url().await.parse().unwrap();
+    let url = format!(
+        "postgres://{}@{}:{}/{database}",
+        admin.get_username(),
+        admin.get_host(),
+        admin.get_port()
+    );
+    let writable = PostgresStore::options(&url)
+        .schema("ro")
+        .open()
+        .await
+        .unwrap();
+    let key = TokenKey::new("github", "alice");
+    let kept = writable
+        .put(&key, &TokenRecord::new("kept", Timestamp::now()))
+        .await
+        .unwrap();
+    let f = crate::common::flow(&key, Duration::from_secs(600));
+    writable.insert(&f).await.unwrap();
+    writable.close().await;
+    crate::common::admin_exec(format!(
+        "ALTER DATABASE {database} SET default_transaction_read_only = on"
+    ))
+    .await;
+
+    let store = PostgresStore::options(&url)
+        .schema("ro")
+        .open()
+        .await
+        .expect("a migrated schema opens read-only");
+    let put = store
+        .put(&key, &TokenRecord::new("lost", Timestamp::now()))
+        .await
+        .expect_err("read-only");
+    explained(&put, "point the store at the primary", false);
+    let other = crate::common::flow(&TokenKey::new("github", "bob"), Duration::from_secs(600));
+    let insert = store.insert(&other).await.expect_err("read-only");
+    explained(&insert, "point the store at the primary", false);
+    let outcome = mcp_authkit_core::FlowOutcome::Authorized { revision: kept };
+    let complete = store
+        .complete(&key, &f.state, &outcome, Duration::from_secs(60))
+        .await
+        .expect_err("read-only");
+    explained(&complete, "point the store at the primary", false);
+    let take = store.take(&f.state).await.expect_err("read-only");
+    explained(&take, "point the store at the primary", false);
+    let refusals = [
+        store
+            .compare_and_swap(
+                &key,
+                Some(kept),
+                &TokenRecord::new("lost", Timestamp::now()),
+            )
+            .await
+            .map(drop),
+        store.delete(&key).await.map(drop),
+        store.delete_if_revision(&key, kept).await.map(drop),
+        store
+            .try_acquire_lease(&key, Duration::from_secs(60))
+            .await
+            .map(drop),
+        store.purge_expired().await.map(drop),
+    ];
+    for (i, refused) in refusals.into_iter().enumerate() {
+        explained(
+            &refused.expect_err(&format!("write {i} is refused")),
+            "point the store at the primary",
+            false,
+        );
+    }
+
+    // Nothing changed, and reads still answer.
+    let got = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(got.revision, kept);
+    assert!(store.get_flow(&f.state).await.unwrap().is_some());
+    assert_eq!(
+        store.active_flow(&key).await.unwrap(),
+        Some(f.state.clone())
+    );
+    assert_eq!(store.active_flow(&other.key).await.unwrap(), None);
+    assert_eq!(store.outcome(&f.state).await.unwrap(), None);
+    // LISTEN is allowed in a read-only transaction: a wait listens, reads,
+    // and ends at its deadline with nothing stored.
+    assert_eq!(
+        store
+            .wait(&f.state, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        crate::common::eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await,
+        "the wait listened: {:?}",
+        store.listener_failure()
+    );
+    store.close().await;
+}
+
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let database = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(crate::common::admin_exec(format!(
+                    "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                )))
+        })
+        .join();
+    }
 }

@@ -145,24 +145,31 @@ async fn a_completion_while_the_listener_is_down_is_not_lost() {
         .await,
         "the waiters' side sees its listener down"
     );
-    // Completed while nobody listens: the notification is lost.
+    // Completed while nobody listens: the notification is lost, but the
+    // waiter reads through its pool (whose sessions outlive the limit)
+    // while the listener stays down.
     owner.take(&flows[0].state).await.unwrap().unwrap();
     owner
         .complete(&keys[0], &flows[0].state, &authorized(1), MINUTE)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waits[0].is_finished(), "no listener, no wake (yet)");
-
-    // The listener comes back; every waiter reads again.
-    admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT -1", role.name)).await;
     let first = tokio::time::timeout(Duration::from_secs(10), waits.remove(0))
         .await
-        .expect("woken after the reconnect")
+        .expect("found by the pool's re-read while the listener is down")
         .unwrap()
         .unwrap();
     assert_eq!(first, Some(authorized(1)));
-    assert!(waiters_store.listener_epoch().unwrap() > first_epoch);
+    assert_eq!(waiters_store.listener_epoch(), None, "still down");
+
+    // The listener comes back; every waiter reads again.
+    admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT -1", role.name)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || waiters_store
+            .listener_epoch()
+            .is_some_and(|epoch| epoch > first_epoch))
+        .await,
+        "listening again"
+    );
     assert_eq!(listener_pids(waiters_store.channel()).await.len(), 1);
 
     // Later completions are notified as before.
@@ -183,6 +190,55 @@ async fn a_completion_while_the_listener_is_down_is_not_lost() {
     }
 }
 
+const COMPLETER_SCHEMA: &str = "MCP_AUTHKIT_PG_COMPLETER_SCHEMA";
+
+/// Helper, not a test: the second process of
+/// `a_thousand_waiters_hold_one_listening_connection`. Reads flow states
+/// on stdin, one a line, and takes and completes each; returns at once when
+/// not started by that test.
+#[test]
+#[ignore = "helper: a_thousand_waiters_hold_one_listening_connection runs it as its child process"]
+fn completer_child() {
+    let Ok(schema) = std::env::var(COMPLETER_SCHEMA) else {
+        return;
+    };
+    // All of them first: the parent writes them and closes stdin.
+    let states: Vec<String> = std::io::stdin().lines().map(Result::unwrap).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Not a `Schema`: the parent drops it.
+        let store =
+            PostgresStore::options(&mcp_authkit_store_postgres::testing::database_url().await)
+                .schema(&schema)
+                .open()
+                .await
+                .unwrap();
+        let mut completed = 0;
+        for state in &states {
+            let state = mcp_authkit_core::FlowState::new(state.as_str());
+            let f = store
+                .take(&state)
+                .await
+                .unwrap()
+                .expect("the flow is there");
+            store
+                .complete(&f.key, &state, &authorized(1), MINUTE)
+                .await
+                .unwrap();
+            completed += 1;
+        }
+        // Past libtest's capture, for the parent.
+        println!("\nCOMPLETER:completed {completed}");
+    });
+}
+
+/// 1,000 waiting flows over three store instances in this process hold one
+/// listening connection, and all wake on completions made by a second OS
+/// process (so only NOTIFY can wake them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_waiters_hold_one_listening_connection() {
     const WAITERS: usize = 1000;
@@ -192,11 +248,10 @@ async fn a_thousand_waiters_hold_one_listening_connection() {
         schema.open().await,
         schema.open().await,
     ];
-    let completer = schema.open().await;
     let mut flows = Vec::new();
     for i in 0..WAITERS {
         let f = flow(&TokenKey::new("github", format!("user-{i}")), MINUTE);
-        completer.insert(&f).await.unwrap();
+        stores[0].insert(&f).await.unwrap();
         flows.push(f);
     }
     let mut waits = tokio::task::JoinSet::new();
@@ -214,13 +269,42 @@ async fn a_thousand_waiters_hold_one_listening_connection() {
     let listeners = listener_pids(stores[0].channel()).await;
     assert_eq!(listeners.len(), 1, "one LISTEN connection: {listeners:?}");
 
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "resilience::completer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(COMPLETER_SCHEMA, &schema.name)
+        .env("DATABASE_URL", &schema.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting this test binary again as the completing process");
+    let mut states = String::new();
     for f in &flows {
-        completer.take(&f.state).await.unwrap().unwrap();
-        completer
-            .complete(&f.key, &f.state, &authorized(1), MINUTE)
-            .await
-            .unwrap();
+        states.push_str(f.state.as_str());
+        states.push('\n');
     }
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, states.as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the completing process ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(&format!("COMPLETER:completed {WAITERS}")),
+        "the completing process failed ({}): {stdout}",
+        output.status
+    );
+
     let mut woken = 0;
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Some(waited) = tokio::time::timeout_at(give_up, waits.join_next())
@@ -232,6 +316,11 @@ async fn a_thousand_waiters_hold_one_listening_connection() {
     }
     assert_eq!(woken, WAITERS);
     assert_eq!(stores[0].waited_states(), 0, "nothing stays registered");
+    assert_eq!(
+        listener_pids(stores[0].channel()).await,
+        listeners,
+        "still the one listening connection"
+    );
 }
 
 /// A loopback TCP proxy to the test server whose connections can be frozen:

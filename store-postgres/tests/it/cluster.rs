@@ -1,0 +1,275 @@
+//! A private PostgreSQL cluster for tests that must not touch the shared
+//! server: a restart, another authentication method, a full disk. initdb +
+//! pg_ctl on its own port and data directory; the server runs as user
+//! `postgres` when the tests run as root (PostgreSQL refuses root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bindir() -> Option<PathBuf> {
+    let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    if dir.join("initdb").exists() {
+        return Some(dir);
+    }
+    // Debian keeps the server binaries out of PATH.
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .find(|bin| bin.join("initdb").exists())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// A private cluster in a temp dir; stopped (immediately) when dropped.
+pub struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    pub port: u16,
+    /// Locked while the cluster may use `port`; released after it stopped.
+    _port_lock: std::fs::File,
+    _dir: tempfile::TempDir,
+}
+
+/// The private clusters' ports: a fixed range, so a leftover server is
+/// easy to tell from anything else.
+const PORTS: std::ops::RangeInclusive<u16> = 5450..=5459;
+
+/// A port of [`PORTS`] that no other cluster of any test process holds (a
+/// `flock`ed file per port) and that nothing else listens on, with its
+/// lock. A port from `bind(:0)`, released before the server starts, could
+/// be taken in between by a concurrent test's server.
+fn claim_port() -> (u16, std::fs::File) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        for port in PORTS {
+            let path = std::env::temp_dir().join(format!("mcp-authkit-test-pg-port-{port}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            // Held by a live cluster, or a leftover server of a killed run.
+            if file.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return (port, file);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "every port of {PORTS:?} stayed taken for 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// Runs a server binary, as `postgres` when this is root (initdb and
+    /// the server refuse root).
+    pub fn run(bin: &Path, program: &str, args: &[&str]) -> std::process::Output {
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            c
+        } else {
+            Command::new(bin.join(program))
+        };
+        command
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program")
+    }
+
+    /// A started cluster, or `None` with a note when initdb and pg_ctl are
+    /// missing; with `CI=true` their absence fails the test instead.
+    pub fn start_new_or_explain() -> Option<Cluster> {
+        let cluster = Self::start_new();
+        if cluster.is_none() {
+            assert!(
+                !crate::common::ci(),
+                "CI=true: this test starts a private PostgreSQL cluster and needs initdb and \
+                 pg_ctl (apt-get install postgresql)"
+            );
+            eprintln!("NOT RUN: no initdb/pg_ctl here to start a private cluster");
+        }
+        cluster
+    }
+
+    pub fn start_new() -> Option<Cluster> {
+        let bin = bindir()?;
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let data = dir.path().join("data");
+        let (port, port_lock) = claim_port();
+        let init = Self::run(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(init.status.success(), "initdb: {init:?}");
+        let cluster = Cluster {
+            bin,
+            data,
+            port,
+            _port_lock: port_lock,
+            _dir: dir,
+        };
+        cluster.start();
+        Some(cluster)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let log = self.data.parent().unwrap().join("server.log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.data.parent().unwrap().display()
+        );
+        let mut all = vec!["-D", self.data.to_str().unwrap(), "-w", "-t", "30"];
+        all.extend_from_slice(args);
+        if args.contains(&"start") {
+            all.extend_from_slice(&["-o", &options, "-l", log.to_str().unwrap()]);
+        }
+        let out = Self::run(&self.bin, "pg_ctl", &all);
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {out:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn start(&self) {
+        self.pg_ctl(&["start"]);
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast"]);
+    }
+
+    /// Replaces pg_hba.conf with `rules` and makes the server read it;
+    /// returns once a login as `needs_password` with a wrong password is
+    /// refused (the reload is a signal the server handles when it gets to
+    /// it, not before `pg_ctl reload` returns).
+    pub async fn set_hba(&self, rules: &str, needs_password: &str) {
+        std::fs::write(self.data.join("pg_hba.conf"), rules).unwrap();
+        self.pg_ctl(&["reload"]);
+        let wrong: sqlx::postgres::PgConnectOptions = self.url(needs_password).parse().unwrap();
+        let wrong = wrong.password("certainly-not-the-password");
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match <sqlx::PgConnection as sqlx::Connection>::connect_with(&wrong).await {
+                Err(_) => return,
+                Ok(conn) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    assert!(
+                        std::time::Instant::now() < give_up,
+                        "the server did not apply the new pg_hba.conf within 10 s"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// A connection as the cluster's superuser (trust on loopback).
+    pub async fn admin(&self) -> sqlx::PgConnection {
+        <sqlx::PgConnection as sqlx::Connection>::connect(&self.url("postgres"))
+            .await
+            .expect("a superuser connection to the private cluster")
+    }
+
+    pub fn url(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Self::run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "stop", "-m", "immediate"],
+        );
+    }
+}
+
+/// A tmpfs of a fixed size owned by the user the server runs as, for a
+/// tablespace whose disk fills up; unmounted when dropped. Declare it
+/// before the cluster that uses it, so the cluster stops first. Needs root.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`), or `None` when this
+    /// process may not mount (not root).
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // The server's user must reach the mount point.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let owner = |flag: &str| {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!(
+                "size={size},mode=0700,uid={},gid={}",
+                owner("-u"),
+                owner("-g")
+            ))
+            .arg("tmpfs")
+            .arg(&path)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!("mount -t tmpfs failed: {out:?}");
+            return None;
+        }
+        Some(Tmpfs { path, _dir: dir })
+    }
+
+    /// Fills every byte left with a file of its own; removing that file
+    /// frees the space again.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        for chunk in [1 << 20, 64 * 1024, 4096, 512, 1] {
+            let bytes = vec![0u8; chunk];
+            while file.write_all(&bytes).is_ok() {}
+        }
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

@@ -1,0 +1,526 @@
+//! The shared completion listener: independent of the runtime that started
+//! it, and logging in again with a pool's current connect options.
+
+use std::time::Duration;
+
+use mcp_authkit_core::{FlowOutcome, PendingStore, Revision, TokenKey};
+use mcp_authkit_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::cluster::Cluster;
+use crate::common::{AppRole, Schema, eventually, flow, listener_pids, url_as};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn authorized(n: u64) -> FlowOutcome {
+    FlowOutcome::Authorized {
+        revision: Revision::new(n),
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The first waiter of the process runs in runtime A, which then shuts
+/// down (as a `#[tokio::test]` or a CLI command's runtime does). A waiter
+/// of runtime B registered before that wakes (with no new waiter coming to
+/// restart anything), and so does one registered after; the completions
+/// come from another listener hub (another role), so only a NOTIFY can
+/// wake them.
+#[test]
+fn waiters_wake_after_the_runtime_of_the_first_waiter_is_gone() {
+    let a = current_thread();
+    let b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schema = b.block_on(Schema::new("runtimes"));
+    let (completer, role) = b.block_on(async {
+        // The waiters' stores use the superuser; the completer another role.
+        schema.open().await.close().await;
+        let role = AppRole::new(&schema.name, true).await;
+        let completer = PostgresStore::options(&url_as(&role.name).await)
+            .schema(&schema.name)
+            .open()
+            .await
+            .unwrap();
+        (completer, role)
+    });
+    let flows: Vec<_> = (0..3)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        b.block_on(completer.insert(f)).unwrap();
+    }
+
+    // Runtime A: the first waiter starts the listener.
+    let store_a = a.block_on(schema.open());
+    let wait_a = {
+        let (store, state) = (store_a.clone(), flows[0].state.clone());
+        a.spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        a.block_on(eventually(Duration::from_secs(10), async || {
+            store_a.listener_epoch().is_some()
+        })),
+        "listening"
+    );
+
+    // Runtime B: a waiter registered while A's waiter is there.
+    let store_b = b.block_on(schema.open());
+    let early = {
+        let (store, state) = (store_b.clone(), flows[1].state.clone());
+        b.spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(b.block_on(eventually(Duration::from_secs(10), async || {
+        store_b.waited_states() == 2
+    })));
+
+    drop(wait_a);
+    drop(a);
+
+    b.block_on(async {
+        let complete = async |i: usize| {
+            let f = &flows[i];
+            completer.take(&f.state).await.unwrap().unwrap();
+            completer
+                .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+                .await
+                .unwrap();
+        };
+        // Nothing else waits meanwhile: no later waiter starts a listener.
+        complete(1).await;
+        let woken = tokio::time::timeout(Duration::from_secs(10), early)
+            .await
+            .expect("the waiter of runtime B wakes after runtime A shut down");
+        assert_eq!(woken.unwrap().unwrap(), Some(authorized(1)));
+
+        let late = {
+            let (store, state) = (store_b.clone(), flows[2].state.clone());
+            tokio::spawn(async move { store.wait(&state, MINUTE).await })
+        };
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                store_b.waited_states() == 1
+            })
+            .await
+        );
+        complete(2).await;
+        let woken = tokio::time::timeout(Duration::from_secs(10), late)
+            .await
+            .expect("a waiter registered after runtime A shut down wakes");
+        assert_eq!(woken.unwrap().unwrap(), Some(authorized(2)));
+        assert_eq!(listener_pids(store_b.channel()).await.len(), 1);
+    });
+    drop(store_a);
+    drop((store_b, completer));
+    b.block_on(async move { drop(role) });
+    drop(schema);
+}
+
+/// The backend pid of the listening connection of `channel` logged in as
+/// `user`, found by its `application_name`.
+async fn listener_of(admin: &mut sqlx::PgConnection, user: &str, channel: &str) -> i32 {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND application_name = $2",
+    )
+    .bind(user)
+    .bind(format!("mcp-authkit listener {channel}"))
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// A password rotated on the server before the application's options
+/// follow: the listener, terminated meanwhile, cannot log in again, yet no
+/// wait fails (not one parked before, nor one started during the outage);
+/// they read their outcome through the pool, whose sessions still work, and
+/// see completions made meanwhile. Once the application gives the older of
+/// two pools the new password, the listener logs in with it although the
+/// newer pool's options are stale, and the last waiter wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_outlive_a_password_rotation_and_the_listener_logs_in_again() {
+    let Some(cluster) = Cluster::start_new_or_explain() else {
+        return;
+    };
+    let mut admin = cluster.admin().await;
+    sqlx::raw_sql(
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE rotated LOGIN SUPERUSER PASSWORD 'first-pw'",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // The role logs in with a password (SCRAM); the superuser keeps trust.
+    cluster
+        .set_hba(
+            "local all all trust\n\
+             host all rotated 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 trust\n",
+            "rotated",
+        )
+        .await;
+    let options: PgConnectOptions = cluster.url("rotated").parse().unwrap();
+    let pool_with = async |password: &str| {
+        // Sessions opened now outlive the rotation, as an application's do.
+        PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(4)
+            .connect_with(options.clone().password(password))
+            .await
+            .unwrap()
+    };
+    let pool = pool_with("first-pw").await;
+    let store = PostgresStoreOptions::from_pool(pool.clone())
+        .schema("rotation")
+        .open()
+        .await
+        .unwrap();
+    // Opened later on the same server, user and schema: the same listener,
+    // and the newest pool, whose options are never updated.
+    let stale = PostgresStoreOptions::from_pool(pool_with("first-pw").await)
+        .schema("rotation")
+        .open()
+        .await
+        .unwrap();
+    // The completer: the superuser, so another listener hub.
+    let completer = PostgresStore::options(&cluster.url("postgres"))
+        .schema("rotation")
+        .open()
+        .await
+        .unwrap();
+    let flows: Vec<_> = (0..3)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        completer.insert(f).await.unwrap();
+    }
+    let complete = async |i: usize| {
+        let f = &flows[i];
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+            .await
+            .unwrap();
+    };
+    let wait = |i: usize| {
+        let (store, state) = (store.clone(), flows[i].state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    let (parked, last) = (wait(0), wait(1));
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 2)
+        .await
+    );
+    let first_epoch = store.listener_epoch().unwrap();
+
+    sqlx::raw_sql("ALTER ROLE rotated PASSWORD 'second-pw'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let listener = listener_of(&mut admin, "rotated", store.channel()).await;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_failure()
+            .is_some_and(|failure| !failure.is_retryable()))
+        .await,
+        "the listener cannot log in: {:?}",
+        store.listener_failure()
+    );
+    // A wait that starts during the outage never saw the listener up.
+    let during = wait(2);
+    complete(0).await;
+    complete(2).await;
+    for (waiter, i) in [(parked, 0), (during, 2)] {
+        let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the pool's re-read finds the outcome");
+        assert_eq!(woken.unwrap().unwrap(), Some(authorized(i)));
+    }
+    assert!(!last.is_finished(), "a listener that is down ended a wait");
+    assert_eq!(store.listener_epoch(), None, "still refused");
+
+    pool.set_connect_options(options.clone().password("second-pw"));
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some_and(|epoch| epoch > first_epoch))
+        .await,
+        "the listener logged in again with the older pool's new password: {:?}",
+        store.listener_failure()
+    );
+    complete(1).await;
+    let woken = tokio::time::timeout(Duration::from_secs(10), last)
+        .await
+        .expect("the last waiter wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(1)));
+    drop(stale);
+}
+
+/// Any role that can connect may NOTIFY any channel, so a notification is
+/// only a hint to read the stored outcome (which GRANTs guard), never the
+/// outcome itself: a forged one, naming a waiter's state or carrying junk,
+/// makes no waiter return, and the real completion still wakes it.
+#[tokio::test]
+async fn a_forged_notification_wakes_nobody_with_an_outcome() {
+    let schema = Schema::new("forged").await;
+    let store = schema.open().await;
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    store.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 1)
+        .await
+    );
+    let hex: String = f
+        .state
+        .as_str()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut forger = crate::common::admin().await;
+    for payload in [hex.as_str(), "zz-not-hex", ""] {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(store.channel())
+            .bind(payload)
+            .execute(&mut forger)
+            .await
+            .unwrap();
+    }
+    // Notifications on a channel arrive in order: once a waiter woken only
+    // by a later, real NOTIFY (from another hub) has its outcome, the
+    // forged ones were handled; nothing is stored for the first waiter, so
+    // it waits on.
+    let other = flow(&TokenKey::new("github", "bob"), MINUTE);
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    completer.insert(&other).await.unwrap();
+    let barrier = {
+        let (store, state) = (store.clone(), other.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(eventually(Duration::from_secs(10), async || store.waited_states() == 2).await);
+    completer.take(&other.state).await.unwrap().unwrap();
+    completer
+        .complete(&other.key, &other.state, &authorized(6), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), barrier)
+        .await
+        .expect("the real notification after the forged ones wakes its waiter");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(6)));
+    assert!(
+        !waiter.is_finished(),
+        "a forged notification ended the wait"
+    );
+    assert_eq!(
+        store.listener_epoch(),
+        Some(1),
+        "junk did not break the link"
+    );
+    store.take(&f.state).await.unwrap().unwrap();
+    store
+        .complete(&f.key, &f.state, &authorized(5), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the real completion wakes it");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(5)));
+    drop((store, completer));
+    drop(role);
+}
+
+/// The listener thread and its connection go with the last store instance
+/// on their server and schema: dropping one of two keeps the listener (the
+/// same connection, the same epoch), dropping the last leaks no connection.
+#[tokio::test]
+async fn the_listening_connection_goes_with_the_last_store() {
+    let schema = Schema::new("stoplisten").await;
+    let (first, second) = (schema.open().await, schema.open().await);
+    let _ = first
+        .wait(
+            &mcp_authkit_core::FlowState::generate(),
+            Duration::from_millis(1),
+        )
+        .await;
+    let channel = first.channel().to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), async || listener_pids(&channel)
+            .await
+            .len()
+            == 1)
+        .await,
+        "listening"
+    );
+    let listening = listener_pids(&channel).await;
+    let epoch = second.listener_epoch();
+    assert!(epoch.is_some());
+    drop(first);
+    // A round trip through the listener: a completion from another hub
+    // wakes a waiter of `second` only if the listener still listens.
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (second.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || second.waited_states()
+            == 1)
+        .await
+    );
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(7), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the listener still listens for the other instance");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(7)));
+    assert_eq!(
+        (listener_pids(&channel).await, second.listener_epoch()),
+        (listening, epoch),
+        "the same listening connection, never replaced"
+    );
+    drop(second);
+    assert!(
+        eventually(Duration::from_secs(10), async || listener_pids(&channel)
+            .await
+            .is_empty())
+        .await,
+        "the listening connection was closed with the last store"
+    );
+    drop(completer);
+    drop(role);
+}
+
+/// A panic in the listener thread (a bug here or in a dependency) does not
+/// leave the waiters deaf behind a link that still reads "up": the thread
+/// says the link is down, listens again (a new epoch), and a waiter parked
+/// before the panic wakes on a later completion, with no new waiter coming
+/// to restart anything.
+#[tokio::test]
+async fn a_panicking_listener_is_restarted() {
+    let schema = Schema::new("panicking").await;
+    let store = schema.open().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = PostgresStore::options(&url_as(&role.name).await)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 1)
+        .await
+    );
+    let first_epoch = store.listener_epoch().unwrap();
+    store.panic_listener_at_next_notification();
+    let mut forger = crate::common::admin().await;
+    sqlx::query("SELECT pg_notify($1, 'junk')")
+        .bind(store.channel())
+        .execute(&mut forger)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some_and(|epoch| epoch > first_epoch))
+        .await,
+        "the listener listens again after its panic: {:?}",
+        store.listener_failure()
+    );
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(8), MINUTE)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter parked before the panic wakes");
+    assert_eq!(woken.unwrap().unwrap(), Some(authorized(8)));
+    drop((store, completer));
+    drop(role);
+}
+
+/// The listening connection is found by its name after its probe replaced
+/// the `LISTEN` in `pg_stat_activity.query`: counting listeners stays
+/// right in tests and for operators however long the listener has run.
+#[tokio::test]
+async fn the_listener_is_found_by_name_after_its_probe() {
+    let schema = Schema::new("probed").await;
+    let store = schema.open().await;
+    let _ = store
+        .wait(
+            &mcp_authkit_core::FlowState::generate(),
+            Duration::from_millis(1),
+        )
+        .await;
+    let channel = store.channel().to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), async || listener_pids(&channel)
+            .await
+            .len()
+            == 1)
+        .await,
+        "listening"
+    );
+    let pid = listener_pids(&channel).await[0];
+    let mut admin = crate::common::admin().await;
+    // The probe runs 15 s after listening starts.
+    assert!(
+        eventually(Duration::from_secs(40), async || {
+            let query: Option<String> =
+                sqlx::query_scalar("SELECT query FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_optional(&mut admin)
+                    .await
+                    .unwrap();
+            query.as_deref() == Some("SELECT 1")
+        })
+        .await,
+        "the probe ran on the listening connection"
+    );
+    assert_eq!(listener_pids(&channel).await, vec![pid]);
+    assert_eq!(store.listener_epoch(), Some(1), "the probe broke nothing");
+}
