@@ -2,7 +2,7 @@
 //! record in a row (SQLite, PostgreSQL, or a SQL backend of your own).
 //!
 //! It takes plain values (an `i64` revision, the record's bytes as
-//! [`codec`](crate::codec) wrote them, the rows of a scan), so it needs no
+//! [`codec`] wrote them, the rows of a scan), so it needs no
 //! SQL library: the backend reads the columns with its driver and hands
 //! them here. What it settles once for every such backend:
 //!
