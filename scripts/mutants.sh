@@ -67,7 +67,7 @@ run_part() {
 }
 
 core() {
-    run_part core mcp-authkit-core "lifecycle.rs flow.rs" \
+    run_part core mcp-authkit-core "lifecycle.rs flow.rs rows.rs" \
         'TokenLifecycle::(provider|config|token_store|pending_store|builder|stored_token|store_token) |TokenLifecycleBuilder::|AccessToken::|FlowRequest::|CallbackParams::|BeginOutcome::|LifecycleConfig::new|with_started_by|with_attribute|FlowState::as_str|PkceVerifier::secret' \
         "mcp-authkit-core mcp-authkit-conformance" \
         "--lib --test=lifecycle --test=memory"

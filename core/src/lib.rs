@@ -67,6 +67,10 @@
 //! }
 //! ```
 //!
+//! A backend whose expired entries stay until removed (SQL tables) offers
+//! a background purge through [`PurgeTask`], and one that keeps its rows
+//! in SQL-style columns decodes them with [`rows`].
+//!
 //! Wrappers are stores too: `mcp-authkit-store-encrypted` implements both
 //! traits over any inner store, so stacks compose.
 
@@ -78,7 +82,9 @@ mod flow;
 mod lifecycle;
 mod oauth;
 pub mod observe;
+mod purge_task;
 mod record;
+pub mod rows;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -95,6 +101,7 @@ pub use lifecycle::{
     FlowRequest, LifecycleConfig, TokenLifecycle, TokenLifecycleBuilder,
 };
 pub use oauth::{AuthorizationRequest, OAuthClient, TokenResponse};
+pub use purge_task::PurgeTask;
 pub use record::{ExtraFields, Revision, StoredToken, TokenKey, TokenRecord};
 pub use store::{
     CasOutcome, LeaseGuard, LeaseToken, PING_PROVIDER, PendingStore, PurgeReport, ScanCursor,

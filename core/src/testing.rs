@@ -3,6 +3,11 @@
 //! Enabled by the `testing` feature; the conformance suite uses it to drive
 //! the lifecycle on every backend. It speaks no HTTP: HTTP-level behaviour is
 //! tested against the loopback authorization server in `mcp-authkit-testkit`.
+//!
+//! [`container`] is the store crates' fallback to a Docker container when
+//! their tests find no server.
+
+pub mod container;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -9,8 +9,8 @@ use mcp_authkit_core::{
 use sqlx::Connection;
 
 use crate::PostgresStore;
-use crate::error::{db, decode};
-use crate::tokens::stmt;
+use crate::error::db;
+use crate::tokens::{ROWS, stmt};
 use crate::wake::{Link, hex};
 
 /// How soon a waiter reads the stored outcome again after that read failed
@@ -20,14 +20,6 @@ const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
 /// listener is down: the pool's sessions may well work (a password rotated
 /// on the server before the application's options follow).
 const POLL_WHILE_DOWN: Duration = Duration::from_secs(1);
-
-fn flow_location(state: &FlowState) -> String {
-    format!("mcp_authkit_flows row {state:?}")
-}
-
-fn outcome_location(state: &FlowState) -> String {
-    format!("mcp_authkit_outcomes row {state:?}")
-}
 
 fn stopped() -> Error {
     Error::Internal("the completion listener stopped (its tokio runtime shut down)".into())
@@ -100,9 +92,7 @@ impl PendingStore for PostgresStore {
             .fetch_optional(self.pool())
             .await
             .map_err(|e| db("get pending flow", e))?;
-        bytes
-            .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
-            .transpose()
+        bytes.map(|bytes| ROWS.flow(state, &bytes)).transpose()
     }
 
     async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
@@ -129,7 +119,7 @@ impl PendingStore for PostgresStore {
             .map_err(|e| db("take pending flow", e))?;
         rows.into_iter()
             .next()
-            .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
+            .map(|bytes| ROWS.flow(state, &bytes))
             .transpose()
     }
 
@@ -183,11 +173,7 @@ impl PendingStore for PostgresStore {
             .fetch_optional(self.pool())
             .await
             .map_err(|e| db("get flow outcome", e))?;
-        bytes
-            .map(|bytes| {
-                codec::decode_outcome(&bytes).map_err(|e| decode(outcome_location(state), e))
-            })
-            .transpose()
+        bytes.map(|bytes| ROWS.outcome(state, &bytes)).transpose()
     }
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+pub use mcp_authkit_core::PurgeTask;
 use mcp_authkit_core::{PurgeReport, Result};
-use tokio::task::JoinHandle;
 
 use crate::PostgresStore;
 use crate::error::db;
@@ -50,57 +50,12 @@ impl PostgresStore {
     }
 
     /// Purges expired entries now and then every `every`, on the current
-    /// tokio runtime, until the returned handle is dropped.
+    /// tokio runtime, until the returned handle is dropped (core's
+    /// [`PurgeTask`], shared by every backend that needs one).
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn_purge_task(&self, every: Duration) -> PurgeTask {
-        let store = self.clone();
-        let every = every.max(Duration::from_millis(1));
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                match store.purge().await {
-                    Ok(report) if report.total() > 0 => tracing::debug!(
-                        flows = report.flows,
-                        outcomes = report.outcomes,
-                        leases = report.leases,
-                        "purged expired entries"
-                    ),
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(
-                        %error,
-                        "purging expired entries failed; trying again at the next interval"
-                    ),
-                }
-            }
-        });
-        PurgeTask { task }
-    }
-}
-
-/// The background purge of [`PostgresStore::spawn_purge_task`]; it stops
-/// when this handle is dropped.
-#[must_use = "the purge task stops when this handle is dropped"]
-#[derive(Debug)]
-pub struct PurgeTask {
-    task: JoinHandle<()>,
-}
-
-impl PurgeTask {
-    /// Stops the task (as dropping the handle does).
-    pub fn stop(self) {}
-
-    /// Whether the task still runs (false after its runtime shut down).
-    pub fn is_running(&self) -> bool {
-        !self.task.is_finished()
-    }
-}
-
-impl Drop for PurgeTask {
-    fn drop(&mut self) {
-        self.task.abort();
+        PurgeTask::spawn(self.clone(), every)
     }
 }

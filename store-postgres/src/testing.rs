@@ -1,16 +1,19 @@
 //! Helpers for tests that need a PostgreSQL server (feature `testing`).
 //!
 //! [`database_url`] finds one: `DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`) if it answers; otherwise the
-//! test fails with a message that says how to provide one (with `CI=true`
-//! it also says the CI script must start it). A test never skips silently
-//! for want of PostgreSQL.
+//! `postgres://postgres@127.0.0.1:5432/test`) if it answers; otherwise,
+//! outside CI, when the tests were built with `--cfg mcp_authkit_containers`
+//! and a Docker engine runs, a `postgres:16-alpine` container started
+//! through testcontainers; otherwise the test fails with a message that
+//! says how to provide one (with `CI=true` it also says the CI script must
+//! start it). A test never skips silently for want of PostgreSQL.
 //!
 //! Give every test its own [`unique_schema`] and remove it afterwards with
 //! [`drop_schema`], so parallel runs on one server never collide.
 
 use std::time::Duration;
 
+use mcp_authkit_core::testing::container::{self, Unavailable};
 use sqlx::{ConnectOptions, Connection, postgres::PgConnectOptions};
 use tokio::sync::OnceCell;
 
@@ -44,12 +47,32 @@ pub async fn database_url() -> String {
 
 async fn find() -> String {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    match probe(&url).await {
-        Ok(()) => url,
-        Err(error) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            panic!("{}", missing_message(&url, &error, ci))
-        }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    locate(&url, ci)
+        .await
+        .unwrap_or_else(|message| panic!("{message}"))
+}
+
+/// The PostgreSQL for tests: `url` if it answers; else, outside CI, a
+/// container (core's [`container`]); else the message that says how to
+/// provide one.
+async fn locate(url: &str, ci: bool) -> Result<String, String> {
+    let error = match probe(url).await {
+        Ok(()) => return Ok(url.to_owned()),
+        Err(error) => error,
+    };
+    if ci {
+        return Err(missing_message(url, &error, ci));
+    }
+    match start_container().await {
+        Ok(container_url) => Ok(container_url),
+        Err(Unavailable::Failed(why)) => Err(format!(
+            "no PostgreSQL server accepts connections at {} ({error}) and {why}: start \
+             PostgreSQL or set DATABASE_URL. {}",
+            address_of(url),
+            how_to_provide(ci)
+        )),
+        Err(_) => Err(missing_message(url, &error, ci)),
     }
 }
 
@@ -68,21 +91,54 @@ pub async fn probe(url: &str) -> Result<(), String> {
 
 /// What a test says when it finds no PostgreSQL.
 pub fn missing_message(url: &str, error: &str, ci: bool) -> String {
-    let address = address_of(url);
-    let mut message = format!(
-        "no PostgreSQL server accepts connections at {address} ({error}). These tests need \
-         PostgreSQL 13 or newer:\n\
+    format!(
+        "no PostgreSQL server accepts connections at {} ({error}). {}",
+        address_of(url),
+        how_to_provide(ci)
+    )
+}
+
+fn how_to_provide(ci: bool) -> String {
+    let mut message = String::from(
+        "These tests need PostgreSQL 13 or newer:\n\
          - start one: `docker run --rm -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust \
-         -e POSTGRES_DB=test postgres:15`, or a local server with a database `test`, or\n\
+         -e POSTGRES_DB=test postgres:16-alpine`, or a local server with a database `test`, or\n\
          - point DATABASE_URL at one, e.g. \
-         `DATABASE_URL=postgres://postgres@127.0.0.1:5433/test cargo test`"
+         `DATABASE_URL=postgres://postgres@127.0.0.1:5433/test cargo test`",
     );
     if ci {
         message.push_str(
-            "\nCI=true: tests never skip in CI; the CI script must start PostgreSQL (.ci/run does).",
+            "\nCI=true: tests never skip or start containers in CI; the CI script must start \
+             PostgreSQL (.ci/run does).",
         );
+    } else {
+        message.push_str(&container::hint("postgres:16-alpine"));
     }
     message
+}
+
+/// A `postgres:16-alpine` container (trust authentication, database
+/// `test`; core's `testing::container`), outside CI.
+async fn start_container() -> Result<String, Unavailable> {
+    #[cfg(mcp_authkit_containers)]
+    {
+        use testcontainers_modules::postgres::Postgres;
+        use testcontainers_modules::testcontainers::ImageExt;
+        let image = Postgres::default()
+            .with_host_auth()
+            .with_db_name("test")
+            .with_tag("16-alpine");
+        let (host, port) = container::start(image, "mcp-authkit-test-postgres", 5432).await?;
+        let url = format!("postgres://postgres@{host}:{port}/test");
+        probe(&url).await.map_err(|e| {
+            Unavailable::Failed(format!(
+                "its PostgreSQL container at {host}:{port} did not answer ({e})"
+            ))
+        })?;
+        Ok(url)
+    }
+    #[cfg(not(mcp_authkit_containers))]
+    Err(Unavailable::NotBuilt)
 }
 
 /// Where `url` points (host, port, database) and nothing else: a URL's user
@@ -134,6 +190,66 @@ mod tests {
             if !url.starts_with("not") {
                 assert!(message.contains("db.example:5433/app"), "{url}: {message}");
             }
+        }
+    }
+
+    fn closed_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("postgres://postgres:hunter2@127.0.0.1:{port}/test")
+    }
+
+    /// Whether this machine has a Docker engine to reach (as testcontainers
+    /// looks for one: `DOCKER_HOST`, else the default socket).
+    fn docker_engine_configured() -> bool {
+        std::env::var_os("DOCKER_HOST").is_some()
+            || std::path::Path::new("/var/run/docker.sock").exists()
+    }
+
+    #[tokio::test]
+    async fn with_no_server_in_ci_the_failure_says_ci_must_start_one() {
+        let message = locate(&closed_port_url(), true).await.unwrap_err();
+        assert!(message.contains("CI=true"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        // No container is tried in CI (with the cfg and no engine, a try
+        // would show as "no Docker engine" in the message).
+        assert!(!message.contains("Docker engine"), "{message}");
+    }
+
+    /// Outside CI the fallback is tried: built without the containers cfg
+    /// it says how to turn it on; built with it and no Docker engine, it
+    /// says there is none and how to provide PostgreSQL instead.
+    #[tokio::test]
+    async fn with_no_server_outside_ci_the_container_fallback_says_what_it_lacked() {
+        if container::BUILT && docker_engine_configured() {
+            // With an engine the fallback must serve a server that answers.
+            let found = locate(&closed_port_url(), false).await.unwrap();
+            probe(&found).await.unwrap();
+            return;
+        }
+        let message = locate(&closed_port_url(), false).await.unwrap_err();
+        assert!(
+            message.contains("no PostgreSQL server accepts connections at 127.0.0.1:"),
+            "{message}"
+        );
+        assert!(message.contains("DATABASE_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        if container::BUILT {
+            assert!(
+                message.contains("and no Docker engine to start one in ("),
+                "{message}"
+            );
+            assert!(
+                message.contains(": start PostgreSQL or set DATABASE_URL."),
+                "{message}"
+            );
+        } else {
+            assert!(
+                message.contains("--cfg mcp_authkit_containers"),
+                "{message}"
+            );
         }
     }
 }

@@ -6,24 +6,15 @@ use std::time::Duration;
 use mcp_authkit_core::{
     CasOutcome, Error, LeaseToken, Result, Revision, ScanCursor, ScanPage, StoredToken, TokenKey,
     TokenRecord, TokenStore, async_trait, codec,
+    rows::{self, Rows},
 };
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::PostgresStore;
-use crate::error::{BACKEND, db, decode, out_of_range};
+use crate::error::{BACKEND, db};
 
-fn revision_of(value: i64) -> Revision {
-    // Sequence values start at 1; a negative value is never written.
-    Revision::new(u64::try_from(value).unwrap_or(0))
-}
-
-fn revision_param(revision: Revision) -> Result<i64> {
-    i64::try_from(revision.get()).map_err(|_| out_of_range("token revision", revision))
-}
-
-fn location(key: &TokenKey) -> String {
-    format!("mcp_authkit_tokens row {key}")
-}
+/// Decodes this store's rows (core's shared decoding for SQL backends).
+pub(crate) const ROWS: Rows = Rows::new(BACKEND);
 
 /// A statement of the store (its text built at open, with the schema).
 pub(crate) fn stmt(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -38,7 +29,7 @@ impl PostgresStore {
             .fetch_optional(self.pool())
             .await
             .map_err(|e| db("read token revision", e))?;
-        Ok(revision.map(revision_of))
+        Ok(revision.map(rows::revision))
     }
 }
 
@@ -58,11 +49,7 @@ impl TokenStore for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let revision: i64 = row.try_get(0).map_err(|e| db("get token", e))?;
         let bytes: &[u8] = row.try_get(1).map_err(|e| db("get token", e))?;
-        let record = codec::decode_token(bytes).map_err(|e| decode(location(key), e))?;
-        Ok(Some(StoredToken {
-            record,
-            revision: revision_of(revision),
-        }))
+        ROWS.token(key, revision, bytes).map(Some)
     }
 
     async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
@@ -81,7 +68,7 @@ impl TokenStore for PostgresStore {
             .first()
             .copied()
             .ok_or_else(|| Error::Internal("an upsert of a token returned no revision".into()))?;
-        Ok(revision_of(revision))
+        Ok(rows::revision(revision))
     }
 
     async fn compare_and_swap(
@@ -92,7 +79,7 @@ impl TokenStore for PostgresStore {
     ) -> Result<CasOutcome> {
         let bytes = codec::encode_token(record);
         let expires_at = record.expires_at.map(|at| at.unix_millis());
-        let expected_param = expected.map(revision_param).transpose()?;
+        let expected_param = expected.map(rows::revision_column).transpose()?;
         loop {
             let query = match expected_param {
                 Some(expected) => sqlx::query_scalar(stmt(&self.sql().swap))
@@ -116,7 +103,7 @@ impl TokenStore for PostgresStore {
                 .into_iter()
                 .next();
             if let Some(revision) = written {
-                return Ok(CasOutcome::Swapped(revision_of(revision)));
+                return Ok(CasOutcome::Swapped(rows::revision(revision)));
             }
             // Revisions are never reused, so what is read now differs from
             // `expected`, except when a create-only write met a record that
@@ -139,7 +126,7 @@ impl TokenStore for PostgresStore {
     }
 
     async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
-        let revision = revision_param(revision)?;
+        let revision = rows::revision_column(revision)?;
         let done = sqlx::query(stmt(&self.sql().delete_if_revision))
             .bind(key.provider().as_bytes())
             .bind(key.subject().as_bytes())
@@ -184,10 +171,8 @@ impl TokenStore for PostgresStore {
     }
 
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
-        let limit = limit.clamp(1, 10_000);
+        let (limit, fetch) = rows::scan_window(limit);
         let after = cursor.map(ScanCursor::last_key).transpose()?;
-        // One row more than the page tells whether another page follows.
-        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
         let query = match &after {
             Some(after) => sqlx::query(stmt(&self.sql().scan_after))
                 .bind(after.provider().as_bytes())
@@ -201,21 +186,10 @@ impl TokenStore for PostgresStore {
             .map_err(|e| db("scan tokens", e))?;
         let text = |row: &sqlx::postgres::PgRow, i: usize| -> Result<String> {
             let bytes: Vec<u8> = row.try_get(i).map_err(|e| db("scan tokens", e))?;
-            String::from_utf8(bytes).map_err(|e| Error::Decode {
-                backend: BACKEND,
-                location: "mcp_authkit_tokens key".into(),
-                source: Arc::new(e),
-            })
+            ROWS.key_part(bytes)
         };
-        let mut items = Vec::with_capacity(rows.len().min(limit));
-        for row in rows.iter().take(limit) {
-            items.push(TokenKey::new(text(row, 0)?, text(row, 1)?));
-        }
-        let next = if rows.len() > limit {
-            items.last().map(ScanCursor::after_key)
-        } else {
-            None
-        };
-        Ok(ScanPage { items, next })
+        rows::key_page(&rows, limit, |row| {
+            Ok(TokenKey::new(text(row, 0)?, text(row, 1)?))
+        })
     }
 }

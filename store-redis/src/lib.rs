@@ -238,10 +238,10 @@
 //! - `tls` (default): rediss:// URLs, through rustls on the aws-lc-rs
 //!   provider. Without it, a rediss:// URL is a configuration error.
 //! - `testing`: the `testing` module, helpers that find a Redis
-//!   for tests (`REDIS_URL`) or fail saying how to provide one.
-//! - `testcontainers`: `testing` also starts a throwaway `redis:7`
-//!   container (through the `docker` command line) when no Redis answers,
-//!   outside CI.
+//!   for tests (`REDIS_URL`) or fail saying how to provide one. Built with
+//!   `RUSTFLAGS="--cfg mcp_authkit_containers"` (not a feature, so
+//!   `--all-features` does not pay its build), it also starts a `redis:7`
+//!   container through testcontainers when no Redis answers, outside CI.
 //!
 //! [`codec`]: mcp_authkit_core::codec
 //! [`TokenStore`]: mcp_authkit_core::TokenStore

@@ -1,10 +1,11 @@
 //! Helpers for tests that need a Redis server (feature `testing`).
 //!
 //! [`redis_url`] finds one: `REDIS_URL` (default `redis://127.0.0.1:6379`)
-//! if it answers; otherwise, with the `testcontainers` feature and outside
-//! CI, a `redis:7` container started with the `docker` command line;
-//! otherwise the test fails with a message that says how to provide one. A
-//! test never skips silently for want of Redis.
+//! if it answers; otherwise, outside CI, when the tests were built with
+//! `--cfg mcp_authkit_containers` and a Docker engine runs, a `redis:7`
+//! container started through testcontainers; otherwise the test fails with
+//! a message that says how to provide one. A test never skips silently for
+//! want of Redis.
 //!
 //! Give every test its own [`unique_prefix`] and remove its keys afterwards
 //! with [`RedisStore::delete_namespace`](crate::RedisStore::delete_namespace),
@@ -12,6 +13,7 @@
 
 use std::time::Duration;
 
+use mcp_authkit_core::testing::container::{self, Unavailable};
 use tokio::sync::OnceCell;
 
 /// Where tests look for Redis when `REDIS_URL` is not set.
@@ -37,22 +39,31 @@ pub async fn redis_url() -> String {
 
 async fn find_redis() -> String {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    let error = match probe(&url).await {
-        Ok(()) => return url,
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    locate_redis(&url, ci)
+        .await
+        .unwrap_or_else(|message| panic!("{message}"))
+}
+
+/// The Redis for tests: `url` if it answers; else, outside CI, a container
+/// (core's [`container`]); else the message that says how to provide one.
+async fn locate_redis(url: &str, ci: bool) -> Result<String, String> {
+    let error = match probe(url).await {
+        Ok(()) => return Ok(url.to_owned()),
         Err(error) => error,
     };
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    #[cfg(feature = "testcontainers")]
-    if !ci {
-        match container::start().await {
-            Ok(url) => return url,
-            Err(container_error) => panic!(
-                "{}\n(starting a Redis container failed too: {container_error})",
-                missing_redis_message(&url, &error, ci)
-            ),
-        }
+    if ci {
+        return Err(missing_redis_message(url, &error, ci));
     }
-    panic!("{}", missing_redis_message(&url, &error, ci));
+    match start_container().await {
+        Ok(container_url) => Ok(container_url),
+        Err(Unavailable::Failed(why)) => Err(format!(
+            "no Redis server answers at {} ({error}) and {why}: start Redis or set REDIS_URL. {}",
+            address_of(url),
+            how_to_provide_redis(ci)
+        )),
+        Err(_) => Err(missing_redis_message(url, &error, ci)),
+    }
 }
 
 /// Whether a Redis server answers PING at `url` within two seconds.
@@ -192,12 +203,24 @@ pub fn missing_cluster_message(url: Option<&str>, error: &str) -> String {
 
 /// What a test says when it finds no Redis.
 pub fn missing_redis_message(url: &str, error: &str, ci: bool) -> String {
-    let address = url.rsplit('@').next().unwrap_or(url);
-    let mut message = format!(
-        "no Redis server answers at {address} ({error}). These tests need Redis 6.2 or newer:\n\
+    format!(
+        "no Redis server answers at {} ({error}). {}",
+        address_of(url),
+        how_to_provide_redis(ci)
+    )
+}
+
+/// Where `url` points, without a password.
+fn address_of(url: &str) -> &str {
+    url.rsplit('@').next().unwrap_or(url)
+}
+
+fn how_to_provide_redis(ci: bool) -> String {
+    let mut message = String::from(
+        "These tests need Redis 6.2 or newer:\n\
          - start one: `redis-server --port 6379 --save '' --appendonly no` \
          (or `docker run --rm -p 6379:6379 redis:7`), or\n\
-         - point REDIS_URL at one, e.g. `REDIS_URL=redis://127.0.0.1:6380 cargo test`"
+         - point REDIS_URL at one, e.g. `REDIS_URL=redis://127.0.0.1:6380 cargo test`",
     );
     if ci {
         message.push_str(
@@ -205,86 +228,27 @@ pub fn missing_redis_message(url: &str, error: &str, ci: bool) -> String {
              Redis (.ci/run does).",
         );
     } else {
-        message.push_str(
-            ",\n- or, with a Docker engine, enable the `testcontainers` feature of \
-             mcp-authkit-store-redis to start one in a container.",
-        );
+        message.push_str(&container::hint("redis:7"));
     }
     message
 }
 
-/// The Docker fallback: a throwaway `redis:7` container, started through
-/// the `docker` command line (no Docker client library is compiled).
-#[cfg(feature = "testcontainers")]
-mod container {
-    use std::process::Command;
-    use std::time::{Duration, Instant};
-
-    /// The container's name. It is kept running after the tests, so later
-    /// runs and the child processes of the cross-process tests (which find
-    /// it by name) reuse it; `docker stop mcp-authkit-test-redis` removes it.
-    const NAME: &str = "mcp-authkit-test-redis";
-
-    fn docker(args: &[&str]) -> Result<String, String> {
-        let output = Command::new("docker")
-            .args(args)
-            .output()
-            .map_err(|e| format!("running `docker`: {e}"))?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        } else {
-            Err(format!(
-                "`docker {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
-    }
-
-    /// The URL of the running container, if there is one.
-    fn running() -> Option<String> {
-        // `docker port` prints e.g. "127.0.0.1:49153".
-        let address = docker(&["port", NAME, "6379/tcp"]).ok()?;
-        let address = address.lines().next()?.trim().to_owned();
-        Some(format!("redis://{address}"))
-    }
-
-    pub(super) async fn start() -> Result<String, String> {
-        let url = tokio::task::spawn_blocking(|| {
-            if let Some(url) = running() {
-                return Ok(url);
-            }
-            let started = docker(&[
-                "run",
-                "--detach",
-                "--rm",
-                "--name",
-                NAME,
-                "--publish",
-                "127.0.0.1::6379",
-                "redis:7",
-            ]);
-            // Another test process may have started it at the same moment.
-            running().ok_or_else(|| started.err().unwrap_or_else(|| "no port published".into()))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match super::probe(&url).await {
-                Ok(()) => break,
-                Err(error) if Instant::now() > deadline => {
-                    return Err(format!("container {NAME} at {url} did not answer: {error}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        eprintln!(
-            "[mcp-authkit-store-redis] using Redis in container {NAME} at {url}; it keeps \
-             running for the next run (docker stop {NAME} removes it)"
-        );
+/// A `redis:7` container (core's `testing::container`), outside CI.
+async fn start_container() -> Result<String, Unavailable> {
+    #[cfg(mcp_authkit_containers)]
+    {
+        use testcontainers_modules::redis::{REDIS_PORT, Redis};
+        use testcontainers_modules::testcontainers::ImageExt;
+        let image = Redis::default().with_tag("7");
+        let (host, port) = container::start(image, "mcp-authkit-test-redis", REDIS_PORT).await?;
+        let url = format!("redis://{host}:{port}");
+        probe(&url).await.map_err(|e| {
+            Unavailable::Failed(format!("its Redis container at {url} did not answer ({e})"))
+        })?;
         Ok(url)
     }
+    #[cfg(not(mcp_authkit_containers))]
+    Err(Unavailable::NotBuilt)
 }
 
 #[cfg(test)]
@@ -299,7 +263,73 @@ mod tests {
         assert!(message.contains("CI=true"), "{message}");
         assert!(!message.contains("hunter2"), "no password: {message}");
         let local = missing_redis_message(DEFAULT_URL, "refused", false);
-        assert!(local.contains("testcontainers"), "{local}");
+        assert!(local.contains("Docker engine"), "{local}");
+        if !container::BUILT {
+            assert!(local.contains("--cfg mcp_authkit_containers"), "{local}");
+        }
+    }
+
+    fn closed_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("redis://:hunter2@127.0.0.1:{port}")
+    }
+
+    /// Whether this machine has a Docker engine to reach (as testcontainers
+    /// looks for one: `DOCKER_HOST`, else the default socket).
+    fn docker_engine_configured() -> bool {
+        std::env::var_os("DOCKER_HOST").is_some()
+            || std::path::Path::new("/var/run/docker.sock").exists()
+    }
+
+    #[tokio::test]
+    async fn with_no_server_in_ci_the_failure_says_ci_must_start_one() {
+        let url = closed_port_url();
+        let message = locate_redis(&url, true).await.unwrap_err();
+        assert!(message.contains("CI=true"), "{message}");
+        assert!(message.contains("REDIS_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        // No container is tried in CI (with the cfg and no engine, a try
+        // would show as "no Docker engine" in the message).
+        assert!(!message.contains("Docker engine"), "{message}");
+    }
+
+    /// Outside CI the fallback is tried: built without the containers cfg
+    /// it says how to turn it on; built with it and no Docker engine, it
+    /// says there is none and how to provide Redis instead.
+    #[tokio::test]
+    async fn with_no_server_outside_ci_the_container_fallback_says_what_it_lacked() {
+        if container::BUILT && docker_engine_configured() {
+            // With an engine the fallback must serve a Redis that answers.
+            let found = locate_redis(&closed_port_url(), false).await.unwrap();
+            probe(&found).await.unwrap();
+            return;
+        }
+        let url = closed_port_url();
+        let message = locate_redis(&url, false).await.unwrap_err();
+        assert!(
+            message.contains("no Redis server answers at 127.0.0.1:"),
+            "{message}"
+        );
+        assert!(message.contains("REDIS_URL"), "{message}");
+        assert!(message.contains("redis-server"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        if container::BUILT {
+            assert!(
+                message.contains("and no Docker engine to start one in ("),
+                "{message}"
+            );
+            assert!(
+                message.contains(": start Redis or set REDIS_URL."),
+                "{message}"
+            );
+        } else {
+            assert!(
+                message.contains("--cfg mcp_authkit_containers"),
+                "{message}"
+            );
+        }
     }
 
     #[tokio::test]

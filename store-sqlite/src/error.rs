@@ -1,6 +1,6 @@
 //! How sqlx errors become `mcp_authkit_core::Error`s.
 
-use mcp_authkit_core::{CodecError, Error};
+use mcp_authkit_core::Error;
 
 pub(crate) const BACKEND: &str = "sqlite";
 
@@ -94,17 +94,4 @@ pub(crate) fn db(operation: &'static str, error: sqlx::Error) -> Error {
         ),
         None => Error::backend(BACKEND, operation, retryable, error),
     }
-}
-
-/// A stored value that does not decode.
-pub(crate) fn decode(location: impl Into<String>, error: CodecError) -> Error {
-    Error::decode(BACKEND, location, error)
-}
-
-/// A value out of the range this crate writes (a revision above `i64::MAX`).
-pub(crate) fn out_of_range(what: &'static str, value: impl std::fmt::Display) -> Error {
-    Error::invalid_input(
-        what,
-        format!("{value} is out of the range this store writes; pass back a value it returned"),
-    )
 }

@@ -8,15 +8,8 @@ use mcp_authkit_core::{
 };
 
 use crate::SqliteStore;
-use crate::error::{db, decode};
-
-fn flow_location(state: &FlowState) -> String {
-    format!("mcp_authkit_flows row {state:?}")
-}
-
-fn outcome_location(state: &FlowState) -> String {
-    format!("mcp_authkit_outcomes row {state:?}")
-}
+use crate::error::db;
+use crate::tokens::ROWS;
 
 #[async_trait]
 impl PendingStore for SqliteStore {
@@ -89,9 +82,7 @@ impl PendingStore for SqliteStore {
         .fetch_optional(self.pool())
         .await
         .map_err(|e| db("get pending flow", e))?;
-        bytes
-            .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
-            .transpose()
+        bytes.map(|bytes| ROWS.flow(state, &bytes)).transpose()
     }
 
     async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
@@ -126,7 +117,7 @@ impl PendingStore for SqliteStore {
         .map_err(|e| db("take pending flow", e))?;
         rows.into_iter()
             .next()
-            .map(|bytes| codec::decode_flow(&bytes).map_err(|e| decode(flow_location(state), e)))
+            .map(|bytes| ROWS.flow(state, &bytes))
             .transpose()
     }
 
@@ -187,11 +178,7 @@ impl PendingStore for SqliteStore {
         .fetch_optional(self.pool())
         .await
         .map_err(|e| db("get flow outcome", e))?;
-        bytes
-            .map(|bytes| {
-                codec::decode_outcome(&bytes).map_err(|e| decode(outcome_location(state), e))
-            })
-            .transpose()
+        bytes.map(|bytes| ROWS.outcome(state, &bytes)).transpose()
     }
 
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {

@@ -5,11 +5,12 @@ use std::time::Duration;
 use mcp_authkit_core::{
     CasOutcome, LeaseToken, Result, Revision, ScanCursor, ScanPage, StoredToken, TokenKey,
     TokenRecord, TokenStore, async_trait, codec,
+    rows::{self, Rows},
 };
 use sqlx::Row;
 
 use crate::SqliteStore;
-use crate::error::{db, decode, out_of_range};
+use crate::error::{BACKEND, db};
 
 /// Writes the record at the next revision of the database-wide counter,
 /// whatever the key holds; the counter follows by trigger, in the same
@@ -41,19 +42,8 @@ UPDATE mcp_authkit_tokens SET
 WHERE provider = ?1 AND subject = ?2 AND revision = ?5
 RETURNING revision";
 
-fn revision_of(value: i64) -> Revision {
-    // Revisions start at 1 and only grow; a negative value cannot be stored
-    // by this crate.
-    Revision::new(u64::try_from(value).unwrap_or(0))
-}
-
-fn revision_param(revision: Revision) -> Result<i64> {
-    i64::try_from(revision.get()).map_err(|_| out_of_range("token revision", revision))
-}
-
-fn location(key: &TokenKey) -> String {
-    format!("mcp_authkit_tokens row {key}")
-}
+/// Decodes this store's rows (core's shared decoding for SQL backends).
+pub(crate) const ROWS: Rows = Rows::new(BACKEND);
 
 /// A scan position: the last key returned, length-prefixed so no character
 /// in the provider can fake the split.
@@ -83,7 +73,7 @@ impl SqliteStore {
         .fetch_optional(self.pool())
         .await
         .map_err(|e| db("read token revision", e))?;
-        Ok(revision.map(revision_of))
+        Ok(revision.map(rows::revision))
     }
 }
 
@@ -106,11 +96,7 @@ impl TokenStore for SqliteStore {
         let Some((revision, bytes)) = row else {
             return Ok(None);
         };
-        let record = codec::decode_token(&bytes).map_err(|e| decode(location(key), e))?;
-        Ok(Some(StoredToken {
-            record,
-            revision: revision_of(revision),
-        }))
+        ROWS.token(key, revision, &bytes).map(Some)
     }
 
     async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
@@ -129,7 +115,7 @@ impl TokenStore for SqliteStore {
         let revision = rows.first().copied().ok_or_else(|| {
             mcp_authkit_core::Error::Internal("an upsert of a token returned no revision".into())
         })?;
-        Ok(revision_of(revision))
+        Ok(rows::revision(revision))
     }
 
     async fn compare_and_swap(
@@ -140,7 +126,7 @@ impl TokenStore for SqliteStore {
     ) -> Result<CasOutcome> {
         let bytes = codec::encode_token(record);
         let expires_at = record.expires_at.map(|at| at.unix_millis());
-        let expected_param = expected.map(revision_param).transpose()?;
+        let expected_param = expected.map(rows::revision_column).transpose()?;
         loop {
             let written: Option<i64> = {
                 let _writer = self.hub().writer().await;
@@ -166,7 +152,7 @@ impl TokenStore for SqliteStore {
                     .next()
             };
             if let Some(revision) = written {
-                return Ok(CasOutcome::Swapped(revision_of(revision)));
+                return Ok(CasOutcome::Swapped(rows::revision(revision)));
             }
             // The write found another revision. Revisions are never reused,
             // so what is read now differs from `expected`, except when a
@@ -192,7 +178,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
-        let revision = revision_param(revision)?;
+        let revision = rows::revision_column(revision)?;
         let _writer = self.hub().writer().await;
         let done = sqlx::query(
             "DELETE FROM mcp_authkit_tokens WHERE provider = ?1 AND subject = ?2 AND revision = ?3",
@@ -257,10 +243,8 @@ impl TokenStore for SqliteStore {
     }
 
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
-        let limit = limit.clamp(1, 10_000);
+        let (limit, fetch) = rows::scan_window(limit);
         let after = cursor.map(ScanCursor::last_key).transpose()?;
-        // One row more than the page tells whether another page follows.
-        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
         let query = match &after {
             Some(after) => sqlx::query(
                 "SELECT provider, subject FROM mcp_authkit_tokens
@@ -280,17 +264,10 @@ impl TokenStore for SqliteStore {
             .fetch_all(self.pool())
             .await
             .map_err(|e| db("scan tokens", e))?;
-        let mut items = Vec::with_capacity(rows.len().min(limit));
-        for row in rows.iter().take(limit) {
+        rows::key_page(&rows, limit, |row| {
             let provider: &str = row.try_get(0).map_err(|e| db("scan tokens", e))?;
             let subject: &str = row.try_get(1).map_err(|e| db("scan tokens", e))?;
-            items.push(TokenKey::new(provider, subject));
-        }
-        let next = if rows.len() > limit {
-            items.last().map(ScanCursor::after_key)
-        } else {
-            None
-        };
-        Ok(ScanPage { items, next })
+            Ok(TokenKey::new(provider, subject))
+        })
     }
 }
