@@ -208,7 +208,11 @@ where
             base,
             base_wall,
         ),
-        Stats::from_latencies(format!("{name}, {tasks} task(s), interleaved"), ours, ours_wall),
+        Stats::from_latencies(
+            format!("{name}, {tasks} task(s), interleaved"),
+            ours,
+            ours_wall,
+        ),
     )
 }
 

@@ -489,7 +489,10 @@ fn the_pending_gauge_is_exact_under_concurrency_and_each_wake_is_one_sample() {
             end.await.unwrap();
         }
         for waiter in waiters {
-            assert!(waiter.await.unwrap().unwrap().is_some(), "woken with an outcome");
+            assert!(
+                waiter.await.unwrap().unwrap().is_some(),
+                "woken with an outcome"
+            );
         }
         // A late wait reads the kept outcome at once: no wake.
         let late = lifecycle
@@ -522,7 +525,10 @@ async fn an_expired_flow_leaves_the_pending_gauge_and_a_timed_out_wait_is_no_wak
             .is_none()
     );
     let m = rec.metrics();
-    assert_eq!(m.gauge(names::FLOWS_PENDING, &[("provider", "github")]), 1.0);
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", "github")]),
+        1.0
+    );
     assert_eq!(m.samples(names::WAKE_DURATION, &[("backend", "memory")]), 0);
 
     f.clock.advance(config().flow_ttl + Duration::from_secs(1));
@@ -532,5 +538,9 @@ async fn an_expired_flow_leaves_the_pending_gauge_and_a_timed_out_wait_is_no_wak
         .await
         .unwrap();
     let m = rec.metrics();
-    assert_eq!(m.gauge(names::FLOWS_PENDING, &[("provider", "github")]), 1.0, "bob's only");
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", "github")]),
+        1.0,
+        "bob's only"
+    );
 }

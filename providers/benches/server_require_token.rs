@@ -323,9 +323,8 @@ fn instructions() -> String {
     };
     let per_call = |profile: &str| (count(profile, 3000) - count(profile, 1000)) / 2000;
     let raw = per_call("raw");
-    let mut out = String::from(
-        "| callgrind | instructions per call | ratio vs raw get |\n|---|---:|---:|\n",
-    );
+    let mut out =
+        String::from("| callgrind | instructions per call | ratio vs raw get |\n|---|---:|---:|\n");
     out.push_str(&format!("| memory store get (raw) | {raw} | 1.00 |\n"));
     for (profile, name) in [
         ("off", "require_token (metrics compiled in, off)"),

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::observe::names;
+use mcp_authkit_core::testing::recording::Recording;
 use mcp_authkit_core::{
     CasOutcome, ExposeSecret, LeaseToken, Revision, ScanCursor, ScanPage, StoredToken, TokenKey,
     TokenRecord, TokenStore,
 };
 use mcp_authkit_providers::server::ElicitationStyle;
-use mcp_authkit_core::testing::recording::Recording;
 use server_support::*;
 
 /// The counters of this provider's events (store counters aside).
