@@ -183,7 +183,7 @@ async fn main() {
         for pass in [contexts.len(), reads] {
             match profile.as_str() {
                 "raw" => counted_loop(pass, |i| {
-                    let key = &keys[i % keys.len()];
+                    let (store, key) = (&store, &keys[i % keys.len()]);
                     async move {
                         std::hint::black_box(TokenStore::get(store.as_ref(), key).await.unwrap());
                     }
