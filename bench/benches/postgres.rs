@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_authkit_bench::{Stats, Table, interleaved_latencies};
+use mcp_authkit_bench::{Stats, Table, interleaved_tasks};
 use mcp_authkit_core::{
     FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
     TokenKey, TokenRecord, TokenStore, codec,
@@ -143,61 +143,19 @@ async fn run(ctx: &Context, op: Op, raw: bool, n: usize) {
     }
 }
 
-/// A number no other run of the process uses, for unique flows.
-fn next_number() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Ours and the baseline interleaved op by op on each of `tasks` tasks, in
-/// alternating order; rows whose ops/s is tasks / mean latency, so the
-/// ratio compares mean latencies under the same conditions.
+/// Ours and the baseline interleaved op by op on each of `tasks` tasks.
 async fn interleaved(
     ctx: &Arc<Context>,
     op: Op,
     tasks: usize,
     iterations: usize,
 ) -> (Stats, Stats) {
-    let mut handles = Vec::new();
-    for _ in 0..tasks {
-        let ctx = Arc::clone(ctx);
-        // Plain closures returning futures, not async closures: the spawned
-        // task must be Send, which rustc cannot yet prove through an async
-        // closure's borrowing future.
-        let call = move |raw: bool| {
-            let ctx = Arc::clone(&ctx);
-            move |_| {
-                let ctx = Arc::clone(&ctx);
-                async move { run(&ctx, op, raw, next_number()).await }
-            }
-        };
-        handles.push(tokio::spawn(interleaved_latencies(
-            iterations,
-            call(false),
-            call(true),
-        )));
-    }
-    let (mut base, mut ours) = (Vec::new(), Vec::new());
-    for handle in handles {
-        let (o, b) = handle.await.unwrap();
-        ours.extend(o);
-        base.extend(b);
-    }
-    let wall = |latencies: &[Duration]| latencies.iter().sum::<Duration>() / tasks as u32;
-    let (base_wall, ours_wall) = (wall(&base), wall(&ours));
-    let (name, base_name) = op.names();
-    (
-        Stats::from_latencies(
-            format!("{base_name}, {tasks} task(s), interleaved"),
-            base,
-            base_wall,
-        ),
-        Stats::from_latencies(
-            format!("{name}, {tasks} task(s), interleaved"),
-            ours,
-            ours_wall,
-        ),
-    )
+    let ctx = Arc::clone(ctx);
+    interleaved_tasks(op.names(), tasks, iterations, move |raw, n| {
+        let ctx = Arc::clone(&ctx);
+        async move { run(&ctx, op, raw, n).await }
+    })
+    .await
 }
 
 fn main() {

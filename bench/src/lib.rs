@@ -156,6 +156,66 @@ pub async fn interleaved(
     (stats(our_name, ours), stats(baseline_name, baseline))
 }
 
+/// A number no other call in this process got: unique flows for the
+/// benchmarks that insert and take them.
+pub fn next_number() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Ours and the baseline interleaved op by op on each of `tasks` tasks, in
+/// alternating order: `run(raw, n)` runs the baseline when `raw`, ours
+/// otherwise, with a number unique in the process. Returns the baseline's
+/// row and ours, named after `names` (ours, baseline) with the task count;
+/// their ops/s is tasks over the mean latency, so the ratio compares mean
+/// latencies under the same conditions.
+pub async fn interleaved_tasks<R, Fut>(
+    (name, base_name): (&str, &str),
+    tasks: usize,
+    iterations: usize,
+    run: R,
+) -> (Stats, Stats)
+where
+    R: Fn(bool, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        // Plain closures returning futures, not async closures: the spawned
+        // task must be Send, which rustc cannot yet prove through an async
+        // closure's borrowing future.
+        let call = |raw: bool| {
+            let run = run.clone();
+            move |_| run(raw, next_number())
+        };
+        handles.push(tokio::spawn(interleaved_latencies(
+            iterations,
+            call(false),
+            call(true),
+        )));
+    }
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for handle in handles {
+        let (o, b) = handle.await.expect("benchmark task panicked");
+        ours.extend(o);
+        base.extend(b);
+    }
+    let wall = |latencies: &[Duration]| latencies.iter().sum::<Duration>() / tasks as u32;
+    let (base_wall, ours_wall) = (wall(&base), wall(&ours));
+    (
+        Stats::from_latencies(
+            format!("{base_name}, {tasks} task(s), interleaved"),
+            base,
+            base_wall,
+        ),
+        Stats::from_latencies(
+            format!("{name}, {tasks} task(s), interleaved"),
+            ours,
+            ours_wall,
+        ),
+    )
+}
+
 /// A GitHub-like token record, valid for an hour: what the benchmarks store.
 pub fn github_record() -> mcp_authkit_core::TokenRecord {
     let now = mcp_authkit_core::Timestamp::now();

@@ -36,7 +36,7 @@ use url::Url;
 use crate::error::{Error, OAuthError, OAuthErrorKind, Result};
 use crate::flow::{FlowOutcome, FlowState, InsertOutcome, PendingFlow};
 use crate::oauth::{AuthorizationRequest, OAuthClient};
-use crate::observe::{self, Observed, names};
+use crate::observe::{self, FlowBook, Observed, names};
 use crate::record::{Revision, StoredToken, TokenKey, TokenRecord};
 use crate::store::{CasOutcome, LeaseGuard, PendingStore, TokenStore};
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -350,6 +350,8 @@ type RefreshResult = Option<Result<Access>>;
 
 struct Inner {
     provider: String,
+    /// The same name, shared by every key this lifecycle builds.
+    provider_key: Arc<str>,
     oauth: Arc<dyn OAuthClient>,
     tokens: Arc<dyn TokenStore>,
     /// The same store as `tokens`, by its type, for the valid-token read.
@@ -361,6 +363,8 @@ struct Inner {
     inflight: Mutex<HashMap<String, watch::Receiver<RefreshResult>>>,
     /// Subjects whose last refresh failed transiently, until when to wait.
     retry_after: Mutex<HashMap<String, Timestamp>>,
+    /// Flows as this process sees them: the pending gauge, wake latency.
+    flows: FlowBook,
 }
 
 /// Builds a [`TokenLifecycle`].
@@ -408,8 +412,10 @@ impl TokenLifecycleBuilder {
         let observed_tokens = Arc::new(Observed::new(self.tokens, token_backend));
         let tokens: Arc<dyn TokenStore> = observed_tokens.clone();
         let pending: Arc<dyn PendingStore> = Arc::new(Observed::new(self.pending, pending_backend));
+        let flows = FlowBook::new(&self.provider, pending_backend);
         Ok(TokenLifecycle {
             inner: Arc::new(Inner {
+                provider_key: Arc::from(self.provider.as_str()),
                 provider: self.provider,
                 oauth: self.oauth,
                 tokens,
@@ -419,6 +425,7 @@ impl TokenLifecycleBuilder {
                 config: self.config,
                 inflight: Mutex::new(HashMap::new()),
                 retry_after: Mutex::new(HashMap::new()),
+                flows,
             }),
         })
     }
@@ -527,7 +534,7 @@ impl TokenLifecycle {
 
     /// The key of `subject`'s token.
     pub fn key(&self, subject: &str) -> TokenKey {
-        TokenKey::new(self.inner.provider.as_str(), subject)
+        TokenKey::shared(&self.inner.provider_key, subject.to_owned())
     }
 
     /// A token for `subject`, refreshed first if it is about to expire, or
@@ -535,15 +542,28 @@ impl TokenLifecycle {
     ///
     /// A valid token costs one store read and no network I/O.
     pub async fn access(&self, subject: &str) -> Result<Access> {
-        let key = self.key(subject);
+        self.access_key(&self.key(subject)).await
+    }
+
+    /// [`access`](Self::access) for a caller that owns the subject and
+    /// needs it back (a provider returns it with the token): the key holds
+    /// the subject itself, so the read copies no string.
+    pub async fn access_owned(&self, subject: String) -> (Result<Access>, String) {
+        let key = TokenKey::shared(&self.inner.provider_key, subject);
+        let access = self.access_key(&key).await;
+        (access, key.into_subject())
+    }
+
+    async fn access_key(&self, key: &TokenKey) -> Result<Access> {
         // The observed store's own method: no second boxed future.
-        let Some(stored) = self.inner.observed_tokens.get_direct(&key).await? else {
+        let Some(stored) = self.inner.observed_tokens.get_direct(key).await? else {
             return Ok(Access::NeedsAuthorization(AuthorizationReason::NoToken));
         };
         let now = self.inner.clock.now();
         if !self.needs_refresh(&stored.record, now) {
             return Ok(Access::Ready(AccessToken::from_owned(stored)));
         }
+        let subject = key.subject();
         let expired = stored.record.is_expired_at(now);
         let refreshable =
             stored.record.refresh_token.is_some() && self.inner.oauth.supports_refresh();
@@ -863,7 +883,10 @@ impl TokenLifecycle {
         flow.started_by = request.started_by;
         flow.attributes = request.attributes;
         let begun = match self.inner.pending.insert(&flow).await? {
-            InsertOutcome::Inserted => BeginOutcome::Started(flow),
+            InsertOutcome::Inserted => {
+                self.inner.flows.started(&flow, self.inner.clock.now());
+                BeginOutcome::Started(flow)
+            }
             InsertOutcome::Joined(state) => match self.inner.pending.get_flow(&state).await? {
                 Some(existing) => BeginOutcome::Joined(existing),
                 None => BeginOutcome::Completing(state),
@@ -873,10 +896,18 @@ impl TokenLifecycle {
         Ok(begun)
     }
 
-    /// Reports a flow begun outside [`begin_authorization`](Self::begin_authorization)
-    /// (a provider that inserts its own flows) in the flow metrics.
-    pub fn record_flow_begun(&self, started: bool) {
-        self.count_begin(started);
+    /// Reports a flow that a provider inserted itself (outside
+    /// [`begin_authorization`](Self::begin_authorization)) in the flow
+    /// metrics: counted as started, and pending until it ends.
+    pub fn record_flow_started(&self, flow: &PendingFlow) {
+        self.inner.flows.started(flow, self.inner.clock.now());
+        self.count_begin(true);
+    }
+
+    /// Reports a request that joined a flow in progress outside
+    /// [`begin_authorization`](Self::begin_authorization).
+    pub fn record_flow_joined(&self) {
+        self.count_begin(false);
     }
 
     /// A pending flow by state, without taking it (for a connect page).
@@ -928,6 +959,8 @@ impl TokenLifecycle {
                 reason: error.to_string(),
             },
         };
+        let flows = &self.inner.flows;
+        flows.completing(&flow.state, self.inner.config.outcome_ttl);
         pending
             .complete(
                 &flow.key,
@@ -936,6 +969,7 @@ impl TokenLifecycle {
                 self.inner.config.outcome_ttl,
             )
             .await?;
+        flows.ended(&flow.state, self.inner.clock.now());
         observe::count(
             names::FLOWS_COMPLETED,
             &self.inner.provider,
@@ -978,10 +1012,13 @@ impl TokenLifecycle {
         let Some(flow) = self.inner.pending.take(state).await? else {
             return Ok(false);
         };
+        let flows = &self.inner.flows;
+        flows.completing(state, self.inner.config.outcome_ttl);
         self.inner
             .pending
             .complete(&flow.key, state, &outcome, self.inner.config.outcome_ttl)
             .await?;
+        flows.ended(state, self.inner.clock.now());
         observe::count(
             names::FLOWS_COMPLETED,
             &self.inner.provider,
@@ -991,7 +1028,17 @@ impl TokenLifecycle {
     }
 
     /// Waits for a flow's outcome; `None` after `timeout`.
+    ///
+    /// With the `metrics` feature, an outcome ends the flow in the pending
+    /// gauge, and a wait woken by a completion made in this process records
+    /// its wake latency.
     pub async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
-        self.inner.pending.wait(state, timeout).await
+        let flows = &self.inner.flows;
+        let since = flows.mark();
+        let outcome = self.inner.pending.wait(state, timeout).await?;
+        if outcome.is_some() {
+            flows.woke(state, since, self.inner.clock.now());
+        }
+        Ok(outcome)
     }
 }

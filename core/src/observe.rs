@@ -19,8 +19,30 @@
 //! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
 //! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation the lifecycle makes |
 //! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
+//! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (below) |
+//! | `mcp_authkit_wake_duration_seconds` | histogram | `backend` | from a flow's completion to a waiter resuming, for completions made in this process (below) |
 //!
 //! The README's "Operate it" section shows the same table.
+//!
+//! `mcp_authkit_flows_pending` is a per-process gauge: sum it over replicas.
+//! A flow counts in the process that started it, from its start until that
+//! process sees it end: a callback or an abandonment handled there, a wait
+//! there that gets its outcome, or its TTL running out (noticed at that
+//! lifecycle's next flow event, so an idle process may show an expired flow
+//! a little longer). A flow whose callback lands on another replica while
+//! no one waits for it here leaves at its expiry. A flow whose starting
+//! call gave up waiting (`timed_out` above) still counts: its link works
+//! until it expires.
+//!
+//! `mcp_authkit_wake_duration_seconds` has one sample per wait woken by a
+//! completion, timed from just before the completing store call to the
+//! waiter resuming, on the monotonic clock. Only completions made in the
+//! same process are timed: a flow outcome does not carry when it was
+//! written, and timing a wake across processes would mix two machines'
+//! wall clocks (their skew could exceed the wake itself). A wait that
+//! finds the outcome already there, or times out, is not a wake.
+//!
+//! Every count is exact; no histogram is sampled.
 //!
 //! Label values are provider names (from the application's configuration),
 //! backend names and the fixed words above: never a subject, a state, a
@@ -35,7 +57,9 @@
 //!
 //! Every store operation made through an [`Observed`] store (the lifecycle
 //! wraps its stores in one) runs in a `debug` span named `store` with the
-//! fields `backend`, `operation` and `outcome` (`ok` or `error`). The
+//! fields `backend`, `operation` and `outcome` (`ok` or `error`), for
+//! `tracing` subscribers (it is not forwarded to the `log` crate: skipping
+//! it when no subscriber wants it keeps the hot path cheap). The
 //! lifecycle's refresh runs in an `info` span `refresh` (`provider`), and a
 //! callback in `callback` (`provider`). No field holds a subject, a state,
 //! a token, a code or a URL.
@@ -75,6 +99,11 @@ pub mod names {
     pub const STORE_DURATION: &str = "mcp_authkit_store_operation_duration_seconds";
     /// Store operation errors, by `backend` and `operation`.
     pub const STORE_ERRORS: &str = "mcp_authkit_store_errors_total";
+    /// Flows this process started that have not ended, by `provider`.
+    pub const FLOWS_PENDING: &str = "mcp_authkit_flows_pending";
+    /// From a flow's completion to a waiter in this process resuming, by
+    /// `backend`.
+    pub const WAKE_DURATION: &str = "mcp_authkit_wake_duration_seconds";
 }
 
 /// Adds one to the counter `name` of `provider`, with one more fixed label
@@ -282,6 +311,17 @@ impl<S: ?Sized> Observed<S> {
 
     /// Runs one operation of the store inside in its span, and records it.
     async fn run<T>(&self, op: Op, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        // No subscriber wants the span (the usual case on a hot path): no
+        // span at all. Creating a disabled one still costs its fields'
+        // formatting for the `log` fallback (about a tenth of a valid-token
+        // read, measured with callgrind), so store spans go to `tracing`
+        // subscribers only.
+        if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::DEBUG) {
+            let started = self.metrics.start();
+            let result = operation.await;
+            self.metrics.done(op, started, result.is_ok());
+            return result;
+        }
         let span = tracing::debug_span!(
             "store",
             backend = self.backend,
@@ -409,5 +449,162 @@ impl<S: PendingStore + ?Sized> PendingStore for Observed<S> {
     async fn ping_pending(&self) -> Result<Duration> {
         self.run(Op::PingPending, self.inner.as_ref().ping_pending())
             .await
+    }
+}
+
+/// The flows of one lifecycle as this process sees them, for the pending
+/// gauge and the wake histogram. Flows are rare next to token reads, so one
+/// lock is fine; without the `metrics` feature it holds nothing.
+pub(crate) struct FlowBook {
+    #[cfg(feature = "metrics")]
+    state: std::sync::Mutex<FlowBookState>,
+    #[cfg(feature = "metrics")]
+    pending: metrics::Gauge,
+    #[cfg(feature = "metrics")]
+    wake: metrics::Histogram,
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct FlowBookState {
+    /// Flows started here that this process has not seen end, with when
+    /// they expire.
+    started: std::collections::HashMap<FlowState, crate::time::Timestamp>,
+    /// The same, oldest first (the flow TTL is one per lifecycle, so this is
+    /// also expiry order), to drop expired flows without a scan. Entries of
+    /// flows already ended are skipped when they come up.
+    started_order: std::collections::VecDeque<(crate::time::Timestamp, FlowState)>,
+    /// When flows were completed here, kept as long as their outcome is.
+    completed: std::collections::HashMap<FlowState, Instant>,
+    completed_order: std::collections::VecDeque<(Instant, FlowState)>,
+}
+
+/// A point in time taken only when metrics are compiled in.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark(#[cfg(feature = "metrics")] Instant);
+
+impl FlowBook {
+    pub(crate) fn new(provider: &str, pending_backend: &'static str) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            FlowBook {
+                state: std::sync::Mutex::default(),
+                pending: metrics::gauge!(names::FLOWS_PENDING, "provider" => provider.to_owned()),
+                wake: metrics::histogram!(names::WAKE_DURATION, "backend" => pending_backend),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = (provider, pending_backend);
+            FlowBook {}
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlowBookState> {
+        // Plain bookkeeping: a panicking holder leaves nothing half done
+        // that matters more than one gauge step.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This process inserted `flow`.
+    pub(crate) fn started(&self, flow: &PendingFlow, now: crate::time::Timestamp) {
+        #[cfg(feature = "metrics")]
+        {
+            let mut book = self.lock();
+            self.sweep_started(&mut book, now);
+            if book
+                .started
+                .insert(flow.state.clone(), flow.expires_at)
+                .is_none()
+            {
+                self.pending.increment(1.0);
+            }
+            book.started_order
+                .push_back((flow.expires_at, flow.state.clone()));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (flow, now);
+    }
+
+    /// `state` is about to be completed here: its waiters' wake time counts
+    /// from now. Taken before the store call, so a waiter woken by it always
+    /// finds the mark.
+    pub(crate) fn completing(&self, state: &FlowState, outcome_ttl: Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            let now = Instant::now();
+            let mut book = self.lock();
+            while let Some((at, _)) = book.completed_order.front() {
+                if now.saturating_duration_since(*at) < outcome_ttl {
+                    break;
+                }
+                let (at, old) = book.completed_order.pop_front().expect("front exists");
+                if book.completed.get(&old) == Some(&at) {
+                    book.completed.remove(&old);
+                }
+            }
+            book.completed.insert(state.clone(), now);
+            book.completed_order.push_back((now, state.clone()));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (state, outcome_ttl);
+    }
+
+    /// This process saw `state` end (completed or abandoned here, or an
+    /// outcome read by a waiter here).
+    pub(crate) fn ended(&self, state: &FlowState, now: crate::time::Timestamp) {
+        #[cfg(feature = "metrics")]
+        {
+            let mut book = self.lock();
+            if book.started.remove(state).is_some() {
+                self.pending.decrement(1.0);
+            }
+            self.sweep_started(&mut book, now);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (state, now);
+    }
+
+    /// Before a wait: when it began.
+    pub(crate) fn mark(&self) -> Mark {
+        #[cfg(feature = "metrics")]
+        return Mark(Instant::now());
+        #[cfg(not(feature = "metrics"))]
+        Mark()
+    }
+
+    /// A wait that began at `since` got `state`'s outcome: one wake sample
+    /// when the flow was completed in this process while it waited.
+    pub(crate) fn woke(&self, state: &FlowState, since: Mark, now: crate::time::Timestamp) {
+        #[cfg(feature = "metrics")]
+        {
+            let completed = self.lock().completed.get(state).copied();
+            if let Some(completed) = completed
+                && completed >= since.0
+            {
+                self.wake.record(completed.elapsed());
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = since;
+        self.ended(state, now);
+    }
+
+    /// Drops flows whose TTL ran out: they will not end any other way.
+    #[cfg(feature = "metrics")]
+    fn sweep_started(&self, book: &mut FlowBookState, now: crate::time::Timestamp) {
+        while let Some((expires_at, _)) = book.started_order.front() {
+            if *expires_at > now {
+                break;
+            }
+            let (expires_at, state) = book.started_order.pop_front().expect("front exists");
+            if book.started.get(&state) == Some(&expires_at) {
+                book.started.remove(&state);
+                self.pending.decrement(1.0);
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -16,7 +17,9 @@ use crate::time::Timestamp;
 /// apart.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenKey {
-    provider: String,
+    // Shared: a lifecycle builds a key per token read, and cloning its one
+    // provider name costs no allocation (it hashes and compares as a str).
+    provider: Arc<str>,
     subject: String,
 }
 
@@ -24,9 +27,23 @@ impl TokenKey {
     /// A key for `subject`'s token at `provider`.
     pub fn new(provider: impl Into<String>, subject: impl Into<String>) -> Self {
         TokenKey {
-            provider: provider.into(),
+            provider: Arc::from(provider.into()),
             subject: subject.into(),
         }
+    }
+
+    /// A key on a provider name the caller shares, holding `subject` as is:
+    /// the valid-token path builds one without copying either.
+    pub(crate) fn shared(provider: &Arc<str>, subject: String) -> Self {
+        TokenKey {
+            provider: Arc::clone(provider),
+            subject,
+        }
+    }
+
+    /// The subject, given back.
+    pub(crate) fn into_subject(self) -> String {
+        self.subject
     }
 
     /// The integration's name.

@@ -22,6 +22,9 @@ use crate::error::{OAuthError, OAuthErrorKind};
 use crate::flow::{PendingFlow, PkceVerifier};
 use crate::oauth::{AuthorizationRequest, OAuthClient, TokenResponse};
 
+#[cfg(feature = "testing-metrics")]
+pub mod recording;
+
 /// What the next refresh call does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefreshBehavior {

@@ -1,154 +1,16 @@
-//! The lifecycle's metrics and store spans, read back through metrics-util's
-//! debugging recorder (installed for the test's thread: each test runs on a
-//! current-thread runtime, so its spawned refresh tasks report to it too)
-//! and a tracing layer that keeps every span field.
+//! The lifecycle's metrics and store spans, read back through the
+//! per-thread debugging recorder and span log of
+//! `mcp_authkit_core::testing::recording` (each test runs on a
+//! current-thread runtime, so its spawned refresh tasks report to it too).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::observe::names;
+use mcp_authkit_core::testing::recording::{Metrics, Recording};
 use mcp_authkit_core::testing::{FakeOAuthClient, RefreshBehavior};
 use mcp_authkit_core::*;
 use mcp_authkit_store_memory::MemoryStore;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-
-/// Every metric seen so far: (name, sorted labels) -> value.
-#[derive(Clone, Debug, Default)]
-struct Metrics {
-    counters: BTreeMap<(String, Vec<(String, String)>), u64>,
-    /// Histograms: how many values each recorded.
-    samples: BTreeMap<(String, Vec<(String, String)>), usize>,
-}
-
-/// The test thread's recorder and span log. Every test of this binary
-/// installs both: a thread without a subscriber that hits a callsite first
-/// can leave tracing's interest cache saying "never" for the others.
-struct Recording {
-    snapshotter: Snapshotter,
-    totals: Metrics,
-    spans: Spans,
-    _metrics: metrics::LocalRecorderGuard<'static>,
-    _spans: tracing::subscriber::DefaultGuard,
-}
-
-impl Recording {
-    fn start() -> Recording {
-        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
-        let spans = Spans::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(spans.clone())
-            .with(tracing_subscriber::filter::LevelFilter::TRACE);
-        Recording {
-            snapshotter: recorder.snapshotter(),
-            totals: Metrics::default(),
-            spans,
-            _metrics: metrics::set_default_local_recorder(recorder),
-            _spans: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    /// The totals so far (a debugging snapshot drains what it reads).
-    fn metrics(&mut self) -> Metrics {
-        let m = &mut self.totals;
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            let id = (key.name().to_owned(), labels);
-            match value {
-                DebugValue::Counter(n) => *m.counters.entry(id).or_default() += n,
-                DebugValue::Histogram(values) => *m.samples.entry(id).or_default() += values.len(),
-                DebugValue::Gauge(_) => {}
-            }
-        }
-        m.clone()
-    }
-}
-
-impl Metrics {
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.counters.get(&id(name, labels)).copied().unwrap_or(0)
-    }
-
-    /// The sum of every series of `name`.
-    fn total(&self, name: &str) -> u64 {
-        self.counters
-            .iter()
-            .filter(|((n, _), _)| n == name)
-            .map(|(_, v)| v)
-            .sum()
-    }
-
-    fn store_ops(&self, backend: &str, operation: &str) -> usize {
-        self.samples
-            .get(&id(
-                names::STORE_DURATION,
-                &[("backend", backend), ("operation", operation)],
-            ))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn label_values(&self) -> Vec<String> {
-        self.counters
-            .keys()
-            .chain(self.samples.keys())
-            .flat_map(|(_, labels)| labels.iter().map(|(_, v)| v.clone()))
-            .collect()
-    }
-}
-
-fn id(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    labels.sort();
-    (name.to_owned(), labels)
-}
-
-/// Keeps every span's name and fields (also those recorded later).
-#[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, String, String)>>>);
-
-struct Fields<'a>(&'a Spans, &'static str);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.0.lock().unwrap().push((
-            self.1.to_owned(),
-            field.name().to_owned(),
-            format!("{value:?}"),
-        ));
-    }
-}
-
-impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>
-    tracing_subscriber::Layer<S> for Spans
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: Context<'_, S>,
-    ) {
-        attrs.record(&mut Fields(self, attrs.metadata().name()));
-    }
-    fn on_record(
-        &self,
-        id: &tracing::span::Id,
-        values: &tracing::span::Record<'_>,
-        ctx: Context<'_, S>,
-    ) {
-        let name = ctx.span(id).map(|s| s.name()).unwrap_or("?");
-        values.record(&mut Fields(self, name));
-    }
-}
 
 const ALICE: &str = "alice@example.com";
 
@@ -219,7 +81,7 @@ async fn an_invalid_grant_refresh_counts_once_and_its_store_calls() {
     assert_eq!(github("invalid_grant"), 1, "{m:#?}");
     assert_eq!(m.total(names::REFRESHES), 1, "nothing else counted: {m:#?}");
     assert_eq!(
-        m.samples[&id(names::REFRESH_DURATION, &[("provider", "github")])],
+        m.samples(names::REFRESH_DURATION, &[("provider", "github")]),
         1
     );
     // seed: put; access: get, lease, get again under it, delete by
@@ -477,7 +339,7 @@ async fn no_label_or_span_field_holds_a_subject_state_token_code_or_url() {
 
     let m = rec.metrics();
     let labels = m.label_values();
-    let fields = rec.spans.0.lock().unwrap().clone();
+    let fields = rec.spans().fields();
     assert!(
         fields
             .iter()
@@ -514,4 +376,171 @@ async fn no_label_or_span_field_holds_a_subject_state_token_code_or_url() {
             );
         }
     }
+}
+
+/// Runs `test` on a runtime with several worker threads: the flow gauge and
+/// the wake histogram report through handles taken when the lifecycle was
+/// built (on the test's thread, under its recorder), so they reach the
+/// recorder from every worker.
+fn on_many_threads<F: std::future::Future>(test: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test)
+}
+
+/// Many users start flows at once on several threads and wait on them:
+/// while N wait the gauge is N (joins add nothing), and once every flow
+/// ended, by callback, denial or abandonment, concurrently, it is 0 again,
+/// and replays of those ends do not push it below 0. Each waiter woken by a
+/// completion records one wake sample.
+#[test]
+fn the_pending_gauge_is_exact_under_concurrency_and_each_wake_is_one_sample() {
+    const USERS: usize = 48;
+    const WAITERS_PER_FLOW: usize = 2;
+    let mut rec = Recording::start();
+    let f = memory_fixture();
+    let lifecycle = f.lifecycle.clone();
+    let oauth = f.oauth.clone();
+    let pending = |m: &Metrics| m.gauge(names::FLOWS_PENDING, &[("provider", "github")]);
+    let wakes = |m: &Metrics| m.samples(names::WAKE_DURATION, &[("backend", "memory")]);
+
+    let flows: Vec<PendingFlow> = on_many_threads(async {
+        let begins: Vec<_> = (0..USERS)
+            .map(|i| {
+                let lifecycle = lifecycle.clone();
+                tokio::spawn(async move {
+                    let begun = lifecycle
+                        .begin_authorization(&format!("user-{i}"), FlowRequest::default())
+                        .await
+                        .unwrap();
+                    // A second request of the same user joins.
+                    let joined = lifecycle
+                        .begin_authorization(&format!("user-{i}"), FlowRequest::default())
+                        .await
+                        .unwrap();
+                    assert!(matches!(joined, BeginOutcome::Joined(_)));
+                    begun.flow().cloned().expect("a new flow")
+                })
+            })
+            .collect();
+        let mut flows = Vec::new();
+        for begin in begins {
+            flows.push(begin.await.unwrap());
+        }
+        flows
+    });
+    assert_eq!(pending(&rec.metrics()), USERS as f64);
+
+    let m = on_many_threads(async {
+        let mut waiters = Vec::new();
+        for flow in &flows {
+            for _ in 0..WAITERS_PER_FLOW {
+                let (lifecycle, state) = (lifecycle.clone(), flow.state.clone());
+                waiters.push(tokio::spawn(async move {
+                    lifecycle.wait(&state, Duration::from_secs(30)).await
+                }));
+            }
+        }
+        // Every waiter is parked on its flow before any flow ends (a wait
+        // that starts after the end is not a wake).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = rec.metrics();
+        assert_eq!(pending(&m), USERS as f64, "waiting adds nothing");
+        assert_eq!(wakes(&m), 0);
+
+        let ends: Vec<_> = flows
+            .iter()
+            .enumerate()
+            .map(|(i, flow)| {
+                let (lifecycle, oauth, flow) = (lifecycle.clone(), oauth.clone(), flow.clone());
+                tokio::spawn(async move {
+                    match i % 3 {
+                        0 => {
+                            let code = oauth.approve(&lifecycle.authorization_url(&flow).unwrap());
+                            let params = CallbackParams::success(flow.state.clone(), code);
+                            lifecycle.complete_authorization(params).await.unwrap();
+                        }
+                        1 => {
+                            let params =
+                                CallbackParams::error(flow.state.clone(), "access_denied", None);
+                            lifecycle.complete_authorization(params).await.unwrap();
+                        }
+                        _ => {
+                            let outcome = FlowOutcome::Denied {
+                                error: "cancelled".into(),
+                                description: None,
+                            };
+                            assert!(lifecycle.abandon_flow(&flow.state, outcome).await.unwrap());
+                        }
+                    }
+                    // A replayed end finds nothing to end.
+                    let outcome = FlowOutcome::Denied {
+                        error: "cancelled".into(),
+                        description: None,
+                    };
+                    assert!(!lifecycle.abandon_flow(&flow.state, outcome).await.unwrap());
+                })
+            })
+            .collect();
+        for end in ends {
+            end.await.unwrap();
+        }
+        for waiter in waiters {
+            assert!(
+                waiter.await.unwrap().unwrap().is_some(),
+                "woken with an outcome"
+            );
+        }
+        // A late wait reads the kept outcome at once: no wake.
+        let late = lifecycle
+            .wait(&flows[0].state, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(late.is_some());
+        rec.metrics()
+    });
+    assert_eq!(pending(&m), 0.0, "{m:#?}");
+    assert_eq!(wakes(&m), USERS * WAITERS_PER_FLOW, "one sample per wake");
+}
+
+/// A flow nobody ends leaves the gauge once it expires (seen at the next
+/// flow event), and a wait that times out records no wake.
+#[tokio::test]
+async fn an_expired_flow_leaves_the_pending_gauge_and_a_timed_out_wait_is_no_wake() {
+    let mut rec = Recording::start();
+    let f = memory_fixture();
+    let begun = f
+        .lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        f.lifecycle
+            .wait(begun.state(), Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let m = rec.metrics();
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", "github")]),
+        1.0
+    );
+    assert_eq!(m.samples(names::WAKE_DURATION, &[("backend", "memory")]), 0);
+
+    f.clock.advance(config().flow_ttl + Duration::from_secs(1));
+    // Bob's start is the next flow event: Alice's flow is gone by then.
+    f.lifecycle
+        .begin_authorization("bob", FlowRequest::default())
+        .await
+        .unwrap();
+    let m = rec.metrics();
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", "github")]),
+        1.0,
+        "bob's only"
+    );
 }

@@ -6,10 +6,17 @@
 //! With the `metrics` feature it also prints `require_token` with metrics
 //! compiled in but no recorder ("metrics off") and with a Prometheus
 //! recorder installed ("metrics on"), each interleaved with the raw read in
-//! the same run. With `MCP_AUTHKIT_BENCH_PROFILE` set to `raw`, `off` or
-//! `on` (and `MCP_AUTHKIT_BENCH_READS` to a count) it only performs that
-//! many raw reads or `require_token` calls and exits, for
-//! `valgrind --tool=callgrind` (`scripts/bench.sh --callgrind`).
+//! the same run. `MCP_AUTHKIT_BENCH_N` sets the number of timed calls
+//! (default 100 000).
+//!
+//! With `MCP_AUTHKIT_BENCH_CALLGRIND` set (to `only`: and nothing else) it
+//! then runs itself under
+//! `valgrind --tool=callgrind` and prints instructions per call of the raw
+//! read, metrics off and metrics on: unlike times, these counts do not move
+//! with the load of a shared machine. Each of those runs sets
+//! `MCP_AUTHKIT_BENCH_PROFILE` to `raw`, `off` or `on` (and
+//! `MCP_AUTHKIT_BENCH_READS` to a count), which only performs that many
+//! calls inside `counted_loop`, the one function callgrind counts.
 
 use std::sync::Arc;
 
@@ -118,6 +125,13 @@ fn build_provider(store: &Arc<MemoryStore>) -> OAuthProvider {
 // One thread: the callgrind counts then hold no idle worker threads.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // `only`: the instruction counts without the timed rows.
+    if std::env::var("MCP_AUTHKIT_BENCH_CALLGRIND").as_deref() == Ok("only")
+        && std::env::var_os(PROFILE).is_none()
+    {
+        println!("{}", instructions());
+        return;
+    }
     let store = Arc::new(MemoryStore::new());
     // Built before any recorder exists: its store metric handles do nothing
     // (metrics compiled in, off).
@@ -155,8 +169,8 @@ async fn main() {
         .map(|user| with_user(base.clone(), user))
         .collect();
 
-    if let Ok(profile) = std::env::var("MCP_AUTHKIT_BENCH_PROFILE") {
-        let reads: usize = std::env::var("MCP_AUTHKIT_BENCH_READS")
+    if let Ok(profile) = std::env::var(PROFILE) {
+        let reads: usize = std::env::var(READS)
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(1000);
@@ -164,26 +178,39 @@ async fn main() {
         let on = &metered.0;
         #[cfg(not(feature = "metrics"))]
         let on = &provider;
-        for i in 0..reads {
-            let ctx = &contexts[i % contexts.len()];
+        // One warm-up pass outside the counted loop, so every call counted
+        // finds its map slots, allocator bins and histogram blocks in place.
+        for pass in [contexts.len(), reads] {
             match profile.as_str() {
-                "raw" => {
-                    let key = &keys[i % keys.len()];
-                    std::hint::black_box(TokenStore::get(store.as_ref(), key).await.unwrap());
-                }
-                "off" => {
-                    std::hint::black_box(provider.require_token(ctx).await.unwrap());
-                }
-                "on" => {
-                    std::hint::black_box(on.require_token(ctx).await.unwrap());
-                }
+                "raw" => counted_loop(pass, |i| {
+                    let (store, key) = (&store, &keys[i % keys.len()]);
+                    async move {
+                        std::hint::black_box(TokenStore::get(store.as_ref(), key).await.unwrap());
+                    }
+                }),
+                "off" => counted_loop(pass, |i| {
+                    let (provider, ctx) = (&provider, &contexts[i % contexts.len()]);
+                    async move {
+                        std::hint::black_box(provider.require_token(ctx).await.unwrap());
+                    }
+                }),
+                "on" => counted_loop(pass, |i| {
+                    let ctx = &contexts[i % contexts.len()];
+                    async move {
+                        std::hint::black_box(on.require_token(ctx).await.unwrap());
+                    }
+                }),
                 other => panic!("unknown profile {other}: raw, off or on"),
             }
         }
         return;
     }
 
-    let n = 100_000;
+    // MCP_AUTHKIT_BENCH_N: fewer calls for a quick look.
+    let n = std::env::var("MCP_AUTHKIT_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
     let raw = measure("store get (raw)", n, |i| {
         let store = &store;
         let key = &keys[i % keys.len()];
@@ -246,4 +273,68 @@ async fn main() {
         }
     }
     println!("{}", table.render());
+    if std::env::var_os("MCP_AUTHKIT_BENCH_CALLGRIND").is_some() {
+        println!("{}", instructions());
+    }
+}
+
+const PROFILE: &str = "MCP_AUTHKIT_BENCH_PROFILE";
+const READS: &str = "MCP_AUTHKIT_BENCH_READS";
+
+/// Runs `reads` calls of `op`, polled in place: the memory store never
+/// makes a call wait, so each future is ready on its first poll. Callgrind
+/// counts only inside this function (`--toggle-collect`), so the setup
+/// (the rmcp session, the 1000 tokens) and the runtime stay out of the
+/// count.
+#[inline(never)]
+fn counted_loop<F: Future<Output = ()>>(reads: usize, mut op: impl FnMut(usize) -> F) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for i in 0..reads {
+        let mut call = std::pin::pin!(op(i));
+        assert!(
+            call.as_mut().poll(&mut cx).is_ready(),
+            "a memory-store call waited"
+        );
+    }
+}
+
+/// Instructions per call of each profile, counted by callgrind on this
+/// binary: the difference between 3000 and 1000 calls over 2000, so what
+/// runs once (the warm-up pass, the first touch of a cache) cancels out.
+fn instructions() -> String {
+    let exe = std::env::current_exe().expect("the benchmark knows its path");
+    let count = |profile: &str, reads: usize| -> u64 {
+        let output = std::process::Command::new("valgrind")
+            .args([
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                "--toggle-collect=*counted_loop*",
+            ])
+            .arg(&exe)
+            .env(PROFILE, profile)
+            .env(READS, reads.to_string())
+            .output()
+            .expect("valgrind runs (is it installed?)");
+        let log = String::from_utf8_lossy(&output.stderr);
+        log.lines()
+            .find_map(|line| line.split("Collected : ").nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no instruction count from callgrind:\n{log}"))
+    };
+    let per_call = |profile: &str| (count(profile, 3000) - count(profile, 1000)) / 2000;
+    let raw = per_call("raw");
+    let mut out =
+        String::from("| callgrind | instructions per call | ratio vs raw get |\n|---|---:|---:|\n");
+    out.push_str(&format!("| memory store get (raw) | {raw} | 1.00 |\n"));
+    for (profile, name) in [
+        ("off", "require_token (metrics compiled in, off)"),
+        ("on", "require_token (metrics on, Prometheus)"),
+    ] {
+        let n = per_call(profile);
+        out.push_str(&format!(
+            "| {name} | {n} | {:.2} |\n",
+            n as f64 / raw as f64
+        ));
+    }
+    out
 }

@@ -1,7 +1,7 @@
 //! The server provider's metrics over real HTTP (an rmcp client and server,
 //! the testkit's authorization server, a headless browser), read back
-//! through metrics-util's debugging recorder. The recorder is installed for
-//! the test's thread before the server is built; `#[tokio::test]` runs the
+//! through core's per-thread debugging recorder (`testing::recording`),
+//! installed for the test's thread before the server is built; `#[tokio::test]` runs the
 //! server, the client and the browser on that one thread.
 
 #![cfg(all(feature = "rmcp", feature = "metrics"))]
@@ -9,134 +9,25 @@
 mod server_support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_core::observe::names;
+use mcp_authkit_core::testing::recording::Recording;
 use mcp_authkit_core::{
     CasOutcome, ExposeSecret, LeaseToken, Revision, ScanCursor, ScanPage, StoredToken, TokenKey,
     TokenRecord, TokenStore,
 };
 use mcp_authkit_providers::server::ElicitationStyle;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use server_support::*;
-use tracing_subscriber::layer::{Context, SubscriberExt};
 
-type Id = (String, Vec<(String, String)>);
-
-/// Counters so far, and every label value seen.
-struct Recording {
-    snapshotter: Snapshotter,
-    counters: BTreeMap<Id, u64>,
-    labels: Vec<String>,
-    spans: Spans,
-    _metrics: metrics::LocalRecorderGuard<'static>,
-    _spans: tracing::subscriber::DefaultGuard,
-}
-
-impl Recording {
-    /// Installs a recorder and a span log for this thread; call it before
-    /// the harness starts (store metric handles are taken then).
-    fn start() -> Recording {
-        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
-        let spans = Spans::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(spans.clone())
-            .with(tracing_subscriber::filter::LevelFilter::TRACE);
-        Recording {
-            snapshotter: recorder.snapshotter(),
-            counters: BTreeMap::new(),
-            labels: Vec::new(),
-            spans,
-            _metrics: metrics::set_default_local_recorder(recorder),
-            _spans: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    /// Reads the recorder (a debugging snapshot drains what it reads).
-    fn update(&mut self) {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            self.labels.extend(labels.iter().map(|(_, v)| v.clone()));
-            if let DebugValue::Counter(n) = value {
-                *self
-                    .counters
-                    .entry((key.name().to_owned(), labels))
-                    .or_default() += n;
-            }
-        }
-    }
-
-    /// Every counter of this provider's events (store counters aside), as
-    /// `name{label=value}` -> count, so a test states the whole picture.
-    fn events(&mut self) -> BTreeMap<String, u64> {
-        self.update();
-        self.counters
-            .iter()
-            .filter(|((name, _), n)| **n > 0 && name != names::STORE_ERRORS)
-            .map(|((name, labels), n)| {
-                let labels: Vec<String> = labels
-                    .iter()
-                    .filter(|(k, _)| k != "provider")
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                let short = name.trim_start_matches("mcp_authkit_");
-                (format!("{short}{{{}}}", labels.join(",")), *n)
-            })
-            .collect()
-    }
+/// The counters of this provider's events (store counters aside).
+fn events(rec: &mut Recording) -> BTreeMap<String, u64> {
+    rec.metrics().events()
 }
 
 fn expect(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
-}
-
-/// Span fields of this project's spans (target `mcp_authkit*`).
-#[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, String, String)>>>);
-
-struct Fields<'a>(&'a Spans, &'static str);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.0.lock().unwrap().push((
-            self.1.to_owned(),
-            field.name().to_owned(),
-            format!("{value:?}"),
-        ));
-    }
-}
-
-impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>
-    tracing_subscriber::Layer<S> for Spans
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: Context<'_, S>,
-    ) {
-        if attrs.metadata().target().starts_with("mcp_authkit") {
-            attrs.record(&mut Fields(self, attrs.metadata().name()));
-        }
-    }
-    fn on_record(
-        &self,
-        id: &tracing::span::Id,
-        values: &tracing::span::Record<'_>,
-        ctx: Context<'_, S>,
-    ) {
-        if let Some(span) = ctx.span(id)
-            && span.metadata().target().starts_with("mcp_authkit")
-        {
-            values.record(&mut Fields(self, span.name()));
-        }
-    }
 }
 
 /// A full sign-in in wait mode, then a call with the stored token: one
@@ -158,6 +49,11 @@ async fn a_full_sign_in_counts_one_flow_one_elicitation_and_leaks_nothing_into_l
     client
         .wait_until("the elicitation", |c| c.elicitations().len() == 1)
         .await;
+    let pending_flows = |rec: &mut Recording| {
+        rec.metrics()
+            .gauge(names::FLOWS_PENDING, &[("provider", "github")])
+    };
+    assert_eq!(pending_flows(&mut rec), 1.0, "the flow waits for the user");
     let (url, handle, _) = client.elicitations()[0].clone();
     let navigation = client.navigate(&url).await;
     assert_eq!(navigation.page().unwrap().status.as_u16(), 200);
@@ -175,10 +71,11 @@ async fn a_full_sign_in_counts_one_flow_one_elicitation_and_leaks_nothing_into_l
         ("elicitations_total{path=wait}", 1),
         ("flows_completed_total{outcome=authorized}", 1),
     ]);
-    assert_eq!(rec.events(), sign_in);
+    assert_eq!(events(&mut rec), sign_in);
+    assert_eq!(pending_flows(&mut rec), 0.0, "the flow ended");
     // The stored token: nothing new is counted.
     call(&session, "whoami").await.unwrap();
-    assert_eq!(rec.events(), sign_in);
+    assert_eq!(events(&mut rec), sign_in);
 
     let query = query_of(callback.as_str());
     let stored = h
@@ -198,8 +95,9 @@ async fn a_full_sign_in_counts_one_flow_one_elicitation_and_leaks_nothing_into_l
         "http://".to_owned(),
         "https://".to_owned(),
     ];
-    assert!(rec.labels.iter().any(|v| v == "github"));
-    let fields = rec.spans.0.lock().unwrap().clone();
+    let labels = rec.metrics().label_values();
+    assert!(labels.iter().any(|v| v == "github"));
+    let fields = rec.spans().fields();
     assert!(
         fields
             .iter()
@@ -207,7 +105,7 @@ async fn a_full_sign_in_counts_one_flow_one_elicitation_and_leaks_nothing_into_l
         "store spans: {fields:?}"
     );
     for secret in &secrets {
-        for label in &rec.labels {
+        for label in &labels {
             assert!(
                 !label.contains(secret.as_str()),
                 "{secret} in label {label}"
@@ -242,7 +140,7 @@ async fn concurrent_calls_count_one_started_flow_and_the_rest_joined() {
     // Give the other calls time to join before the user finishes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        rec.events(),
+        events(&mut rec),
         expect(&[
             ("flows_started_total{}", 1),
             ("flows_joined_total{}", 2),
@@ -254,7 +152,7 @@ async fn concurrent_calls_count_one_started_flow_and_the_rest_joined() {
         call.await.unwrap().unwrap();
     }
     assert_eq!(
-        rec.events(),
+        events(&mut rec),
         expect(&[
             ("flows_started_total{}", 1),
             ("flows_joined_total{}", 2),
@@ -291,7 +189,7 @@ async fn a_replayed_callback_counts_as_refused_for_an_unknown_state() {
     // Replayed from another browser (no binding cookie): refused at the gate.
     assert_eq!(http().get(callback).send().await.unwrap().status(), 400);
     assert_eq!(
-        rec.events(),
+        events(&mut rec),
         expect(&[
             ("flows_started_total{}", 1),
             ("elicitations_total{path=wait}", 1),
@@ -324,7 +222,7 @@ async fn a_fail_fast_round_counts_two_elicitations_one_flow_and_its_completion()
     // The retry before the user is done joins the same flow.
     call(&session, "whoami").await.unwrap_err();
     assert_eq!(
-        rec.events(),
+        events(&mut rec),
         expect(&[
             ("flows_started_total{}", 1),
             ("flows_joined_total{}", 1),
@@ -337,7 +235,7 @@ async fn a_fail_fast_round_counts_two_elicitations_one_flow_and_its_completion()
         "github user: gh-alice"
     );
     assert_eq!(
-        rec.events(),
+        events(&mut rec),
         expect(&[
             ("flows_started_total{}", 1),
             ("flows_joined_total{}", 1),
@@ -357,7 +255,7 @@ async fn a_client_without_url_elicitation_is_counted_as_refused() {
     let session = connect(&h.server.mcp_url, Some("alice"), client).await;
     call(&session, "whoami").await.unwrap();
     assert_eq!(
-        rec.events(),
+        events(&mut rec),
         expect(&[("tool_calls_refused_total{reason=no_url_elicitation}", 1)])
     );
 }
@@ -474,13 +372,9 @@ async fn the_readiness_route_answers_503_when_a_store_is_down() {
         !body.to_string().contains("refused"),
         "no error text: {body}"
     );
-    rec.update();
-    let errors = rec.counters[&(
-        names::STORE_ERRORS.to_owned(),
-        vec![
-            ("backend".to_owned(), "down".to_owned()),
-            ("operation".to_owned(), "ping".to_owned()),
-        ],
-    )];
+    let errors = rec.metrics().counter(
+        names::STORE_ERRORS,
+        &[("backend", "down"), ("operation", "ping")],
+    );
     assert_eq!(errors, 1);
 }

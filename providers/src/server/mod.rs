@@ -405,7 +405,8 @@ impl OAuthProvider {
         &self,
         subject: String,
     ) -> Result<Result<UserToken, String>, ProviderError> {
-        Ok(match self.inner.lifecycle.access(&subject).await? {
+        let (access, subject) = self.inner.lifecycle.access_owned(subject).await;
+        Ok(match access? {
             Access::Ready(token) => Ok(UserToken { subject, token }),
             Access::NeedsAuthorization(_) => Err(subject),
         })
@@ -441,19 +442,19 @@ impl OAuthProvider {
         binding::seal(&mut flow);
         let (flow, started) = match lifecycle.pending_store().insert(&flow).await? {
             InsertOutcome::Inserted => {
-                lifecycle.record_flow_begun(true);
+                lifecycle.record_flow_started(&flow);
                 (flow, true)
             }
             InsertOutcome::Joined(state) => match lifecycle.pending_flow(&state).await? {
                 Some(existing) => {
-                    lifecycle.record_flow_begun(false);
+                    lifecycle.record_flow_joined();
                     (existing, false)
                 }
                 // The active flow's callback is being handled right now: the
                 // connect link is no longer needed, so hand out that flow's
                 // handle with the outcome to wait for.
                 None => {
-                    lifecycle.record_flow_begun(false);
+                    lifecycle.record_flow_joined();
                     return Ok(PendingAuthorization {
                         subject: subject.to_owned(),
                         connect_url: self.inner.connect_url.clone(),
