@@ -401,7 +401,8 @@ fn the_pending_gauge_is_exact_under_concurrency_and_each_wake_is_one_sample() {
     const USERS: usize = 48;
     const WAITERS_PER_FLOW: usize = 2;
     let mut rec = Recording::start();
-    let f = memory_fixture();
+    let store = Arc::new(MemoryStore::new());
+    let f = fixture(store.clone(), store.clone());
     let lifecycle = f.lifecycle.clone();
     let oauth = f.oauth.clone();
     let pending = |m: &Metrics| m.gauge(names::FLOWS_PENDING, &[("provider", "github")]);
@@ -445,8 +446,19 @@ fn the_pending_gauge_is_exact_under_concurrency_and_each_wake_is_one_sample() {
             }
         }
         // Every waiter is parked on its flow before any flow ends (a wait
-        // that starts after the end is not a wake).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // that starts after the end is not a wake). The store counts the
+        // subscriptions, so this holds however late a loaded runner starts
+        // a waiter; the bound only turns a hang into a failure.
+        let parked = USERS * WAITERS_PER_FLOW;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.entry_counts().waiters < parked {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {parked} waiters parked",
+                store.entry_counts().waiters
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let m = rec.metrics();
         assert_eq!(pending(&m), USERS as f64, "waiting adds nothing");
         assert_eq!(wakes(&m), 0);

@@ -118,6 +118,9 @@ pub struct EntryCounts {
     pub leases: usize,
     /// Flows someone is waiting on.
     pub waited_flows: usize,
+    /// Waits subscribed to a flow's outcome now, over all flows (a test
+    /// can tell every waiter is parked before it ends the flows).
+    pub waiters: usize,
 }
 
 impl EntryCounts {
@@ -254,6 +257,7 @@ impl State {
             outcomes: self.outcomes.len(),
             leases: self.leases.len(),
             waited_flows: self.waiters.len(),
+            waiters: self.waiters.values().map(|w| w.receiver_count()).sum(),
         }
     }
 }

@@ -220,17 +220,24 @@ async fn a_cancelled_wait_leaves_nothing_registered() {
     let store = MemoryStore::new();
     let waited = flow("u", Duration::from_secs(60), Timestamp::now());
     store.insert(&waited).await.unwrap();
-    let waiter = tokio::spawn({
-        let store = store.clone();
-        let state = waited.state.clone();
-        async move { store.wait(&state, Duration::from_secs(60)).await }
-    });
-    while store.entry_counts().waited_flows == 0 {
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            let state = waited.state.clone();
+            tokio::spawn(async move { store.wait(&state, Duration::from_secs(60)).await })
+        })
+        .collect();
+    while store.entry_counts().waiters < 2 {
         tokio::task::yield_now().await;
     }
-    waiter.abort();
-    let _ = waiter.await;
+    // Two waits on one flow: one waited flow, two waiters.
+    assert_eq!(store.entry_counts().waited_flows, 1);
+    for waiter in waiters {
+        waiter.abort();
+        let _ = waiter.await;
+    }
     assert_eq!(store.entry_counts().waited_flows, 0);
+    assert_eq!(store.entry_counts().waiters, 0);
 }
 
 #[test]
