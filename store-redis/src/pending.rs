@@ -15,9 +15,28 @@ use crate::scripts::{CLAIM_ACTIVE, COMPARE_AND_DELETE, STORE_FLOW};
 use crate::subscription::Ready;
 use crate::{RedisStore, millis};
 
-/// How soon a waiter reads the stored outcome again after that read failed
-/// while the subscription stayed up.
-const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
+/// How soon a waiter subscribes and reads the stored outcome again after
+/// that read failed retryably (doubling up to [`RECHECK_MAX`]), or, on a
+/// cluster that was just disrupted, after the last read.
+const RECHECK_FIRST: Duration = Duration::from_millis(100);
+const RECHECK_MAX: Duration = Duration::from_secs(2);
+
+/// How long after a cluster disruption waiters keep checking the store by
+/// themselves (see `Completions::settling`): longer than a failover with
+/// the default `cluster-node-timeout` (15 s) and its settling.
+const SETTLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a taken flow's record stays, for a take sent again (by the
+/// cluster client, or by `take` after a retryable error) to get its flow;
+/// `complete` removes it sooner.
+const TAKEN_RECORD_TTL: Duration = Duration::from_secs(120);
+
+/// How long `take` keeps sending itself again after retryable errors: longer
+/// than a Redis Cluster failover with the default `cluster-node-timeout`
+/// (15 s), shorter than [`TAKEN_RECORD_TTL`].
+pub(crate) const RESEND_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const RESEND_FIRST_DELAY: Duration = Duration::from_millis(25);
+pub(crate) const RESEND_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// A script reply `{status}` or `{status, text}`.
 fn status_and_text(reply: &Value) -> Option<(i64, Option<Vec<u8>>)> {
@@ -82,6 +101,54 @@ impl RedisStore {
                 codec::decode_outcome(&bytes).map_err(|e| error::undecodable(&location, e))
             })
             .transpose()
+    }
+    /// One run of the take script under `nonce` (see [`TAKE_FLOW`]).
+    ///
+    /// [`TAKE_FLOW`]: crate::scripts
+    pub(crate) async fn take_once(
+        &self,
+        state: &FlowState,
+        nonce: &str,
+    ) -> Result<Option<PendingFlow>> {
+        let location = self.flow_location(state);
+        let mut invocation = self.inner.scripts.take_flow.prepare_invoke();
+        invocation
+            .key(self.inner.keys.flow(state))
+            .key(self.inner.keys.taken(state))
+            .arg(FLOW_FORMAT_VERSION)
+            .arg(nonce)
+            .arg(millis(TAKEN_RECORD_TTL));
+        let reply: Value = self
+            .inner
+            .invoke(&invocation)
+            .await
+            .map_err(|e| error::backend("take pending flow", e))?;
+        let (status, bytes) = status_and_text(&reply)
+            .ok_or_else(|| error::unexpected("take pending flow", format!("{reply:?}")))?;
+        match (status, bytes) {
+            (0, _) => Ok(None),
+            (1, Some(bytes)) => {
+                let flow =
+                    codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
+                Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
+            }
+            (-1, Some(bytes)) => Err(match codec::decode_flow(&bytes) {
+                Err(e) => error::undecodable(&location, e),
+                Ok(_) => not_ours(&location, "it is not in the form this library writes"),
+            }),
+            (-1, None) => Err(not_ours(
+                &location,
+                "it holds a Redis type this library never writes there",
+            )),
+            (-2, _) => Err(not_ours(
+                &self.inner.keys.describe_state_key("taken", state),
+                "it should hold the record of the take that removed this flow",
+            )),
+            (status, _) => Err(error::unexpected(
+                "take pending flow",
+                format!("status {status}"),
+            )),
+        }
     }
 }
 
@@ -214,38 +281,25 @@ impl PendingStore for RedisStore {
         Ok(state.map(FlowState::new))
     }
 
+    /// Sent again with the same nonce after a retryable error, for up to
+    /// [`RESEND_WINDOW`]: the take script answers a second run of one take
+    /// with the flow the first run removed, so a reply lost to a dropped
+    /// connection or a failover does not lose the flow (see the crate docs).
     async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        let location = self.flow_location(state);
-        let mut invocation = self.inner.scripts.take_flow.prepare_invoke();
-        invocation
-            .key(self.inner.keys.flow(state))
-            .arg(FLOW_FORMAT_VERSION);
-        let reply: Value = self
-            .inner
-            .invoke(&invocation)
-            .await
-            .map_err(|e| error::backend("take pending flow", e))?;
-        let (status, bytes) = status_and_text(&reply)
-            .ok_or_else(|| error::unexpected("take pending flow", format!("{reply:?}")))?;
-        match (status, bytes) {
-            (0, _) => Ok(None),
-            (1, Some(bytes)) => {
-                let flow =
-                    codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
-                Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
+        let nonce = mcp_authkit_core::random_urlsafe(16);
+        let give_up = tokio::time::Instant::now() + RESEND_WINDOW;
+        let mut delay = RESEND_FIRST_DELAY;
+        loop {
+            match self.take_once(state, &nonce).await {
+                Err(error)
+                    if error.is_retryable() && tokio::time::Instant::now() + delay < give_up =>
+                {
+                    tracing::debug!(%error, "take failed retryably; sending it again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RESEND_MAX_DELAY);
+                }
+                result => return result,
             }
-            (-1, Some(bytes)) => Err(match codec::decode_flow(&bytes) {
-                Err(e) => error::undecodable(&location, e),
-                Ok(_) => not_ours(&location, "it is not in the form this library writes"),
-            }),
-            (-1, None) => Err(not_ours(
-                &location,
-                "it holds a Redis type this library never writes there",
-            )),
-            (status, _) => Err(error::unexpected(
-                "take pending flow",
-                format!("status {status}"),
-            )),
         }
     }
 
@@ -276,9 +330,10 @@ impl PendingStore for RedisStore {
         let mut finish = redis::cmd("EVAL");
         finish
             .arg(&self.inner.scripts.finish_flow)
-            .arg(2)
+            .arg(3)
             .arg(keys.flow(state))
             .arg(keys.outcome(state))
+            .arg(keys.taken(state))
             .arg(encoded)
             .arg(millis(keep_for))
             .arg(channel)
@@ -348,6 +403,7 @@ impl PendingStore for RedisStore {
         // from now on reaches this waiter.
         let mut registration = completions.register(state_tag(state));
         let mut link = completions.link();
+        let mut recheck_delay = RECHECK_FIRST;
         loop {
             // Until the subscription is confirmed, a read could miss a
             // completion published right after it.
@@ -360,12 +416,20 @@ impl PendingStore for RedisStore {
                 // store, which is what the subscription would have told.
                 Ready::TimedOut => return self.stored_outcome(state).await,
             }
-            let mut recheck = false;
-            match self.stored_outcome(state).await {
+            // A retryable read error (a shard failing over, a dropped
+            // connection, a timeout) does not end the wait: it subscribes
+            // and reads again, backing off, until its deadline.
+            let recheck = match self.stored_outcome(state).await {
                 Ok(Some(outcome)) => return Ok(Some(outcome)),
-                Ok(None) => {}
-                Err(error) if error.is_retryable() => recheck = true,
+                Ok(None) => completions.settling(SETTLE_WINDOW),
+                Err(error) if error.is_retryable() => {
+                    tracing::debug!(%error, "a waiter's read failed; reading again");
+                    true
+                }
                 Err(error) => return Err(error),
+            };
+            if !recheck {
+                recheck_delay = RECHECK_FIRST;
             }
             tokio::select! {
                 outcome = registration.delivered() => return Ok(Some(outcome)),
@@ -378,7 +442,9 @@ impl PendingStore for RedisStore {
                         ));
                     }
                 }
-                _ = tokio::time::sleep(RECHECK_AFTER_ERROR), if recheck => {}
+                _ = tokio::time::sleep(recheck_delay), if recheck => {
+                    recheck_delay = (recheck_delay * 2).min(RECHECK_MAX);
+                }
                 // One last read, as in the TimedOut branch: an outcome
                 // stored after the read above whose announcement was lost
                 // is still the answer.
@@ -419,6 +485,65 @@ mod tests {
             assert_eq!(waited.unwrap().unwrap(), None);
         }
         assert_eq!(store.inner.completions().unwrap().waited_states(), 0);
+        store.delete_namespace().await.unwrap();
+    }
+
+    /// A take sent twice (the cluster client re-sends a script whose reply
+    /// was lost, and `take` re-sends after a retryable error) gets the flow
+    /// both times; any other take gets nothing, and once the flow is
+    /// completed its taken record is gone.
+    #[tokio::test]
+    async fn a_take_sent_twice_gets_the_flow_both_times() {
+        use mcp_authkit_core::{PendingFlow, Timestamp, TokenKey};
+        let store = RedisStore::builder(testing::redis_url().await)
+            .prefix(testing::unique_prefix("take-resent"))
+            .connect()
+            .await
+            .unwrap();
+        let key = TokenKey::new("github", "resent");
+        let flow = PendingFlow::new(
+            key.clone(),
+            "http://127.0.0.1:9/callback",
+            vec!["repo".into()],
+            Timestamp::now(),
+            Duration::from_secs(300),
+        );
+        store.insert(&flow).await.unwrap();
+        let bytes = |taken: Option<PendingFlow>| taken.map(|flow| codec::encode_flow(&flow));
+        let first = store.take_once(&flow.state, "nonce-a").await.unwrap();
+        assert_eq!(bytes(first), Some(codec::encode_flow(&flow)));
+        let resent = store.take_once(&flow.state, "nonce-a").await.unwrap();
+        assert_eq!(
+            bytes(resent),
+            Some(codec::encode_flow(&flow)),
+            "the re-sent take gets the same flow"
+        );
+        assert!(
+            store
+                .take_once(&flow.state, "nonce-b")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.take(&flow.state).await.unwrap().is_none());
+        let outcome = FlowOutcome::Failed { reason: "x".into() };
+        store
+            .complete(&key, &flow.state, &outcome, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let taken: i64 = store
+            .inner
+            .query(redis::cmd("EXISTS").arg(store.inner.keys.taken(&flow.state)))
+            .await
+            .unwrap();
+        assert_eq!(taken, 0, "complete removes the taken record");
+        assert!(
+            store
+                .take_once(&flow.state, "nonce-a")
+                .await
+                .unwrap()
+                .is_none()
+        );
         store.delete_namespace().await.unwrap();
     }
 

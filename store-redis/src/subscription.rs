@@ -60,10 +60,20 @@ type OutcomeSender = watch::Sender<Option<FlowOutcome>>;
 struct Shared {
     /// Waiters by state tag; one sender per state, one receiver per waiter.
     waiters: Mutex<HashMap<String, OutcomeSender>>,
+    /// Cluster: when the last disruption was seen (see
+    /// [`Completions::settling`]).
+    disrupted_at: Mutex<Option<Instant>>,
     link: watch::Sender<Link>,
 }
 
 impl Shared {
+    /// A cluster disruption: waiters subscribe and read again now, and keep
+    /// checking for a while (see [`Completions::settling`]).
+    fn disrupted(&self) {
+        *lock(&self.disrupted_at) = Some(Instant::now());
+        self.link.send_replace(Link::Down(None));
+    }
+
     fn waiters(&self) -> MutexGuard<'_, HashMap<String, OutcomeSender>> {
         // No critical section can panic half-way; the map stays sound.
         self.waiters
@@ -248,6 +258,7 @@ impl Completions {
     pub(crate) fn start(client: Client, settings: Settings, channel: String) -> Self {
         let shared = Arc::new(Shared {
             waiters: Mutex::new(HashMap::new()),
+            disrupted_at: Mutex::new(None),
             link: watch::Sender::new(Link::Down(None)),
         });
         let task = tokio::spawn(listen(Arc::clone(&shared), client, settings, channel));
@@ -271,6 +282,7 @@ impl Completions {
         let client = target.client(&settings, Some(pushes))?;
         let shared = Arc::new(Shared {
             waiters: Mutex::new(HashMap::new()),
+            disrupted_at: Mutex::new(None),
             link: watch::Sender::new(Link::Up),
         });
         let sharded = Arc::new(Sharded {
@@ -349,6 +361,18 @@ impl Completions {
                 Err(_) => return Ok(Ready::TimedOut),
             }
         }
+    }
+
+    /// Cluster only: whether the last disruption (a dropped node connection,
+    /// a server-ended subscription) was less than `window` ago. Until a
+    /// failover has settled, a waiter's new subscription may land on a
+    /// master that is being demoted: measured on Redis 7.0, such a
+    /// subscription silently misses every later `SPUBLISH` (the demoted
+    /// node does not end it). While settling, waiters do not trust their
+    /// subscription alone: they subscribe and read again every little while.
+    pub(crate) fn settling(&self, window: Duration) -> bool {
+        self.sharded.is_some()
+            && lock(&self.shared.disrupted_at).is_some_and(|at| at.elapsed() < window)
     }
 
     /// Whether the listener still runs (it stops when the runtime it was
@@ -517,7 +541,7 @@ async fn listen_sharded(
                     // background; waiters do it too, and read again.
                     PushKind::Disconnection => {
                         tracing::debug!("a sharded subscription connection dropped");
-                        shared.link.send_replace(Link::Down(None));
+                        shared.disrupted();
                     }
                     // The server ends subscriptions of a slot the node no
                     // longer serves (resharding, failover); our own sweep's
@@ -527,7 +551,7 @@ async fn listen_sharded(
                             .is_some_and(|tag| shared.waiters().contains_key(tag));
                         if waited {
                             tracing::debug!("the server ended a sharded subscription");
-                            shared.link.send_replace(Link::Down(None));
+                            shared.disrupted();
                         }
                     }
                     _ => {}
