@@ -79,6 +79,7 @@
 //! | `P:active:{T}` | string | the state of the key's active flow | with the flow |
 //! | `P:flow:{S}` | string | a pending flow ([`codec`] bytes) | at the flow's `expires_at` |
 //! | `P:out:{S}` | string | a completed flow's outcome ([`codec`] bytes) | after `keep_for` |
+//! | `P:taken:{S}` | string | `<nonce> <flow bytes>`: the take that removed the flow | after 2 minutes, or when the flow completes |
 //!
 //! Completions are announced with the message `S <outcome>` on the pub/sub
 //! channel `P:completions` (single server), or on the sharded channel
@@ -95,9 +96,10 @@
 //!   `PTTL` in the same round trip) or one compare-and-delete script on
 //!   `P:lease:{T}`;
 //! - `take(state)` knows only the state, so a flow lives under `{S}`, and
-//!   taking it is one script on `P:flow:{S}`;
-//! - `complete` removes the flow and stores the outcome in one script on
-//!   `P:flow:{S}` and `P:out:{S}`, which also publishes the completion.
+//!   taking it is one script on `P:flow:{S}` and `P:taken:{S}`;
+//! - `complete` removes the flow (and its taken record) and stores the
+//!   outcome in one script on `P:flow:{S}`, `P:out:{S}` and `P:taken:{S}`,
+//!   which also publishes the completion.
 //!
 //! Two operations need keys of both kinds, and run as two single-tag steps
 //! in an order that is safe whatever happens between them:
@@ -130,7 +132,8 @@
 //! - `rediss+cluster://...`: the same over TLS, with the same
 //!   [`tls_root_certificates_pem`](RedisStoreBuilder::tls_root_certificates_pem)
 //!   and [`tls_client_identity_pem`](RedisStoreBuilder::tls_client_identity_pem)
-//!   as a single server. (Not tested against a TLS cluster yet.)
+//!   as a single server, presented to every node (tested against a cluster
+//!   that speaks TLS only, between its nodes too: `--tls-cluster yes`).
 //!
 //! A cluster has only database 0. A `redis://` URL that names a cluster
 //! node, or a `redis+cluster://` URL that names a server without cluster
@@ -185,26 +188,34 @@
 //! TTL and compare-and-swap on revisions keep that from producing two
 //! refreshes that both win.
 //!
-//! Re-sent commands: redis-rs's cluster client (1.8) retries a request up
-//! to 4 times, and besides `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` (where the
-//! server ran nothing) it re-sends one whose node connection dropped
-//! (reset, EOF, broken pipe) or whose reply timed out *after it was sent*:
-//! the server may have run it, and the re-send runs it again (on the new
-//! master after a failover, which has it only if it was replicated). The
-//! window is that instant of a broken connection or a late reply; a single
-//! server's connection re-sends only a command that never left. What a
-//! second run changes:
+//! ## Re-sent commands
 //!
-//! - **Leases** are safe: acquisition reads the key back, and a key that
-//!   holds the call's own random token counts as acquired.
-//! - **take** is not: the second run finds the flow gone and answers `None`,
-//!   so nobody gets the flow and that authorization must be started again
-//!   (the flow is never handed out twice).
-//! - **compare-and-swap** answers `Conflict` with the revision it wrote
-//!   itself; **delete**, **delete-if-revision** and **release** answer
-//!   `false` for a key they removed; **put** writes twice and returns the
-//!   second revision. The stored state is right in every case; only the
-//!   answer is.
+//! redis-rs's cluster client (1.8) retries a request up to 4 times, and
+//! besides `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` (where the server ran
+//! nothing) it re-sends one whose node connection dropped (reset, EOF,
+//! broken pipe) or whose reply timed out *after it was sent*: the server may
+//! have run it, and the re-send runs it again (on the new master after a
+//! failover, which has the first run only if it was replicated). `take` and
+//! `delete_namespace` (on a cluster) also send themselves again after a
+//! retryable error, for up to 30 seconds, which rides out a failover with
+//! the default `cluster-node-timeout` (15 s). What a second run does:
+//!
+//! | operation | a second run | answer |
+//! |---|---|---|
+//! | `take` | finds the taken record (`P:taken:{S}`) its first run left under its nonce (random, one per call) | the same flow: exactly one caller gets it |
+//! | `complete` | ends no mark (already ended), stores the same outcome again and announces it again | `Ok`; a waiter ignores a second announcement |
+//! | `insert` | finds exactly its own flow bytes, and the mark naming its own state | `Inserted` |
+//! | `try_acquire_lease` | finds the key holding its own random token | acquired (it is held by this call) |
+//! | `release_lease` | finds the key gone | `false`, though this call released it |
+//! | `put` | writes the record again, at a newer revision | the newer revision |
+//! | `compare_and_swap` | finds its own revision, not the one expected | `Conflict` naming the revision this call wrote |
+//! | `delete`, `delete_if_revision` | finds the token gone | `false`, though this call deleted it |
+//! | `delete_namespace` | removes nothing more | a count without the keys the first run removed |
+//!
+//! The stored state is right in every case, and no flow is ever lost or
+//! handed out twice by a re-send; the last four answers may understate what
+//! the call did. A single server's connection re-sends only a command that
+//! never left, so there only `take`'s own retry sends a script twice.
 //!
 //! # Guarantees and how they are kept
 //!
@@ -217,8 +228,10 @@
 //! - **Leases**: `SET NX PX` with a random token (a key already holding
 //!   that token means a re-sent acquisition: acquired); release deletes the
 //!   key only if it still holds that token.
-//! - **take** is a script that reads and deletes the flow: exactly one caller
-//!   gets it.
+//! - **take** is a script that reads and deletes the flow, leaving a
+//!   short-lived record of which take removed it: exactly one caller gets
+//!   it, even when the script runs twice (see [Re-sent
+//!   commands](#re-sent-commands)).
 //! - **TTLs**: every pending flow, active mark, outcome, lease and tombstone
 //!   expires by Redis itself, so nothing of a flow stays forever and
 //!   [`PendingStore::purge_expired`] has nothing to do.
@@ -385,9 +398,40 @@ impl RedisStore {
     /// Deletes every key of this store's prefix (and no other prefix's, even
     /// one that starts with this one); returns how many. For tests and for
     /// removing a tenant: it is not atomic, so stop using the prefix first.
+    ///
+    /// On a cluster it walks every master, and walks again until a walk
+    /// finds nothing: a failover during a walk moves a SCAN position to a
+    /// node it means nothing on, so that walk may miss keys. A retryable
+    /// error (a shard failing over) starts a new walk, for up to 30 seconds.
     pub async fn delete_namespace(&self) -> Result<u64> {
-        let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         let mut deleted = 0;
+        if !self.inner.is_cluster() {
+            self.delete_walk(&mut deleted).await?;
+            return Ok(deleted);
+        }
+        let give_up = tokio::time::Instant::now() + pending::RESEND_WINDOW;
+        let mut delay = pending::RESEND_FIRST_DELAY;
+        loop {
+            let before = deleted;
+            match self.delete_walk(&mut deleted).await {
+                Ok(()) if deleted == before => return Ok(deleted),
+                Ok(()) => {}
+                Err(error)
+                    if error.is_retryable() && tokio::time::Instant::now() + delay < give_up =>
+                {
+                    tracing::debug!(%error, "delete namespace: a walk failed; walking again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(pending::RESEND_MAX_DELAY);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One walk of [`delete_namespace`](Self::delete_namespace) over every
+    /// master (or the one server), adding the keys it removes to `deleted`.
+    async fn delete_walk(&self, deleted: &mut u64) -> Result<()> {
+        let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         // On a cluster, SCAN lists one master's keys: walk every master.
         let nodes: Vec<Option<u16>> = if self.inner.is_cluster() {
             let masters = self.inner.scan_masters().await?;
@@ -419,7 +463,7 @@ impl RedisStore {
                             .query(redis::cmd("UNLINK").arg(name))
                             .await
                             .map_err(|e| error::backend("delete namespace", e))?;
-                        deleted += removed;
+                        *deleted += removed;
                     }
                 } else {
                     let mut pipeline = redis::pipe();
@@ -432,7 +476,7 @@ impl RedisStore {
                             .query_pipeline(&pipeline)
                             .await
                             .map_err(|e| error::backend("delete namespace", e))?;
-                        deleted += removed.iter().sum::<u64>();
+                        *deleted += removed.iter().sum::<u64>();
                     }
                 }
                 if next == 0 {
@@ -441,7 +485,7 @@ impl RedisStore {
                 cursor = next;
             }
         }
-        Ok(deleted)
+        Ok(())
     }
 }
 
