@@ -178,15 +178,32 @@
 //! after `cluster-node-timeout` (commonly 5-15 s) plus an election. In that
 //! window, operations on that shard's keys fail with a retryable error
 //! ([`Error::is_retryable`]) after the response timeout, and the other shards
-//! carry on. A waiting tool call does not fail: its waiter notices the
-//! dropped connection, subscribes again (retrying until the new master
-//! answers or its wait times out) and reads the stored outcome, so a
+//! carry on; `take` and `delete_namespace` send themselves again (see
+//! below) and answer once the new master does. A waiting tool call does not
+//! fail: retryable errors during a wait (its subscribe, its re-read) are
+//! retried with a backoff until its deadline, and only an error no retry can
+//! fix ends it early. Its waiter notices the dropped connection or the
+//! ended subscription, subscribes again and reads the stored outcome, so a
 //! completion stored before or during the failover still wakes it, late by
-//! about the failover's length. Redis replicates asynchronously: a write
-//! acknowledged by a master in the instant before it died may be lost with
-//! it (a completed flow's outcome, a refresh lease, a token); the lease's
-//! TTL and compare-and-swap on revisions keep that from producing two
-//! refreshes that both win.
+//! about the failover's length. For a minute after such a disruption, and
+//! whenever its subscribe fails, a waiter also reads the store again after
+//! a backoff (100 ms, doubling up to 2 s): measured on Redis 7.0, a
+//! subscription that lands on a master in the middle of being demoted
+//! misses every later `SPUBLISH`. And measured with redis-rs 1.8, a
+//! cluster connection now and then stops answering after a planned
+//! failover (every command times out, for a minute and more, while a new
+//! connection answers at once): the store replaces its command connection
+//! after a timeout, and its subscription connection when a subscribe gets
+//! no answer (each at most once per 2 s). Before these, one planned
+//! failover in about three left every waiter of the store asleep until its
+//! deadline. Measured on a loopback cluster (`cluster-node-timeout` 2 s;
+//! tests `waiters_wake_*` in `tests/it/cluster.rs`): FAILOVER_FIGURES
+//!
+//! Redis replicates asynchronously: a write acknowledged by a master in the
+//! instant before it died may be lost with it (a completed flow's outcome, a
+//! refresh lease, a token, a take, whose flow is then back on the new
+//! master); the lease's TTL and compare-and-swap on revisions keep that from
+//! producing two refreshes that both win.
 //!
 //! ## Re-sent commands
 //!
@@ -295,6 +312,10 @@ use subscription::Completions;
 /// The backend name in errors.
 const BACKEND: &str = "redis";
 
+/// How often at most a cluster command connection that timed out is
+/// replaced by a new one.
+const REPLACE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A token and pending-flow store on Redis; clones share the connections.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -313,8 +334,11 @@ struct Inner {
     target: Target,
     settings: Settings,
     /// Single server: a `ConnectionManager`; cluster: redis-rs's cluster
-    /// connection (one connection per node).
-    manager: Commands,
+    /// connection (one connection per node), replaced when it stops
+    /// answering (see [`Inner::replace_if_stuck`]).
+    manager: std::sync::RwLock<Commands>,
+    /// Cluster: when the command connection was last replaced.
+    replaced_at: Mutex<Option<tokio::time::Instant>>,
     keys: Keys,
     scripts: Scripts,
     tombstone_ttl_ms: u64,
@@ -374,7 +398,8 @@ impl RedisStore {
                 address: target.describe(),
                 target,
                 settings,
-                manager,
+                manager: std::sync::RwLock::new(manager),
+                replaced_at: Mutex::new(None),
                 keys: Keys::new(prefix),
                 scripts: Scripts::new(),
                 tombstone_ttl_ms: millis(tombstone_ttl),
@@ -545,7 +570,7 @@ impl Inner {
         slot: Option<u16>,
         cmd: redis::Cmd,
     ) -> RedisResult<T> {
-        match (slot, &self.manager) {
+        match (slot, &self.commands()) {
             (Some(slot), Commands::Cluster(connection)) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
@@ -568,14 +593,61 @@ impl Inner {
         Ok(started.elapsed())
     }
 
+    /// The command connection (a cheap clone).
+    fn commands(&self) -> Commands {
+        self.manager
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Cluster only: after a command timed out, opens a new cluster
+    /// connection and puts it in place of the old one, at most once per
+    /// [`REPLACE_INTERVAL`]. Measured with redis-rs 1.8 through a planned
+    /// failover (`CLUSTER FAILOVER`): now and then a cluster connection
+    /// stops answering the failed-over shard's keys for good (every
+    /// command times out, for a minute and more), while a new connection
+    /// to the same cluster answers at once. Requests in flight on the old
+    /// connection finish or time out there.
+    async fn replace_if_stuck<T>(&self, result: &RedisResult<T>) {
+        let (Err(error), Target::Cluster(cluster)) = (result, &self.target) else {
+            return;
+        };
+        if !error.is_timeout() {
+            return;
+        }
+        {
+            let mut replaced_at = self
+                .replaced_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if replaced_at.is_some_and(|at| at.elapsed() < REPLACE_INTERVAL) {
+                return;
+            }
+            *replaced_at = Some(tokio::time::Instant::now());
+        }
+        match connection::cluster_connection(cluster, &self.settings).await {
+            Ok(fresh) => {
+                tracing::debug!(%error, "replaced the cluster command connection after a timeout");
+                *self
+                    .manager
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Commands::Cluster(fresh);
+            }
+            Err(error) => tracing::debug!(%error, "could not open a new cluster connection"),
+        }
+    }
+
     /// Runs `cmd`; once more if the connection could not be opened (the
     /// command never left, and the manager has started a new connection).
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
-        let mut connection = self.manager.clone();
-        match cmd.query_async(&mut connection).await {
+        let mut connection = self.commands();
+        let result = match cmd.query_async(&mut connection).await {
             Err(error) if error::never_sent(&error) => cmd.query_async(&mut connection).await,
             result => result,
-        }
+        };
+        self.replace_if_stuck(&result).await;
+        result
     }
 
     /// [`query`](Self::query) for a pipeline.
@@ -583,11 +655,13 @@ impl Inner {
         &self,
         pipeline: &redis::Pipeline,
     ) -> RedisResult<T> {
-        let mut connection = self.manager.clone();
-        match pipeline.query_async(&mut connection).await {
+        let mut connection = self.commands();
+        let result = match pipeline.query_async(&mut connection).await {
             Err(error) if error::never_sent(&error) => pipeline.query_async(&mut connection).await,
             result => result,
-        }
+        };
+        self.replace_if_stuck(&result).await;
+        result
     }
 
     /// [`query`](Self::query) for a script (EVALSHA, loading it if the
@@ -596,13 +670,15 @@ impl Inner {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> RedisResult<T> {
-        let mut connection = self.manager.clone();
-        match invocation.invoke_async(&mut connection).await {
+        let mut connection = self.commands();
+        let result = match invocation.invoke_async(&mut connection).await {
             Err(error) if error::never_sent(&error) => {
                 invocation.invoke_async(&mut connection).await
             }
             result => result,
-        }
+        };
+        self.replace_if_stuck(&result).await;
+        result
     }
 
     fn completions(&self) -> Result<Arc<Completions>> {

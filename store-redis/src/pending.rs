@@ -407,21 +407,24 @@ impl PendingStore for RedisStore {
         loop {
             // Until the subscription is confirmed, a read could miss a
             // completion published right after it.
-            match completions
+            let subscribed = match completions
                 .ready(&registration, &mut link, deadline)
                 .await?
             {
-                Ready::Yes => {}
+                Ready::Yes => true,
                 // Out of time without a subscription: answer from the
                 // store, which is what the subscription would have told.
                 Ready::TimedOut => return self.stored_outcome(state).await,
-            }
+                // Not subscribed (yet): the store still has the answer if
+                // there is one; subscribe again after a backoff.
+                Ready::NotYet => false,
+            };
             // A retryable read error (a shard failing over, a dropped
             // connection, a timeout) does not end the wait: it subscribes
             // and reads again, backing off, until its deadline.
             let recheck = match self.stored_outcome(state).await {
                 Ok(Some(outcome)) => return Ok(Some(outcome)),
-                Ok(None) => completions.settling(SETTLE_WINDOW),
+                Ok(None) => !subscribed || completions.settling(SETTLE_WINDOW),
                 Err(error) if error.is_retryable() => {
                     tracing::debug!(%error, "a waiter's read failed; reading again");
                     true
