@@ -586,6 +586,12 @@ async fn waiters_wake_through_a_planned_failover() {
         );
     }
     let (p50, max) = p50_max(&mut delays);
+    // Woken by the completion (or a re-read after the failover), not by the
+    // last read at the wait's deadline, which would hide a lost wake-up.
+    assert!(
+        max < MINUTE / 2,
+        "a waiter woke only {max:?} after its completion"
+    );
     eprintln!(
         "planned failover: took {failover_took:?}; waiters woke {p50:?} (p50) / {max:?} (max) \
          after their completion was sent"
