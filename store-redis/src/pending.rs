@@ -102,9 +102,8 @@ impl RedisStore {
             })
             .transpose()
     }
-    /// One run of the take script under `nonce` (see [`TAKE_FLOW`]).
-    ///
-    /// [`TAKE_FLOW`]: crate::scripts
+    /// One run of the take script under `nonce` (see `TAKE_FLOW` in
+    /// `scripts.rs`).
     pub(crate) async fn take_once(
         &self,
         state: &FlowState,
@@ -282,7 +281,7 @@ impl PendingStore for RedisStore {
     }
 
     /// Sent again with the same nonce after a retryable error, for up to
-    /// [`RESEND_WINDOW`]: the take script answers a second run of one take
+    /// 30 seconds: the take script answers a second run of one take
     /// with the flow the first run removed, so a reply lost to a dropped
     /// connection or a failover does not lose the flow (see the crate docs).
     async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {

@@ -1059,8 +1059,9 @@ async fn delete_namespace_during_a_failover_deletes_everything() {
         left.values().all(|count| *count == 0),
         "keys left after delete_namespace: {left:?}"
     );
-    // Deletes the dead master had not replicated yet are done again.
-    assert!(deleted >= before as u64, "{deleted} of {before}");
+    // The count is not asserted: under a failover it is approximate (a
+    // re-sent UNLINK counts 0, an unreplicated one is done again).
+    eprintln!("delete_namespace during a failover: {deleted} counted of {before} keys");
     assert!(
         !left.contains_key(&victim),
         "the killed master is not a master any more"
