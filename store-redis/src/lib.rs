@@ -169,7 +169,12 @@
 //!   failover) the listing goes on with the masters not walked yet, among
 //!   them the new one, from the start. Every key present throughout is
 //!   listed, some twice; a resharding during a listing may miss keys moved
-//!   to a master already walked.
+//!   to a master already walked. Each SCAN goes to its master by address,
+//!   never elsewhere: redis-rs sends a command for a slot whose master it
+//!   cannot reach to another node, where a keyless SCAN would list that
+//!   node's keys instead (a `delete_namespace` during a failover once
+//!   finished without touching the dead master's shard); an unreachable
+//!   master is a retryable error.
 //! - **Connection names**: the cluster client opens node connections by
 //!   itself; they carry the [`client_name`](RedisStoreBuilder::client_name)
 //!   when opened with the store, not after a reconnect.
@@ -334,8 +339,17 @@ pub struct RedisStore {
 struct ScanMaster {
     /// Its node id: SCAN positions belong to it.
     id: String,
-    /// A slot it serves, to route commands to it.
+    /// A slot it serves, to sort the masters by.
     slot: u16,
+    /// Its address, to send SCAN to it and nowhere else: redis-rs routes a
+    /// command for a slot whose master it cannot reach to another node of
+    /// that shard or, failing that, to any node, where a keyless SCAN would
+    /// silently list that node's keys instead (measured: a delete_namespace
+    /// during a failover "finished" without the dead master's shard).
+    /// `None` when the node does not know its own address (an empty host
+    /// in `CLUSTER SLOTS`, as in a one-node cluster): routed by slot then.
+    host: Option<String>,
+    port: u16,
 }
 
 struct Inner {
@@ -466,9 +480,13 @@ impl RedisStore {
     async fn delete_walk(&self, deleted: &mut u64) -> Result<()> {
         let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         // On a cluster, SCAN lists one master's keys: walk every master.
-        let nodes: Vec<Option<u16>> = if self.inner.is_cluster() {
-            let masters = self.inner.scan_masters().await?;
-            masters.iter().map(|master| Some(master.slot)).collect()
+        let masters = if self.inner.is_cluster() {
+            self.inner.scan_masters().await?
+        } else {
+            Vec::new()
+        };
+        let nodes: Vec<Option<&ScanMaster>> = if self.inner.is_cluster() {
+            masters.iter().map(Some).collect()
         } else {
             vec![None]
         };
@@ -535,7 +553,8 @@ impl Inner {
             .await
             .map_err(|e| error::backend("list the cluster's masters", e))?;
         // Each range: [start, end, [host, port, id, ...], replicas...].
-        let mut first_slots: std::collections::HashMap<String, u16> = Default::default();
+        let mut first_slots: std::collections::HashMap<String, (u16, Option<String>, u16)> =
+            Default::default();
         for range in ranges {
             let Value::Array(items) = range else { continue };
             let (Some(Value::Int(start)), Some(Value::Array(master))) =
@@ -550,11 +569,20 @@ impl Inner {
                 // be tied to its node.
                 _ => continue,
             };
+            let host = match master.first() {
+                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(Value::SimpleString(host)) => host.clone(),
+                _ => continue,
+            };
+            let host = (!host.is_empty() && host != "?").then_some(host);
+            let Some(Value::Int(port)) = master.get(1) else {
+                continue;
+            };
             let start = *start as u16;
             first_slots
                 .entry(id)
-                .and_modify(|slot| *slot = (*slot).min(start))
-                .or_insert(start);
+                .and_modify(|(slot, _, _)| *slot = (*slot).min(start))
+                .or_insert((start, host, *port as u16));
         }
         if first_slots.is_empty() {
             return Err(mcp_authkit_core::Error::backend(
@@ -566,24 +594,37 @@ impl Inner {
         }
         let mut masters: Vec<ScanMaster> = first_slots
             .into_iter()
-            .map(|(id, slot)| ScanMaster { id, slot })
+            .map(|(id, (slot, host, port))| ScanMaster {
+                id,
+                slot,
+                host,
+                port,
+            })
             .collect();
         masters.sort_by_key(|master| master.slot);
         Ok(masters)
     }
 
-    /// Runs `cmd` on the master of `slot` (`None`: as any command).
+    /// Runs `cmd` on `master` and no other node (`None`: as any command);
+    /// a master that cannot be reached is a retryable error.
     async fn query_on<T: FromRedisValue>(
         &self,
-        slot: Option<u16>,
+        master: Option<&ScanMaster>,
         cmd: redis::Cmd,
     ) -> RedisResult<T> {
-        match (slot, &self.commands()) {
-            (Some(slot), Commands::Cluster(connection)) => {
+        match (master, &self.commands()) {
+            (Some(master), Commands::Cluster(connection)) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(slot, SlotAddr::Master),
-                ));
+                let route = RoutingInfo::SingleNode(match &master.host {
+                    Some(host) => SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: master.port,
+                    },
+                    None => SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        master.slot,
+                        SlotAddr::Master,
+                    )),
+                });
                 let value = connection.clone().route_command(cmd, route).await?;
                 T::from_redis_value(value).map_err(Into::into)
             }

@@ -1054,7 +1054,15 @@ async fn delete_namespace_during_a_failover_deletes_everything() {
         .await
         .unwrap()
         .expect("delete_namespace rides out the failover");
+    // Counted on three masters: the victim's replica too, once it took over
+    // (a check of the two live masters alone passed while the dead shard's
+    // keys were all still there).
+    eventually(Duration::from_secs(20), "the replica took over", || async {
+        masters(&url).await.len() == 3
+    })
+    .await;
     let left = keys_per_master(&url, &prefix).await;
+    assert_eq!(left.len(), 3, "{left:?}");
     assert!(
         left.values().all(|count| *count == 0),
         "keys left after delete_namespace: {left:?}"
