@@ -206,10 +206,11 @@
 //! first try to complete to the waiter's wake:
 //!
 //! - planned failover (`CLUSTER FAILOVER`, 20 runs): in 12 runs 0.6-4 ms
-//!   (p50), at most 110 ms; in 8 runs about 3 s (p50 and max), one response
-//!   timeout before the connection that stopped answering was replaced;
-//! - killed master (SIGKILL): 0.7 ms (p50), 3.0 s (max): that shard's
-//!   completions wait for its replica to take over. With the default
+//!   (p50), at most 125 ms; in 8 runs about 3 s (p50 and max), one
+//!   response timeout before the connection that stopped answering was
+//!   replaced;
+//! - killed master (SIGKILL, 2 runs): 0.7-1.4 ms (p50), 3.0-3.6 s (max):
+//!   that shard's completions wait for its replica to take over. With the default
 //!   `cluster-node-timeout` of 15 s, count on 15-20 s for that shard.
 //!
 //! Redis replicates asynchronously: a write acknowledged by a master in the
