@@ -514,8 +514,7 @@ fn cluster_connect_error(target: &ClusterTarget, error: redis::RedisError) -> Er
     // behind "Failed to create initial connections", so a refused
     // certificate (rustls's words) is recognised by it: no retry makes an
     // untrusted certificate trusted.
-    let refused_certificate =
-        text.contains("invalid peer certificate") || text.contains("peer sent no certificates");
+    let refused_certificate = text.contains("invalid peer certificate");
     Error::Backend {
         backend: crate::BACKEND,
         operation: "connecting to the redis cluster",

@@ -194,7 +194,11 @@
 //! whenever its subscribe fails, a waiter also reads the store again after
 //! a backoff (100 ms, doubling up to 2 s): measured on Redis 7.0, a
 //! subscription that lands on a master in the middle of being demoted
-//! misses every later `SPUBLISH`. And measured with redis-rs 1.8, a
+//! misses every later `SPUBLISH`. That costs each waiter of the store one
+//! subscribe and one `GET` about every 2 s for that minute (1000 waiters:
+//! about 1000 commands a second), and any dropped node connection or
+//! server-ended subscription starts it, also one that lost nothing (a
+//! resharding, a connection the server closed). And measured with redis-rs 1.8, a
 //! cluster connection now and then stops answering after a planned
 //! failover (every command times out, for a minute and more, while a new
 //! connection answers at once): the store replaces its command connection
@@ -216,8 +220,15 @@
 //! Redis replicates asynchronously: a write acknowledged by a master in the
 //! instant before it died may be lost with it (a completed flow's outcome, a
 //! refresh lease, a token, a take, whose flow is then back on the new
-//! master); the lease's TTL and compare-and-swap on revisions keep that from
-//! producing two refreshes that both win.
+//! master). So every guarantee below holds as long as Redis loses no
+//! acknowledged write; a master that is killed (not failed over by
+//! `CLUSTER FAILOVER`, which waits for its replica) can break them: a flow
+//! taken on it can be taken once more from its promoted replica, a lease
+//! can have two holders, a compare-and-swap can win against a revision that
+//! is gone. The store does not send `WAIT` after its writes (it would make
+//! every write wait for a replica, and a `WAIT` that times out cannot undo
+//! the write anyway); where a second take is not acceptable, run Redis with
+//! `min-replicas-to-write` or accept that window.
 //!
 //! ## Re-sent commands
 //!
@@ -243,10 +254,15 @@
 //! | `delete`, `delete_if_revision` | finds the token gone | `false`, though this call deleted it |
 //! | `delete_namespace` | removes nothing more | a count without the keys the first run removed |
 //!
-//! The stored state is right in every case, and no flow is ever lost or
-//! handed out twice by a re-send; the last four answers may understate what
-//! the call did. A single server's connection re-sends only a command that
-//! never left, so there only `take`'s own retry sends a script twice.
+//! The stored state is right in every case, and no flow is handed out
+//! twice by a re-send; the last four answers may understate what the call
+//! did. A take's re-sends stop after 30 s on a cluster and after 5 s (at
+//! least two response timeouts) on a single server: a take that gets no
+//! reply in that window ends with a retryable error, and its flow may have
+//! been taken by a run whose reply was lost, so a new take answers `None`
+//! (the flow is lost, never handed out twice). A single server's
+//! connection re-sends only a command that never left, so there only
+//! `take`'s own retry sends a script twice.
 //!
 //! # Guarantees and how they are kept
 //!
@@ -260,15 +276,21 @@
 //!   that token means a re-sent acquisition: acquired); release deletes the
 //!   key only if it still holds that token.
 //! - **take** is a script that reads and deletes the flow, leaving a
-//!   short-lived record of which take removed it: exactly one caller gets
-//!   it, even when the script runs twice (see [Re-sent
-//!   commands](#re-sent-commands)).
+//!   short-lived record of which take removed it (removed again once the
+//!   take has its answer): exactly one caller gets it, even when the script
+//!   runs twice (see [Re-sent commands](#re-sent-commands)), as long as
+//!   Redis loses no write it acknowledged. A master killed before its
+//!   replica received a take puts the flow back (the replica still has
+//!   it), and a second caller can take it again; see below.
 //! - **TTLs**: every pending flow, active mark, outcome, lease and tombstone
 //!   expires by Redis itself, so nothing of a flow stays forever and
 //!   [`PendingStore::purge_expired`] has nothing to do.
-//! - **wait** never polls: it subscribes (through the store's one
-//!   subscription connection) before it reads the stored outcome, so a
-//!   completion is either stored already or delivered.
+//! - **wait** subscribes (through the store's one subscription
+//!   connection) before it reads the stored outcome, so a completion is
+//!   either stored already or delivered. It reads the store again only when
+//!   its subscription dropped or failed, and on a cluster for a minute after
+//!   a disruption (see [Redis Cluster](#redis-cluster)); otherwise it never
+//!   polls.
 //! - **Foreign data**: a value under our prefix that this library did not
 //!   write (another type, another shape) is a decode error naming the key,
 //!   and no operation overwrites or deletes it. Flow and outcome keys are
@@ -450,7 +472,10 @@ impl RedisStore {
     /// On a cluster it walks every master, and walks again until a walk
     /// finds nothing: a failover during a walk moves a SCAN position to a
     /// node it means nothing on, so that walk may miss keys. A retryable
-    /// error (a shard failing over) starts a new walk, for up to 30 seconds.
+    /// error (a shard failing over) starts a new walk, for up to 30 seconds;
+    /// after that it ends with the first walk that succeeds, or the error
+    /// (so a writer that keeps writing under the prefix cannot keep it
+    /// walking: the keys it wrote meanwhile may remain).
     pub async fn delete_namespace(&self) -> Result<u64> {
         let mut deleted = 0;
         if !self.inner.is_cluster() {
@@ -463,6 +488,10 @@ impl RedisStore {
             let before = deleted;
             match self.delete_walk(&mut deleted).await {
                 Ok(()) if deleted == before => return Ok(deleted),
+                // A writer still using the prefix gives every walk something
+                // to delete: past the window the call ends as on a single
+                // server, after one walk that succeeded.
+                Ok(()) if tokio::time::Instant::now() >= give_up => return Ok(deleted),
                 Ok(()) => {}
                 Err(error)
                     if error.is_retryable() && tokio::time::Instant::now() + delay < give_up =>

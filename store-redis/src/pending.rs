@@ -26,15 +26,26 @@ const RECHECK_MAX: Duration = Duration::from_secs(2);
 /// the default `cluster-node-timeout` (15 s) and its settling.
 const SETTLE_WINDOW: Duration = Duration::from_secs(60);
 
-/// How long a taken flow's record stays, for a take sent again (by the
-/// cluster client, or by `take` after a retryable error) to get its flow;
-/// `complete` removes it sooner.
-const TAKEN_RECORD_TTL: Duration = Duration::from_secs(120);
-
-/// How long `take` keeps sending itself again after retryable errors: longer
-/// than a Redis Cluster failover with the default `cluster-node-timeout`
-/// (15 s), shorter than [`TAKEN_RECORD_TTL`].
+/// How long `take` keeps sending itself again after retryable errors on a
+/// cluster: longer than a Redis Cluster failover with the default
+/// `cluster-node-timeout` (15 s).
 pub(crate) const RESEND_WINDOW: Duration = Duration::from_secs(30);
+
+/// The same on a single server, at the least. Nothing fails over there and
+/// the connection re-sends nothing by itself: a take's reply is lost only
+/// to a dropped connection or a timeout, and the re-send helps only once
+/// the server answers again, which a reconnect finds at once (a blip) or
+/// not for a long while (a restart). Waiting 30 s on a dead server would
+/// hold an OAuth callback that long for nothing.
+const SINGLE_RESEND_WINDOW: Duration = Duration::from_secs(5);
+
+/// Requests the cluster client sends per command at most (its first try
+/// and its retries, see `connection.rs`), each up to one response timeout.
+const CLUSTER_TRIES: u32 = 5;
+
+/// Added to a taken record's lifetime beyond the last re-send's answer:
+/// retry waits, scheduling, clock steps.
+const TAKEN_RECORD_MARGIN: Duration = Duration::from_secs(10);
 pub(crate) const RESEND_FIRST_DELAY: Duration = Duration::from_millis(25);
 pub(crate) const RESEND_MAX_DELAY: Duration = Duration::from_secs(1);
 
@@ -56,6 +67,41 @@ fn status_and_text(reply: &Value) -> Option<(i64, Option<Vec<u8>>)> {
 }
 
 impl RedisStore {
+    /// How long `take` sends itself again after retryable errors.
+    pub(crate) fn resend_window(&self) -> Duration {
+        if self.inner.is_cluster() {
+            RESEND_WINDOW
+        } else {
+            // At least one re-send after a reply that timed out.
+            SINGLE_RESEND_WINDOW.max(self.inner.settings.response_timeout * 2)
+        }
+    }
+
+    /// How long a taken flow's record stays when its take cannot remove it:
+    /// as long as a run of that take may still arrive (the last re-send
+    /// starts before the window ends and the cluster client may try it
+    /// [`CLUSTER_TRIES`] times, each up to a response timeout), plus a
+    /// margin. A take that gets its answer removes the record at once;
+    /// `complete` removes it too.
+    fn taken_record_ttl(&self) -> Duration {
+        self.resend_window()
+            + self.inner.settings.response_timeout * CLUSTER_TRIES
+            + TAKEN_RECORD_MARGIN
+    }
+
+    /// Best-effort removal of the record this take left, once it has its
+    /// answer: it holds the whole flow (the PKCE verifier among it), and a
+    /// caller that takes a flow without completing it (a discarded
+    /// authorization) would leave it until its TTL. A failure leaves it to
+    /// that TTL.
+    async fn forget_taken(&self, state: &FlowState, nonce: &str) {
+        let mut invocation = self.inner.scripts.forget_taken.prepare_invoke();
+        invocation.key(self.inner.keys.taken(state)).arg(nonce);
+        if let Err(error) = self.inner.invoke::<i64>(&invocation).await {
+            tracing::debug!(%error, "could not remove a taken flow's record; it expires by its TTL");
+        }
+    }
+
     fn flow_location(&self, state: &FlowState) -> String {
         self.inner.keys.describe_state_key("flow", state)
     }
@@ -116,7 +162,7 @@ impl RedisStore {
             .key(self.inner.keys.taken(state))
             .arg(FLOW_FORMAT_VERSION)
             .arg(nonce)
-            .arg(millis(TAKEN_RECORD_TTL));
+            .arg(millis(self.taken_record_ttl()));
         let reply: Value = self
             .inner
             .invoke(&invocation)
@@ -131,6 +177,12 @@ impl RedisStore {
                     codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
                 Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
             }
+            // Taken by an earlier run of this take, whose reply was lost:
+            // the flow was still in Redis then, so within its TTL (set from
+            // its expiry). It is this caller's even if it expired since.
+            (2, Some(bytes)) => codec::decode_flow(&bytes)
+                .map(Some)
+                .map_err(|e| error::undecodable(&location, e)),
             (-1, Some(bytes)) => Err(match codec::decode_flow(&bytes) {
                 Err(e) => error::undecodable(&location, e),
                 Ok(_) => not_ours(&location, "it is not in the form this library writes"),
@@ -281,12 +333,19 @@ impl PendingStore for RedisStore {
     }
 
     /// Sent again with the same nonce after a retryable error, for up to
-    /// 30 seconds: the take script answers a second run of one take
-    /// with the flow the first run removed, so a reply lost to a dropped
-    /// connection or a failover does not lose the flow (see the crate docs).
+    /// 30 seconds on a cluster (a failover) and 5 seconds on a single
+    /// server (at least two response timeouts): the take script answers a
+    /// second run of one take with the flow the first run removed, so a
+    /// reply lost to a dropped connection or a failover does not lose the
+    /// flow (see the crate docs). The record that makes this work is
+    /// removed as soon as the take has its answer.
+    ///
+    /// A retryable error from `take` means no run's reply arrived in that
+    /// window; the flow may have been taken by a run whose reply was lost,
+    /// and is then gone for every caller: a new `take` answers `None`.
     async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         let nonce = mcp_authkit_core::random_urlsafe(16);
-        let give_up = tokio::time::Instant::now() + RESEND_WINDOW;
+        let give_up = tokio::time::Instant::now() + self.resend_window();
         let mut delay = RESEND_FIRST_DELAY;
         loop {
             match self.take_once(state, &nonce).await {
@@ -296,6 +355,10 @@ impl PendingStore for RedisStore {
                     tracing::debug!(%error, "take failed retryably; sending it again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RESEND_MAX_DELAY);
+                }
+                Ok(Some(flow)) => {
+                    self.forget_taken(state, &nonce).await;
+                    return Ok(Some(flow));
                 }
                 result => return result,
             }

@@ -160,11 +160,12 @@ end
 /// flow, where it would otherwise find the flow gone and hand it to nobody.
 /// Another take's nonce finds nothing (`{0}`), as before.
 ///
-/// Returns `{1, bytes}` when taken (now or by an earlier run of this take),
-/// `{0}` when absent, `{-1, bytes}` / `{-1}` when the flow key holds a
-/// string / another type that is not a flow this release can read, `{-2}`
-/// when the taken record is not ours (left alone; the bytes let the caller
-/// say why).
+/// Returns `{1, bytes}` when taken now, `{2, bytes}` when taken by an
+/// earlier run of this take (its record), `{0}` when absent, `{-1, bytes}` /
+/// `{-1}` when the flow key holds a string / another type that is not a
+/// flow this release can read (the bytes let the caller say why), `{-2}`
+/// when the taken record holds something this library did not write (left
+/// alone).
 const TAKE_FLOW: &str = r#"
 local taken_kind = redis.call('TYPE', KEYS[2])['ok']
 if taken_kind == 'string' then
@@ -172,7 +173,7 @@ if taken_kind == 'string' then
   local space = string.find(record, ' ', 1, true)
   if not space then return {-2} end
   if string.sub(record, 1, space - 1) == ARGV[2] then
-    return {1, string.sub(record, space + 1)}
+    return {2, string.sub(record, space + 1)}
   end
 elseif taken_kind ~= 'none' then
   return {-2}
@@ -186,6 +187,20 @@ if not version or version < 1 or version > tonumber(ARGV[1]) then return {-1, va
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. value, 'PX', ARGV[3])
 return {1, value}
+"#;
+
+/// Removes a taken record if it is the one left by the take with this
+/// nonce: once that take has its reply, nothing will send it again, and the
+/// record holds the whole flow (its PKCE verifier among it).
+///
+/// KEYS: taken record. ARGV: the take's nonce. Returns 1 when removed, 0
+/// otherwise (gone, another take's, or not ours: left alone).
+const FORGET_TAKEN: &str = r#"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
+local record = redis.call('GET', KEYS[1])
+if string.sub(record, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
 "#;
 
 /// Ends a flow: removes it, keeps its outcome for a while and announces it.
@@ -238,6 +253,7 @@ pub(crate) struct Scripts {
     pub(crate) delete_token: Script,
     pub(crate) compare_and_delete: Script,
     pub(crate) take_flow: Script,
+    pub(crate) forget_taken: Script,
     /// Source of the finish script, for EVAL in the completion pipeline.
     pub(crate) finish_flow: String,
 }
@@ -249,6 +265,7 @@ impl Scripts {
             delete_token: Script::new(DELETE_TOKEN),
             compare_and_delete: Script::new(COMPARE_AND_DELETE),
             take_flow: Script::new(&format!("{VERSION_OF}{TAKE_FLOW}")),
+            forget_taken: Script::new(FORGET_TAKEN),
             finish_flow: format!("{VERSION_OF}{FINISH_FLOW}"),
         }
     }
