@@ -5,8 +5,9 @@
 //!
 //! Most tests share the cluster of `testing::redis_cluster_url` (its own
 //! prefix each); the failover tests start private clusters they may break,
-//! on their own ports (7200, 7300, 7400; 7450 and 7460 for the script's own
-//! tests), never the shared 7100-7105.
+//! on their own ports (7200, 7300, 7400, 7500, 7510; 7450 and 7460 for the
+//! script's own tests; 7530 for the TLS cluster), never the shared
+//! 7100-7105.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
@@ -452,14 +453,17 @@ async fn waiters_wake_and_operations_recover_when_a_master_dies() {
     assert!(killed.success());
 
     // Half the flows are taken by racing stores, the rest just completed.
-    let mut taken_twice = 0;
+    // Taken after the kill: no take is acknowledged by the dead master, so
+    // exactly one of the two gets each flow (none would be a take whose
+    // reply was lost and whose re-send found the flow gone).
+    let mut not_exactly_once = 0;
     let mut completing = std::collections::HashMap::new();
     for (i, flow) in flows.iter().enumerate() {
         if i % 2 == 0 {
             let (from_a, _) = retrying("take in A", || a.take(&flow.state)).await;
             let (from_b, _) = retrying("take in B", || b.take(&flow.state)).await;
-            if from_a.is_some() && from_b.is_some() {
-                taken_twice += 1;
+            if from_a.is_some() == from_b.is_some() {
+                not_exactly_once += 1;
             }
         }
         let outcome = FlowOutcome::Failed {
@@ -471,7 +475,10 @@ async fn waiters_wake_and_operations_recover_when_a_master_dies() {
         })
         .await;
     }
-    assert_eq!(taken_twice, 0, "a flow was taken twice");
+    assert_eq!(
+        not_exactly_once, 0,
+        "a flow was taken by both stores or by neither"
+    );
 
     let mut woken = 0;
     let mut delays = Vec::new();
@@ -811,10 +818,15 @@ fn p50_max(delays: &mut [Duration]) -> (Duration, Duration) {
 }
 
 /// Takes whose replies come too late (a store with a 1 ms response timeout:
-/// the script runs, the caller has stopped listening, and the take is sent
-/// again) race with a patient store for every flow: each flow is taken by
-/// exactly one of them. Without the take's nonce, a re-sent take finds the
-/// flow gone and nobody gets it.
+/// the script runs, the caller has stopped listening, and the cluster
+/// client or `take` sends it again) race with a patient store for every
+/// flow: no flow is taken by both, and a flow taken by neither is one whose
+/// hasty take ended in a retryable error (its re-sends all timed out: the
+/// documented case where the flow may be consumed). Without the take's
+/// nonce, a re-sent take finds the flow gone and nobody gets it. How many
+/// replies were late is up to the machine's load, so this is not asserted
+/// here: `resilience::a_take_whose_reply_is_lost_still_gets_its_flow` loses
+/// replies on purpose and asserts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn takes_whose_replies_come_late_take_each_flow_exactly_once() {
     const FLOWS: usize = 300;
@@ -822,7 +834,8 @@ async fn takes_whose_replies_come_late_take_each_flow_exactly_once() {
     let prefix = testing::unique_prefix("cluster-late-take");
     let patient = store(&url, &prefix, "mcp-authkit-test-late-patient").await;
     let mut hasty = None;
-    for _ in 0..50 {
+    let connecting = tokio::time::Instant::now() + Duration::from_secs(30);
+    while hasty.is_none() && tokio::time::Instant::now() < connecting {
         // Connecting may itself run out of its 1 ms.
         if let Ok(store) = RedisStore::builder(&url)
             .prefix(&prefix)
@@ -831,7 +844,6 @@ async fn takes_whose_replies_come_late_take_each_flow_exactly_once() {
             .await
         {
             hasty = Some(store);
-            break;
         }
     }
     let hasty = hasty.expect("a store with a 1 ms response timeout connects");
@@ -846,34 +858,58 @@ async fn takes_whose_replies_come_late_take_each_flow_exactly_once() {
         for (who, store) in [(0, hasty.clone()), (1, patient.clone())] {
             let state = flow.state.clone();
             races.spawn(async move {
-                let (taken, _) = retrying("take", || store.take(&state)).await;
-                (i, who, taken.is_some())
+                let (taken, failed) = retrying("take", || store.take(&state)).await;
+                (i, who, taken.is_some(), failed > 0)
             });
         }
     }
     let mut takers: Vec<Vec<usize>> = vec![Vec::new(); FLOWS];
+    let mut hasty_failed = vec![false; FLOWS];
     while let Some(done) = races.join_next().await {
-        let (i, who, got) = done.unwrap();
+        let (i, who, got, failed) = done.unwrap();
         if got {
             takers[i].push(who);
         }
+        if who == 0 {
+            hasty_failed[i] = failed;
+        }
     }
-    let nobody = takers.iter().filter(|by| by.is_empty()).count();
+    let nobody: Vec<usize> = (0..FLOWS).filter(|i| takers[*i].is_empty()).collect();
+    let unexplained = nobody.iter().filter(|i| !hasty_failed[**i]).count();
     let several = takers.iter().filter(|by| by.len() > 1).count();
     let by_hasty = takers.iter().filter(|by| by == &&vec![0]).count();
     assert!(
-        nobody == 0 && several == 0,
-        "{nobody} flows taken by nobody, {several} by both ({by_hasty} by the hasty store)"
+        unexplained == 0 && several == 0,
+        "{} flows taken by nobody ({unexplained} without a failed take), {several} by both \
+         ({by_hasty} by the hasty store)",
+        nobody.len()
+    );
+    eprintln!(
+        "late replies: {by_hasty} of {FLOWS} flows taken by the hasty store, {} by nobody after \
+         a take that failed retryably",
+        nobody.len()
     );
     patient.delete_namespace().await.unwrap();
 }
 
 /// Many takers (two stores, several tasks each) race for every flow while a
-/// master dies (SIGKILL): each flow is taken by exactly ONE taker. A take
-/// whose reply is lost (its connection dropped after the script ran) is sent
-/// again with its nonce and gets the flow, so no flow is lost to everyone;
-/// none is handed out twice. Meanwhile refresh leases on every shard are
-/// contended, and are held by at most one holder at a time.
+/// master dies (SIGKILL): every flow is taken, by one taker. A take whose
+/// reply is lost (its connection dropped after the script ran) is sent
+/// again with its nonce and gets the flow, so no flow is lost to everyone.
+///
+/// What a killed master can break is allowed, and no more: replication is
+/// asynchronous, so a take the master acknowledged in the instant before
+/// the kill may never reach its replica, and the promoted replica hands
+/// that flow out again (the crate docs say so). Only takes in flight at the
+/// kill can be such, at most one per taker; a flow handed out twice for
+/// any other reason (a take that removes nothing, say) shows as many more.
+///
+/// Meanwhile refresh leases on every shard are contended: each holder
+/// checks that nobody else holds its key's lease while it does. The holds
+/// are short (3 ms) against a failover of seconds, so this checks leases
+/// before and after the kill, not across it (a lease acquired on the
+/// killed master may be lost with it, like a take), and that leases are
+/// acquired again once the replica took over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_one_take_and_one_lease_holder_across_a_master_failover() {
     const FLOWS: usize = 240;
@@ -908,7 +944,6 @@ async fn exactly_one_take_and_one_lease_holder_across_a_master_failover() {
     assert!(on_victim > 20, "the failing shard holds flows: {on_victim}");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let holders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let overlaps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acquired = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut work = JoinSet::new();
@@ -962,7 +997,6 @@ async fn exactly_one_take_and_one_lease_holder_across_a_master_failover() {
             });
         }
     }
-    let _ = holders;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let killed = Command::new("kill")
         .arg("-9")
@@ -989,9 +1023,9 @@ async fn exactly_one_take_and_one_lease_holder_across_a_master_failover() {
     let twice: Vec<(&usize, &Vec<usize>)> =
         takers_of.iter().filter(|(_, by)| by.len() > 1).collect();
     assert!(
-        lost.is_empty() && twice.is_empty(),
-        "every flow is taken by exactly one taker: {} taken by nobody {lost:?}, {} by \
-         several {twice:?}",
+        lost.is_empty() && twice.len() <= TAKERS_PER_STORE * 2,
+        "every flow is taken, and only a take in flight at the kill may be lost with the \
+         master: {} taken by nobody {lost:?}, {} by several {twice:?}",
         lost.len(),
         twice.len()
     );
@@ -1006,9 +1040,10 @@ async fn exactly_one_take_and_one_lease_holder_across_a_master_failover() {
     );
     eprintln!(
         "take failover: {FLOWS} flows ({on_victim} on the killed master), {} takers, \
-         {} lease acquisitions",
+         {} lease acquisitions, {} flows taken twice (a take lost with the killed master)",
         TAKERS_PER_STORE * 2,
-        acquired.load(std::sync::atomic::Ordering::SeqCst)
+        acquired.load(std::sync::atomic::Ordering::SeqCst),
+        twice.len()
     );
 }
 
@@ -1039,6 +1074,7 @@ async fn delete_namespace_during_a_failover_deletes_everything() {
     let before: usize = keys_per_master(&url, &prefix).await.values().sum();
     assert!(before > KEYS, "{before}");
     let victim = masters(&url).await[1].clone();
+    let successor = replica_of(&url, &victim).await;
     let deleting = {
         let store = store.clone();
         tokio::spawn(async move { store.delete_namespace().await })
@@ -1071,8 +1107,8 @@ async fn delete_namespace_during_a_failover_deletes_everything() {
     // re-sent UNLINK counts 0, an unreplicated one is done again).
     eprintln!("delete_namespace during a failover: {deleted} counted of {before} keys");
     assert!(
-        !left.contains_key(&victim),
-        "the killed master is not a master any more"
+        left.contains_key(&successor),
+        "the killed master's shard is counted, on its promoted replica: {left:?}"
     );
 }
 
