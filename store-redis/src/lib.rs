@@ -244,7 +244,7 @@
 //!
 //! | operation | a second run | answer |
 //! |---|---|---|
-//! | `take` | finds the taken record (`P:taken:{S}`) its first run left under its nonce (random, one per call) | the same flow: exactly one caller gets it |
+//! | `take` | finds the taken record (`P:taken:{S}`) its first run left under its nonce (random, one per call) | the same flow: exactly one caller gets it (while no acknowledged write is lost) |
 //! | `complete` | ends no mark (already ended), stores the same outcome again and announces it again | `Ok`; a waiter ignores a second announcement |
 //! | `insert` | finds exactly its own flow bytes, and the mark naming its own state | `Inserted` |
 //! | `try_acquire_lease` | finds the key holding its own random token | acquired (it is held by this call) |

@@ -1112,6 +1112,47 @@ async fn delete_namespace_during_a_failover_deletes_everything() {
     );
 }
 
+/// `delete_namespace` on a cluster while a writer keeps writing under the
+/// prefix: every walk finds something new to delete, and the call still
+/// ends (after its 30 s window, with the walk that follows) instead of
+/// walking for as long as the writer writes. The limit below is not a
+/// speed target: it only turns a call that never ends into a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_namespace_ends_while_a_writer_keeps_writing() {
+    let url = testing::redis_cluster_url().await;
+    let prefix = testing::unique_prefix("cluster-delete-busy");
+    let store = store(&url, &prefix, "mcp-authkit-test-delete-busy").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut written = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = TokenKey::new("github", format!("busy-{written}"));
+                store.put(&key, &record("a")).await.unwrap();
+                written += 1;
+            }
+            written
+        })
+    };
+    // Some keys before the first walk.
+    eventually(Duration::from_secs(10), "the writer wrote", || async {
+        keys_per_master(&url, &prefix).await.values().sum::<usize>() > 50
+    })
+    .await;
+    let deleted = tokio::time::timeout(Duration::from_secs(180), store.delete_namespace())
+        .await
+        .expect("delete_namespace ends while a writer keeps writing")
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    assert!(
+        deleted > 0,
+        "{deleted} deleted while {written} were written"
+    );
+    store.delete_namespace().await.unwrap();
+}
+
 /// A private cluster that speaks TLS only (`--port 0`), between nodes too
 /// (`--tls-cluster`, `--tls-replication`), and wants client certificates.
 /// Its nodes are children of the test, killed by their handles on drop.
