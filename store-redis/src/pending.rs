@@ -577,6 +577,18 @@ mod tests {
         let bytes = |taken: Option<PendingFlow>| taken.map(|flow| codec::encode_flow(&flow));
         let first = store.take_once(&flow.state, "nonce-a").await.unwrap();
         assert_eq!(bytes(first), Some(codec::encode_flow(&flow)));
+        // Left by a take that did not get its answer: it lasts as long as
+        // that take may still be re-sent, derived from the re-send window
+        // and the response timeout (single server: 6 + 5 x 3 + 10 s).
+        let ttl: i64 = store
+            .inner
+            .query(redis::cmd("PTTL").arg(store.inner.keys.taken(&flow.state)))
+            .await
+            .unwrap();
+        assert!(
+            (25_000..=31_000).contains(&ttl),
+            "taken record TTL {ttl} ms"
+        );
         let resent = store.take_once(&flow.state, "nonce-a").await.unwrap();
         assert_eq!(
             bytes(resent),

@@ -156,10 +156,9 @@ async fn everything_but_tokens_expires_by_itself() {
     store.delete(&deleted).await.unwrap();
 
     let keys = keys_with_ttl(&url, ns.prefix()).await;
-    // token, lease, pending flow + mark, taken flow's mark and taken record
-    // (the completed flow's record went with its completion), outcome,
-    // tombstone
-    assert_eq!(keys.len(), 8, "{keys:?}");
+    // token, lease, pending flow + mark, taken flow's mark, outcome,
+    // tombstone (a take removes its taken record once it has its answer)
+    assert_eq!(keys.len(), 7, "{keys:?}");
     for (name, ttl) in &keys {
         let limit = match name.split(':').rev().nth(1).unwrap() {
             "tok" => {
@@ -169,7 +168,6 @@ async fn everything_but_tokens_expires_by_itself() {
             "lease" => 30_000,
             "flow" | "active" => 60_000,
             "out" => 20_000,
-            "taken" => 120_000,
             "tomb" => 600_000,
             other => panic!("unexpected key kind {other} in {name}"),
         };
