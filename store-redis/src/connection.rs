@@ -510,10 +510,15 @@ fn cluster_connect_error(target: &ClusterTarget, error: redis::RedisError) -> Er
             ),
         );
     }
+    // redis-rs's cluster client keeps only the text of the node errors
+    // behind "Failed to create initial connections", so a refused
+    // certificate (rustls's words) is recognised by it: no retry makes an
+    // untrusted certificate trusted.
+    let refused_certificate = text.contains("invalid peer certificate");
     Error::Backend {
         backend: crate::BACKEND,
         operation: "connecting to the redis cluster",
-        retryable: error::is_retryable(&error),
+        retryable: !refused_certificate && error::is_retryable(&error),
         source: Arc::new(ConnectError {
             addr: target.describe(),
             source: error,

@@ -183,6 +183,13 @@ impl Keys {
         format!("{}:out:{{{}}}", self.prefix, state_tag(state))
     }
 
+    /// `prefix:taken:{state}`: `<nonce> <flow bytes>` of the take that
+    /// removed the flow, kept for a short while so that the same take sent
+    /// again gets the same answer (see the take script).
+    pub(crate) fn taken(&self, state: &FlowState) -> String {
+        format!("{}:taken:{{{}}}", self.prefix, state_tag(state))
+    }
+
     /// A flow or outcome key for messages: the state is a credential (whoever
     /// holds it can finish the flow), so only its first characters show.
     pub(crate) fn describe_state_key(&self, kind: &str, state: &FlowState) -> String {
@@ -252,7 +259,7 @@ impl Keys {
 }
 
 /// The kinds of keys under a prefix.
-const KINDS: [&str; 6] = ["tok", "tomb", "lease", "active", "flow", "out"];
+const KINDS: [&str; 7] = ["tok", "tomb", "lease", "active", "flow", "out", "taken"];
 
 /// `text` with Redis glob characters escaped, for a SCAN MATCH pattern.
 pub(crate) fn escape_glob(text: &str) -> String {
@@ -401,6 +408,8 @@ mod tests {
             let tag = cluster_hash_tag(&keys.flow(&state)).to_owned();
             assert_ne!(tag, keys.flow(&state), "{state:?} has a real tag");
             assert_eq!(cluster_hash_tag(&keys.outcome(&state)), tag);
+            // take touches the flow and its taken record.
+            assert_eq!(cluster_hash_tag(&keys.taken(&state)), tag);
         }
         let generated = FlowState::generate();
         assert_eq!(

@@ -79,6 +79,7 @@
 //! | `P:active:{T}` | string | the state of the key's active flow | with the flow |
 //! | `P:flow:{S}` | string | a pending flow ([`codec`] bytes) | at the flow's `expires_at` |
 //! | `P:out:{S}` | string | a completed flow's outcome ([`codec`] bytes) | after `keep_for` |
+//! | `P:taken:{S}` | string | `<nonce> <flow bytes>`: the take that removed the flow | after 2 minutes, or when the flow completes |
 //!
 //! Completions are announced with the message `S <outcome>` on the pub/sub
 //! channel `P:completions` (single server), or on the sharded channel
@@ -95,9 +96,10 @@
 //!   `PTTL` in the same round trip) or one compare-and-delete script on
 //!   `P:lease:{T}`;
 //! - `take(state)` knows only the state, so a flow lives under `{S}`, and
-//!   taking it is one script on `P:flow:{S}`;
-//! - `complete` removes the flow and stores the outcome in one script on
-//!   `P:flow:{S}` and `P:out:{S}`, which also publishes the completion.
+//!   taking it is one script on `P:flow:{S}` and `P:taken:{S}`;
+//! - `complete` removes the flow (and its taken record) and stores the
+//!   outcome in one script on `P:flow:{S}`, `P:out:{S}` and `P:taken:{S}`,
+//!   which also publishes the completion.
 //!
 //! Two operations need keys of both kinds, and run as two single-tag steps
 //! in an order that is safe whatever happens between them:
@@ -130,7 +132,8 @@
 //! - `rediss+cluster://...`: the same over TLS, with the same
 //!   [`tls_root_certificates_pem`](RedisStoreBuilder::tls_root_certificates_pem)
 //!   and [`tls_client_identity_pem`](RedisStoreBuilder::tls_client_identity_pem)
-//!   as a single server. (Not tested against a TLS cluster yet.)
+//!   as a single server, presented to every node (tested against a cluster
+//!   that speaks TLS only, between its nodes too: `--tls-cluster yes`).
 //!
 //! A cluster has only database 0. A `redis://` URL that names a cluster
 //! node, or a `redis+cluster://` URL that names a server without cluster
@@ -166,7 +169,12 @@
 //!   failover) the listing goes on with the masters not walked yet, among
 //!   them the new one, from the start. Every key present throughout is
 //!   listed, some twice; a resharding during a listing may miss keys moved
-//!   to a master already walked.
+//!   to a master already walked. Each SCAN goes to its master by address,
+//!   never elsewhere: redis-rs sends a command for a slot whose master it
+//!   cannot reach to another node, where a keyless SCAN would list that
+//!   node's keys instead (a `delete_namespace` during a failover once
+//!   finished without touching the dead master's shard); an unreachable
+//!   master is a retryable error.
 //! - **Connection names**: the cluster client opens node connections by
 //!   itself; they carry the [`client_name`](RedisStoreBuilder::client_name)
 //!   when opened with the store, not after a reconnect.
@@ -175,36 +183,86 @@
 //! after `cluster-node-timeout` (commonly 5-15 s) plus an election. In that
 //! window, operations on that shard's keys fail with a retryable error
 //! ([`Error::is_retryable`]) after the response timeout, and the other shards
-//! carry on. A waiting tool call does not fail: its waiter notices the
-//! dropped connection, subscribes again (retrying until the new master
-//! answers or its wait times out) and reads the stored outcome, so a
+//! carry on; `take` and `delete_namespace` send themselves again (see
+//! below) and answer once the new master does. A waiting tool call does not
+//! fail: retryable errors during a wait (its subscribe, its re-read) are
+//! retried with a backoff until its deadline, and only an error no retry can
+//! fix ends it early. Its waiter notices the dropped connection or the
+//! ended subscription, subscribes again and reads the stored outcome, so a
 //! completion stored before or during the failover still wakes it, late by
-//! about the failover's length. Redis replicates asynchronously: a write
-//! acknowledged by a master in the instant before it died may be lost with
-//! it (a completed flow's outcome, a refresh lease, a token); the lease's
-//! TTL and compare-and-swap on revisions keep that from producing two
-//! refreshes that both win.
+//! about the failover's length. For a minute after such a disruption, and
+//! whenever its subscribe fails, a waiter also reads the store again after
+//! a backoff (100 ms, doubling up to 2 s): measured on Redis 7.0, a
+//! subscription that lands on a master in the middle of being demoted
+//! misses every later `SPUBLISH`. That costs each waiter of the store one
+//! subscribe and one `GET` about every 2 s for that minute (1000 waiters:
+//! about 1000 commands a second), and any dropped node connection or
+//! server-ended subscription starts it, also one that lost nothing (a
+//! resharding, a connection the server closed). And measured with redis-rs 1.8, a
+//! cluster connection now and then stops answering after a planned
+//! failover (every command times out, for a minute and more, while a new
+//! connection answers at once): the store replaces its command connection
+//! after a timeout, and its subscription connection when a subscribe gets
+//! no answer (each at most once per 2 s). Before these, one planned
+//! failover in about three left every waiter of the store asleep until its
+//! deadline. Measured on a loopback cluster (`cluster-node-timeout` 2 s;
+//! tests `waiters_wake_*` in `tests/it/cluster.rs`), from the callback's
+//! first try to complete to the waiter's wake:
 //!
-//! Re-sent commands: redis-rs's cluster client (1.8) retries a request up
-//! to 4 times, and besides `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` (where the
-//! server ran nothing) it re-sends one whose node connection dropped
-//! (reset, EOF, broken pipe) or whose reply timed out *after it was sent*:
-//! the server may have run it, and the re-send runs it again (on the new
-//! master after a failover, which has it only if it was replicated). The
-//! window is that instant of a broken connection or a late reply; a single
-//! server's connection re-sends only a command that never left. What a
-//! second run changes:
+//! - planned failover (`CLUSTER FAILOVER`, 20 runs): in 12 runs 0.6-4 ms
+//!   (p50), at most 125 ms; in 8 runs about 3 s (p50 and max), one
+//!   response timeout before the connection that stopped answering was
+//!   replaced;
+//! - killed master (SIGKILL, 2 runs): 0.7-1.4 ms (p50), 3.0-3.6 s (max):
+//!   that shard's completions wait for its replica to take over. With the default
+//!   `cluster-node-timeout` of 15 s, count on 15-20 s for that shard.
 //!
-//! - **Leases** are safe: acquisition reads the key back, and a key that
-//!   holds the call's own random token counts as acquired.
-//! - **take** is not: the second run finds the flow gone and answers `None`,
-//!   so nobody gets the flow and that authorization must be started again
-//!   (the flow is never handed out twice).
-//! - **compare-and-swap** answers `Conflict` with the revision it wrote
-//!   itself; **delete**, **delete-if-revision** and **release** answer
-//!   `false` for a key they removed; **put** writes twice and returns the
-//!   second revision. The stored state is right in every case; only the
-//!   answer is.
+//! Redis replicates asynchronously: a write acknowledged by a master in the
+//! instant before it died may be lost with it (a completed flow's outcome, a
+//! refresh lease, a token, a take, whose flow is then back on the new
+//! master). So every guarantee below holds as long as Redis loses no
+//! acknowledged write; a master that is killed (not failed over by
+//! `CLUSTER FAILOVER`, which waits for its replica) can break them: a flow
+//! taken on it can be taken once more from its promoted replica, a lease
+//! can have two holders, a compare-and-swap can win against a revision that
+//! is gone. The store does not send `WAIT` after its writes (it would make
+//! every write wait for a replica, and a `WAIT` that times out cannot undo
+//! the write anyway); where a second take is not acceptable, run Redis with
+//! `min-replicas-to-write` or accept that window.
+//!
+//! ## Re-sent commands
+//!
+//! redis-rs's cluster client (1.8) retries a request up to 4 times, and
+//! besides `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` (where the server ran
+//! nothing) it re-sends one whose node connection dropped (reset, EOF,
+//! broken pipe) or whose reply timed out *after it was sent*: the server may
+//! have run it, and the re-send runs it again (on the new master after a
+//! failover, which has the first run only if it was replicated). `take` and
+//! `delete_namespace` (on a cluster) also send themselves again after a
+//! retryable error, for up to 30 seconds, which rides out a failover with
+//! the default `cluster-node-timeout` (15 s). What a second run does:
+//!
+//! | operation | a second run | answer |
+//! |---|---|---|
+//! | `take` | finds the taken record (`P:taken:{S}`) its first run left under its nonce (random, one per call) | the same flow: exactly one caller gets it (while no acknowledged write is lost) |
+//! | `complete` | ends no mark (already ended), stores the same outcome again and announces it again | `Ok`; a waiter ignores a second announcement |
+//! | `insert` | finds exactly its own flow bytes, and the mark naming its own state | `Inserted` |
+//! | `try_acquire_lease` | finds the key holding its own random token | acquired (it is held by this call) |
+//! | `release_lease` | finds the key gone | `false`, though this call released it |
+//! | `put` | writes the record again, at a newer revision | the newer revision |
+//! | `compare_and_swap` | finds its own revision, not the one expected | `Conflict` naming the revision this call wrote |
+//! | `delete`, `delete_if_revision` | finds the token gone | `false`, though this call deleted it |
+//! | `delete_namespace` | removes nothing more | a count without the keys the first run removed |
+//!
+//! The stored state is right in every case, and no flow is handed out
+//! twice by a re-send; the last four answers may understate what the call
+//! did. A take's re-sends stop after 30 s on a cluster and after 5 s (at
+//! least two response timeouts) on a single server: a take that gets no
+//! reply in that window ends with a retryable error, and its flow may have
+//! been taken by a run whose reply was lost, so a new take answers `None`
+//! (the flow is lost, never handed out twice). A single server's
+//! connection re-sends only a command that never left, so there only
+//! `take`'s own retry sends a script twice.
 //!
 //! # Guarantees and how they are kept
 //!
@@ -217,14 +275,22 @@
 //! - **Leases**: `SET NX PX` with a random token (a key already holding
 //!   that token means a re-sent acquisition: acquired); release deletes the
 //!   key only if it still holds that token.
-//! - **take** is a script that reads and deletes the flow: exactly one caller
-//!   gets it.
+//! - **take** is a script that reads and deletes the flow, leaving a
+//!   short-lived record of which take removed it (removed again once the
+//!   take has its answer): exactly one caller gets it, even when the script
+//!   runs twice (see [Re-sent commands](#re-sent-commands)), as long as
+//!   Redis loses no write it acknowledged. A master killed before its
+//!   replica received a take puts the flow back (the replica still has
+//!   it), and a second caller can take it again; see below.
 //! - **TTLs**: every pending flow, active mark, outcome, lease and tombstone
 //!   expires by Redis itself, so nothing of a flow stays forever and
 //!   [`PendingStore::purge_expired`] has nothing to do.
-//! - **wait** never polls: it subscribes (through the store's one
-//!   subscription connection) before it reads the stored outcome, so a
-//!   completion is either stored already or delivered.
+//! - **wait** subscribes (through the store's one subscription
+//!   connection) before it reads the stored outcome, so a completion is
+//!   either stored already or delivered. It reads the store again only when
+//!   its subscription dropped or failed, and on a cluster for a minute after
+//!   a disruption (see [Redis Cluster](#redis-cluster)); otherwise it never
+//!   polls.
 //! - **Foreign data**: a value under our prefix that this library did not
 //!   write (another type, another shape) is a decode error naming the key,
 //!   and no operation overwrites or deletes it. Flow and outcome keys are
@@ -282,6 +348,10 @@ use subscription::Completions;
 /// The backend name in errors.
 const BACKEND: &str = "redis";
 
+/// How often at most a cluster command connection that timed out is
+/// replaced by a new one.
+const REPLACE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A token and pending-flow store on Redis; clones share the connections.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -292,16 +362,28 @@ pub struct RedisStore {
 struct ScanMaster {
     /// Its node id: SCAN positions belong to it.
     id: String,
-    /// A slot it serves, to route commands to it.
+    /// A slot it serves, to sort the masters by.
     slot: u16,
+    /// Its address, to send SCAN to it and nowhere else: redis-rs routes a
+    /// command for a slot whose master it cannot reach to another node of
+    /// that shard or, failing that, to any node, where a keyless SCAN would
+    /// silently list that node's keys instead (measured: a delete_namespace
+    /// during a failover "finished" without the dead master's shard).
+    /// `None` when the node does not know its own address (an empty host
+    /// in `CLUSTER SLOTS`, as in a one-node cluster): routed by slot then.
+    host: Option<String>,
+    port: u16,
 }
 
 struct Inner {
     target: Target,
     settings: Settings,
     /// Single server: a `ConnectionManager`; cluster: redis-rs's cluster
-    /// connection (one connection per node).
-    manager: Commands,
+    /// connection (one connection per node), replaced when it stops
+    /// answering (see [`Inner::replace_if_stuck`]).
+    manager: std::sync::RwLock<Commands>,
+    /// Cluster: when the command connection was last replaced.
+    replaced_at: Mutex<Option<tokio::time::Instant>>,
     keys: Keys,
     scripts: Scripts,
     tombstone_ttl_ms: u64,
@@ -361,7 +443,8 @@ impl RedisStore {
                 address: target.describe(),
                 target,
                 settings,
-                manager,
+                manager: std::sync::RwLock::new(manager),
+                replaced_at: Mutex::new(None),
                 keys: Keys::new(prefix),
                 scripts: Scripts::new(),
                 tombstone_ttl_ms: millis(tombstone_ttl),
@@ -385,13 +468,55 @@ impl RedisStore {
     /// Deletes every key of this store's prefix (and no other prefix's, even
     /// one that starts with this one); returns how many. For tests and for
     /// removing a tenant: it is not atomic, so stop using the prefix first.
+    ///
+    /// On a cluster it walks every master, and walks again until a walk
+    /// finds nothing: a failover during a walk moves a SCAN position to a
+    /// node it means nothing on, so that walk may miss keys. A retryable
+    /// error (a shard failing over) starts a new walk, for up to 30 seconds;
+    /// after that it ends with the first walk that succeeds, or the error
+    /// (so a writer that keeps writing under the prefix cannot keep it
+    /// walking: the keys it wrote meanwhile may remain).
     pub async fn delete_namespace(&self) -> Result<u64> {
-        let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         let mut deleted = 0;
+        if !self.inner.is_cluster() {
+            self.delete_walk(&mut deleted).await?;
+            return Ok(deleted);
+        }
+        let give_up = tokio::time::Instant::now() + pending::RESEND_WINDOW;
+        let mut delay = pending::RESEND_FIRST_DELAY;
+        loop {
+            let before = deleted;
+            match self.delete_walk(&mut deleted).await {
+                Ok(()) if deleted == before => return Ok(deleted),
+                // A writer still using the prefix gives every walk something
+                // to delete: past the window the call ends as on a single
+                // server, after one walk that succeeded.
+                Ok(()) if tokio::time::Instant::now() >= give_up => return Ok(deleted),
+                Ok(()) => {}
+                Err(error)
+                    if error.is_retryable() && tokio::time::Instant::now() + delay < give_up =>
+                {
+                    tracing::debug!(%error, "delete namespace: a walk failed; walking again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(pending::RESEND_MAX_DELAY);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One walk of [`delete_namespace`](Self::delete_namespace) over every
+    /// master (or the one server), adding the keys it removes to `deleted`.
+    async fn delete_walk(&self, deleted: &mut u64) -> Result<()> {
+        let pattern = format!("{}:*", keys::escape_glob(self.prefix()));
         // On a cluster, SCAN lists one master's keys: walk every master.
-        let nodes: Vec<Option<u16>> = if self.inner.is_cluster() {
-            let masters = self.inner.scan_masters().await?;
-            masters.iter().map(|master| Some(master.slot)).collect()
+        let masters = if self.inner.is_cluster() {
+            self.inner.scan_masters().await?
+        } else {
+            Vec::new()
+        };
+        let nodes: Vec<Option<&ScanMaster>> = if self.inner.is_cluster() {
+            masters.iter().map(Some).collect()
         } else {
             vec![None]
         };
@@ -419,7 +544,7 @@ impl RedisStore {
                             .query(redis::cmd("UNLINK").arg(name))
                             .await
                             .map_err(|e| error::backend("delete namespace", e))?;
-                        deleted += removed;
+                        *deleted += removed;
                     }
                 } else {
                     let mut pipeline = redis::pipe();
@@ -432,7 +557,7 @@ impl RedisStore {
                             .query_pipeline(&pipeline)
                             .await
                             .map_err(|e| error::backend("delete namespace", e))?;
-                        deleted += removed.iter().sum::<u64>();
+                        *deleted += removed.iter().sum::<u64>();
                     }
                 }
                 if next == 0 {
@@ -441,7 +566,7 @@ impl RedisStore {
                 cursor = next;
             }
         }
-        Ok(deleted)
+        Ok(())
     }
 }
 
@@ -458,7 +583,8 @@ impl Inner {
             .await
             .map_err(|e| error::backend("list the cluster's masters", e))?;
         // Each range: [start, end, [host, port, id, ...], replicas...].
-        let mut first_slots: std::collections::HashMap<String, u16> = Default::default();
+        let mut first_slots: std::collections::HashMap<String, (u16, Option<String>, u16)> =
+            Default::default();
         for range in ranges {
             let Value::Array(items) = range else { continue };
             let (Some(Value::Int(start)), Some(Value::Array(master))) =
@@ -473,11 +599,20 @@ impl Inner {
                 // be tied to its node.
                 _ => continue,
             };
+            let host = match master.first() {
+                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(Value::SimpleString(host)) => host.clone(),
+                _ => continue,
+            };
+            let host = (!host.is_empty() && host != "?").then_some(host);
+            let Some(Value::Int(port)) = master.get(1) else {
+                continue;
+            };
             let start = *start as u16;
             first_slots
                 .entry(id)
-                .and_modify(|slot| *slot = (*slot).min(start))
-                .or_insert(start);
+                .and_modify(|(slot, _, _)| *slot = (*slot).min(start))
+                .or_insert((start, host, *port as u16));
         }
         if first_slots.is_empty() {
             return Err(mcp_authkit_core::Error::backend(
@@ -489,24 +624,37 @@ impl Inner {
         }
         let mut masters: Vec<ScanMaster> = first_slots
             .into_iter()
-            .map(|(id, slot)| ScanMaster { id, slot })
+            .map(|(id, (slot, host, port))| ScanMaster {
+                id,
+                slot,
+                host,
+                port,
+            })
             .collect();
         masters.sort_by_key(|master| master.slot);
         Ok(masters)
     }
 
-    /// Runs `cmd` on the master of `slot` (`None`: as any command).
+    /// Runs `cmd` on `master` and no other node (`None`: as any command);
+    /// a master that cannot be reached is a retryable error.
     async fn query_on<T: FromRedisValue>(
         &self,
-        slot: Option<u16>,
+        master: Option<&ScanMaster>,
         cmd: redis::Cmd,
     ) -> RedisResult<T> {
-        match (slot, &self.manager) {
-            (Some(slot), Commands::Cluster(connection)) => {
+        match (master, &self.commands()) {
+            (Some(master), Commands::Cluster(connection)) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(slot, SlotAddr::Master),
-                ));
+                let route = RoutingInfo::SingleNode(match &master.host {
+                    Some(host) => SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: master.port,
+                    },
+                    None => SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        master.slot,
+                        SlotAddr::Master,
+                    )),
+                });
                 let value = connection.clone().route_command(cmd, route).await?;
                 T::from_redis_value(value).map_err(Into::into)
             }
@@ -524,14 +672,61 @@ impl Inner {
         Ok(started.elapsed())
     }
 
+    /// The command connection (a cheap clone).
+    fn commands(&self) -> Commands {
+        self.manager
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Cluster only: after a command timed out, opens a new cluster
+    /// connection and puts it in place of the old one, at most once per
+    /// [`REPLACE_INTERVAL`]. Measured with redis-rs 1.8 through a planned
+    /// failover (`CLUSTER FAILOVER`): now and then a cluster connection
+    /// stops answering the failed-over shard's keys for good (every
+    /// command times out, for a minute and more), while a new connection
+    /// to the same cluster answers at once. Requests in flight on the old
+    /// connection finish or time out there.
+    async fn replace_if_stuck<T>(&self, result: &RedisResult<T>) {
+        let (Err(error), Target::Cluster(cluster)) = (result, &self.target) else {
+            return;
+        };
+        if !error.is_timeout() {
+            return;
+        }
+        {
+            let mut replaced_at = self
+                .replaced_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if replaced_at.is_some_and(|at| at.elapsed() < REPLACE_INTERVAL) {
+                return;
+            }
+            *replaced_at = Some(tokio::time::Instant::now());
+        }
+        match connection::cluster_connection(cluster, &self.settings).await {
+            Ok(fresh) => {
+                tracing::debug!(%error, "replaced the cluster command connection after a timeout");
+                *self
+                    .manager
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Commands::Cluster(fresh);
+            }
+            Err(error) => tracing::debug!(%error, "could not open a new cluster connection"),
+        }
+    }
+
     /// Runs `cmd`; once more if the connection could not be opened (the
     /// command never left, and the manager has started a new connection).
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
-        let mut connection = self.manager.clone();
-        match cmd.query_async(&mut connection).await {
+        let mut connection = self.commands();
+        let result = match cmd.query_async(&mut connection).await {
             Err(error) if error::never_sent(&error) => cmd.query_async(&mut connection).await,
             result => result,
-        }
+        };
+        self.replace_if_stuck(&result).await;
+        result
     }
 
     /// [`query`](Self::query) for a pipeline.
@@ -539,11 +734,13 @@ impl Inner {
         &self,
         pipeline: &redis::Pipeline,
     ) -> RedisResult<T> {
-        let mut connection = self.manager.clone();
-        match pipeline.query_async(&mut connection).await {
+        let mut connection = self.commands();
+        let result = match pipeline.query_async(&mut connection).await {
             Err(error) if error::never_sent(&error) => pipeline.query_async(&mut connection).await,
             result => result,
-        }
+        };
+        self.replace_if_stuck(&result).await;
+        result
     }
 
     /// [`query`](Self::query) for a script (EVALSHA, loading it if the
@@ -552,13 +749,15 @@ impl Inner {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> RedisResult<T> {
-        let mut connection = self.manager.clone();
-        match invocation.invoke_async(&mut connection).await {
+        let mut connection = self.commands();
+        let result = match invocation.invoke_async(&mut connection).await {
             Err(error) if error::never_sent(&error) => {
                 invocation.invoke_async(&mut connection).await
             }
             result => result,
-        }
+        };
+        self.replace_if_stuck(&result).await;
+        result
     }
 
     fn completions(&self) -> Result<Arc<Completions>> {

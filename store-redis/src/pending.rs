@@ -15,9 +15,39 @@ use crate::scripts::{CLAIM_ACTIVE, COMPARE_AND_DELETE, STORE_FLOW};
 use crate::subscription::Ready;
 use crate::{RedisStore, millis};
 
-/// How soon a waiter reads the stored outcome again after that read failed
-/// while the subscription stayed up.
-const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
+/// How soon a waiter subscribes and reads the stored outcome again after
+/// that read failed retryably (doubling up to [`RECHECK_MAX`]), or, on a
+/// cluster that was just disrupted, after the last read.
+const RECHECK_FIRST: Duration = Duration::from_millis(100);
+const RECHECK_MAX: Duration = Duration::from_secs(2);
+
+/// How long after a cluster disruption waiters keep checking the store by
+/// themselves (see `Completions::settling`): longer than a failover with
+/// the default `cluster-node-timeout` (15 s) and its settling.
+const SETTLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long `take` keeps sending itself again after retryable errors on a
+/// cluster: longer than a Redis Cluster failover with the default
+/// `cluster-node-timeout` (15 s).
+pub(crate) const RESEND_WINDOW: Duration = Duration::from_secs(30);
+
+/// The same on a single server, at the least. Nothing fails over there and
+/// the connection re-sends nothing by itself: a take's reply is lost only
+/// to a dropped connection or a timeout, and the re-send helps only once
+/// the server answers again, which a reconnect finds at once (a blip) or
+/// not for a long while (a restart). Waiting 30 s on a dead server would
+/// hold an OAuth callback that long for nothing.
+const SINGLE_RESEND_WINDOW: Duration = Duration::from_secs(5);
+
+/// Requests the cluster client sends per command at most (its first try
+/// and its retries, see `connection.rs`), each up to one response timeout.
+const CLUSTER_TRIES: u32 = 5;
+
+/// Added to a taken record's lifetime beyond the last re-send's answer:
+/// retry waits, scheduling, clock steps.
+const TAKEN_RECORD_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const RESEND_FIRST_DELAY: Duration = Duration::from_millis(25);
+pub(crate) const RESEND_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// A script reply `{status}` or `{status, text}`.
 fn status_and_text(reply: &Value) -> Option<(i64, Option<Vec<u8>>)> {
@@ -37,6 +67,41 @@ fn status_and_text(reply: &Value) -> Option<(i64, Option<Vec<u8>>)> {
 }
 
 impl RedisStore {
+    /// How long `take` sends itself again after retryable errors.
+    pub(crate) fn resend_window(&self) -> Duration {
+        if self.inner.is_cluster() {
+            RESEND_WINDOW
+        } else {
+            // At least one re-send after a reply that timed out.
+            SINGLE_RESEND_WINDOW.max(self.inner.settings.response_timeout * 2)
+        }
+    }
+
+    /// How long a taken flow's record stays when its take cannot remove it:
+    /// as long as a run of that take may still arrive (the last re-send
+    /// starts before the window ends and the cluster client may try it
+    /// [`CLUSTER_TRIES`] times, each up to a response timeout), plus a
+    /// margin. A take that gets its answer removes the record at once;
+    /// `complete` removes it too.
+    fn taken_record_ttl(&self) -> Duration {
+        self.resend_window()
+            + self.inner.settings.response_timeout * CLUSTER_TRIES
+            + TAKEN_RECORD_MARGIN
+    }
+
+    /// Best-effort removal of the record this take left, once it has its
+    /// answer: it holds the whole flow (the PKCE verifier among it), and a
+    /// caller that takes a flow without completing it (a discarded
+    /// authorization) would leave it until its TTL. A failure leaves it to
+    /// that TTL.
+    async fn forget_taken(&self, state: &FlowState, nonce: &str) {
+        let mut invocation = self.inner.scripts.forget_taken.prepare_invoke();
+        invocation.key(self.inner.keys.taken(state)).arg(nonce);
+        if let Err(error) = self.inner.invoke::<i64>(&invocation).await {
+            tracing::debug!(%error, "could not remove a taken flow's record; it expires by its TTL");
+        }
+    }
+
     fn flow_location(&self, state: &FlowState) -> String {
         self.inner.keys.describe_state_key("flow", state)
     }
@@ -82,6 +147,59 @@ impl RedisStore {
                 codec::decode_outcome(&bytes).map_err(|e| error::undecodable(&location, e))
             })
             .transpose()
+    }
+    /// One run of the take script under `nonce` (see `TAKE_FLOW` in
+    /// `scripts.rs`).
+    pub(crate) async fn take_once(
+        &self,
+        state: &FlowState,
+        nonce: &str,
+    ) -> Result<Option<PendingFlow>> {
+        let location = self.flow_location(state);
+        let mut invocation = self.inner.scripts.take_flow.prepare_invoke();
+        invocation
+            .key(self.inner.keys.flow(state))
+            .key(self.inner.keys.taken(state))
+            .arg(FLOW_FORMAT_VERSION)
+            .arg(nonce)
+            .arg(millis(self.taken_record_ttl()));
+        let reply: Value = self
+            .inner
+            .invoke(&invocation)
+            .await
+            .map_err(|e| error::backend("take pending flow", e))?;
+        let (status, bytes) = status_and_text(&reply)
+            .ok_or_else(|| error::unexpected("take pending flow", format!("{reply:?}")))?;
+        match (status, bytes) {
+            (0, _) => Ok(None),
+            (1, Some(bytes)) => {
+                let flow =
+                    codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
+                Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
+            }
+            // Taken by an earlier run of this take, whose reply was lost:
+            // the flow was still in Redis then, so within its TTL (set from
+            // its expiry). It is this caller's even if it expired since.
+            (2, Some(bytes)) => codec::decode_flow(&bytes)
+                .map(Some)
+                .map_err(|e| error::undecodable(&location, e)),
+            (-1, Some(bytes)) => Err(match codec::decode_flow(&bytes) {
+                Err(e) => error::undecodable(&location, e),
+                Ok(_) => not_ours(&location, "it is not in the form this library writes"),
+            }),
+            (-1, None) => Err(not_ours(
+                &location,
+                "it holds a Redis type this library never writes there",
+            )),
+            (-2, _) => Err(not_ours(
+                &self.inner.keys.describe_state_key("taken", state),
+                "it should hold the record of the take that removed this flow",
+            )),
+            (status, _) => Err(error::unexpected(
+                "take pending flow",
+                format!("status {status}"),
+            )),
+        }
     }
 }
 
@@ -214,38 +332,36 @@ impl PendingStore for RedisStore {
         Ok(state.map(FlowState::new))
     }
 
+    /// Sent again with the same nonce after a retryable error, for up to
+    /// 30 seconds on a cluster (a failover) and 5 seconds on a single
+    /// server (at least two response timeouts): the take script answers a
+    /// second run of one take with the flow the first run removed, so a
+    /// reply lost to a dropped connection or a failover does not lose the
+    /// flow (see the crate docs). The record that makes this work is
+    /// removed as soon as the take has its answer.
+    ///
+    /// A retryable error from `take` means no run's reply arrived in that
+    /// window; the flow may have been taken by a run whose reply was lost,
+    /// and is then gone for every caller: a new `take` answers `None`.
     async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        let location = self.flow_location(state);
-        let mut invocation = self.inner.scripts.take_flow.prepare_invoke();
-        invocation
-            .key(self.inner.keys.flow(state))
-            .arg(FLOW_FORMAT_VERSION);
-        let reply: Value = self
-            .inner
-            .invoke(&invocation)
-            .await
-            .map_err(|e| error::backend("take pending flow", e))?;
-        let (status, bytes) = status_and_text(&reply)
-            .ok_or_else(|| error::unexpected("take pending flow", format!("{reply:?}")))?;
-        match (status, bytes) {
-            (0, _) => Ok(None),
-            (1, Some(bytes)) => {
-                let flow =
-                    codec::decode_flow(&bytes).map_err(|e| error::undecodable(&location, e))?;
-                Ok((!flow.is_expired_at(self.inner.clock.now())).then_some(flow))
+        let nonce = mcp_authkit_core::random_urlsafe(16);
+        let give_up = tokio::time::Instant::now() + self.resend_window();
+        let mut delay = RESEND_FIRST_DELAY;
+        loop {
+            match self.take_once(state, &nonce).await {
+                Err(error)
+                    if error.is_retryable() && tokio::time::Instant::now() + delay < give_up =>
+                {
+                    tracing::debug!(%error, "take failed retryably; sending it again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RESEND_MAX_DELAY);
+                }
+                Ok(Some(flow)) => {
+                    self.forget_taken(state, &nonce).await;
+                    return Ok(Some(flow));
+                }
+                result => return result,
             }
-            (-1, Some(bytes)) => Err(match codec::decode_flow(&bytes) {
-                Err(e) => error::undecodable(&location, e),
-                Ok(_) => not_ours(&location, "it is not in the form this library writes"),
-            }),
-            (-1, None) => Err(not_ours(
-                &location,
-                "it holds a Redis type this library never writes there",
-            )),
-            (status, _) => Err(error::unexpected(
-                "take pending flow",
-                format!("status {status}"),
-            )),
         }
     }
 
@@ -276,9 +392,10 @@ impl PendingStore for RedisStore {
         let mut finish = redis::cmd("EVAL");
         finish
             .arg(&self.inner.scripts.finish_flow)
-            .arg(2)
+            .arg(3)
             .arg(keys.flow(state))
             .arg(keys.outcome(state))
+            .arg(keys.taken(state))
             .arg(encoded)
             .arg(millis(keep_for))
             .arg(channel)
@@ -348,24 +465,36 @@ impl PendingStore for RedisStore {
         // from now on reaches this waiter.
         let mut registration = completions.register(state_tag(state));
         let mut link = completions.link();
+        let mut recheck_delay = RECHECK_FIRST;
         loop {
             // Until the subscription is confirmed, a read could miss a
             // completion published right after it.
-            match completions
+            let subscribed = match completions
                 .ready(&registration, &mut link, deadline)
                 .await?
             {
-                Ready::Yes => {}
+                Ready::Yes => true,
                 // Out of time without a subscription: answer from the
                 // store, which is what the subscription would have told.
                 Ready::TimedOut => return self.stored_outcome(state).await,
-            }
-            let mut recheck = false;
-            match self.stored_outcome(state).await {
+                // Not subscribed (yet): the store still has the answer if
+                // there is one; subscribe again after a backoff.
+                Ready::NotYet => false,
+            };
+            // A retryable read error (a shard failing over, a dropped
+            // connection, a timeout) does not end the wait: it subscribes
+            // and reads again, backing off, until its deadline.
+            let recheck = match self.stored_outcome(state).await {
                 Ok(Some(outcome)) => return Ok(Some(outcome)),
-                Ok(None) => {}
-                Err(error) if error.is_retryable() => recheck = true,
+                Ok(None) => !subscribed || completions.settling(SETTLE_WINDOW),
+                Err(error) if error.is_retryable() => {
+                    tracing::debug!(%error, "a waiter's read failed; reading again");
+                    true
+                }
                 Err(error) => return Err(error),
+            };
+            if !recheck {
+                recheck_delay = RECHECK_FIRST;
             }
             tokio::select! {
                 outcome = registration.delivered() => return Ok(Some(outcome)),
@@ -378,7 +507,9 @@ impl PendingStore for RedisStore {
                         ));
                     }
                 }
-                _ = tokio::time::sleep(RECHECK_AFTER_ERROR), if recheck => {}
+                _ = tokio::time::sleep(recheck_delay), if recheck => {
+                    recheck_delay = (recheck_delay * 2).min(RECHECK_MAX);
+                }
                 // One last read, as in the TimedOut branch: an outcome
                 // stored after the read above whose announcement was lost
                 // is still the answer.
@@ -419,6 +550,77 @@ mod tests {
             assert_eq!(waited.unwrap().unwrap(), None);
         }
         assert_eq!(store.inner.completions().unwrap().waited_states(), 0);
+        store.delete_namespace().await.unwrap();
+    }
+
+    /// A take sent twice (the cluster client re-sends a script whose reply
+    /// was lost, and `take` re-sends after a retryable error) gets the flow
+    /// both times; any other take gets nothing, and once the flow is
+    /// completed its taken record is gone.
+    #[tokio::test]
+    async fn a_take_sent_twice_gets_the_flow_both_times() {
+        use mcp_authkit_core::{PendingFlow, Timestamp, TokenKey};
+        let store = RedisStore::builder(testing::redis_url().await)
+            .prefix(testing::unique_prefix("take-resent"))
+            .connect()
+            .await
+            .unwrap();
+        let key = TokenKey::new("github", "resent");
+        let flow = PendingFlow::new(
+            key.clone(),
+            "http://127.0.0.1:9/callback",
+            vec!["repo".into()],
+            Timestamp::now(),
+            Duration::from_secs(300),
+        );
+        store.insert(&flow).await.unwrap();
+        let bytes = |taken: Option<PendingFlow>| taken.map(|flow| codec::encode_flow(&flow));
+        let first = store.take_once(&flow.state, "nonce-a").await.unwrap();
+        assert_eq!(bytes(first), Some(codec::encode_flow(&flow)));
+        // Left by a take that did not get its answer: it lasts as long as
+        // that take may still be re-sent, derived from the re-send window
+        // and the response timeout (single server: 6 + 5 x 3 + 10 s).
+        let ttl: i64 = store
+            .inner
+            .query(redis::cmd("PTTL").arg(store.inner.keys.taken(&flow.state)))
+            .await
+            .unwrap();
+        assert!(
+            (25_000..=31_000).contains(&ttl),
+            "taken record TTL {ttl} ms"
+        );
+        let resent = store.take_once(&flow.state, "nonce-a").await.unwrap();
+        assert_eq!(
+            bytes(resent),
+            Some(codec::encode_flow(&flow)),
+            "the re-sent take gets the same flow"
+        );
+        assert!(
+            store
+                .take_once(&flow.state, "nonce-b")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.take(&flow.state).await.unwrap().is_none());
+        let outcome = FlowOutcome::Failed { reason: "x".into() };
+        store
+            .complete(&key, &flow.state, &outcome, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let taken: i64 = store
+            .inner
+            .query(redis::cmd("EXISTS").arg(store.inner.keys.taken(&flow.state)))
+            .await
+            .unwrap();
+        assert_eq!(taken, 0, "complete removes the taken record");
+        assert!(
+            store
+                .take_once(&flow.state, "nonce-a")
+                .await
+                .unwrap()
+                .is_none()
+        );
         store.delete_namespace().await.unwrap();
     }
 

@@ -147,14 +147,37 @@ local function version_of(value)
 end
 "#;
 
-/// Removes and returns a pending flow, exactly once.
+/// Removes and returns a pending flow, exactly once, and safe to run twice.
 ///
-/// KEYS: flow. ARGV: the newest flow format version this release reads.
+/// KEYS: flow, taken record. ARGV: the newest flow format version this
+/// release reads, the take's nonce (random, one per `take` call), the taken
+/// record's lifetime in ms.
 ///
-/// Returns `{1, bytes}` when taken, `{0}` when absent, `{-1, bytes}` /
-/// `{-1}` when the key holds a string / another type that is not a flow this
-/// release can read (left alone; the bytes let the caller say why).
+/// A take leaves `<nonce> <flow bytes>` in the taken record. The cluster
+/// client re-sends a script whose reply was lost (a dropped connection, a
+/// failover), and `take` itself sends it again after a retryable error: a
+/// second run with the same nonce finds its own record and returns the same
+/// flow, where it would otherwise find the flow gone and hand it to nobody.
+/// Another take's nonce finds nothing (`{0}`), as before.
+///
+/// Returns `{1, bytes}` when taken now, `{2, bytes}` when taken by an
+/// earlier run of this take (its record), `{0}` when absent, `{-1, bytes}` /
+/// `{-1}` when the flow key holds a string / another type that is not a
+/// flow this release can read (the bytes let the caller say why), `{-2}`
+/// when the taken record holds something this library did not write (left
+/// alone).
 const TAKE_FLOW: &str = r#"
+local taken_kind = redis.call('TYPE', KEYS[2])['ok']
+if taken_kind == 'string' then
+  local record = redis.call('GET', KEYS[2])
+  local space = string.find(record, ' ', 1, true)
+  if not space then return {-2} end
+  if string.sub(record, 1, space - 1) == ARGV[2] then
+    return {2, string.sub(record, space + 1)}
+  end
+elseif taken_kind ~= 'none' then
+  return {-2}
+end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return {0} end
 if kind ~= 'string' then return {-1} end
@@ -162,12 +185,28 @@ local value = redis.call('GET', KEYS[1])
 local version = version_of(value)
 if not version or version < 1 or version > tonumber(ARGV[1]) then return {-1, value} end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. value, 'PX', ARGV[3])
 return {1, value}
+"#;
+
+/// Removes a taken record if it is the one left by the take with this
+/// nonce: once that take has its reply, nothing will send it again, and the
+/// record holds the whole flow (its PKCE verifier among it).
+///
+/// KEYS: taken record. ARGV: the take's nonce. Returns 1 when removed, 0
+/// otherwise (gone, another take's, or not ours: left alone).
+const FORGET_TAKEN: &str = r#"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
+local record = redis.call('GET', KEYS[1])
+if string.sub(record, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
 "#;
 
 /// Ends a flow: removes it, keeps its outcome for a while and announces it.
 ///
-/// KEYS: flow, outcome. ARGV: outcome bytes, keep-for in ms, channel,
+/// KEYS: flow, outcome, taken record (removed: once the flow is over, a
+/// re-sent take has nothing to answer). ARGV: outcome bytes, keep-for in ms, channel,
 /// message, newest flow version, newest outcome version read by this release,
 /// the publish command: `PUBLISH` on a single server, `SPUBLISH` on a
 /// cluster (where the channel shares the flow's hash tag, so it is on the
@@ -197,6 +236,10 @@ else
   redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
 if flow_kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+if redis.call('TYPE', KEYS[3])['ok'] == 'string'
+  and string.find(redis.call('GET', KEYS[3]), ' ', 1, true) then
+  redis.call('DEL', KEYS[3])
+end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
 "#;
@@ -210,6 +253,7 @@ pub(crate) struct Scripts {
     pub(crate) delete_token: Script,
     pub(crate) compare_and_delete: Script,
     pub(crate) take_flow: Script,
+    pub(crate) forget_taken: Script,
     /// Source of the finish script, for EVAL in the completion pipeline.
     pub(crate) finish_flow: String,
 }
@@ -221,6 +265,7 @@ impl Scripts {
             delete_token: Script::new(DELETE_TOKEN),
             compare_and_delete: Script::new(COMPARE_AND_DELETE),
             take_flow: Script::new(&format!("{VERSION_OF}{TAKE_FLOW}")),
+            forget_taken: Script::new(FORGET_TAKEN),
             finish_flow: format!("{VERSION_OF}{FINISH_FLOW}"),
         }
     }

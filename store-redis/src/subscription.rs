@@ -19,7 +19,7 @@ use std::time::Duration;
 use mcp_authkit_core::{Error, FlowOutcome, codec};
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, PushKind, Value};
-use tokio::sync::{OnceCell, RwLock, mpsc, watch};
+use tokio::sync::{RwLock, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::connection::{AbortOnDrop, ClusterTarget, Settings, subscription_connection};
@@ -37,6 +37,10 @@ const SWEEP_UNSUBSCRIBE_LIMIT: Duration = Duration::from_millis(500);
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(25);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// How often at most the sharded subscription connection is dropped for
+/// not answering.
+const REPLACE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The state of the subscription. (On a cluster: `Up` until the first
 /// disruption, `Down` ever after; each change tells waiters to subscribe
@@ -60,10 +64,20 @@ type OutcomeSender = watch::Sender<Option<FlowOutcome>>;
 struct Shared {
     /// Waiters by state tag; one sender per state, one receiver per waiter.
     waiters: Mutex<HashMap<String, OutcomeSender>>,
+    /// Cluster: when the last disruption was seen (see
+    /// [`Completions::settling`]).
+    disrupted_at: Mutex<Option<Instant>>,
     link: watch::Sender<Link>,
 }
 
 impl Shared {
+    /// A cluster disruption: waiters subscribe and read again now, and keep
+    /// checking for a while (see [`Completions::settling`]).
+    fn disrupted(&self) {
+        *lock(&self.disrupted_at) = Some(Instant::now());
+        self.link.send_replace(Link::Down(None));
+    }
+
     fn waiters(&self) -> MutexGuard<'_, HashMap<String, OutcomeSender>> {
         // No critical section can panic half-way; the map stays sound.
         self.waiters
@@ -116,6 +130,10 @@ pub(crate) enum Ready {
     Yes,
     /// The deadline passed first.
     TimedOut,
+    /// Cluster: the subscribe failed retryably (a shard failing over, a
+    /// connection that does not answer); the waiter reads the store and
+    /// tries again after a backoff.
+    NotYet,
 }
 
 /// The sharded subscriptions of a store on a cluster: one redis-rs cluster
@@ -129,7 +147,13 @@ struct Sharded {
     client: redis::cluster::ClusterClient,
     settings: Settings,
     keys: Keys,
-    connection: OnceCell<ClusterConnection>,
+    /// The subscribing cluster connection; `None` until the first wait, or
+    /// after it was dropped for not answering (see [`Sharded::subscribe`]).
+    connection: Mutex<Option<ClusterConnection>>,
+    /// Held while a connection is opened, so waiters open one, not many.
+    opening: tokio::sync::Mutex<()>,
+    /// When the connection was last dropped for not answering.
+    dropped_at: Mutex<Option<Instant>>,
     /// Tags whose channel we subscribed to (and did not unsubscribe since).
     subscribed: Mutex<HashSet<String>>,
     /// Subscribes hold it shared, the sweep that unsubscribes idle channels
@@ -140,27 +164,58 @@ struct Sharded {
 
 impl Sharded {
     async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
-        self.connection
-            .get_or_try_init(|| async {
-                let mut connection = self.client.get_async_connection().await?;
-                crate::connection::name_cluster_connections(
-                    &mut connection,
-                    &self.settings.client_name,
-                )
-                .await;
-                Ok(connection)
-            })
+        if let Some(connection) = lock(&self.connection).clone() {
+            return Ok(connection);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(connection) = lock(&self.connection).clone() {
+            return Ok(connection);
+        }
+        let open = async {
+            let mut connection = self.client.get_async_connection().await?;
+            crate::connection::name_cluster_connections(
+                &mut connection,
+                &self.settings.client_name,
+            )
+            .await;
+            redis::RedisResult::Ok(connection)
+        };
+        let connection = tokio::time::timeout(self.settings.connect_timeout, open)
             .await
-            .cloned()
+            .map_err(|_| timed_out("opening the subscription connection"))??;
+        *lock(&self.connection) = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the subscribing connection after a command on it got no
+    /// answer, at most once per [`REPLACE_INTERVAL`]; the next subscribe
+    /// opens a new one (and the waiters subscribe again, since their
+    /// subscriptions went with the old one). Measured with redis-rs 1.8
+    /// through a planned failover (`CLUSTER FAILOVER`): now and then a
+    /// cluster connection stops answering for good (every `SSUBSCRIBE` of
+    /// every shard timed out for a minute), while a new one answers at once.
+    fn drop_unanswering(&self, shared: &Shared) {
+        {
+            let mut dropped_at = lock(&self.dropped_at);
+            if dropped_at.is_some_and(|at| at.elapsed() < REPLACE_INTERVAL) {
+                return;
+            }
+            *dropped_at = Some(Instant::now());
+        }
+        if lock(&self.connection).take().is_some() {
+            tracing::debug!("the sharded subscription connection stopped answering; replacing it");
+            lock(&self.subscribed).clear();
+            shared.disrupted();
+        }
     }
 
     /// Subscribes to the channel of `tag` (again: `SSUBSCRIBE` of a channel
     /// the connection already has is a no-op that confirms it). `again`:
     /// after a disruption, when the slot may have a new master.
-    async fn subscribe(&self, tag: &str, again: bool) -> redis::RedisResult<()> {
+    async fn subscribe(&self, shared: &Shared, tag: &str, again: bool) -> redis::RedisResult<()> {
         let _shared = self.gate.read().await;
         let mut connection = self.connection().await?;
-        let limit = self.settings.connect_timeout + self.settings.response_timeout;
+        let limit = self.settings.response_timeout;
         let channel = self.keys.done_channel_of_tag(tag);
         if again {
             // A demoted master still accepts SSUBSCRIBE (replicas serve
@@ -171,23 +226,18 @@ impl Sharded {
             // redis-rs refresh its slot map, so the SSUBSCRIBE below goes to
             // the slot's current master.
             let exists = redis::cmd("EXISTS").arg(&channel).to_owned();
-            tokio::time::timeout(limit, exists.query_async::<i64>(&mut connection))
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "EXISTS got no answer",
-                    ))
-                })??;
+            let answered =
+                tokio::time::timeout(limit, exists.query_async::<i64>(&mut connection)).await;
+            if answered.is_err() {
+                self.drop_unanswering(shared);
+            }
+            answered.map_err(|_| timed_out("EXISTS got no answer"))??;
         }
-        tokio::time::timeout(limit, connection.ssubscribe(channel))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "SSUBSCRIBE got no answer",
-                ))
-            })??;
+        let answered = tokio::time::timeout(limit, connection.ssubscribe(channel)).await;
+        if answered.is_err() {
+            self.drop_unanswering(shared);
+        }
+        answered.map_err(|_| timed_out("SSUBSCRIBE got no answer"))??;
         lock(&self.subscribed).insert(tag.to_owned());
         Ok(())
     }
@@ -213,7 +263,7 @@ impl Sharded {
         if idle.is_empty() {
             return;
         }
-        let Some(connection) = self.connection.get() else {
+        let Some(connection) = lock(&self.connection).clone() else {
             return;
         };
         let limit = self.settings.response_timeout.min(SWEEP_UNSUBSCRIBE_LIMIT);
@@ -236,6 +286,13 @@ impl Sharded {
     }
 }
 
+fn timed_out(what: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_owned(),
+    ))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -248,6 +305,7 @@ impl Completions {
     pub(crate) fn start(client: Client, settings: Settings, channel: String) -> Self {
         let shared = Arc::new(Shared {
             waiters: Mutex::new(HashMap::new()),
+            disrupted_at: Mutex::new(None),
             link: watch::Sender::new(Link::Down(None)),
         });
         let task = tokio::spawn(listen(Arc::clone(&shared), client, settings, channel));
@@ -271,13 +329,16 @@ impl Completions {
         let client = target.client(&settings, Some(pushes))?;
         let shared = Arc::new(Shared {
             waiters: Mutex::new(HashMap::new()),
+            disrupted_at: Mutex::new(None),
             link: watch::Sender::new(Link::Up),
         });
         let sharded = Arc::new(Sharded {
             client,
             settings,
             keys,
-            connection: OnceCell::new(),
+            connection: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            dropped_at: Mutex::new(None),
             subscribed: Mutex::new(HashSet::new()),
             gate: RwLock::new(()),
         });
@@ -306,31 +367,23 @@ impl Completions {
         if let Some(sharded) = &self.sharded {
             // Disruptions seen so far are handled by this subscribe.
             let again = link.borrow_and_update().is_down();
-            let mut delay = MIN_RECONNECT_DELAY;
-            loop {
-                let attempt =
-                    tokio::time::timeout_at(deadline, sharded.subscribe(&registration.tag, again))
-                        .await;
-                match attempt {
-                    Err(_) => return Ok(Ready::TimedOut),
-                    Ok(Ok(())) => return Ok(Ready::Yes),
-                    Ok(Err(error)) => {
-                        let error =
-                            crate::error::backend("subscribing to a flow's completion", error);
-                        if !error.is_retryable() {
-                            return Err(error);
-                        }
-                        tracing::debug!(%error, "sharded subscription failed; retrying");
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                sharded.subscribe(&self.shared, &registration.tag, again),
+            )
+            .await;
+            return match attempt {
+                Err(_) => Ok(Ready::TimedOut),
+                Ok(Ok(())) => Ok(Ready::Yes),
+                Ok(Err(error)) => {
+                    let error = crate::error::backend("subscribing to a flow's completion", error);
+                    if !error.is_retryable() {
+                        return Err(error);
                     }
+                    tracing::debug!(%error, "sharded subscription failed; the waiter retries");
+                    Ok(Ready::NotYet)
                 }
-                if tokio::time::timeout_at(deadline, tokio::time::sleep(delay))
-                    .await
-                    .is_err()
-                {
-                    return Ok(Ready::TimedOut);
-                }
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-            }
+            };
         }
         loop {
             match &*link.borrow_and_update() {
@@ -349,6 +402,18 @@ impl Completions {
                 Err(_) => return Ok(Ready::TimedOut),
             }
         }
+    }
+
+    /// Cluster only: whether the last disruption (a dropped node connection,
+    /// a server-ended subscription) was less than `window` ago. Until a
+    /// failover has settled, a waiter's new subscription may land on a
+    /// master that is being demoted: measured on Redis 7.0, such a
+    /// subscription silently misses every later `SPUBLISH` (the demoted
+    /// node does not end it). While settling, waiters do not trust their
+    /// subscription alone: they subscribe and read again every little while.
+    pub(crate) fn settling(&self, window: Duration) -> bool {
+        self.sharded.is_some()
+            && lock(&self.shared.disrupted_at).is_some_and(|at| at.elapsed() < window)
     }
 
     /// Whether the listener still runs (it stops when the runtime it was
@@ -517,7 +582,7 @@ async fn listen_sharded(
                     // background; waiters do it too, and read again.
                     PushKind::Disconnection => {
                         tracing::debug!("a sharded subscription connection dropped");
-                        shared.link.send_replace(Link::Down(None));
+                        shared.disrupted();
                     }
                     // The server ends subscriptions of a slot the node no
                     // longer serves (resharding, failover); our own sweep's
@@ -527,7 +592,7 @@ async fn listen_sharded(
                             .is_some_and(|tag| shared.waiters().contains_key(tag));
                         if waited {
                             tracing::debug!("the server ended a sharded subscription");
-                            shared.link.send_replace(Link::Down(None));
+                            shared.disrupted();
                         }
                     }
                     _ => {}

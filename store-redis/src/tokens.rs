@@ -101,11 +101,11 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// One `SCAN` call at `position` on the master of `slot` (`None`: the
-    /// one server): appends the token keys found, returns the next position.
+    /// One `SCAN` call at `position` on `master` (`None`: the one server):
+    /// appends the token keys found, returns the next position.
     async fn scan_once(
         &self,
-        slot: Option<u16>,
+        master: Option<&crate::ScanMaster>,
         position: u64,
         limit: usize,
         items: &mut Vec<TokenKey>,
@@ -119,7 +119,7 @@ impl RedisStore {
             .arg(limit.clamp(10, 1000));
         let (next, names): (u64, Vec<String>) = self
             .inner
-            .query_on(slot, scan)
+            .query_on(master, scan)
             .await
             .map_err(|e| error::backend("scan tokens", e))?;
         for name in names {
@@ -346,11 +346,8 @@ impl TokenStore for RedisStore {
         let limit = limit.max(1);
         let mut items = Vec::new();
         for _ in 0..SCAN_CALLS_PER_PAGE {
-            let slot = masters
-                .iter()
-                .find(|master| master.id == current)
-                .map(|master| master.slot);
-            position = self.scan_once(slot, position, limit, &mut items).await?;
+            let master = masters.iter().find(|master| master.id == current);
+            position = self.scan_once(master, position, limit, &mut items).await?;
             if position == 0 {
                 // This master is done: on to the next one not walked.
                 walked.push(std::mem::take(&mut current));

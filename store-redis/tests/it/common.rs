@@ -304,6 +304,10 @@ pub struct Proxy {
     refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Bumped to cut every open connection.
     cuts: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// How many more script calls (`EVALSHA`) have their reply lost.
+    losing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How many replies were lost so far.
+    lost: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
@@ -316,8 +320,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cuts = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let losing = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepting = {
             let (refusing, cuts) = (refusing.clone(), cuts.clone());
+            let (losing, lost) = (losing.clone(), lost.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((mut client, _)) = listener.accept().await else {
@@ -329,14 +336,62 @@ impl Proxy {
                         continue;
                     }
                     let mut cut = cuts.subscribe();
+                    let (losing, lost) = (losing.clone(), lost.clone());
                     tokio::spawn(async move {
-                        let Ok(mut server) =
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let Ok(server) =
                             tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
                         else {
                             return;
                         };
+                        let (mut from_client, mut to_client) = client.split();
+                        let (mut from_server, mut to_server) = server.into_split();
+                        // Set when a script call went up whose reply is lost.
+                        let lose_reply = std::sync::atomic::AtomicBool::new(false);
+                        let up = async {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match from_client.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                let script = buf[..n].windows(7).any(|w| w == b"EVALSHA");
+                                if script
+                                    && losing
+                                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                                            left.checked_sub(1)
+                                        })
+                                        .is_ok()
+                                {
+                                    // Before it goes up: its reply comes after.
+                                    lose_reply.store(true, Ordering::SeqCst);
+                                }
+                                if to_server.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                        let down = async {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match from_server.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if lose_reply.load(Ordering::SeqCst) {
+                                    // The server ran it; the client never
+                                    // hears: the connection drops instead.
+                                    lost.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                if to_client.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = up => {}
+                            _ = down => {}
                             _ = cut.changed() => {}
                         }
                         // Both sockets close here.
@@ -348,6 +403,8 @@ impl Proxy {
             port,
             refusing,
             cuts,
+            losing,
+            lost,
             accepting,
         }
     }
@@ -359,6 +416,19 @@ impl Proxy {
     /// Refuses (closes at once) every new connection while `on`.
     pub fn refuse(&self, on: bool) {
         self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Loses the replies of the next `count` script calls (`EVALSHA`): each
+    /// goes to the server, which runs it, and its connection drops before
+    /// the reply reaches the client.
+    pub fn lose_replies_to_scripts(&self, count: usize) {
+        self.losing
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many replies were lost so far.
+    pub fn lost_replies(&self) -> usize {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Closes every connection open through the proxy.

@@ -549,3 +549,59 @@ fn waits_work_on_a_runtime_after_the_first_one_shut_down() {
         assert_eq!(waited, Some(outcome(3)));
     });
 }
+
+/// A take whose reply is lost (a proxy lets the take script reach Redis,
+/// which runs it, then drops the connection before the reply gets back)
+/// is sent again by `take` with its nonce and still gets its flow: each
+/// flow is taken exactly once, by the take whose reply was lost, never by
+/// a later take. Once a take has its answer, its taken record (which holds
+/// the whole flow) is gone.
+#[tokio::test]
+async fn a_take_whose_reply_is_lost_still_gets_its_flow() {
+    const FLOWS: usize = 20;
+    let server = PrivateRedis::start(&[]);
+    let proxy = Proxy::start(server.port).await;
+    let prefix = format!("lost-reply-{}", crate::common::random());
+    let taker = RedisStore::builder(proxy.url())
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let other = RedisStore::builder(server.url())
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    // Loads the take script through the proxy first: a lost NOSCRIPT reply
+    // would be a take that never ran.
+    assert!(
+        taker
+            .take(&FlowState::new("nothing-here"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut raw_server = raw(&server.url()).await;
+    for i in 0..FLOWS {
+        let flow = flow(&TokenKey::new("github", format!("lost-{i}")));
+        other.insert(&flow).await.unwrap();
+        proxy.lose_replies_to_scripts(1);
+        let taken = taker
+            .take(&flow.state)
+            .await
+            .expect("the take is sent again after its connection dropped");
+        assert_eq!(
+            taken.map(|taken| taken.state),
+            Some(flow.state.clone()),
+            "flow {i}: the take whose reply was lost gets its flow"
+        );
+        assert_eq!(proxy.lost_replies(), i + 1, "the reply was lost");
+        assert!(other.take(&flow.state).await.unwrap().is_none());
+        let records: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:taken:*"))
+            .query_async(&mut raw_server)
+            .await
+            .unwrap();
+        assert!(records.is_empty(), "taken records left: {records:?}");
+    }
+}

@@ -156,7 +156,8 @@ async fn everything_but_tokens_expires_by_itself() {
     store.delete(&deleted).await.unwrap();
 
     let keys = keys_with_ttl(&url, ns.prefix()).await;
-    // token, lease, pending flow + mark, taken flow's mark, outcome, tombstone
+    // token, lease, pending flow + mark, taken flow's mark, outcome,
+    // tombstone (a take removes its taken record once it has its answer)
     assert_eq!(keys.len(), 7, "{keys:?}");
     for (name, ttl) in &keys {
         let limit = match name.split(':').rev().nth(1).unwrap() {

@@ -11,7 +11,7 @@ use mcp_authkit_store_redis::RedisStore;
 use crate::common::{Namespace, PrivateRedis, free_port};
 
 /// Put, get, and a wait woken by a completion: the whole path works.
-async fn round_trip(store: &RedisStore) {
+pub(crate) async fn round_trip(store: &RedisStore) {
     let key = TokenKey::new("github", "transport");
     let revision = store
         .put(&key, &TokenRecord::new("t", Timestamp::now()))
@@ -89,7 +89,7 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM
 /// files in `dir`.
-fn make_certificates(dir: &std::path::Path) {
+pub(crate) fn make_certificates(dir: &std::path::Path) {
     let ec = [
         "-newkey",
         "ec",
