@@ -23,6 +23,44 @@ const ALICE: &str = "alice@example.com";
 /// away between the take and the completion would.
 struct CompleteFails(MemoryStore);
 
+/// A memory pending store whose `complete` never answers, so the callback
+/// future can be dropped after its take (a cancelled callback handler).
+struct CompleteHangs(MemoryStore);
+
+#[async_trait]
+impl PendingStore for CompleteHangs {
+    async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
+        self.0.insert(flow).await
+    }
+    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        self.0.get_flow(state).await
+    }
+    async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
+        self.0.active_flow(key).await
+    }
+    async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
+        self.0.take(state).await
+    }
+    async fn complete(
+        &self,
+        _: &TokenKey,
+        _: &FlowState,
+        _: &FlowOutcome,
+        _: Duration,
+    ) -> Result<()> {
+        std::future::pending().await
+    }
+    async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
+        self.0.outcome(state).await
+    }
+    async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
+        self.0.wait(state, timeout).await
+    }
+    async fn purge_expired(&self) -> Result<PurgeReport> {
+        self.0.purge_expired().await
+    }
+}
+
 #[async_trait]
 impl PendingStore for CompleteFails {
     fn pending_backend_name(&self) -> &'static str {
@@ -170,6 +208,38 @@ async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
             }
         ),
         "{error}"
+    );
+    assert_eq!(pending(&rec.metrics()), 0.0);
+}
+
+/// A callback dropped after it took the flow (its handler cancelled while
+/// completing) still ends the flow here (red when the gauge is stepped
+/// down only after the completion returns).
+#[tokio::test]
+async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge() {
+    let mut rec = Recording::start_metrics_only();
+    let f = fixture(Arc::new(CompleteHangs(MemoryStore::new())));
+    let begun = f
+        .lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(pending(&rec.metrics()), 1.0);
+    let denied = CallbackParams::error(begun.state().clone(), "access_denied", None);
+    let callback = f.lifecycle.complete_authorization(denied);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), callback)
+            .await
+            .is_err(),
+        "complete never answers"
+    );
+    // Taken: no other callback can have it any more.
+    assert!(
+        f.lifecycle
+            .pending_flow(begun.state())
+            .await
+            .unwrap()
+            .is_none()
     );
     assert_eq!(pending(&rec.metrics()), 0.0);
 }
