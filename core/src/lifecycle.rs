@@ -367,6 +367,25 @@ struct Inner {
     flows: FlowBook,
 }
 
+/// Takes a flow taken from the pending store out of this process's
+/// [`FlowBook`] when dropped, however its completion went.
+struct EndsFlow<'a> {
+    inner: &'a Inner,
+    state: &'a FlowState,
+}
+
+impl<'a> EndsFlow<'a> {
+    fn new(inner: &'a Inner, state: &'a FlowState) -> Self {
+        EndsFlow { inner, state }
+    }
+}
+
+impl Drop for EndsFlow<'_> {
+    fn drop(&mut self) {
+        self.inner.flows.ended(self.state, self.inner.clock.now());
+    }
+}
+
 /// Builds a [`TokenLifecycle`].
 pub struct TokenLifecycleBuilder {
     provider: String,
@@ -557,9 +576,13 @@ impl TokenLifecycle {
     async fn access_key(&self, key: &TokenKey) -> Result<Access> {
         // The observed store's own method: no second boxed future.
         let Some(stored) = self.inner.observed_tokens.get_direct(key).await? else {
+            self.inner.flows.tick(self.inner.clock.now());
             return Ok(Access::NeedsAuthorization(AuthorizationReason::NoToken));
         };
         let now = self.inner.clock.now();
+        // Expired flows leave the pending gauge here at the latest, not only
+        // at this lifecycle's next flow event.
+        self.inner.flows.tick(now);
         if !self.needs_refresh(&stored.record, now) {
             return Ok(Access::Ready(AccessToken::from_owned(stored)));
         }
@@ -952,6 +975,10 @@ impl TokenLifecycle {
         let Some(flow) = pending.take(&params.state).await? else {
             return Err(Error::FlowNotFound);
         };
+        // Taken: the flow is over for this process whether completing it
+        // fails, this future is dropped (a cancelled callback handler) or
+        // something panics.
+        let ends = EndsFlow::new(&self.inner, &flow.state);
         let result = self.finish_flow(&flow, params).await;
         let outcome = match &result {
             Ok(outcome) => outcome.clone(),
@@ -969,7 +996,7 @@ impl TokenLifecycle {
                 self.inner.config.outcome_ttl,
             )
             .await?;
-        flows.ended(&flow.state, self.inner.clock.now());
+        drop(ends);
         observe::count(
             names::FLOWS_COMPLETED,
             &self.inner.provider,
@@ -1012,13 +1039,15 @@ impl TokenLifecycle {
         let Some(flow) = self.inner.pending.take(state).await? else {
             return Ok(false);
         };
-        let flows = &self.inner.flows;
-        flows.completing(state, self.inner.config.outcome_ttl);
+        let ends = EndsFlow::new(&self.inner, state);
+        self.inner
+            .flows
+            .completing(state, self.inner.config.outcome_ttl);
         self.inner
             .pending
             .complete(&flow.key, state, &outcome, self.inner.config.outcome_ttl)
             .await?;
-        flows.ended(state, self.inner.clock.now());
+        drop(ends);
         observe::count(
             names::FLOWS_COMPLETED,
             &self.inner.provider,

@@ -28,11 +28,14 @@
 //! A flow counts in the process that started it, from its start until that
 //! process sees it end: a callback or an abandonment handled there, a wait
 //! there that gets its outcome, or its TTL running out (noticed at that
-//! lifecycle's next flow event, so an idle process may show an expired flow
-//! a little longer). A flow whose callback lands on another replica while
-//! no one waits for it here leaves at its expiry. A flow whose starting
-//! call gave up waiting (`timed_out` above) still counts: its link works
-//! until it expires.
+//! lifecycle's next token read or flow event after the expiry: a process
+//! that serves no request at all may show an expired flow until it does).
+//! A flow whose callback lands on another replica while no one waits for
+//! it here leaves at its expiry. A flow whose starting call gave up waiting
+//! (`timed_out` above) still counts: its link works until it expires. A
+//! callback that took the flow ends it here even when completing it fails
+//! or the callback's future is dropped, and a dropped lifecycle (a config
+//! reload) takes its flows out of the gauge.
 //!
 //! `mcp_authkit_wake_duration_seconds` has one sample per wait woken by a
 //! completion, timed from just before the completing store call to the
@@ -49,17 +52,21 @@
 //! token, a code or a URL, so the number of series stays bounded. Every
 //! label value but the provider is a `&'static str` by type.
 //!
-//! The store metrics are registered when a [`TokenLifecycle`](crate::TokenLifecycle)
-//! is built (their handles are kept, so the hot path does no lookup):
-//! install the recorder before building providers.
+//! The store metrics, the flow gauge and the wake histogram are registered
+//! when a [`TokenLifecycle`](crate::TokenLifecycle) is built (their handles
+//! are kept, so the hot path does no lookup): install the recorder before
+//! building providers.
 //!
 //! # Spans
 //!
 //! Every store operation made through an [`Observed`] store (the lifecycle
 //! wraps its stores in one) runs in a `debug` span named `store` with the
 //! fields `backend`, `operation` and `outcome` (`ok` or `error`), for
-//! `tracing` subscribers (it is not forwarded to the `log` crate: skipping
-//! it when no subscriber wants it keeps the hot path cheap). The
+//! `tracing` subscribers, including those that select it by name or field
+//! (`[store]=debug`, `[{backend=redis}]=debug`, a per-layer filter). It is
+//! not forwarded to the `log` crate: while no tracing subscriber was ever
+//! set in the process, no span is built at all, which keeps the hot path
+//! cheap. The
 //! lifecycle's refresh runs in an `info` span `refresh` (`provider`), and a
 //! callback in `callback` (`provider`). No field holds a subject, a state,
 //! a token, a code or a URL.
@@ -309,18 +316,25 @@ impl<S: ?Sized> Observed<S> {
         self.run(Op::Get, self.inner.as_ref().get(key)).await
     }
 
+    /// Runs one operation without a span, and records it.
+    async fn record<T>(&self, op: Op, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        let started = self.metrics.start();
+        let result = operation.await;
+        self.metrics.done(op, started, result.is_ok());
+        result
+    }
+
     /// Runs one operation of the store inside in its span, and records it.
     async fn run<T>(&self, op: Op, operation: impl Future<Output = Result<T>>) -> Result<T> {
-        // No subscriber wants the span (the usual case on a hot path): no
-        // span at all. Creating a disabled one still costs its fields'
-        // formatting for the `log` fallback (about a tenth of a valid-token
-        // read, measured with callgrind), so store spans go to `tracing`
-        // subscribers only.
-        if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::DEBUG) {
-            let started = self.metrics.start();
-            let result = operation.await;
-            self.metrics.done(op, started, result.is_ok());
-            return result;
+        // No subscriber at all (the usual production case): no span. A
+        // span built then still formats its fields for tracing's `log`
+        // fallback (about a tenth of a valid-token read, measured with
+        // callgrind), and that fallback runs only while no dispatcher was
+        // ever set. A `tracing::enabled!` check is no substitute: it asks
+        // about a callsite of its own, without this span's name and
+        // fields, so filters such as `[store]=debug` would say no to it.
+        if !tracing::dispatcher::has_been_set() {
+            return self.record(op, operation).await;
         }
         let span = tracing::debug_span!(
             "store",
@@ -328,6 +342,9 @@ impl<S: ?Sized> Observed<S> {
             operation = op.name(),
             outcome = tracing::field::Empty
         );
+        if span.is_disabled() {
+            return self.record(op, operation).await;
+        }
         let started = self.metrics.start();
         let result = operation.instrument(span.clone()).await;
         let ok = result.is_ok();
@@ -462,6 +479,11 @@ pub(crate) struct FlowBook {
     pending: metrics::Gauge,
     #[cfg(feature = "metrics")]
     wake: metrics::Histogram,
+    /// The earliest expiry in `started_order` (unix ms of the lifecycle's
+    /// clock), `i64::MAX` when none: the token path sweeps only once it is
+    /// due, with one relaxed load and no lock otherwise.
+    #[cfg(feature = "metrics")]
+    next_expiry: std::sync::atomic::AtomicI64,
 }
 
 #[cfg(feature = "metrics")]
@@ -470,10 +492,11 @@ struct FlowBookState {
     /// Flows started here that this process has not seen end, with when
     /// they expire.
     started: std::collections::HashMap<FlowState, crate::time::Timestamp>,
-    /// The same, oldest first (the flow TTL is one per lifecycle, so this is
-    /// also expiry order), to drop expired flows without a scan. Entries of
-    /// flows already ended are skipped when they come up.
-    started_order: std::collections::VecDeque<(crate::time::Timestamp, FlowState)>,
+    /// The same, by expiry, to drop expired flows without a scan. Ordered
+    /// by expiry itself rather than by arrival: two starts racing can reach
+    /// the book in the other order than their clock reads. Entries of flows
+    /// already ended are skipped when they come up.
+    started_order: std::collections::BTreeSet<(crate::time::Timestamp, FlowState)>,
     /// When flows were completed here, kept as long as their outcome is.
     completed: std::collections::HashMap<FlowState, Instant>,
     completed_order: std::collections::VecDeque<(Instant, FlowState)>,
@@ -491,6 +514,7 @@ impl FlowBook {
                 state: std::sync::Mutex::default(),
                 pending: metrics::gauge!(names::FLOWS_PENDING, "provider" => provider.to_owned()),
                 wake: metrics::histogram!(names::WAKE_DURATION, "backend" => pending_backend),
+                next_expiry: std::sync::atomic::AtomicI64::new(i64::MAX),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -523,7 +547,8 @@ impl FlowBook {
                 self.pending.increment(1.0);
             }
             book.started_order
-                .push_back((flow.expires_at, flow.state.clone()));
+                .insert((flow.expires_at, flow.state.clone()));
+            self.note_next_expiry(&book);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (flow, now);
@@ -593,18 +618,55 @@ impl FlowBook {
         self.ended(state, now);
     }
 
+    /// On the token path: drops expired flows from the gauge once the
+    /// earliest of them is due, so an expired flow leaves it at the first
+    /// token read or flow event after its expiry.
+    #[inline]
+    pub(crate) fn tick(&self, now: crate::time::Timestamp) {
+        #[cfg(feature = "metrics")]
+        if now.unix_millis() >= self.next_expiry.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut book = self.lock();
+            self.sweep_started(&mut book, now);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = now;
+    }
+
     /// Drops flows whose TTL ran out: they will not end any other way.
     #[cfg(feature = "metrics")]
     fn sweep_started(&self, book: &mut FlowBookState, now: crate::time::Timestamp) {
-        while let Some((expires_at, _)) = book.started_order.front() {
+        while let Some((expires_at, _)) = book.started_order.first() {
             if *expires_at > now {
                 break;
             }
-            let (expires_at, state) = book.started_order.pop_front().expect("front exists");
+            let (expires_at, state) = book.started_order.pop_first().expect("first exists");
             if book.started.get(&state) == Some(&expires_at) {
                 book.started.remove(&state);
                 self.pending.decrement(1.0);
             }
         }
+        self.note_next_expiry(book);
+    }
+
+    /// Publishes the earliest expiry for [`FlowBook::tick`]; called with
+    /// the lock held, so it never overwrites a newer value.
+    #[cfg(feature = "metrics")]
+    fn note_next_expiry(&self, book: &FlowBookState) {
+        let next = book
+            .started_order
+            .first()
+            .map_or(i64::MAX, |(expires_at, _)| expires_at.unix_millis());
+        self.next_expiry
+            .store(next, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A lifecycle dropped (a config reload, a client rediscovered) takes its
+/// flows out of the gauge: nobody here will see them end any more.
+#[cfg(feature = "metrics")]
+impl Drop for FlowBook {
+    fn drop(&mut self) {
+        let book = self.lock();
+        self.pending.decrement(book.started.len() as f64);
     }
 }

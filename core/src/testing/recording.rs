@@ -174,7 +174,7 @@ pub struct Recording {
     totals: Metrics,
     spans: Spans,
     _metrics: metrics::LocalRecorderGuard<'static>,
-    _spans: tracing::subscriber::DefaultGuard,
+    _spans: Option<tracing::subscriber::DefaultGuard>,
 }
 
 impl Recording {
@@ -193,7 +193,23 @@ impl Recording {
             totals: Metrics::default(),
             spans,
             _metrics: metrics::set_default_local_recorder(recorder),
-            _spans: tracing::subscriber::set_default(subscriber),
+            _spans: Some(tracing::subscriber::set_default(subscriber)),
+        }
+    }
+
+    /// Installs a debugging recorder for this thread and no tracing
+    /// subscriber at all, as in a service that only exports metrics. A
+    /// test of that case runs in a test binary that never sets one: the
+    /// store wrapper's no-span path is taken only while no dispatcher was
+    /// ever set in the process.
+    pub fn start_metrics_only() -> Recording {
+        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        Recording {
+            snapshotter: recorder.snapshotter(),
+            totals: Metrics::default(),
+            spans: Spans::default(),
+            _metrics: metrics::set_default_local_recorder(recorder),
+            _spans: None,
         }
     }
 
