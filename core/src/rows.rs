@@ -36,10 +36,13 @@ use crate::{
 /// The most keys one scan page holds, whatever the caller asks.
 pub const MAX_SCAN_PAGE: usize = 10_000;
 
-/// The revision a stored `i64` column holds.
+/// The revision a stored `i64` column holds. A negative value reads as
+/// revision 0 (`r0`), which no write returns, so a compare-and-swap against
+/// it fails instead of matching a wrapped, huge revision.
 pub fn revision(column: i64) -> Revision {
-    // Revisions start at 1 and only grow; a negative value is never written
-    // by a store that takes its revisions from `revision_column`.
+    // The stores write revisions from their own counter or sequence, which
+    // starts at 1 and only grows: a negative column means a row written by
+    // something else, not worth an error path in every caller.
     Revision::new(u64::try_from(column).unwrap_or(0))
 }
 
@@ -147,7 +150,9 @@ impl Rows {
     }
 
     /// A key column stored as bytes (e.g. PostgreSQL `BYTEA`, which keeps
-    /// NUL characters that `TEXT` refuses), which must be UTF-8.
+    /// NUL characters that `TEXT` refuses), which must be UTF-8. The
+    /// error's location names the tokens table (`"{tokens} key"`): token
+    /// keys are the only keys the stores scan back.
     pub fn key_part(&self, column: Vec<u8>) -> Result<String> {
         String::from_utf8(column).map_err(|e| Error::Decode {
             backend: self.backend,

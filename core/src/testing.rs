@@ -4,9 +4,13 @@
 //! the lifecycle on every backend. It speaks no HTTP: HTTP-level behaviour is
 //! tested against the loopback authorization server in `mcp-authkit-testkit`.
 //!
-//! [`container`] is the store crates' fallback to a Docker container when
-//! their tests find no server.
+//! The hidden `container` module is the store crates' fallback to a Docker
+//! container when their tests find no server: internal test plumbing, not
+//! a stable API.
 
+// Public only because the store crates' test helpers call it; a crate of
+// its own would be the clean home, too big a move for now.
+#[doc(hidden)]
 pub mod container;
 
 use std::collections::HashMap;

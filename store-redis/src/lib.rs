@@ -307,7 +307,10 @@
 //!   for tests (`REDIS_URL`) or fail saying how to provide one. Built with
 //!   `RUSTFLAGS="--cfg mcp_authkit_containers"` (not a feature, so
 //!   `--all-features` does not pay its build), it also starts a `redis:7`
-//!   container through testcontainers when no Redis answers, outside CI.
+//!   container (its port on 127.0.0.1 only) through testcontainers when
+//!   no Redis answers, outside CI.
+//! - `testcontainers`: kept for builds that name it; it only turns on
+//!   `testing`. The container fallback is the cfg above.
 //!
 //! [`codec`]: mcp_authkit_core::codec
 //! [`TokenStore`]: mcp_authkit_core::TokenStore
