@@ -352,6 +352,8 @@ struct Inner {
     provider: String,
     /// The same name, shared by every key this lifecycle builds.
     provider_key: Arc<str>,
+    /// The `provider` of metric labels and span fields.
+    label: String,
     oauth: Arc<dyn OAuthClient>,
     tokens: Arc<dyn TokenStore>,
     /// The same store as `tokens`, by its type, for the valid-token read.
@@ -389,6 +391,7 @@ impl Drop for EndsFlow<'_> {
 /// Builds a [`TokenLifecycle`].
 pub struct TokenLifecycleBuilder {
     provider: String,
+    label: Option<String>,
     oauth: Arc<dyn OAuthClient>,
     tokens: Arc<dyn TokenStore>,
     pending: Arc<dyn PendingStore>,
@@ -421,6 +424,18 @@ impl TokenLifecycleBuilder {
         self
     }
 
+    /// Names this lifecycle in metric labels and span fields (`provider`),
+    /// in place of its provider name.
+    ///
+    /// The provider name is the default and right for a fixed name such as
+    /// `github`. A provider name built from something discovered (the MCP
+    /// client's is `{namespace}:{issuer}`, an issuer URL) must not become a
+    /// label: labels stay a small, fixed set and never hold a URL.
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<TokenLifecycle> {
         self.config.validate()?;
@@ -431,10 +446,12 @@ impl TokenLifecycleBuilder {
         let observed_tokens = Arc::new(Observed::new(self.tokens, token_backend));
         let tokens: Arc<dyn TokenStore> = observed_tokens.clone();
         let pending: Arc<dyn PendingStore> = Arc::new(Observed::new(self.pending, pending_backend));
-        let flows = FlowBook::new(&self.provider, pending_backend);
+        let label = self.label.unwrap_or_else(|| self.provider.clone());
+        let flows = FlowBook::new(&label, pending_backend);
         Ok(TokenLifecycle {
             inner: Arc::new(Inner {
                 provider_key: Arc::from(self.provider.as_str()),
+                label,
                 provider: self.provider,
                 oauth: self.oauth,
                 tokens,
@@ -523,6 +540,7 @@ impl TokenLifecycle {
     ) -> TokenLifecycleBuilder {
         TokenLifecycleBuilder {
             provider: provider.into(),
+            label: None,
             oauth,
             tokens,
             pending,
@@ -657,7 +675,7 @@ impl TokenLifecycle {
                         inner: Arc::clone(&self.inner),
                         subject: subject.to_owned(),
                     };
-                    let span = info_span!("refresh", provider = %self.inner.provider);
+                    let span = info_span!("refresh", provider = %self.inner.label);
                     tokio::spawn(
                         async move {
                             let key = this.key(&entry.subject);
@@ -780,7 +798,7 @@ impl TokenLifecycle {
         });
         observe::record_duration(
             names::REFRESH_DURATION,
-            &self.inner.provider,
+            &self.inner.label,
             started.elapsed(),
         );
         match response {
@@ -853,7 +871,7 @@ impl TokenLifecycle {
     fn count_refresh(&self, result: &'static str) {
         observe::count(
             names::REFRESHES,
-            &self.inner.provider,
+            &self.inner.label,
             Some(("result", result)),
         );
     }
@@ -865,7 +883,7 @@ impl TokenLifecycle {
         } else {
             names::FLOWS_JOINED
         };
-        observe::count(name, &self.inner.provider, None);
+        observe::count(name, &self.inner.label, None);
     }
 
     async fn current_or(&self, key: &TokenKey, reason: AuthorizationReason) -> Result<Access> {
@@ -959,7 +977,7 @@ impl TokenLifecycle {
     /// state is [`Error::FlowNotFound`]; a failed exchange completes the flow
     /// as [`FlowOutcome::Failed`] and returns the error.
     pub async fn complete_authorization(&self, params: CallbackParams) -> Result<CompletedFlow> {
-        let span = info_span!("callback", provider = %self.inner.provider);
+        let span = info_span!("callback", provider = %self.inner.label);
         self.complete_authorization_inner(params)
             .instrument(span)
             .await
@@ -999,7 +1017,7 @@ impl TokenLifecycle {
         drop(ends);
         observe::count(
             names::FLOWS_COMPLETED,
-            &self.inner.provider,
+            &self.inner.label,
             Some(("outcome", observe::outcome_label(&outcome))),
         );
         result.map(|outcome| CompletedFlow {
@@ -1050,7 +1068,7 @@ impl TokenLifecycle {
         drop(ends);
         observe::count(
             names::FLOWS_COMPLETED,
-            &self.inner.provider,
+            &self.inner.label,
             Some(("outcome", "abandoned")),
         );
         Ok(true)

@@ -50,7 +50,11 @@
 //! Label values are provider names (from the application's configuration),
 //! backend names and the fixed words above: never a subject, a state, a
 //! token, a code or a URL, so the number of series stays bounded. Every
-//! label value but the provider is a `&'static str` by type.
+//! label value but the provider is a `&'static str` by type. A lifecycle
+//! whose provider name is not fit for a label (the MCP client's holds the
+//! issuer URL) sets one with
+//! [`metrics_label`](crate::TokenLifecycleBuilder::metrics_label); the
+//! MCP client's lifecycles use their key namespace.
 //!
 //! The store metrics, the flow gauge and the wake histogram are registered
 //! when a [`TokenLifecycle`](crate::TokenLifecycle) is built (their handles

@@ -556,3 +556,72 @@ async fn an_expired_flow_leaves_the_pending_gauge_and_a_timed_out_wait_is_no_wak
         "bob's only"
     );
 }
+
+#[tokio::test]
+async fn a_provider_name_holding_a_url_reaches_no_label_or_span_through_its_metrics_label() {
+    let mut rec = Recording::start();
+
+    // The MCP client's lifecycles are named `{namespace}:{issuer}`.
+    let provider = "mcp-client:https://issuer.example/tenant";
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::starting_now());
+    let oauth = Arc::new(FakeOAuthClient::new());
+    let lifecycle = TokenLifecycle::builder(provider, oauth.clone(), store.clone(), store)
+        .clock(clock.clone())
+        .config(config())
+        .metrics_label("mcp-client")
+        .build()
+        .unwrap();
+    assert_eq!(lifecycle.provider(), provider, "keys keep the full name");
+
+    let record = oauth
+        .issue()
+        .into_record(clock.now(), &["repo".to_owned()])
+        .with_expires_at(clock.now().saturating_add(Duration::from_secs(30)));
+    lifecycle.store_token(ALICE, &record).await.unwrap();
+    let Access::Ready(_) = lifecycle.access(ALICE).await.unwrap() else {
+        panic!("refreshed")
+    };
+    assert!(lifecycle.stored_token(ALICE).await.unwrap().is_some());
+    let begun = lifecycle
+        .begin_authorization("bob@example.com", FlowRequest::default())
+        .await
+        .unwrap();
+    let flow = begun.flow().unwrap().clone();
+    let code = oauth.approve(&lifecycle.authorization_url(&flow).unwrap());
+    lifecycle
+        .complete_authorization(CallbackParams::success(flow.state.clone(), code))
+        .await
+        .unwrap();
+
+    let m = rec.metrics();
+    assert_eq!(
+        m.counter(
+            names::REFRESHES,
+            &[("provider", "mcp-client"), ("result", "refreshed")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.counter(names::FLOWS_STARTED, &[("provider", "mcp-client")]),
+        1
+    );
+    let labels = m.label_values();
+    assert!(labels.iter().any(|v| v == "mcp-client"));
+    for label in &labels {
+        assert!(!label.contains("https://"), "a URL in label {label}");
+    }
+    let fields = rec.spans().fields();
+    assert!(
+        fields.iter().any(|(span, field, value)| span == "refresh"
+            && field == "provider"
+            && value.contains("mcp-client")),
+        "the refresh span names the label: {fields:?}"
+    );
+    for (span, field, value) in &fields {
+        assert!(
+            !value.contains("https://"),
+            "a URL in span {span} field {field}: {value}"
+        );
+    }
+}

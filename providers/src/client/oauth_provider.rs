@@ -750,6 +750,9 @@ impl OAuthClientProvider {
         )
         .config(config)
         .clock(Arc::clone(&self.inner.clock))
+        // Metrics name the client by its namespace, never by the issuer:
+        // labels hold no URL.
+        .metrics_label(self.inner.namespace.clone())
         .build()?;
         Ok(Session {
             issuer: metadata.issuer.clone(),
