@@ -19,64 +19,51 @@ use mcp_authkit_store_memory::MemoryStore;
 
 const ALICE: &str = "alice@example.com";
 
-/// A memory pending store whose `complete` fails, as a store that went
-/// away between the take and the completion would.
-struct CompleteFails(MemoryStore);
+/// A memory pending store whose `complete` breaks: it fails, as a store
+/// that went away between the take and the completion would, or it never
+/// answers, so the callback future can be dropped after its take (a
+/// cancelled callback handler).
+struct BrokenComplete {
+    store: MemoryStore,
+    hangs: bool,
+}
 
-/// A memory pending store whose `complete` never answers, so the callback
-/// future can be dropped after its take (a cancelled callback handler).
-struct CompleteHangs(MemoryStore);
+impl BrokenComplete {
+    fn fails() -> Self {
+        Self {
+            store: MemoryStore::new(),
+            hangs: false,
+        }
+    }
 
-#[async_trait]
-impl PendingStore for CompleteHangs {
-    async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
-        self.0.insert(flow).await
-    }
-    async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        self.0.get_flow(state).await
-    }
-    async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
-        self.0.active_flow(key).await
-    }
-    async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        self.0.take(state).await
-    }
-    async fn complete(
-        &self,
-        _: &TokenKey,
-        _: &FlowState,
-        _: &FlowOutcome,
-        _: Duration,
-    ) -> Result<()> {
-        std::future::pending().await
-    }
-    async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
-        self.0.outcome(state).await
-    }
-    async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
-        self.0.wait(state, timeout).await
-    }
-    async fn purge_expired(&self) -> Result<PurgeReport> {
-        self.0.purge_expired().await
+    fn hangs() -> Self {
+        Self {
+            store: MemoryStore::new(),
+            hangs: true,
+        }
     }
 }
 
 #[async_trait]
-impl PendingStore for CompleteFails {
+impl PendingStore for BrokenComplete {
     fn pending_backend_name(&self) -> &'static str {
-        "complete_fails"
+        if self.hangs {
+            self.store.pending_backend_name()
+        } else {
+            "complete_fails"
+        }
     }
     async fn insert(&self, flow: &PendingFlow) -> Result<InsertOutcome> {
-        self.0.insert(flow).await
+        self.store.insert(flow).await
     }
     async fn get_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        self.0.get_flow(state).await
+        self.store.get_flow(state).await
     }
     async fn active_flow(&self, key: &TokenKey) -> Result<Option<FlowState>> {
-        self.0.active_flow(key).await
+        self.store.active_flow(key).await
     }
     async fn take(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
-        self.0.take(state).await
+        self.store.take(state).await
     }
     async fn complete(
         &self,
@@ -85,6 +72,9 @@ impl PendingStore for CompleteFails {
         _: &FlowOutcome,
         _: Duration,
     ) -> Result<()> {
+        if self.hangs {
+            return std::future::pending().await;
+        }
         Err(Error::backend(
             "complete_fails",
             "complete",
@@ -93,13 +83,13 @@ impl PendingStore for CompleteFails {
         ))
     }
     async fn outcome(&self, state: &FlowState) -> Result<Option<FlowOutcome>> {
-        self.0.outcome(state).await
+        self.store.outcome(state).await
     }
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
-        self.0.wait(state, timeout).await
+        self.store.wait(state, timeout).await
     }
     async fn purge_expired(&self) -> Result<PurgeReport> {
-        self.0.purge_expired().await
+        self.store.purge_expired().await
     }
 }
 
@@ -145,7 +135,7 @@ async fn without_a_subscriber_store_calls_and_errors_are_recorded() {
         "this binary must run without any tracing subscriber"
     );
     let mut rec = Recording::start_metrics_only();
-    let f = fixture(Arc::new(CompleteFails(MemoryStore::new())));
+    let f = fixture(Arc::new(BrokenComplete::fails()));
     let record = f
         .oauth
         .issue()
@@ -186,7 +176,7 @@ async fn without_a_subscriber_store_calls_and_errors_are_recorded() {
 #[tokio::test]
 async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
     let mut rec = Recording::start_metrics_only();
-    let f = fixture(Arc::new(CompleteFails(MemoryStore::new())));
+    let f = fixture(Arc::new(BrokenComplete::fails()));
     let begun = f
         .lifecycle
         .begin_authorization(ALICE, FlowRequest::default())
@@ -218,7 +208,7 @@ async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
 #[tokio::test]
 async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge() {
     let mut rec = Recording::start_metrics_only();
-    let f = fixture(Arc::new(CompleteHangs(MemoryStore::new())));
+    let f = fixture(Arc::new(BrokenComplete::hangs()));
     let begun = f
         .lifecycle
         .begin_authorization(ALICE, FlowRequest::default())
