@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod completer;
+
 /// Latency and throughput of one measured operation.
 #[derive(Clone, Debug)]
 pub struct Stats {
