@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_authkit_bench::completer::{self, Completer};
-use mcp_authkit_bench::{Stats, Table, interleaved_tasks};
+use mcp_authkit_bench::{Stats, Table, flow, interleaved_tasks};
 use mcp_authkit_core::{
-    FlowState, InsertOutcome, PendingFlow, PendingStore, Timestamp, TokenKey, TokenRecord,
-    TokenStore, codec,
+    FlowState, InsertOutcome, PendingStore, TokenKey, TokenRecord, TokenStore, codec,
 };
 use mcp_authkit_store_postgres::PostgresStore;
 use mcp_authkit_store_postgres::sqlx::{self, AssertSqlSafe, PgPool, postgres::PgListener};
@@ -26,21 +25,6 @@ const SCHEMA: &str = "MCP_AUTHKIT_BENCH_SCHEMA";
 fn url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn flow(n: usize) -> PendingFlow {
-    PendingFlow::new(
-        TokenKey::new("github", format!("flow-user-{n}")),
-        "https://mcp.example/oauth/callback",
-        vec!["repo".into()],
-        Timestamp::now(),
-        Duration::from_secs(600),
-    )
-}
-
-fn latency_row(name: &str, latencies: Vec<Duration>) -> Stats {
-    let total: Duration = latencies.iter().sum();
-    Stats::from_latencies(name, latencies, total)
 }
 
 /// What the benchmark runs on.
@@ -269,9 +253,9 @@ async fn cross_process_wakes(store: &PostgresStore, schema: &str) -> (Stats, Sta
     })
     .await;
     (
-        latency_row("wake: complete in B -> wait returns in A", wakes),
-        latency_row("raw NOTIFY in B -> notification in A", notifies),
-        latency_row(
+        Stats::back_to_back("wake: complete in B -> wait returns in A", wakes),
+        Stats::back_to_back("raw NOTIFY in B -> notification in A", notifies),
+        Stats::back_to_back(
             "raw durable INSERT + NOTIFY in B -> notification in A",
             durables,
         ),

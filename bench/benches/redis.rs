@@ -14,15 +14,12 @@
 //! `cargo bench -p mcp-authkit-bench --bench redis`
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mcp_authkit_bench::completer::{self, Completer};
 use mcp_authkit_bench::{
-    RedisCleanup, Stats, Table, interleaved_tasks, measure_concurrent, next_number, redis_url,
+    RedisCleanup, Stats, Table, flow, interleaved_tasks, measure_concurrent, next_number, redis_url,
 };
-use mcp_authkit_core::{
-    InsertOutcome, PendingFlow, PendingStore, Timestamp, TokenKey, TokenRecord, TokenStore, codec,
-};
+use mcp_authkit_core::{InsertOutcome, PendingStore, TokenKey, TokenRecord, TokenStore, codec};
 use mcp_authkit_store_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
@@ -97,34 +94,22 @@ async fn raw_manager(url: &str) -> Raw {
         let client = raw_cluster_client(url, None);
         return Raw::Cluster(client.get_async_connection().await.unwrap());
     }
+    Raw::Single(ConnectionManager::new(resp3_client(url)).await.unwrap())
+}
+
+/// A redis-rs client of the single server at `url` speaking RESP3, as the
+/// store's does.
+fn resp3_client(url: &str) -> redis::Client {
     let info: redis::ConnectionInfo = url.parse().unwrap();
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings)).unwrap();
-    Raw::Single(ConnectionManager::new(client).await.unwrap())
+    redis::Client::open(info.set_redis_settings(settings)).unwrap()
 }
 
 fn record() -> TokenRecord {
     mcp_authkit_bench::github_record()
-}
-
-fn flow(n: usize) -> PendingFlow {
-    PendingFlow::new(
-        TokenKey::new("github", format!("flow-user-{n}")),
-        "https://mcp.example/oauth/callback",
-        vec!["repo".into()],
-        Timestamp::now(),
-        Duration::from_secs(600),
-    )
-}
-
-/// Latencies as a row whose ops/s is 1 / mean latency, so the table's ratio
-/// compares mean latencies.
-fn latency_row(name: &str, latencies: Vec<Duration>) -> Stats {
-    let total: Duration = latencies.iter().sum();
-    Stats::from_latencies(name, latencies, total)
 }
 
 /// What the benchmark runs on.
@@ -365,13 +350,7 @@ async fn cross_process_wakes(url: &str, store: &RedisStore, prefix: &str) -> (St
         subscriber.ssubscribe(&channel).await.unwrap();
         Box::new(subscriber)
     } else {
-        let info: redis::ConnectionInfo = url.parse().unwrap();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).unwrap();
-        let mut subscriber = client
+        let mut subscriber = resp3_client(url)
             .get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new().set_push_sender(pushes),
             )
@@ -395,8 +374,8 @@ async fn cross_process_wakes(url: &str, store: &RedisStore, prefix: &str) -> (St
     })
     .await;
     (
-        latency_row("wake: complete in B -> wait returns in A", wakes),
-        latency_row(
+        Stats::back_to_back("wake: complete in B -> wait returns in A", wakes),
+        Stats::back_to_back(
             if is_cluster(url) {
                 "raw SPUBLISH in B -> message in A"
             } else {
