@@ -9,48 +9,22 @@
 //!
 //! `cargo bench -p mcp-authkit-bench --bench postgres`
 
-use std::io::{BufRead, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use mcp_authkit_bench::{Stats, Table, interleaved_tasks};
+use mcp_authkit_bench::completer::{self, Completer};
+use mcp_authkit_bench::{Stats, Table, flow, interleaved_tasks};
 use mcp_authkit_core::{
-    FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
-    TokenKey, TokenRecord, TokenStore, codec,
+    FlowState, InsertOutcome, PendingStore, TokenKey, TokenRecord, TokenStore, codec,
 };
 use mcp_authkit_store_postgres::PostgresStore;
 use mcp_authkit_store_postgres::sqlx::{self, AssertSqlSafe, PgPool, postgres::PgListener};
 
-const ROLE: &str = "MCP_AUTHKIT_BENCH_ROLE";
 const SCHEMA: &str = "MCP_AUTHKIT_BENCH_SCHEMA";
-const WAKES: usize = 300;
 
 fn url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-fn flow(n: usize) -> PendingFlow {
-    PendingFlow::new(
-        TokenKey::new("github", format!("flow-user-{n}")),
-        "https://mcp.example/oauth/callback",
-        vec!["repo".into()],
-        Timestamp::now(),
-        Duration::from_secs(600),
-    )
-}
-
-fn latency_row(name: &str, latencies: Vec<Duration>) -> Stats {
-    let total: Duration = latencies.iter().sum();
-    Stats::from_latencies(name, latencies, total)
 }
 
 /// What the benchmark runs on.
@@ -159,7 +133,7 @@ async fn interleaved(
 }
 
 fn main() {
-    if std::env::var(ROLE).as_deref() == Ok("completer") {
+    if completer::is_completer() {
         return completer();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -257,30 +231,7 @@ async fn benchmark() {
 /// a raw PgListener), a child completes (or NOTIFYs) and reports when it
 /// started to, on the shared system clock.
 async fn cross_process_wakes(store: &PostgresStore, schema: &str) -> (Stats, Stats, Stats) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(ROLE, "completer")
-        .env(SCHEMA, schema)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut to_child = child.stdin.take().unwrap();
-    let mut ask = move |line: String| {
-        writeln!(to_child, "{line}").unwrap();
-        to_child.flush().unwrap();
-    };
-    let (reports, mut started_at) = tokio::sync::mpsc::unbounded_channel::<u128>();
-    let from_child = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(from_child).lines() {
-            let started = line.unwrap().parse().expect("a timestamp");
-            if reports.send(started).is_err() {
-                return;
-            }
-        }
-    });
-    assert_eq!(started_at.recv().await, Some(0), "the child is ready");
+    let mut completer = Completer::spawn(&[(SCHEMA, schema)]).await;
 
     let channel = format!("{schema}_raw");
     let mut listener = PgListener::connect(&url()).await.unwrap();
@@ -290,54 +241,29 @@ async fn cross_process_wakes(store: &PostgresStore, schema: &str) -> (Stats, Sta
         .wait(&FlowState::generate(), Duration::from_millis(50))
         .await;
 
-    let (mut wakes, mut notifies, mut durables) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..3 * (WAKES + 20) {
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        let (woke, started) = if i % 3 == 0 {
-            let state = FlowState::generate();
-            let waiter = {
-                let store = store.clone();
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let outcome = store.wait(&state, Duration::from_secs(10)).await.unwrap();
-                    assert!(outcome.is_some(), "the wait saw the completion");
-                    now_nanos()
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            ask(format!("complete {}", state.as_str()));
-            let started = started_at.recv().await.expect("the child reports");
-            (waiter.await.unwrap(), started)
-        } else {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let command = if i % 3 == 1 { "notify" } else { "durable" };
-            ask(format!("{command} {channel}"));
-            listener.recv().await.unwrap();
-            let woke = now_nanos();
-            (woke, started_at.recv().await.expect("the child reports"))
-        };
-        let latency = Duration::from_nanos(woke.saturating_sub(started) as u64);
-        match (i >= 60, i % 3) {
-            (true, 0) => wakes.push(latency),
-            (true, 1) => notifies.push(latency),
-            (true, _) => durables.push(latency),
-            _ => {}
+    let [wakes, notifies, durables] = completer::interleaved_wakes(async |kind| {
+        if kind == 0 {
+            return completer.wake(store).await;
         }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        let command = if kind == 1 { "notify" } else { "durable" };
+        let notified = async {
+            listener.recv().await.unwrap();
+        };
+        completer.raw_wake(command, &channel, notified).await
+    })
+    .await;
     (
-        latency_row("wake: complete in B -> wait returns in A", wakes),
-        latency_row("raw NOTIFY in B -> notification in A", notifies),
-        latency_row(
+        Stats::back_to_back("wake: complete in B -> wait returns in A", wakes),
+        Stats::back_to_back("raw NOTIFY in B -> notification in A", notifies),
+        Stats::back_to_back(
             "raw durable INSERT + NOTIFY in B -> notification in A",
             durables,
         ),
     )
 }
 
-/// Process B: completes flows or sends NOTIFYs when asked, and reports when
-/// it started each (nanoseconds since the epoch).
+/// Process B: completes flows, sends NOTIFYs or commits a row with one
+/// when asked.
 fn completer() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -350,60 +276,35 @@ fn completer() {
             .open()
             .await
             .unwrap();
-        let outcome = FlowOutcome::Authorized {
-            revision: Revision::new(1),
-        };
-        let key = TokenKey::new("github", "bench");
-        let say = |line: String| {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}").unwrap();
-            out.flush().unwrap();
-        };
-        say("0".into());
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            let line = line.unwrap();
-            let (command, argument) = line.split_once(' ').unwrap();
-            let started = now_nanos();
-            match command {
-                "complete" => store
-                    .complete(
-                        &key,
-                        &FlowState::new(argument),
-                        &outcome,
-                        Duration::from_secs(60),
-                    )
-                    .await
-                    .unwrap(),
-                "durable" => {
-                    // One row written and one notification, committed together
-                    // with the server's default synchronous_commit.
-                    let mut transaction = store.pool().begin().await.unwrap();
-                    sqlx::query(AssertSqlSafe(format!(
-                        "INSERT INTO {schema}.raw_flows (state, v) VALUES ($1, $2)"
-                    )))
-                    .bind(format!("durable-{started}").into_bytes())
-                    .bind(b"x".as_slice())
+        completer::serve(&store, async |command, argument, started| match command {
+            "durable" => {
+                // One row written and one notification, committed together
+                // with the server's default synchronous_commit.
+                let mut transaction = store.pool().begin().await.unwrap();
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {schema}.raw_flows (state, v) VALUES ($1, $2)"
+                )))
+                .bind(format!("durable-{started}").into_bytes())
+                .bind(b"x".as_slice())
+                .execute(&mut *transaction)
+                .await
+                .unwrap();
+                sqlx::query("SELECT pg_notify($1, 'x')")
+                    .bind(argument)
                     .execute(&mut *transaction)
                     .await
                     .unwrap();
-                    sqlx::query("SELECT pg_notify($1, 'x')")
-                        .bind(argument)
-                        .execute(&mut *transaction)
-                        .await
-                        .unwrap();
-                    transaction.commit().await.unwrap();
-                }
-                "notify" => {
-                    sqlx::query("SELECT pg_notify($1, 'x')")
-                        .bind(argument)
-                        .execute(store.pool())
-                        .await
-                        .unwrap();
-                }
-                other => panic!("unknown command {other}"),
+                transaction.commit().await.unwrap();
             }
-            say(started.to_string());
-        }
+            "notify" => {
+                sqlx::query("SELECT pg_notify($1, 'x')")
+                    .bind(argument)
+                    .execute(store.pool())
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unknown command {other}"),
+        })
+        .await;
     });
 }

@@ -13,25 +13,18 @@
 //!
 //! `cargo bench -p mcp-authkit-bench --bench redis`
 
-use std::io::{BufRead, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mcp_authkit_bench::completer::{self, Completer};
 use mcp_authkit_bench::{
-    RedisCleanup, Stats, Table, interleaved_tasks, measure_concurrent, next_number, redis_url,
+    RedisCleanup, Stats, Table, flow, interleaved_tasks, measure_concurrent, next_number, redis_url,
 };
-use mcp_authkit_core::{
-    FlowOutcome, FlowState, InsertOutcome, PendingFlow, PendingStore, Revision, Timestamp,
-    TokenKey, TokenRecord, TokenStore, codec,
-};
+use mcp_authkit_core::{InsertOutcome, PendingStore, TokenKey, TokenRecord, TokenStore, codec};
 use mcp_authkit_store_redis::RedisStore;
 use redis::aio::ConnectionManager;
 
-const ROLE: &str = "MCP_AUTHKIT_BENCH_ROLE";
 const PREFIX: &str = "MCP_AUTHKIT_BENCH_PREFIX";
 const URL: &str = "MCP_AUTHKIT_BENCH_URL";
-const WAKES: usize = 300;
 
 fn is_cluster(url: &str) -> bool {
     url.starts_with("redis+cluster://")
@@ -94,13 +87,6 @@ fn raw_cluster_client(
     builder.build().unwrap()
 }
 
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
 /// A raw connection like the store's: a RESP3 ConnectionManager to the same
 /// server, or a RESP3 cluster connection to the same cluster.
 async fn raw_manager(url: &str) -> Raw {
@@ -108,34 +94,22 @@ async fn raw_manager(url: &str) -> Raw {
         let client = raw_cluster_client(url, None);
         return Raw::Cluster(client.get_async_connection().await.unwrap());
     }
+    Raw::Single(ConnectionManager::new(resp3_client(url)).await.unwrap())
+}
+
+/// A redis-rs client of the single server at `url` speaking RESP3, as the
+/// store's does.
+fn resp3_client(url: &str) -> redis::Client {
     let info: redis::ConnectionInfo = url.parse().unwrap();
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings)).unwrap();
-    Raw::Single(ConnectionManager::new(client).await.unwrap())
+    redis::Client::open(info.set_redis_settings(settings)).unwrap()
 }
 
 fn record() -> TokenRecord {
     mcp_authkit_bench::github_record()
-}
-
-fn flow(n: usize) -> PendingFlow {
-    PendingFlow::new(
-        TokenKey::new("github", format!("flow-user-{n}")),
-        "https://mcp.example/oauth/callback",
-        vec!["repo".into()],
-        Timestamp::now(),
-        Duration::from_secs(600),
-    )
-}
-
-/// Latencies as a row whose ops/s is 1 / mean latency, so the table's ratio
-/// compares mean latencies.
-fn latency_row(name: &str, latencies: Vec<Duration>) -> Stats {
-    let total: Duration = latencies.iter().sum();
-    Stats::from_latencies(name, latencies, total)
 }
 
 /// What the benchmark runs on.
@@ -266,7 +240,7 @@ fn best(a: Stats, b: Stats) -> Stats {
 }
 
 fn main() {
-    if std::env::var(ROLE).as_deref() == Ok("completer") {
+    if completer::is_completer() {
         return completer();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -364,32 +338,7 @@ async fn benchmark(url: &str, backend: &str, table: &mut Table) {
 /// a raw subscription), a child completes (or publishes) and reports when it
 /// started to, on the shared system clock.
 async fn cross_process_wakes(url: &str, store: &RedisStore, prefix: &str) -> (Stats, Stats) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(ROLE, "completer")
-        .env(PREFIX, prefix)
-        .env(URL, url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut to_child = child.stdin.take().unwrap();
-    let mut ask = move |line: String| {
-        writeln!(to_child, "{line}").unwrap();
-        to_child.flush().unwrap();
-    };
-    // The child's reports, read on a thread of their own.
-    let (reports, mut started_at) = tokio::sync::mpsc::unbounded_channel::<u128>();
-    let from_child = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(from_child).lines() {
-            let started = line.unwrap().parse().expect("a timestamp");
-            if reports.send(started).is_err() {
-                return;
-            }
-        }
-    });
-    assert_eq!(started_at.recv().await, Some(0), "the child is ready");
+    let mut completer = Completer::spawn(&[(PREFIX, prefix), (URL, url)]).await;
 
     // A raw RESP3 subscription in this process, for the baseline (sharded
     // on a cluster).
@@ -401,13 +350,7 @@ async fn cross_process_wakes(url: &str, store: &RedisStore, prefix: &str) -> (St
         subscriber.ssubscribe(&channel).await.unwrap();
         Box::new(subscriber)
     } else {
-        let info: redis::ConnectionInfo = url.parse().unwrap();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).unwrap();
-        let mut subscriber = client
+        let mut subscriber = resp3_client(url)
             .get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new().set_push_sender(pushes),
             )
@@ -417,53 +360,22 @@ async fn cross_process_wakes(url: &str, store: &RedisStore, prefix: &str) -> (St
         Box::new(subscriber)
     };
 
-    // Interleaved, with the same pause before each, so both see the same
-    // machine state.
-    let (mut wakes, mut publishes) = (Vec::new(), Vec::new());
-    for i in 0..2 * (WAKES + 20) {
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        let (woke, started) = if i % 2 == 0 {
-            let state = FlowState::generate();
-            let waiter = {
-                let store = store.clone();
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let outcome = store.wait(&state, Duration::from_secs(10)).await.unwrap();
-                    assert!(outcome.is_some(), "the wait saw the completion");
-                    now_nanos()
-                })
-            };
-            // Let the waiter register and read the (empty) stored outcome.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            ask(format!("complete {}", state.as_str()));
-            let started = started_at.recv().await.expect("the child reports");
-            (waiter.await.unwrap(), started)
-        } else {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            ask(format!("publish {channel}"));
-            let woke = loop {
-                let push = incoming.recv().await.unwrap();
-                if matches!(
-                    push.kind,
-                    redis::PushKind::Message | redis::PushKind::SMessage
-                ) {
-                    break now_nanos();
-                }
-            };
-            (woke, started_at.recv().await.expect("the child reports"))
-        };
-        let latency = Duration::from_nanos(woke.saturating_sub(started) as u64);
-        match (i >= 40, i % 2) {
-            (true, 0) => wakes.push(latency),
-            (true, _) => publishes.push(latency),
-            _ => {}
+    let [wakes, publishes] = completer::interleaved_wakes(async |kind| {
+        if kind == 0 {
+            return completer.wake(store).await;
         }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        let message = async {
+            while !matches!(
+                incoming.recv().await.unwrap().kind,
+                redis::PushKind::Message | redis::PushKind::SMessage
+            ) {}
+        };
+        completer.raw_wake("publish", &channel, message).await
+    })
+    .await;
     (
-        latency_row("wake: complete in B -> wait returns in A", wakes),
-        latency_row(
+        Stats::back_to_back("wake: complete in B -> wait returns in A", wakes),
+        Stats::back_to_back(
             if is_cluster(url) {
                 "raw SPUBLISH in B -> message in A"
             } else {
@@ -474,8 +386,7 @@ async fn cross_process_wakes(url: &str, store: &RedisStore, prefix: &str) -> (St
     )
 }
 
-/// Process B: completes flows or publishes when asked, and reports when it
-/// started each (nanoseconds since the epoch).
+/// Process B: completes flows or publishes when asked.
 fn completer() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -495,42 +406,17 @@ fn completer() {
         } else {
             "PUBLISH"
         };
-        let outcome = FlowOutcome::Authorized {
-            revision: Revision::new(1),
-        };
-        let key = TokenKey::new("github", "bench");
-        let say = |line: String| {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}").unwrap();
-            out.flush().unwrap();
-        };
-        say("0".into());
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            let line = line.unwrap();
-            let (command, argument) = line.split_once(' ').unwrap();
-            let started = now_nanos();
-            match command {
-                "complete" => store
-                    .complete(
-                        &key,
-                        &FlowState::new(argument),
-                        &outcome,
-                        Duration::from_secs(60),
-                    )
+        completer::serve(&store, async |command, argument, _| match command {
+            "publish" => {
+                let _: i64 = redis::cmd(publish)
+                    .arg(argument)
+                    .arg("x")
+                    .query_async(&mut raw)
                     .await
-                    .unwrap(),
-                "publish" => {
-                    let _: i64 = redis::cmd(publish)
-                        .arg(argument)
-                        .arg("x")
-                        .query_async(&mut raw)
-                        .await
-                        .unwrap();
-                }
-                other => panic!("unknown command {other}"),
+                    .unwrap();
             }
-            say(started.to_string());
-        }
+            other => panic!("unknown command {other}"),
+        })
+        .await;
     });
 }

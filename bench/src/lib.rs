@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod completer;
+
 /// Latency and throughput of one measured operation.
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -46,6 +48,14 @@ impl Stats {
             p99: pick(0.99),
             samples,
         }
+    }
+
+    /// Statistics of `latencies` of operations run back to back, one at a
+    /// time: ops/s is one over the mean latency, so the table's ratio of two
+    /// such rows compares their mean latencies.
+    pub fn back_to_back(name: impl Into<String>, latencies: Vec<Duration>) -> Self {
+        let busy = latencies.iter().sum();
+        Stats::from_latencies(name, latencies, busy)
     }
 }
 
@@ -149,11 +159,10 @@ pub async fn interleaved(
     baseline: impl AsyncFnMut(usize),
 ) -> (Stats, Stats) {
     let (ours, baseline) = interleaved_latencies(n, ours, baseline).await;
-    let stats = |name: &str, latencies: Vec<Duration>| {
-        let busy = latencies.iter().sum();
-        Stats::from_latencies(name, latencies, busy)
-    };
-    (stats(our_name, ours), stats(baseline_name, baseline))
+    (
+        Stats::back_to_back(our_name, ours),
+        Stats::back_to_back(baseline_name, baseline),
+    )
 }
 
 /// A number no other call in this process got: unique flows for the
@@ -223,6 +232,20 @@ pub fn github_record() -> mcp_authkit_core::TokenRecord {
         .with_refresh_token("ghr_0123456789abcdef0123456789abcdef")
         .with_scopes(["repo", "read:user"])
         .with_expires_at(now.saturating_add(Duration::from_secs(3600)))
+}
+
+/// A ten-minute flow of a user of its own for each `n`: an inserted flow
+/// stays its key's active flow until it completes or expires (a second
+/// insert joins it), so a benchmark that inserts many gives each a number of
+/// its own ([`next_number`]).
+pub fn flow(n: usize) -> mcp_authkit_core::PendingFlow {
+    mcp_authkit_core::PendingFlow::new(
+        mcp_authkit_core::TokenKey::new("github", format!("flow-user-{n}")),
+        "https://mcp.example/oauth/callback",
+        vec!["repo".into()],
+        mcp_authkit_core::Timestamp::now(),
+        Duration::from_secs(600),
+    )
 }
 
 /// The Redis the benchmarks use: REDIS_URL, or the local default.
