@@ -33,8 +33,8 @@ pub struct Cluster {
     data: PathBuf,
     pub port: u16,
     /// Locked while the cluster may use `port`; released after it stopped.
-    _port_lock: std::fs::File,
-    _dir: tempfile::TempDir,
+    port_lock: Option<std::fs::File>,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// The private clusters' ports: a fixed range, so a leftover server is
@@ -46,27 +46,117 @@ const PORTS: std::ops::RangeInclusive<u16> = 5450..=5459;
 /// lock. A port from `bind(:0)`, released before the server starts, could
 /// be taken in between by a concurrent test's server.
 fn claim_port() -> (u16, std::fs::File) {
+    claim_port_in(PORTS)
+}
+
+/// [`claim_port`] among `ports`.
+fn claim_port_in(ports: std::ops::RangeInclusive<u16>) -> (u16, std::fs::File) {
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        for port in PORTS {
-            let path = std::env::temp_dir().join(format!("mcp-authkit-test-pg-port-{port}.lock"));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .unwrap();
-            // Held by a live cluster, or a leftover server of a killed run.
-            if file.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        for port in ports.clone() {
+            let file = port_lock_file(port);
+            // Held by a live cluster of some test process.
+            if file.try_lock().is_err() {
+                continue;
+            }
+            // Free, yet something listens: a server of a run killed before
+            // its Drop ran; it would hold the port for good.
+            let bindable = || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+            if bindable() || (stop_leftover(port) && bindable()) {
                 return (port, file);
             }
         }
         assert!(
             std::time::Instant::now() < give_up,
-            "every port of {PORTS:?} stayed taken for 2 minutes"
+            "every port of {ports:?} stayed taken for 2 minutes"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// The file whose `flock` says a cluster of some test process uses `port`.
+fn port_lock_file(port: u16) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("mcp-authkit-test-pg-port-{port}.lock"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap()
+}
+
+/// Stops the server a killed test run left on `port` (whose lock the caller
+/// holds) and removes what it left behind: its temp folder and the tmpfs
+/// of a tablespace it used. Only a server this file started is touched: a
+/// `postgres` process whose command line has `-p <port>` and its socket
+/// folder (`-k`) the temp folder above its data directory. Returns whether
+/// one was found.
+pub fn stop_leftover(port: u16) -> bool {
+    let Some(data) = leftover_data_dir(port) else {
+        return false;
+    };
+    let tablespaces: Vec<PathBuf> = std::fs::read_dir(data.join("pg_tblspc"))
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .collect();
+    if let Some(bin) = bindir() {
+        let _ = Cluster::run(
+            &bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+                "-w",
+            ],
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for location in tablespaces {
+        // The tmpfs is the mount point the tablespace lives in, made by
+        // `Tmpfs::mount` as `<temp folder>/disk`.
+        let Some(disk) = location
+            .ancestors()
+            .find(|dir| mounts.lines().any(|m| m.split(' ').nth(1) == dir.to_str()))
+        else {
+            continue;
+        };
+        if disk.file_name() == Some("disk".as_ref())
+            && disk.parent().and_then(Path::parent) == Some(std::env::temp_dir().as_path())
+        {
+            let _ = Command::new("umount").arg("-l").arg(disk).status();
+            let _ = std::fs::remove_dir_all(disk.parent().unwrap());
+        }
+    }
+    let _ = std::fs::remove_dir_all(data.parent().unwrap());
+    eprintln!("stopped a PostgreSQL server a killed test run left on port {port}");
+    true
+}
+
+/// The data directory of the leftover server of [`stop_leftover`].
+fn leftover_data_dir(port: u16) -> Option<PathBuf> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+        let args: Vec<&str> = cmdline
+            .split(|b| *b == 0)
+            .map(|arg| std::str::from_utf8(arg).unwrap_or(""))
+            .collect();
+        let after = |flag: &str| {
+            let at = args.iter().position(|arg| *arg == flag)?;
+            args.get(at + 1).copied()
+        };
+        if !args.first()?.ends_with("postgres") || after("-p")? != port {
+            return None;
+        }
+        let data = PathBuf::from(after("-D")?);
+        let folder = data.parent()?;
+        (after("-k")? == folder.to_str()? && folder.parent()? == std::env::temp_dir())
+            .then_some(data)
+    })
 }
 
 impl Cluster {
@@ -126,8 +216,8 @@ impl Cluster {
             bin,
             data,
             port,
-            _port_lock: port_lock,
-            _dir: dir,
+            port_lock: Some(port_lock),
+            dir: Some(dir),
         };
         cluster.start();
         Some(cluster)
@@ -198,6 +288,17 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// What SIGKILL leaves of a test run's cluster: the server still
+    /// running and its folder, the port's lock released.
+    fn abandon(mut self) -> PathBuf {
+        drop(self.port_lock.take());
+        let folder = self.dir.take().unwrap().keep();
+        std::mem::forget(self);
+        folder
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Self::run(
@@ -213,7 +314,7 @@ impl Drop for Cluster {
 /// before the cluster that uses it, so the cluster stops first. Needs root.
 pub struct Tmpfs {
     pub path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
@@ -251,7 +352,10 @@ impl Tmpfs {
             eprintln!("mount -t tmpfs failed: {out:?}");
             return None;
         }
-        Some(Tmpfs { path, _dir: dir })
+        Some(Tmpfs {
+            path,
+            dir: Some(dir),
+        })
     }
 
     /// Fills every byte left with a file of its own; removing that file
@@ -272,4 +376,55 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// A run killed before its clusters' Drop ran leaves their servers on
+/// ports whose lock is free again (and, from the full-disk test, a tmpfs
+/// mounted): without a sweep each such run costs a port of [`PORTS`] for
+/// good, until claims wait two minutes and fail.
+#[tokio::test]
+async fn a_server_left_by_a_killed_run_is_stopped_when_its_port_is_claimed() {
+    let disk = Tmpfs::mount("4m");
+    let Some(cluster) = Cluster::start_new_or_explain() else {
+        return;
+    };
+    if let Some(disk) = &disk {
+        let mut admin = cluster.admin().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLESPACE leftover LOCATION '{}'",
+            disk.path.display()
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    let port = cluster.port;
+    let folder = cluster.abandon();
+    let disk = disk.map(|mut disk| {
+        let dir = disk.dir.take().unwrap().keep();
+        let path = disk.path.clone();
+        std::mem::forget(disk);
+        (path, dir)
+    });
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
+        "the abandoned server still listens"
+    );
+
+    let (claimed, _lock) = claim_port_in(port..=port);
+    assert_eq!(claimed, port, "the port is claimed again");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the port is free again"
+    );
+    assert!(!folder.exists(), "its folder is removed");
+    if let Some((path, dir)) = disk {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        assert!(
+            !mounts.lines().any(|m| m.split(' ').nth(1) == path.to_str()),
+            "its tablespace's tmpfs is unmounted"
+        );
+        assert!(!dir.exists(), "the tmpfs's folder is removed");
+    }
+    assert!(!stop_leftover(port), "nothing is left on the port");
 }
