@@ -951,6 +951,17 @@ impl TokenLifecycle {
         self.count_begin(false);
     }
 
+    /// Reports a call that gave up waiting for a sign-in (its own or one it
+    /// joined) before the flow ended.
+    ///
+    /// Not a flow's end: the flow stays open, and its callback, if the user
+    /// still finishes, counts the one completion. Counting the give-up as a
+    /// completion too counted such a flow twice (see the
+    /// [`observe`](crate::observe) docs).
+    pub fn record_wait_timed_out(&self) {
+        observe::count(names::WAITS_TIMED_OUT, &self.inner.label, None);
+    }
+
     /// A pending flow by state, without taking it (for a connect page).
     pub async fn pending_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         Ok(self
@@ -1078,7 +1089,10 @@ impl TokenLifecycle {
     ///
     /// With the `metrics` feature, an outcome ends the flow in the pending
     /// gauge, and a wait woken by a completion made in this process records
-    /// its wake latency.
+    /// its wake latency. A `None` counts nothing: the caller that gives up
+    /// reports it with [`record_wait_timed_out`](Self::record_wait_timed_out),
+    /// since not every wait is a call giving up (a background watcher that
+    /// waits out a flow's life to send a notice is not).
     pub async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
         let flows = &self.inner.flows;
         let since = flows.mark();

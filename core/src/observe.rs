@@ -11,18 +11,38 @@
 //! |---|---|---|---|
 //! | `mcp_authkit_flows_started_total` | counter | `provider` | sign-ins started (a new flow) |
 //! | `mcp_authkit_flows_joined_total` | counter | `provider` | requests that joined the sign-in in progress for the same user |
-//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended: `authorized`, `denied`, `failed`, `abandoned` (declined or cancelled in the client), `timed_out` (the call that started it gave up waiting) |
+//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended, each once: `authorized`, `denied`, `failed`, `abandoned` (ended with no callback: declined or cancelled in the MCP client, or dropped by the MCP client that showed it) |
+//! | `mcp_authkit_waits_timed_out_total` | counter | `provider` | calls that gave up waiting for a sign-in (the flow goes on: its link works until it expires) |
 //! | `mcp_authkit_callbacks_refused_total` | counter | `provider`, `reason` | callbacks refused: `unknown_state` (unknown, expired or used), `binding_mismatch` (another browser), `user_mismatch`, `issuer_mismatch`, `malformed`, `provider_error` (the token endpoint failed) |
 //! | `mcp_authkit_refreshes_total` | counter | `provider`, `result` | `refreshed`, `other_replica` (another replica or request refreshed first), `invalid_grant`, `transient` |
 //! | `mcp_authkit_refresh_duration_seconds` | histogram | `provider` | time of the refresh request to the authorization server |
 //! | `mcp_authkit_elicitations_total` | counter | `provider`, `path` | sign-in requests sent to a client: `wait`, `fail_fast`, `input_required` |
 //! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
-//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation the lifecycle makes |
+//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation of the lifecycle and the providers (through the lifecycle's stores) |
 //! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
-//! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (below) |
+//! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (per process: sum over replicas; below) |
 //! | `mcp_authkit_wake_duration_seconds` | histogram | `backend` | from a flow's completion to a waiter resuming, for completions made in this process (below) |
 //!
-//! The README's "Operate it" section shows the same table.
+//! The README's "Operate it" section shows the same table (a test keeps
+//! the two identical).
+//!
+//! `mcp_authkit_flows_completed_total` counts each flow once, when it
+//! really ends: by the process that took it from the pending store (a
+//! callback, or an abandonment) and completed it. The take is exactly-once
+//! across processes, so the count is too, summed over replicas. A call
+//! that gives up waiting does not end the flow: the user may still finish
+//! in the browser, and the callback then counts the flow's one end. Such a
+//! call counts in `mcp_authkit_waits_timed_out_total` instead, once per
+//! call that gave up, whether it started the flow or joined it, and
+//! whichever way it waited: a tool call in wait mode (for the client's
+//! answer to the prompt or for the callback), a fail-fast or
+//! `input_required` retry that waits for a callback in progress, or the
+//! MCP client waiting for its browser redirect or for another request's
+//! sign-in. (The MCP client also ends the flow it showed when it stops
+//! waiting for it, so no later request joins a sign-in nobody finishes:
+//! that end counts as `abandoned`.) A flow that simply expires with no
+//! callback has no completion: over all replicas, started minus completed
+//! is the flows still open plus those that expired unanswered.
 //!
 //! `mcp_authkit_flows_pending` is a per-process gauge: sum it over replicas.
 //! A flow counts in the process that started it, from its start until that
@@ -32,10 +52,10 @@
 //! that serves no request at all may show an expired flow until it does).
 //! A flow whose callback lands on another replica while no one waits for
 //! it here leaves at its expiry. A flow whose starting call gave up waiting
-//! (`timed_out` above) still counts: its link works until it expires. A
-//! callback that took the flow ends it here even when completing it fails
-//! or the callback's future is dropped, and a dropped lifecycle (a config
-//! reload) takes its flows out of the gauge.
+//! (`mcp_authkit_waits_timed_out_total`) still counts: its link works until
+//! it expires. A callback that took the flow ends it here even when
+//! completing it fails or the callback's future is dropped, and a dropped
+//! lifecycle (a config reload) takes its flows out of the gauge.
 //!
 //! `mcp_authkit_wake_duration_seconds` has one sample per wait woken by a
 //! completion, timed from just before the completing store call to the
@@ -94,8 +114,10 @@ pub mod names {
     pub const FLOWS_STARTED: &str = "mcp_authkit_flows_started_total";
     /// Requests that joined a sign-in in progress.
     pub const FLOWS_JOINED: &str = "mcp_authkit_flows_joined_total";
-    /// Flows ended, by `outcome`.
+    /// Flows ended, by `outcome`: each flow once.
     pub const FLOWS_COMPLETED: &str = "mcp_authkit_flows_completed_total";
+    /// Calls that gave up waiting for a sign-in; not a flow's end.
+    pub const WAITS_TIMED_OUT: &str = "mcp_authkit_waits_timed_out_total";
     /// Callbacks refused, by `reason`.
     pub const CALLBACKS_REFUSED: &str = "mcp_authkit_callbacks_refused_total";
     /// Refreshes, by `result`.

@@ -625,3 +625,82 @@ async fn a_provider_name_holding_a_url_reaches_no_label_or_span_through_its_metr
         );
     }
 }
+
+/// A wait that gives up ends nothing: the lifecycle's `wait` counts no
+/// completion, the caller reports its give-up once (under the metrics
+/// label), and the flow's later callback is its one completion.
+#[tokio::test]
+async fn a_wait_that_gives_up_is_no_completion_and_the_later_callback_is_the_only_one() {
+    let mut rec = Recording::start();
+    let f = memory_fixture();
+    let BeginOutcome::Started(flow) = f
+        .lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap()
+    else {
+        panic!("a new flow")
+    };
+    let waited = f
+        .lifecycle
+        .wait(&flow.state, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(waited.is_none());
+    let m = rec.metrics();
+    assert_eq!(m.total(names::FLOWS_COMPLETED), 0, "{m:#?}");
+    assert_eq!(m.total(names::WAITS_TIMED_OUT), 0, "the caller reports it");
+    f.lifecycle.record_wait_timed_out();
+
+    let code = f
+        .oauth
+        .approve(&f.lifecycle.authorization_url(&flow).unwrap());
+    f.lifecycle
+        .complete_authorization(CallbackParams::success(flow.state.clone(), code))
+        .await
+        .unwrap();
+    let m = rec.metrics();
+    assert_eq!(
+        m.events(),
+        [
+            ("flows_started_total{}", 1),
+            ("waits_timed_out_total{}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect::<std::collections::BTreeMap<_, _>>(),
+        "{m:#?}"
+    );
+    assert_eq!(
+        m.counter(names::WAITS_TIMED_OUT, &[("provider", "github")]),
+        1
+    );
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", "github")]),
+        0.0
+    );
+}
+
+/// The metrics table of the `observe` docs and the README's "Operate it"
+/// table are one table: an operator reads the README, a developer the
+/// docs, and a row changed in one place only misleads one of them.
+#[test]
+fn the_readme_shows_the_observe_docs_metrics_table_unchanged() {
+    let docs: Vec<&str> = include_str!("../src/observe.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("//! |"))
+        .collect();
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Operate it\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has an \"Operate it\" section");
+    let shown: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix('|'))
+        .collect();
+    assert!(docs.len() > 2, "the docs table was found");
+    assert_eq!(shown, docs);
+}
