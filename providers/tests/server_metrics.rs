@@ -162,6 +162,68 @@ async fn concurrent_calls_count_one_started_flow_and_the_rest_joined() {
     );
 }
 
+/// A call that gives up waiting does not end the flow: the user finishes
+/// later, and that callback is the flow's one completion. The give-up is
+/// counted on its own, once per call that gave up: here the call that
+/// started the flow and one that joined it.
+#[tokio::test]
+async fn a_timed_out_wait_is_no_flow_end_and_the_later_callback_counts_the_flow_once() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options {
+        token_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let mut spec = ClientSpec::legacy("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = Arc::new(connect(&h.server.mcp_url, Some("alice"), client.clone()).await);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let session = session.clone();
+            tokio::spawn(async move { call(&session, "whoami").await })
+        })
+        .collect();
+    for call in calls {
+        let result = call.await.unwrap().unwrap();
+        assert!(
+            text(&result).contains("not completed within 1 s"),
+            "{}",
+            text(&result)
+        );
+    }
+    let pending_flows = |rec: &mut Recording| {
+        rec.metrics()
+            .gauge(names::FLOWS_PENDING, &[("provider", "github")])
+    };
+    let gave_up = expect(&[
+        ("flows_started_total{}", 1),
+        ("flows_joined_total{}", 1),
+        ("elicitations_total{path=wait}", 1),
+        ("waits_timed_out_total{}", 2),
+    ]);
+    assert_eq!(events(&mut rec), gave_up, "no flow ended yet");
+    assert_eq!(pending_flows(&mut rec), 1.0, "the link still works");
+
+    // The user finishes in the browser after all.
+    assert_eq!(client.open(&client.elicitations()[0].0).await.status, 200);
+    let finished = expect(&[
+        ("flows_started_total{}", 1),
+        ("flows_joined_total{}", 1),
+        ("elicitations_total{path=wait}", 1),
+        ("waits_timed_out_total{}", 2),
+        ("flows_completed_total{outcome=authorized}", 1),
+    ]);
+    assert_eq!(events(&mut rec), finished);
+    assert_eq!(pending_flows(&mut rec), 0.0, "the flow ended");
+    // The next call finds the token: nothing more is counted.
+    assert_eq!(
+        text(&call(&session, "whoami").await.unwrap()),
+        "github user: gh-alice"
+    );
+    assert_eq!(events(&mut rec), finished);
+}
+
 #[tokio::test]
 async fn a_replayed_callback_counts_as_refused_for_an_unknown_state() {
     let mut rec = Recording::start();

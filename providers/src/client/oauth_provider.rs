@@ -985,10 +985,14 @@ impl OAuthClientProvider {
         match outcome {
             Some(FlowOutcome::Authorized { .. }) => Ok(()),
             Some(outcome) => Err(outcome_error(outcome)),
-            None => Err(ClientAuthError::TimedOut {
-                what: "the authorization another request started",
-                after: self.inner.authorization_timeout,
-            }),
+            None => {
+                // Not the flow's end: the request that shows it ends it.
+                session.lifecycle.record_wait_timed_out();
+                Err(ClientAuthError::TimedOut {
+                    what: "the authorization another request started",
+                    after: self.inner.authorization_timeout,
+                })
+            }
         }
     }
 
@@ -1060,6 +1064,10 @@ impl OAuthClientProvider {
                         ));
                     }
                     Err(_) => {
+                        // The wait gave up; `run_flow` then ends the flow
+                        // (counted as `abandoned`), so no later request
+                        // joins a sign-in nobody finishes.
+                        session.lifecycle.record_wait_timed_out();
                         return Err(ClientAuthError::TimedOut {
                             what: "signing in",
                             after: self.inner.authorization_timeout,

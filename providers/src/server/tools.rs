@@ -806,6 +806,7 @@ impl OAuthProvider {
                     return Err(TokenError::Cancelled { display });
                 }
                 Err(ElicitationError::Service(ServiceError::Timeout { .. })) => {
+                    self.inner.lifecycle.record_wait_timed_out();
                     return Err(TokenError::TimedOut {
                         display,
                         after: timeout,
@@ -830,10 +831,9 @@ impl OAuthProvider {
         };
         drop(claim);
         let Some(outcome) = outcome else {
-            if pending.started() {
-                // Counted once per flow: by the call that started it.
-                self.count(names::FLOWS_COMPLETED, ("outcome", "timed_out"));
-            }
+            // This call gave up; the flow goes on, and its callback (if the
+            // user finishes) counts its one completion.
+            self.inner.lifecycle.record_wait_timed_out();
             return Err(TokenError::TimedOut {
                 display,
                 after: timeout,
@@ -872,10 +872,13 @@ impl OAuthProvider {
         let timeout = self.inner.token_timeout;
         match self.wait_for_authorization(pending, timeout).await? {
             Some(outcome) => self.after_outcome(subject, outcome).await,
-            None => Err(TokenError::TimedOut {
-                display: self.inner.display_name.clone(),
-                after: timeout,
-            }),
+            None => {
+                self.inner.lifecycle.record_wait_timed_out();
+                Err(TokenError::TimedOut {
+                    display: self.inner.display_name.clone(),
+                    after: timeout,
+                })
+            }
         }
     }
 
