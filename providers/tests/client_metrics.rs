@@ -1,0 +1,284 @@
+//! The MCP client's metrics through real sign-ins on loopback (the testkit's
+//! authorization server, an rmcp MCP server behind a protected resource,
+//! the client's loopback redirect listener and the testkit's headless
+//! browser), read back through core's per-thread debugging recorder
+//! (`testing::recording`). Each test installs its recorder before building
+//! the provider and runs everything on its one `#[tokio::test]` thread, so
+//! tests of this binary, which run on parallel threads, never see each
+//! other's counts.
+//!
+//! The client's lifecycles are keyed `{namespace}:{issuer}` but report
+//! under their namespace alone: no label may carry the issuer or any other
+//! URL, nor a subject, a state, a code or a token.
+//!
+//! Run: `cargo test -p mcp-authkit-providers --features metrics --test client_metrics`
+
+#![cfg(feature = "metrics")]
+
+#[path = "client_oauth/support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_authkit_core::observe::names;
+use mcp_authkit_core::testing::recording::{Metrics, Recording};
+use mcp_authkit_core::{ExposeSecret, ManualClock, TokenStore};
+use mcp_authkit_providers::client::{AuthProvider, ClientAuthError, PromptOutcome, prompt_fn};
+use mcp_authkit_testkit::{Browser, Endpoint};
+
+use support::{World, secret};
+
+/// The namespace the providers of these tests store and report under.
+const NAMESPACE: &str = "notes-app";
+
+fn expect(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// Every `provider` label is the namespace, every `backend` the memory
+/// store's, and no label value holds any of `forbidden`.
+fn assert_labels_are_namespace_backend_or_fixed(m: &Metrics, forbidden: &[String]) {
+    let labels = m.label_values();
+    assert!(
+        labels.iter().any(|v| v == NAMESPACE),
+        "the namespace labels the events: {labels:?}"
+    );
+    for label in &labels {
+        for secret in forbidden {
+            assert!(
+                !label.contains(secret.as_str()),
+                "{secret:?} in label {label:?}"
+            );
+        }
+    }
+    let ids = m
+        .counters
+        .keys()
+        .chain(m.gauges.keys())
+        .chain(m.samples.keys());
+    for (name, pairs) in ids {
+        for (key, value) in pairs {
+            match key.as_str() {
+                "provider" => assert_eq!(value, NAMESPACE, "{name}"),
+                "backend" => assert_eq!(value, "memory", "{name}"),
+                // `outcome`, `result`, `operation`...: `&'static str` by type.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A sign-in through the loopback listener and a browser: one flow
+/// started and completed under the namespace, the store operations of
+/// that one flow, and no URL, issuer, subject, state, code or token in a
+/// label or a span field of ours.
+#[tokio::test]
+async fn a_sign_in_counts_one_flow_under_the_namespace_and_leaks_nothing_into_labels() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .interaction(prompt_fn(|prompt| async move {
+            // The user's browser follows the authorization server's
+            // redirect to the client's loopback listener.
+            Browser::new()
+                .with_user("alice")
+                .get(prompt.url.as_str())
+                .await
+                .map_err(|e| ClientAuthError::Interaction(e.to_string()))?;
+            Ok(PromptOutcome::AwaitRedirect)
+        }))
+        .build()
+        .unwrap();
+    assert_eq!(world.whoami(&provider).await.unwrap(), "alice []");
+
+    let m = rec.metrics();
+    let signed_in = expect(&[
+        ("flows_started_total{}", 1),
+        ("flows_completed_total{outcome=authorized}", 1),
+    ]);
+    assert_eq!(m.events(), signed_in, "{m:#?}");
+    assert_eq!(
+        m.counter(
+            names::FLOWS_COMPLETED,
+            &[("provider", NAMESPACE), ("outcome", "authorized")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", NAMESPACE)]),
+        0.0
+    );
+    // The lifecycle's store operations for one sign-in: the flow inserted,
+    // looked up and taken by its callback, then completed; the new token
+    // written once.
+    for (operation, n) in [
+        ("insert", 1),
+        ("get_flow", 1),
+        ("take", 1),
+        ("complete", 1),
+        ("put", 1),
+    ] {
+        assert_eq!(m.store_ops("memory", operation), n, "{operation}: {m:#?}");
+    }
+    assert_eq!(m.total(names::STORE_ERRORS), 0);
+
+    // Signed in: the next call needs no flow and counts no event.
+    assert_eq!(world.whoami(&provider).await.unwrap(), "alice []");
+    assert_eq!(rec.metrics().events(), signed_in);
+
+    let authorize = world.auth.last_request(Endpoint::Authorize).unwrap();
+    let exchange = world
+        .auth
+        .last_request(Endpoint::AuthorizationCodeGrant)
+        .unwrap();
+    let token = provider.token().await.unwrap().unwrap();
+    let stored = TokenStore::get(&world.store, &provider.token_key().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let forbidden = vec![
+        world.auth.issuer().to_owned(),
+        world.mcp_url.clone(),
+        "http://".to_owned(),
+        "https://".to_owned(),
+        "127.0.0.1".to_owned(),
+        "alice".to_owned(),
+        authorize.param("state").unwrap().to_owned(),
+        exchange.param("code").unwrap().to_owned(),
+        authorize.param("client_id").unwrap().to_owned(),
+        secret(&token),
+        stored
+            .record
+            .refresh_token
+            .as_ref()
+            .expect("a refresh token")
+            .expose_secret()
+            .to_owned(),
+    ];
+    let m = rec.metrics();
+    assert_labels_are_namespace_backend_or_fixed(&m, &forbidden);
+    let fields = rec.spans().fields();
+    assert!(
+        fields.iter().any(|(span, field, value)| span == "callback"
+            && field == "provider"
+            && value.contains(NAMESPACE)),
+        "the callback span names the namespace: {fields:?}"
+    );
+    for secret in &forbidden {
+        for (span, field, value) in &fields {
+            assert!(
+                !value.contains(secret.as_str()),
+                "{secret:?} in span {span} field {field}: {value}"
+            );
+        }
+    }
+}
+
+/// Refreshes through the client count under the namespace: one ahead of
+/// expiry, then one the authorization server refuses (`invalid_grant`,
+/// the user disconnected the app), which leads to a second sign-in.
+#[tokio::test]
+async fn refreshes_through_the_client_count_refreshed_then_invalid_grant_and_a_new_flow() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .clock(clock.clone())
+        .refresh_skew(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    world.whoami(&provider).await.unwrap();
+
+    // 3550 s of a 3600 s token have passed: inside the 60 s skew.
+    clock.advance(Duration::from_secs(3550));
+    provider.token().await.unwrap().unwrap();
+    assert_eq!(world.auth.hits(Endpoint::RefreshTokenGrant), 1);
+    let m = rec.metrics();
+    assert_eq!(
+        m.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+            ("refreshes_total{result=refreshed}", 1),
+        ]),
+        "{m:#?}"
+    );
+    assert_eq!(
+        m.samples(names::REFRESH_DURATION, &[("provider", NAMESPACE)]),
+        1
+    );
+
+    // The user disconnected the app: the next call's 401 makes the client
+    // refresh, the server refuses, and the user signs in again.
+    world.auth.revoke_subject("test-user");
+    assert_eq!(world.whoami(&provider).await.unwrap(), "test-user []");
+    assert_eq!(world.auth.hits(Endpoint::RefreshTokenGrant), 2);
+    assert_eq!(world.auth.hits(Endpoint::Authorize), 2);
+    let m = rec.metrics();
+    assert_eq!(
+        m.events(),
+        expect(&[
+            ("flows_started_total{}", 2),
+            ("flows_completed_total{outcome=authorized}", 2),
+            ("refreshes_total{result=refreshed}", 1),
+            ("refreshes_total{result=invalid_grant}", 1),
+        ]),
+        "{m:#?}"
+    );
+    assert_eq!(
+        m.samples(names::REFRESH_DURATION, &[("provider", NAMESPACE)]),
+        2
+    );
+    let forbidden = vec![
+        world.auth.issuer().to_owned(),
+        world.mcp_url.clone(),
+        "http://".to_owned(),
+        "test-user".to_owned(),
+    ];
+    assert_labels_are_namespace_backend_or_fixed(&m, &forbidden);
+}
+
+/// A sign-in the user never finishes: the client gives up waiting for the
+/// browser's redirect (one timed-out wait) and drops the flow it showed
+/// (its one end, `abandoned`), so the next request does not join it.
+#[tokio::test]
+async fn a_sign_in_the_user_never_finishes_counts_one_timed_out_wait_and_one_abandoned_flow() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let walked_away = world
+        .provider()
+        .namespace(NAMESPACE)
+        .interaction(prompt_fn(|_| async { Ok(PromptOutcome::AwaitRedirect) }))
+        .authorization_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let error = world.whoami(&walked_away).await.unwrap_err().auth();
+    assert!(
+        matches!(error, ClientAuthError::TimedOut { .. }),
+        "{error:?}"
+    );
+    let m = rec.metrics();
+    assert_eq!(
+        m.events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("waits_timed_out_total{}", 1),
+            ("flows_completed_total{outcome=abandoned}", 1),
+        ]),
+        "{m:#?}"
+    );
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", NAMESPACE)]),
+        0.0
+    );
+    assert_labels_are_namespace_backend_or_fixed(
+        &m,
+        &[world.auth.issuer().to_owned(), "http://".to_owned()],
+    );
+}
