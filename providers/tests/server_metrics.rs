@@ -224,6 +224,49 @@ async fn a_timed_out_wait_is_no_flow_end_and_the_later_callback_counts_the_flow_
     assert_eq!(events(&mut rec), finished);
 }
 
+/// The same on a 2026-07-28 session: the retry that answers `accept`
+/// waits for the callback and gives up; the callback that lands later is
+/// the flow's one completion.
+#[tokio::test]
+async fn an_input_required_retry_that_gives_up_counts_one_wait_and_the_callback_one_flow() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options {
+        token_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let mut spec = ClientSpec::modern("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let result = call(&session, "whoami").await.unwrap();
+    assert!(
+        text(&result).contains("not completed within 1 s"),
+        "{}",
+        text(&result)
+    );
+    let gave_up = expect(&[
+        ("flows_started_total{}", 1),
+        ("elicitations_total{path=input_required}", 1),
+        ("waits_timed_out_total{}", 1),
+    ]);
+    assert_eq!(events(&mut rec), gave_up, "no flow ended yet");
+
+    assert_eq!(client.open(&client.elicitations()[0].0).await.status, 200);
+    let finished = expect(&[
+        ("flows_started_total{}", 1),
+        ("elicitations_total{path=input_required}", 1),
+        ("waits_timed_out_total{}", 1),
+        ("flows_completed_total{outcome=authorized}", 1),
+    ]);
+    assert_eq!(events(&mut rec), finished);
+    assert_eq!(
+        text(&call(&session, "whoami").await.unwrap()),
+        "github user: gh-alice"
+    );
+    assert_eq!(events(&mut rec), finished);
+}
+
 #[tokio::test]
 async fn a_replayed_callback_counts_as_refused_for_an_unknown_state() {
     let mut rec = Recording::start();
