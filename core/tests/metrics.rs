@@ -702,5 +702,8 @@ fn the_readme_shows_the_observe_docs_metrics_table_unchanged() {
         .filter_map(|line| line.strip_prefix('|'))
         .collect();
     assert!(docs.len() > 2, "the docs table was found");
-    assert_eq!(shown, docs);
+    for (shown, doc) in shown.iter().zip(&docs) {
+        assert_eq!(shown, doc, "a README row differs from the observe docs");
+    }
+    assert_eq!(shown.len(), docs.len(), "as many rows in both tables");
 }
