@@ -370,21 +370,51 @@ struct Inner {
 }
 
 /// Takes a flow taken from the pending store out of this process's
-/// [`FlowBook`] when dropped, however its completion went.
+/// [`FlowBook`] when dropped, however its completion went, and counts its
+/// one end.
+///
+/// The take is the flow's end (no one else can have it any more), so the
+/// count must not hang on the store call that follows: a flow whose
+/// outcome was stored counts as that outcome
+/// ([`completed`](Self::completed)); one whose completion failed or whose
+/// future was dropped before it finished counts as `failed` here, or
+/// started minus completed would keep it open forever.
 struct EndsFlow<'a> {
     inner: &'a Inner,
     state: &'a FlowState,
+    counted: bool,
 }
 
 impl<'a> EndsFlow<'a> {
     fn new(inner: &'a Inner, state: &'a FlowState) -> Self {
-        EndsFlow { inner, state }
+        EndsFlow {
+            inner,
+            state,
+            counted: false,
+        }
+    }
+
+    /// The flow's outcome is stored: counts it as `outcome`.
+    fn completed(mut self, outcome: &'static str) {
+        self.count(outcome);
+    }
+
+    fn count(&mut self, outcome: &'static str) {
+        self.counted = true;
+        observe::count(
+            names::FLOWS_COMPLETED,
+            &self.inner.label,
+            Some(("outcome", outcome)),
+        );
     }
 }
 
 impl Drop for EndsFlow<'_> {
     fn drop(&mut self) {
         self.inner.flows.ended(self.state, self.inner.clock.now());
+        if !self.counted {
+            self.count("failed");
+        }
     }
 }
 
@@ -1025,12 +1055,7 @@ impl TokenLifecycle {
                 self.inner.config.outcome_ttl,
             )
             .await?;
-        drop(ends);
-        observe::count(
-            names::FLOWS_COMPLETED,
-            &self.inner.label,
-            Some(("outcome", observe::outcome_label(&outcome))),
-        );
+        ends.completed(observe::outcome_label(&outcome));
         result.map(|outcome| CompletedFlow {
             key: flow.key,
             state: flow.state,
@@ -1076,12 +1101,7 @@ impl TokenLifecycle {
             .pending
             .complete(&flow.key, state, &outcome, self.inner.config.outcome_ttl)
             .await?;
-        drop(ends);
-        observe::count(
-            names::FLOWS_COMPLETED,
-            &self.inner.label,
-            Some(("outcome", "abandoned")),
-        );
+        ends.completed("abandoned");
         Ok(true)
     }
 

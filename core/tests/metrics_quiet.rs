@@ -126,6 +126,16 @@ fn pending(m: &Metrics) -> f64 {
     m.gauge(names::FLOWS_PENDING, &[("provider", "github")])
 }
 
+/// The `failed` completions, after checking they are the only ones.
+fn one_failure(m: &Metrics) -> u64 {
+    let failed = m.counter(
+        names::FLOWS_COMPLETED,
+        &[("provider", "github"), ("outcome", "failed")],
+    );
+    assert_eq!(m.total(names::FLOWS_COMPLETED), failed, "{m:#?}");
+    failed
+}
+
 /// With no subscriber, every store call is still timed and its errors
 /// counted (red when the no-span path skips the recording).
 #[tokio::test]
@@ -172,9 +182,10 @@ async fn without_a_subscriber_store_calls_and_errors_are_recorded() {
 
 /// A flow taken by a callback leaves the gauge even when completing it
 /// fails (red when the gauge is stepped down only after a successful
-/// completion).
+/// completion), and it ended: one `failed` completion, nothing else (red
+/// when only a stored outcome is counted).
 #[tokio::test]
-async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
+async fn a_flow_whose_completion_fails_leaves_the_pending_gauge_and_counts_one_failure() {
     let mut rec = Recording::start_metrics_only();
     let f = fixture(Arc::new(BrokenComplete::fails()));
     let begun = f
@@ -200,13 +211,15 @@ async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
         "{error}"
     );
     assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
 }
 
 /// A callback dropped after it took the flow (its handler cancelled while
 /// completing) still ends the flow here (red when the gauge is stepped
-/// down only after the completion returns).
+/// down only after the completion returns), counted once as `failed`: no
+/// one else can take it any more.
 #[tokio::test]
-async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge() {
+async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge_and_counts_one_failure() {
     let mut rec = Recording::start_metrics_only();
     let f = fixture(Arc::new(BrokenComplete::hangs()));
     let begun = f
@@ -232,6 +245,34 @@ async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge() {
             .is_none()
     );
     assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
+}
+
+/// An abandonment (a declined prompt) whose completion fails took the
+/// flow all the same: it ended with no outcome stored, so it counts once
+/// as `failed`, not as `abandoned` (red when the abandonment counts only
+/// after completing).
+#[tokio::test]
+async fn an_abandonment_whose_completion_fails_counts_one_failure() {
+    let mut rec = Recording::start_metrics_only();
+    let f = fixture(Arc::new(BrokenComplete::fails()));
+    let begun = f
+        .lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap();
+    let outcome = FlowOutcome::Denied {
+        error: "declined".into(),
+        description: None,
+    };
+    assert!(
+        f.lifecycle
+            .abandon_flow(begun.state(), outcome)
+            .await
+            .is_err()
+    );
+    assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
 }
 
 /// A dropped lifecycle (a config reload) takes its flows out of the gauge;
