@@ -981,15 +981,19 @@ impl TokenLifecycle {
         self.count_begin(false);
     }
 
-    /// Reports a call that gave up waiting for a sign-in (its own or one it
-    /// joined) before the flow ended.
+    /// Reports a call that stopped waiting for a sign-in (its own or one it
+    /// joined) before the flow ended, and why.
     ///
-    /// Not a flow's end: the flow stays open, and its callback, if the user
-    /// still finishes, counts the one completion. Counting the give-up as a
-    /// completion too counted such a flow twice (see the
-    /// [`observe`](crate::observe) docs).
-    pub fn record_wait_timed_out(&self) {
-        observe::count(names::WAITS_TIMED_OUT, &self.inner.label, None);
+    /// Not a flow's end: the flow stays open unless the caller also ends
+    /// it, and its callback, if the user still finishes, counts the one
+    /// completion. Counting the give-up as a completion too counted such a
+    /// flow twice (see the [`observe`](crate::observe) docs).
+    pub fn record_wait_given_up(&self, reason: observe::GaveUp) {
+        observe::count(
+            names::WAITS_GIVEN_UP,
+            &self.inner.label,
+            Some(("reason", reason.label())),
+        );
     }
 
     /// A pending flow by state, without taking it (for a connect page).
@@ -1110,7 +1114,7 @@ impl TokenLifecycle {
     /// With the `metrics` feature, an outcome ends the flow in the pending
     /// gauge, and a wait woken by a completion made in this process records
     /// its wake latency. A `None` counts nothing: the caller that gives up
-    /// reports it with [`record_wait_timed_out`](Self::record_wait_timed_out),
+    /// reports it with [`record_wait_given_up`](Self::record_wait_given_up),
     /// since not every wait is a call giving up (a background watcher that
     /// waits out a flow's life to send a notice is not).
     pub async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_authkit_core::observe::names;
+use mcp_authkit_core::observe::{GaveUp, names};
 use mcp_authkit_core::testing::recording::{Metrics, Recording};
 use mcp_authkit_core::testing::{FakeOAuthClient, RefreshBehavior};
 use mcp_authkit_core::*;
@@ -649,8 +649,8 @@ async fn a_wait_that_gives_up_is_no_completion_and_the_later_callback_is_the_onl
     assert!(waited.is_none());
     let m = rec.metrics();
     assert_eq!(m.total(names::FLOWS_COMPLETED), 0, "{m:#?}");
-    assert_eq!(m.total(names::WAITS_TIMED_OUT), 0, "the caller reports it");
-    f.lifecycle.record_wait_timed_out();
+    assert_eq!(m.total(names::WAITS_GIVEN_UP), 0, "the caller reports it");
+    f.lifecycle.record_wait_given_up(GaveUp::TimedOut);
 
     let code = f
         .oauth
@@ -664,7 +664,7 @@ async fn a_wait_that_gives_up_is_no_completion_and_the_later_callback_is_the_onl
         m.events(),
         [
             ("flows_started_total{}", 1),
-            ("waits_timed_out_total{}", 1),
+            ("waits_given_up_total{reason=timed_out}", 1),
             ("flows_completed_total{outcome=authorized}", 1),
         ]
         .into_iter()
@@ -673,7 +673,10 @@ async fn a_wait_that_gives_up_is_no_completion_and_the_later_callback_is_the_onl
         "{m:#?}"
     );
     assert_eq!(
-        m.counter(names::WAITS_TIMED_OUT, &[("provider", "github")]),
+        m.counter(
+            names::WAITS_GIVEN_UP,
+            &[("provider", "github"), ("reason", "timed_out")]
+        ),
         1
     );
     assert_eq!(

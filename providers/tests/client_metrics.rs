@@ -269,7 +269,7 @@ async fn a_sign_in_the_user_never_finishes_counts_one_timed_out_wait_and_one_aba
         m.events(),
         expect(&[
             ("flows_started_total{}", 1),
-            ("waits_timed_out_total{}", 1),
+            ("waits_given_up_total{reason=timed_out}", 1),
             ("flows_completed_total{outcome=abandoned}", 1),
         ]),
         "{m:#?}"
@@ -281,5 +281,59 @@ async fn a_sign_in_the_user_never_finishes_counts_one_timed_out_wait_and_one_aba
     assert_eq!(
         m.gauge(names::FLOWS_PENDING, &[("provider", NAMESPACE)]),
         0.0
+    );
+}
+
+/// A request that joins another request's
+/// sign-in and gives up waiting counts one timed-out wait; the sign-in
+/// that finishes later is the flow's one completion.
+#[tokio::test]
+async fn a_joined_request_that_gives_up_counts_one_timed_out_wait() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (e, r) = (entered.clone(), release.clone());
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .authorization_timeout(Duration::from_millis(300))
+        .interaction(prompt_fn(move |prompt| {
+            let (e, r) = (e.clone(), r.clone());
+            async move {
+                e.notify_one();
+                r.notified().await;
+                Browser::new()
+                    .with_user("alice")
+                    .get(prompt.url.as_str())
+                    .await
+                    .map_err(|e| ClientAuthError::Interaction(e.to_string()))?;
+                Ok(PromptOutcome::AwaitRedirect)
+            }
+        }))
+        .build()
+        .unwrap();
+    let shows = world.whoami(&provider);
+    let joins = async {
+        entered.notified().await;
+        let joined = world.whoami(&provider).await;
+        release.notify_one();
+        joined
+    };
+    let (shown, joined) = tokio::join!(shows, joins);
+    assert_eq!(shown.unwrap(), "alice []");
+    let error = joined.unwrap_err().auth();
+    assert!(
+        matches!(error, ClientAuthError::TimedOut { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        rec.metrics().events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_joined_total{}", 1),
+            ("waits_given_up_total{reason=timed_out}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+        ])
     );
 }

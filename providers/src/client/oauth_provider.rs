@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mcp_authkit_core::observe::GaveUp;
 use mcp_authkit_core::{
     Access, BeginOutcome, CallbackParams, Clock, FlowOutcome, FlowRequest, FlowState,
     LifecycleConfig, OAuthError, OAuthErrorKind, PendingFlow, PendingStore, Revision, SecretString,
@@ -987,7 +988,7 @@ impl OAuthClientProvider {
             Some(outcome) => Err(outcome_error(outcome)),
             None => {
                 // Not the flow's end: the request that shows it ends it.
-                session.lifecycle.record_wait_timed_out();
+                session.lifecycle.record_wait_given_up(GaveUp::TimedOut);
                 Err(ClientAuthError::TimedOut {
                     what: "the authorization another request started",
                     after: self.inner.authorization_timeout,
@@ -1067,7 +1068,7 @@ impl OAuthClientProvider {
                         // The wait gave up; `run_flow` then ends the flow
                         // (counted as `abandoned`), so no later request
                         // joins a sign-in nobody finishes.
-                        session.lifecycle.record_wait_timed_out();
+                        session.lifecycle.record_wait_given_up(GaveUp::TimedOut);
                         return Err(ClientAuthError::TimedOut {
                             what: "signing in",
                             after: self.inner.authorization_timeout,

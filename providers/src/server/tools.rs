@@ -16,7 +16,7 @@ use ::rmcp::model::{
     InputRequiredResult, InputResponses, ProtocolVersion, ServerNotification,
 };
 use ::rmcp::service::{ElicitationError, Peer, RequestContext, RoleServer, ServiceError};
-use mcp_authkit_core::observe::{self, names};
+use mcp_authkit_core::observe::{self, GaveUp, names};
 use mcp_authkit_core::{FlowOutcome, FlowState};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -791,8 +791,11 @@ impl OAuthProvider {
             let action = tokio::select! {
                 action = sent => action,
                 () = ctx.ct.cancelled() => {
+                    // The request gave up before the user answered: the
+                    // flow it started ends with it, since no one else was
+                    // shown its link.
                     self.abandon_if_started(&pending, CANCELLED).await;
-                    return Err(TokenError::Cancelled { display });
+                    return Err(self.give_up(GaveUp::Cancelled));
                 }
             };
             match action {
@@ -806,13 +809,14 @@ impl OAuthProvider {
                     return Err(TokenError::Cancelled { display });
                 }
                 Err(ElicitationError::Service(ServiceError::Timeout { .. })) => {
-                    self.inner.lifecycle.record_wait_timed_out();
-                    return Err(TokenError::TimedOut {
-                        display,
-                        after: timeout,
-                    });
+                    return Err(self.give_up(GaveUp::TimedOut));
                 }
                 Err(ElicitationError::Service(source)) => {
+                    // The prompt's request failed (the session's transport,
+                    // or the client answered with an error): the call
+                    // cannot wait on, and the flow is left to its callback
+                    // or its expiry like any other give-up.
+                    self.inner.lifecycle.record_wait_given_up(GaveUp::Error);
                     return Err(TokenError::Elicitation { display, source });
                 }
                 Err(ElicitationError::UserDeclined) => {
@@ -825,20 +829,8 @@ impl OAuthProvider {
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let outcome = tokio::select! {
-            outcome = self.wait_for_authorization(&pending, remaining) => outcome?,
-            () = ctx.ct.cancelled() => return Err(TokenError::Cancelled { display }),
-        };
+        let outcome = self.wait_or_give_up(ctx, &pending, remaining).await?;
         drop(claim);
-        let Some(outcome) = outcome else {
-            // This call gave up; the flow goes on, and its callback (if the
-            // user finishes) counts its one completion.
-            self.inner.lifecycle.record_wait_timed_out();
-            return Err(TokenError::TimedOut {
-                display,
-                after: timeout,
-            });
-        };
         if elicits && !pending.elicitation_id.is_empty() {
             notify_complete(&ctx.peer, pending.elicitation_id()).await;
         }
@@ -866,18 +858,48 @@ impl OAuthProvider {
     /// token it stored or why there is none.
     async fn wait_then_token(
         &self,
+        ctx: &RequestContext<RoleServer>,
         subject: &str,
         pending: &PendingAuthorization,
     ) -> Result<UserToken, TokenError> {
-        let timeout = self.inner.token_timeout;
-        match self.wait_for_authorization(pending, timeout).await? {
-            Some(outcome) => self.after_outcome(subject, outcome).await,
-            None => {
-                self.inner.lifecycle.record_wait_timed_out();
-                Err(TokenError::TimedOut {
-                    display: self.inner.display_name.clone(),
-                    after: timeout,
-                })
+        let outcome = self
+            .wait_or_give_up(ctx, pending, self.inner.token_timeout)
+            .await?;
+        self.after_outcome(subject, outcome).await
+    }
+
+    /// Waits up to `wait` for `pending` to end, unless the request is
+    /// cancelled first; a call that stops waiting is counted here, once.
+    ///
+    /// Every tool call that waits for a callback goes through here, so
+    /// none can give up uncounted; a fail-fast watcher does not (it is no
+    /// call, and its flow expiring is no one giving up).
+    async fn wait_or_give_up(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        pending: &PendingAuthorization,
+        wait: Duration,
+    ) -> Result<FlowOutcome, TokenError> {
+        let outcome = tokio::select! {
+            outcome = self.wait_for_authorization(pending, wait) => outcome?,
+            () = ctx.ct.cancelled() => return Err(self.give_up(GaveUp::Cancelled)),
+        };
+        outcome.ok_or_else(|| self.give_up(GaveUp::TimedOut))
+    }
+
+    /// Counts a call that stopped waiting for a sign-in (timed out or
+    /// cancelled) and returns what it answers. Not the flow's end: the
+    /// flow goes on, and its callback, if the user finishes, counts its
+    /// one completion.
+    fn give_up(&self, reason: GaveUp) -> TokenError {
+        self.inner.lifecycle.record_wait_given_up(reason);
+        let display = self.inner.display_name.clone();
+        if reason == GaveUp::Cancelled {
+            TokenError::Cancelled { display }
+        } else {
+            TokenError::TimedOut {
+                display,
+                after: self.inner.token_timeout,
             }
         }
     }
@@ -906,7 +928,7 @@ impl OAuthProvider {
             .await?;
         if pending.elicitation_id.is_empty() {
             // The callback is being handled right now: no link to show.
-            return self.wait_then_token(&subject, &pending).await;
+            return self.wait_then_token(ctx, &subject, &pending).await;
         }
         self.watch_for_completion(ctx.peer.clone(), session.unwrap_or_default(), &pending);
         self.count(names::ELICITATIONS, ("path", "fail_fast"));
@@ -974,7 +996,7 @@ impl OAuthProvider {
             };
             match (action.as_str(), current) {
                 ("accept", Some(current)) if matches => {
-                    return self.wait_then_token(&subject, &current).await;
+                    return self.wait_then_token(ctx, &subject, &current).await;
                 }
                 ("accept", None) => return Err(TokenError::Incomplete { display }),
                 ("decline", current) => {
@@ -996,7 +1018,7 @@ impl OAuthProvider {
         let pending = self.begin_authorization(&subject, None).await?;
         if pending.elicitation_id.is_empty() {
             // The callback is being handled right now: no link to show.
-            return self.wait_then_token(&subject, &pending).await;
+            return self.wait_then_token(ctx, &subject, &pending).await;
         }
         self.count(names::ELICITATIONS, ("path", "input_required"));
         Err(TokenError::AuthorizationRequired(Box::new(
