@@ -337,3 +337,110 @@ async fn a_joined_request_that_gives_up_counts_one_timed_out_wait() {
         ])
     );
 }
+
+/// Polls the event counters until they are `expected` (a dropped
+/// request's flow is ended by a spawned task); the deadline only keeps a
+/// broken build from hanging.
+async fn settles_to(rec: &mut Recording, expected: &BTreeMap<String, u64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rec.metrics().events() != *expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rec.metrics().events(), *expected);
+}
+
+/// The caller drops the request while the client waits for the browser's
+/// redirect (its own request timeout is shorter than the authorization
+/// timeout): one cancelled wait, and the flow it showed ends, `abandoned`
+/// (red when a dropped wait counts nothing).
+#[tokio::test]
+async fn a_request_dropped_while_waiting_for_the_redirect_counts_one_cancelled_wait() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let shown = Arc::new(tokio::sync::Notify::new());
+    let notify = shown.clone();
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .authorization_timeout(Duration::from_secs(30))
+        .interaction(prompt_fn(move |_| {
+            let notify = notify.clone();
+            async move {
+                notify.notify_one();
+                Ok(PromptOutcome::AwaitRedirect)
+            }
+        }))
+        .build()
+        .unwrap();
+    // The hook returns at once, so by the time the notice is seen the
+    // request waits for the redirect: dropping it there is the give-up.
+    tokio::select! {
+        _ = world.whoami(&provider) => panic!("nobody signs in"),
+        () = shown.notified() => {}
+    }
+    settles_to(
+        &mut rec,
+        &expect(&[
+            ("flows_started_total{}", 1),
+            ("waits_given_up_total{reason=cancelled}", 1),
+            ("flows_completed_total{outcome=abandoned}", 1),
+        ]),
+    )
+    .await;
+}
+
+/// A request that joined another request's sign-in is dropped while it
+/// waits: one cancelled wait, and the sign-in goes on to its one
+/// completion (red when a dropped joined wait counts nothing).
+#[tokio::test]
+async fn a_joined_request_dropped_while_waiting_counts_one_cancelled_wait() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (e, r) = (entered.clone(), release.clone());
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .authorization_timeout(Duration::from_secs(30))
+        .interaction(prompt_fn(move |prompt| {
+            let (e, r) = (e.clone(), r.clone());
+            async move {
+                e.notify_one();
+                r.notified().await;
+                Browser::new()
+                    .with_user("alice")
+                    .get(prompt.url.as_str())
+                    .await
+                    .map_err(|e| ClientAuthError::Interaction(e.to_string()))?;
+                Ok(PromptOutcome::AwaitRedirect)
+            }
+        }))
+        .build()
+        .unwrap();
+    let shows = world.whoami(&provider);
+    let joins = async {
+        entered.notified().await;
+        let mut joiner = Box::pin(world.whoami(&provider));
+        // Drive the joining request until it joined (then it waits).
+        while !rec.metrics().events().contains_key("flows_joined_total{}") {
+            tokio::select! {
+                _ = &mut joiner => panic!("the joined sign-in is not done"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        drop(joiner);
+        release.notify_one();
+    };
+    let (shown, ()) = tokio::join!(shows, joins);
+    assert_eq!(shown.unwrap(), "alice []");
+    assert_eq!(
+        rec.metrics().events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_joined_total{}", 1),
+            ("waits_given_up_total{reason=cancelled}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+        ])
+    );
+}

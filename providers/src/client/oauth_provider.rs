@@ -979,11 +979,13 @@ impl OAuthClientProvider {
         session: &Session,
         state: &FlowState,
     ) -> Result<(), ClientAuthError> {
+        let waiting = Waiting::new(&session.lifecycle);
         let outcome = session
             .lifecycle
             .wait(state, self.inner.authorization_timeout)
-            .await?;
-        match outcome {
+            .await;
+        waiting.ended();
+        match outcome? {
             Some(FlowOutcome::Authorized { .. }) => Ok(()),
             Some(outcome) => Err(outcome_error(outcome)),
             None => {
@@ -1055,9 +1057,12 @@ impl OAuthClientProvider {
                             .to_owned(),
                     });
                 };
-                match tokio::time::timeout(self.inner.authorization_timeout, &mut expected.receiver)
-                    .await
-                {
+                let waiting = Waiting::new(&session.lifecycle);
+                let redirect =
+                    tokio::time::timeout(self.inner.authorization_timeout, &mut expected.receiver)
+                        .await;
+                waiting.ended();
+                match redirect {
                     Ok(Ok(url)) => url,
                     Ok(Err(_)) => {
                         return Err(ClientAuthError::Interaction(
@@ -1475,6 +1480,38 @@ enum SignInStep {
     Show(PendingFlow, FlowGuard),
     /// Another request's flow: wait for its outcome.
     Wait(FlowState),
+}
+
+/// Counts a wait for a sign-in as given up, `cancelled`, when the
+/// request's future is dropped while it waits: the caller gave up on the
+/// request (its own request timeout, say), and no code after the wait
+/// runs to say so. A wait that ends by itself says how it ended.
+struct Waiting<'a> {
+    lifecycle: &'a TokenLifecycle,
+    armed: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(lifecycle: &'a TokenLifecycle) -> Self {
+        Waiting {
+            lifecycle,
+            armed: true,
+        }
+    }
+
+    /// The wait ended: with the outcome, an error, or its own timeout,
+    /// which the caller counts.
+    fn ended(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lifecycle.record_wait_given_up(GaveUp::Cancelled);
+        }
+    }
 }
 
 /// Keeps track of a flow this provider shows, and ends it (so waiters stop
