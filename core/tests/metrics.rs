@@ -687,26 +687,65 @@ async fn a_wait_that_gives_up_is_no_completion_and_the_later_callback_is_the_onl
 
 /// The metrics table of the `observe` docs and the README's "Operate it"
 /// table are one table: an operator reads the README, a developer the
-/// docs, and a row changed in one place only misleads one of them.
+/// docs, and a row changed in one place only misleads one of them. Every
+/// metric name of `names` has exactly one row, so a renamed or added
+/// constant fails here until the table says it.
 #[test]
 fn the_readme_shows_the_observe_docs_metrics_table_unchanged() {
-    let docs: Vec<&str> = include_str!("../src/observe.rs")
-        .lines()
-        .filter_map(|line| line.strip_prefix("//! |"))
-        .collect();
-    let readme = include_str!("../../README.md");
+    let observe = include_str!("../src/observe.rs").replace("\r\n", "\n");
+    let docs = first_table(
+        observe
+            .lines()
+            .filter_map(|line| line.strip_prefix("//!"))
+            .map(|line| line.strip_prefix(' ').unwrap_or(line)),
+    );
+    let readme = include_str!("../../README.md").replace("\r\n", "\n");
     let section = readme
         .split("\n## Operate it\n")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
         .expect("the README has an \"Operate it\" section");
-    let shown: Vec<&str> = section
-        .lines()
-        .filter_map(|line| line.strip_prefix('|'))
-        .collect();
+    let shown = first_table(section.lines());
     assert!(docs.len() > 2, "the docs table was found");
     for (shown, doc) in shown.iter().zip(&docs) {
         assert_eq!(shown, doc, "a README row differs from the observe docs");
     }
     assert_eq!(shown.len(), docs.len(), "as many rows in both tables");
+
+    let constants: Vec<&str> = observe
+        .split("pub mod names {")
+        .nth(1)
+        .and_then(|rest| rest.split("\n}").next())
+        .expect("the names module")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("pub const "))
+        .filter_map(|line| line.split('"').nth(1))
+        .collect();
+    assert!(
+        constants.contains(&names::FLOWS_COMPLETED),
+        "the constants were read: {constants:?}"
+    );
+    let named: Vec<&str> = docs
+        .iter()
+        .skip(2)
+        .filter_map(|row| row.split('`').nth(1))
+        .collect();
+    for constant in &constants {
+        let rows = named.iter().filter(|name| *name == constant).count();
+        assert_eq!(rows, 1, "{constant} has {rows} rows in the metrics table");
+    }
+    assert_eq!(
+        named.len(),
+        constants.len(),
+        "every row names a metric of `names`: {named:?}"
+    );
+}
+
+/// The rows of the first Markdown table in `lines`, from its header to
+/// the first line that is not a row (a later table is no part of it).
+fn first_table<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    lines
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .collect()
 }
