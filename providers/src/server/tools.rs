@@ -788,7 +788,10 @@ impl OAuthProvider {
                 pending.elicitation_id(),
                 Some(timeout),
             );
+            // Biased, the answer first: a prompt answered in the same poll
+            // as the cancellation is taken as answered, not abandoned.
             let action = tokio::select! {
+                biased;
                 action = sent => action,
                 () = ctx.ct.cancelled() => {
                     // The request gave up before the user answered: the
@@ -880,7 +883,11 @@ impl OAuthProvider {
         pending: &PendingAuthorization,
         wait: Duration,
     ) -> Result<FlowOutcome, TokenError> {
+        // Biased, the outcome first: a sign-in that completed in the same
+        // poll as the cancellation is reported as done, not as cancelled
+        // (a random pick would count a give-up for a flow that ended).
         let outcome = tokio::select! {
+            biased;
             outcome = self.wait_for_authorization(pending, wait) => outcome?,
             () = ctx.ct.cancelled() => return Err(self.give_up(GaveUp::Cancelled)),
         };
