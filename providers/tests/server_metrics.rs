@@ -573,6 +573,43 @@ async fn a_call_the_client_cancels_while_waiting_for_the_callback_counts_one_can
     assert_eq!(events(&mut rec), finished);
 }
 
+/// The same on a 2026-07-28 session: the retry that answers `accept`
+/// waits for the callback of the flow in progress, and the client drops
+/// it (its request timeout, 500 ms, is shorter than the server's token
+/// timeout, 30 s). One cancelled wait, counted as soon as the request is
+/// cancelled, not a timed-out one 30 s later (red when the retry's wait
+/// ignores the request's cancellation); the flow goes on to its callback.
+#[tokio::test]
+async fn an_input_required_retry_the_client_cancels_counts_one_cancelled_wait() {
+    let mut rec = Recording::start();
+    let h = Harness::start(Options {
+        token_timeout: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    let mut spec = ClientSpec::modern("alice");
+    spec.behavior = Behavior::AcceptOnly;
+    let client = TestClient::new(&spec);
+    let session = connect(&h.server.mcp_url, Some("alice"), client.clone()).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), call(&session, "whoami")).await;
+    assert!(gave_up.is_err(), "the server was still waiting");
+    assert_eq!(client.elicitations().len(), 1, "the retry was sent");
+    let cancelled = expect(&[
+        ("flows_started_total{}", 1),
+        ("elicitations_total{path=input_required}", 1),
+        ("waits_given_up_total{reason=cancelled}", 1),
+    ]);
+    settles_to(&mut rec, &cancelled).await;
+    assert_eq!(client.open(&client.elicitations()[0].0).await.status, 200);
+    let mut finished = cancelled.clone();
+    finished.insert("flows_completed_total{outcome=authorized}".into(), 1);
+    assert_eq!(events(&mut rec), finished);
+    assert_eq!(
+        text(&call(&session, "whoami").await.unwrap()),
+        "github user: gh-alice"
+    );
+}
+
 /// A call cancelled while its prompt is still unanswered: the call that
 /// started the flow ends it (no one else can be shown its link), so one
 /// cancelled wait and one `abandoned` flow (red when the prompt's
