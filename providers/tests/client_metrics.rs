@@ -389,6 +389,71 @@ async fn a_request_dropped_while_waiting_for_the_redirect_counts_one_cancelled_w
     .await;
 }
 
+/// The caller drops the request while the interaction hook itself waits
+/// for the user (a hook that shows the link and awaits the redirect on
+/// its own, and never returns here): the same give-up as at the loopback
+/// listener, one cancelled wait, and the flow ends `abandoned` (red when
+/// only the loopback wait counts a dropped request).
+#[tokio::test]
+async fn a_request_dropped_while_the_interaction_hook_waits_counts_one_cancelled_wait() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let shown = Arc::new(tokio::sync::Notify::new());
+    let notify = shown.clone();
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .authorization_timeout(Duration::from_secs(30))
+        .interaction(prompt_fn(move |_| {
+            let notify = notify.clone();
+            async move {
+                notify.notify_one();
+                std::future::pending::<Result<PromptOutcome, ClientAuthError>>().await
+            }
+        }))
+        .build()
+        .unwrap();
+    tokio::select! {
+        _ = world.whoami(&provider) => panic!("nobody signs in"),
+        () = shown.notified() => {}
+    }
+    settles_to(
+        &mut rec,
+        &expect(&[
+            ("flows_started_total{}", 1),
+            ("waits_given_up_total{reason=cancelled}", 1),
+            ("flows_completed_total{outcome=abandoned}", 1),
+        ]),
+    )
+    .await;
+}
+
+/// An interaction hook that fails (it could not show the link) is no
+/// request giving up: the error is the request's answer, the flow ends
+/// `abandoned`, and no give-up is counted (red when the hook's wait
+/// counts its error as a cancellation).
+#[tokio::test]
+async fn a_failing_interaction_hook_counts_no_give_up() {
+    let mut rec = Recording::start();
+    let world = World::start().await;
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .interaction(prompt_fn(|_| async {
+            Err(ClientAuthError::Interaction("no browser".to_owned()))
+        }))
+        .build()
+        .unwrap();
+    assert!(world.whoami(&provider).await.is_err());
+    assert_eq!(
+        rec.metrics().events(),
+        expect(&[
+            ("flows_started_total{}", 1),
+            ("flows_completed_total{outcome=abandoned}", 1),
+        ])
+    );
+}
+
 /// A request that joined another request's sign-in is dropped while it
 /// waits: one cancelled wait, and the sign-in goes on to its one
 /// completion (red when a dropped joined wait counts nothing).

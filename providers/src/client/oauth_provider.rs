@@ -1046,10 +1046,23 @@ impl OAuthClientProvider {
         };
         let now = self.inner.clock.now();
         lock(&self.inner.prompts).show(now)?;
-        let callback = match self.inner.interaction.authorize(&prompt).await? {
-            PromptOutcome::Redirected(url) => url,
-            PromptOutcome::AwaitRedirect => {
+        // The request waits for the user from here: in the hook, when it
+        // shows the link and awaits the redirect itself, or at the loopback
+        // listener after it. A request dropped in either place gave up.
+        let waiting = Waiting::new(&session.lifecycle);
+        let shown = self.inner.interaction.authorize(&prompt).await;
+        let callback = match shown {
+            Ok(PromptOutcome::Redirected(url)) => {
+                waiting.ended();
+                url
+            }
+            Err(error) => {
+                waiting.ended();
+                return Err(error);
+            }
+            Ok(PromptOutcome::AwaitRedirect) => {
                 let Some(mut expected) = expected else {
+                    waiting.ended();
                     return Err(ClientAuthError::Config {
                         what: "user interaction",
                         reason: "the redirect URI is external, so the interaction hook must \
@@ -1057,7 +1070,6 @@ impl OAuthClientProvider {
                             .to_owned(),
                     });
                 };
-                let waiting = Waiting::new(&session.lifecycle);
                 let redirect =
                     tokio::time::timeout(self.inner.authorization_timeout, &mut expected.receiver)
                         .await;
