@@ -39,9 +39,10 @@
 //! joined it, and whichever way it waited: a tool call in wait mode (for
 //! the client's answer to the prompt or for the callback), a fail-fast or
 //! `input_required` retry that waits for a callback in progress, or the
-//! MCP client waiting for its browser redirect or for another request's
-//! sign-in. Its `reason` says why: `timed_out` (its own timeout),
-//! `cancelled` (an MCP `notifications/cancelled` for the tool call, as an
+//! MCP client waiting for its browser redirect (in its interaction hook
+//! or at its loopback listener) or for another request's sign-in. Its
+//! `reason` says why: `timed_out` (its own timeout), `cancelled` (an MCP
+//! `notifications/cancelled` for the tool call, as an
 //! MCP client whose request timeout is shorter than the server's token
 //! timeout sends; in the MCP client, the caller dropping the request) or
 //! `error` (the server's prompt to the MCP client failed: its transport,
@@ -51,10 +52,14 @@
 //! the flow it showed when it stops waiting for its redirect, so no later
 //! request joins a sign-in nobody finishes (a request that joined another
 //! one's sign-in ends nothing), and a tool call cancelled before its
-//! prompt was answered ends the flow it started (no one else was shown its
-//! link). A background watcher that waits out a fail-fast flow's life to
-//! send the completion notice is no call, and counts nothing when the
-//! flow expires. A flow that simply expires with no callback has no
+//! prompt was answered ends the flow it started. Others may still want
+//! that flow: calls of the same user may have joined it, and those of
+//! other sessions may be showing their own prompt for it (prompts are
+//! claimed per session and flow). They answer `cancelled` with it, and the
+//! one end counts once, `abandoned`. A background watcher that waits out
+//! a fail-fast flow's life to send the completion notice is no call, and
+//! counts nothing when the flow expires. A flow that simply expires with
+//! no callback has no
 //! completion: over all replicas, started minus completed is the flows
 //! still open plus those that expired unanswered.
 //!

@@ -611,7 +611,7 @@ async fn an_input_required_retry_the_client_cancels_counts_one_cancelled_wait() 
 }
 
 /// A call cancelled while its prompt is still unanswered: the call that
-/// started the flow ends it (no one else can be shown its link), so one
+/// started the flow ends it (here no other call joined it), so one
 /// cancelled wait and one `abandoned` flow (red when the prompt's
 /// cancelled arm counts nothing).
 #[tokio::test]

@@ -795,8 +795,13 @@ impl OAuthProvider {
                 action = sent => action,
                 () = ctx.ct.cancelled() => {
                     // The request gave up before the user answered: the
-                    // flow it started ends with it, since no one else was
-                    // shown its link.
+                    // flow it started ends with it. Others may have seen
+                    // it: prompts are claimed per (session, flow), so
+                    // another session of the same user that joined this
+                    // flow may be showing its own prompt for it. That
+                    // call answers `cancelled` too, its link then leads
+                    // to an unknown state, and the user starts over. A
+                    // known limit, left as it is.
                     self.abandon_if_started(&pending, CANCELLED).await;
                     return Err(self.give_up(GaveUp::Cancelled));
                 }
