@@ -370,21 +370,51 @@ struct Inner {
 }
 
 /// Takes a flow taken from the pending store out of this process's
-/// [`FlowBook`] when dropped, however its completion went.
+/// [`FlowBook`] when dropped, however its completion went, and counts its
+/// one end.
+///
+/// The take is the flow's end (no one else can have it any more), so the
+/// count must not hang on the store call that follows: a flow whose
+/// outcome was stored counts as that outcome
+/// ([`completed`](Self::completed)); one whose completion failed or whose
+/// future was dropped before it finished counts as `failed` here, or
+/// started minus completed would keep it open forever.
 struct EndsFlow<'a> {
     inner: &'a Inner,
     state: &'a FlowState,
+    counted: bool,
 }
 
 impl<'a> EndsFlow<'a> {
     fn new(inner: &'a Inner, state: &'a FlowState) -> Self {
-        EndsFlow { inner, state }
+        EndsFlow {
+            inner,
+            state,
+            counted: false,
+        }
+    }
+
+    /// The flow's outcome is stored: counts it as `outcome`.
+    fn completed(mut self, outcome: &'static str) {
+        self.count(outcome);
+    }
+
+    fn count(&mut self, outcome: &'static str) {
+        self.counted = true;
+        observe::count(
+            names::FLOWS_COMPLETED,
+            &self.inner.label,
+            Some(("outcome", outcome)),
+        );
     }
 }
 
 impl Drop for EndsFlow<'_> {
     fn drop(&mut self) {
         self.inner.flows.ended(self.state, self.inner.clock.now());
+        if !self.counted {
+            self.count("failed");
+        }
     }
 }
 
@@ -951,6 +981,21 @@ impl TokenLifecycle {
         self.count_begin(false);
     }
 
+    /// Reports a call that stopped waiting for a sign-in (its own or one it
+    /// joined) before the flow ended, and why.
+    ///
+    /// Not a flow's end: the flow stays open unless the caller also ends
+    /// it, and its callback, if the user still finishes, counts the one
+    /// completion. Counting the give-up as a completion too counted such a
+    /// flow twice (see the [`observe`](crate::observe) docs).
+    pub fn record_wait_given_up(&self, reason: observe::GaveUp) {
+        observe::count(
+            names::WAITS_GIVEN_UP,
+            &self.inner.label,
+            Some(("reason", reason.label())),
+        );
+    }
+
     /// A pending flow by state, without taking it (for a connect page).
     pub async fn pending_flow(&self, state: &FlowState) -> Result<Option<PendingFlow>> {
         Ok(self
@@ -1014,12 +1059,7 @@ impl TokenLifecycle {
                 self.inner.config.outcome_ttl,
             )
             .await?;
-        drop(ends);
-        observe::count(
-            names::FLOWS_COMPLETED,
-            &self.inner.label,
-            Some(("outcome", observe::outcome_label(&outcome))),
-        );
+        ends.completed(observe::outcome_label(&outcome));
         result.map(|outcome| CompletedFlow {
             key: flow.key,
             state: flow.state,
@@ -1065,12 +1105,7 @@ impl TokenLifecycle {
             .pending
             .complete(&flow.key, state, &outcome, self.inner.config.outcome_ttl)
             .await?;
-        drop(ends);
-        observe::count(
-            names::FLOWS_COMPLETED,
-            &self.inner.label,
-            Some(("outcome", "abandoned")),
-        );
+        ends.completed("abandoned");
         Ok(true)
     }
 
@@ -1078,7 +1113,10 @@ impl TokenLifecycle {
     ///
     /// With the `metrics` feature, an outcome ends the flow in the pending
     /// gauge, and a wait woken by a completion made in this process records
-    /// its wake latency.
+    /// its wake latency. A `None` counts nothing: the caller that gives up
+    /// reports it with [`record_wait_given_up`](Self::record_wait_given_up),
+    /// since not every wait is a call giving up (a background watcher that
+    /// waits out a flow's life to send a notice is not).
     pub async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
         let flows = &self.inner.flows;
         let since = flows.mark();

@@ -11,18 +11,57 @@
 //! |---|---|---|---|
 //! | `mcp_authkit_flows_started_total` | counter | `provider` | sign-ins started (a new flow) |
 //! | `mcp_authkit_flows_joined_total` | counter | `provider` | requests that joined the sign-in in progress for the same user |
-//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended: `authorized`, `denied`, `failed`, `abandoned` (declined or cancelled in the client), `timed_out` (the call that started it gave up waiting) |
+//! | `mcp_authkit_flows_completed_total` | counter | `provider`, `outcome` | flows ended, each once: `authorized`, `denied`, `failed` (also a flow taken whose outcome could not be stored), `abandoned` (ended without a readable authorization response: declined or cancelled in the MCP client, cancelled in the tool call that started it before its prompt was answered, dropped by the MCP client that showed it, or a callback too malformed to read, also counted in `callbacks_refused_total{reason=malformed}`) |
+//! | `mcp_authkit_waits_given_up_total` | counter | `provider`, `reason` | calls that stopped waiting for a sign-in before it ended: `timed_out`, `cancelled` (the request was cancelled or dropped), `error` (the prompt's request to the MCP client failed). Not a flow's end: the flow goes on, its link working until it expires, unless the call that stopped ends it (the MCP client that showed it; on the server, a call cancelled before its prompt was answered): that end counts `abandoned` |
 //! | `mcp_authkit_callbacks_refused_total` | counter | `provider`, `reason` | callbacks refused: `unknown_state` (unknown, expired or used), `binding_mismatch` (another browser), `user_mismatch`, `issuer_mismatch`, `malformed`, `provider_error` (the token endpoint failed) |
 //! | `mcp_authkit_refreshes_total` | counter | `provider`, `result` | `refreshed`, `other_replica` (another replica or request refreshed first), `invalid_grant`, `transient` |
 //! | `mcp_authkit_refresh_duration_seconds` | histogram | `provider` | time of the refresh request to the authorization server |
 //! | `mcp_authkit_elicitations_total` | counter | `provider`, `path` | sign-in requests sent to a client: `wait`, `fail_fast`, `input_required` |
 //! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
-//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation the lifecycle makes |
+//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation of the lifecycle and the providers (through the lifecycle's stores) |
 //! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
-//! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (below) |
+//! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (per process: sum over replicas; below) |
 //! | `mcp_authkit_wake_duration_seconds` | histogram | `backend` | from a flow's completion to a waiter resuming, for completions made in this process (below) |
 //!
-//! The README's "Operate it" section shows the same table.
+//! The README's "Operate it" section shows the same table (a test keeps
+//! the two identical).
+//!
+//! `mcp_authkit_flows_completed_total` counts each flow once, when it
+//! really ends: by the process that took it from the pending store (a
+//! callback, or an abandonment). The take is exactly-once across
+//! processes, so the count is too, summed over replicas; a flow taken
+//! whose outcome could then not be stored (the store failed, or the
+//! callback's future was dropped) still ended there, and counts as
+//! `failed`. A call that stops waiting does not end the flow: the user may
+//! still finish in the browser, and the callback then counts the flow's
+//! one end. Such a call counts in `mcp_authkit_waits_given_up_total`
+//! instead, once per call that stopped, whether it started the flow or
+//! joined it, and whichever way it waited: a tool call in wait mode (for
+//! the client's answer to the prompt or for the callback), a fail-fast or
+//! `input_required` retry that waits for a callback in progress, or the
+//! MCP client waiting for its browser redirect (in its interaction hook
+//! or at its loopback listener) or for another request's sign-in. Its
+//! `reason` says why: `timed_out` (its own timeout), `cancelled` (an MCP
+//! `notifications/cancelled` for the tool call, as an
+//! MCP client whose request timeout is shorter than the server's token
+//! timeout sends; in the MCP client, the caller dropping the request) or
+//! `error` (the server's prompt to the MCP client failed: its transport,
+//! or an error answer). A store error while waiting counts in
+//! `mcp_authkit_store_errors_total` only. A call that stops may also end
+//! the flow, and then that end counts as `abandoned`: the MCP client ends
+//! the flow it showed when it stops waiting for its redirect, so no later
+//! request joins a sign-in nobody finishes (a request that joined another
+//! one's sign-in ends nothing), and a tool call cancelled before its
+//! prompt was answered ends the flow it started. Others may still want
+//! that flow: calls of the same user may have joined it, and those of
+//! other sessions may be showing their own prompt for it (prompts are
+//! claimed per session and flow). They answer `cancelled` with it, and the
+//! one end counts once, `abandoned`. A background watcher that waits out
+//! a fail-fast flow's life to send the completion notice is no call, and
+//! counts nothing when the flow expires. A flow that simply expires with
+//! no callback has no
+//! completion: over all replicas, started minus completed is the flows
+//! still open plus those that expired unanswered.
 //!
 //! `mcp_authkit_flows_pending` is a per-process gauge: sum it over replicas.
 //! A flow counts in the process that started it, from its start until that
@@ -31,11 +70,12 @@
 //! lifecycle's next token read or flow event after the expiry: a process
 //! that serves no request at all may show an expired flow until it does).
 //! A flow whose callback lands on another replica while no one waits for
-//! it here leaves at its expiry. A flow whose starting call gave up waiting
-//! (`timed_out` above) still counts: its link works until it expires. A
-//! callback that took the flow ends it here even when completing it fails
-//! or the callback's future is dropped, and a dropped lifecycle (a config
-//! reload) takes its flows out of the gauge.
+//! it here leaves at its expiry. A flow whose starting call stopped
+//! waiting (`mcp_authkit_waits_given_up_total`) without ending it still
+//! counts: its link works until it expires. A callback that took the flow
+//! ends it here even when completing it fails or the callback's future is
+//! dropped, and a dropped lifecycle (a config reload) takes its flows out
+//! of the gauge.
 //!
 //! `mcp_authkit_wake_duration_seconds` has one sample per wait woken by a
 //! completion, timed from just before the completing store call to the
@@ -94,8 +134,11 @@ pub mod names {
     pub const FLOWS_STARTED: &str = "mcp_authkit_flows_started_total";
     /// Requests that joined a sign-in in progress.
     pub const FLOWS_JOINED: &str = "mcp_authkit_flows_joined_total";
-    /// Flows ended, by `outcome`.
+    /// Flows ended, by `outcome`: each flow once.
     pub const FLOWS_COMPLETED: &str = "mcp_authkit_flows_completed_total";
+    /// Calls that stopped waiting for a sign-in, by `reason`
+    /// ([`GaveUp`](super::GaveUp)); not a flow's end.
+    pub const WAITS_GIVEN_UP: &str = "mcp_authkit_waits_given_up_total";
     /// Callbacks refused, by `reason`.
     pub const CALLBACKS_REFUSED: &str = "mcp_authkit_callbacks_refused_total";
     /// Refreshes, by `result`.
@@ -149,6 +192,42 @@ pub fn record_duration(name: &'static str, provider: &str, elapsed: Duration) {
     .record(elapsed);
     #[cfg(not(feature = "metrics"))]
     let _ = (name, provider, elapsed);
+}
+
+/// Why a call stopped waiting for a sign-in before the flow ended: the
+/// `reason` label of `mcp_authkit_waits_given_up_total`.
+///
+/// The reasons are apart because they call for different fixes: a
+/// `timed_out` wait asks for a longer timeout or a faster user, a
+/// `cancelled` one usually for an MCP client request timeout at least as
+/// long as the server's token timeout, an `error` for a look at the
+/// client's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GaveUp {
+    /// The wait ran out of its time (the token or authorization timeout).
+    TimedOut,
+    /// The request that waited was cancelled: an MCP
+    /// `notifications/cancelled` for the tool call (an MCP client whose
+    /// request timeout is shorter than the wait sends one), or the MCP
+    /// client's caller dropping its request.
+    Cancelled,
+    /// The wait could not go on: the prompt's request to the MCP client
+    /// failed (its transport closed, or it answered with an error). A
+    /// store error while waiting is not counted here but in
+    /// `mcp_authkit_store_errors_total`.
+    Error,
+}
+
+impl GaveUp {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            GaveUp::TimedOut => "timed_out",
+            GaveUp::Cancelled => "cancelled",
+            GaveUp::Error => "error",
+        }
+    }
 }
 
 /// The `outcome` label of a flow's end.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_authkit_core::observe::names;
+use mcp_authkit_core::observe::{GaveUp, names};
 use mcp_authkit_core::testing::recording::{Metrics, Recording};
 use mcp_authkit_core::testing::{FakeOAuthClient, RefreshBehavior};
 use mcp_authkit_core::*;
@@ -624,4 +624,128 @@ async fn a_provider_name_holding_a_url_reaches_no_label_or_span_through_its_metr
             "a URL in span {span} field {field}: {value}"
         );
     }
+}
+
+/// A wait that gives up ends nothing: the lifecycle's `wait` counts no
+/// completion, the caller reports its give-up once (under the metrics
+/// label), and the flow's later callback is its one completion.
+#[tokio::test]
+async fn a_wait_that_gives_up_is_no_completion_and_the_later_callback_is_the_only_one() {
+    let mut rec = Recording::start();
+    let f = memory_fixture();
+    let BeginOutcome::Started(flow) = f
+        .lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap()
+    else {
+        panic!("a new flow")
+    };
+    let waited = f
+        .lifecycle
+        .wait(&flow.state, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(waited.is_none());
+    let m = rec.metrics();
+    assert_eq!(m.total(names::FLOWS_COMPLETED), 0, "{m:#?}");
+    assert_eq!(m.total(names::WAITS_GIVEN_UP), 0, "the caller reports it");
+    f.lifecycle.record_wait_given_up(GaveUp::TimedOut);
+
+    let code = f
+        .oauth
+        .approve(&f.lifecycle.authorization_url(&flow).unwrap());
+    f.lifecycle
+        .complete_authorization(CallbackParams::success(flow.state.clone(), code))
+        .await
+        .unwrap();
+    let m = rec.metrics();
+    assert_eq!(
+        m.events(),
+        [
+            ("flows_started_total{}", 1),
+            ("waits_given_up_total{reason=timed_out}", 1),
+            ("flows_completed_total{outcome=authorized}", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect::<std::collections::BTreeMap<_, _>>(),
+        "{m:#?}"
+    );
+    assert_eq!(
+        m.counter(
+            names::WAITS_GIVEN_UP,
+            &[("provider", "github"), ("reason", "timed_out")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.gauge(names::FLOWS_PENDING, &[("provider", "github")]),
+        0.0
+    );
+}
+
+/// The metrics table of the `observe` docs and the README's "Operate it"
+/// table are one table: an operator reads the README, a developer the
+/// docs, and a row changed in one place only misleads one of them. Every
+/// metric name of `names` has exactly one row, so a renamed or added
+/// constant fails here until the table says it.
+#[test]
+fn the_readme_shows_the_observe_docs_metrics_table_unchanged() {
+    let observe = include_str!("../src/observe.rs").replace("\r\n", "\n");
+    let docs = first_table(
+        observe
+            .lines()
+            .filter_map(|line| line.strip_prefix("//!"))
+            .map(|line| line.strip_prefix(' ').unwrap_or(line)),
+    );
+    let readme = include_str!("../../README.md").replace("\r\n", "\n");
+    let section = readme
+        .split("\n## Operate it\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has an \"Operate it\" section");
+    let shown = first_table(section.lines());
+    assert!(docs.len() > 2, "the docs table was found");
+    for (shown, doc) in shown.iter().zip(&docs) {
+        assert_eq!(shown, doc, "a README row differs from the observe docs");
+    }
+    assert_eq!(shown.len(), docs.len(), "as many rows in both tables");
+
+    let constants: Vec<&str> = observe
+        .split("pub mod names {")
+        .nth(1)
+        .and_then(|rest| rest.split("\n}").next())
+        .expect("the names module")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("pub const "))
+        .filter_map(|line| line.split('"').nth(1))
+        .collect();
+    assert!(
+        constants.contains(&names::FLOWS_COMPLETED),
+        "the constants were read: {constants:?}"
+    );
+    let named: Vec<&str> = docs
+        .iter()
+        .skip(2)
+        .filter_map(|row| row.split('`').nth(1))
+        .collect();
+    for constant in &constants {
+        let rows = named.iter().filter(|name| *name == constant).count();
+        assert_eq!(rows, 1, "{constant} has {rows} rows in the metrics table");
+    }
+    assert_eq!(
+        named.len(),
+        constants.len(),
+        "every row names a metric of `names`: {named:?}"
+    );
+}
+
+/// The rows of the first Markdown table in `lines`, from its header to
+/// the first line that is not a row (a later table is no part of it).
+fn first_table<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    lines
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .collect()
 }

@@ -126,6 +126,16 @@ fn pending(m: &Metrics) -> f64 {
     m.gauge(names::FLOWS_PENDING, &[("provider", "github")])
 }
 
+/// The `failed` completions, after checking they are the only ones.
+fn one_failure(m: &Metrics) -> u64 {
+    let failed = m.counter(
+        names::FLOWS_COMPLETED,
+        &[("provider", "github"), ("outcome", "failed")],
+    );
+    assert_eq!(m.total(names::FLOWS_COMPLETED), failed, "{m:#?}");
+    failed
+}
+
 /// With no subscriber, every store call is still timed and its errors
 /// counted (red when the no-span path skips the recording).
 #[tokio::test]
@@ -172,9 +182,10 @@ async fn without_a_subscriber_store_calls_and_errors_are_recorded() {
 
 /// A flow taken by a callback leaves the gauge even when completing it
 /// fails (red when the gauge is stepped down only after a successful
-/// completion).
+/// completion), and it ended: one `failed` completion, nothing else (red
+/// when only a stored outcome is counted).
 #[tokio::test]
-async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
+async fn a_flow_whose_completion_fails_leaves_the_pending_gauge_and_counts_one_failure() {
     let mut rec = Recording::start_metrics_only();
     let f = fixture(Arc::new(BrokenComplete::fails()));
     let begun = f
@@ -200,13 +211,15 @@ async fn a_flow_whose_completion_fails_leaves_the_pending_gauge() {
         "{error}"
     );
     assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
 }
 
 /// A callback dropped after it took the flow (its handler cancelled while
 /// completing) still ends the flow here (red when the gauge is stepped
-/// down only after the completion returns).
+/// down only after the completion returns), counted once as `failed`: no
+/// one else can take it any more.
 #[tokio::test]
-async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge() {
+async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge_and_counts_one_failure() {
     let mut rec = Recording::start_metrics_only();
     let f = fixture(Arc::new(BrokenComplete::hangs()));
     let begun = f
@@ -232,6 +245,111 @@ async fn a_callback_dropped_after_its_take_leaves_the_pending_gauge() {
             .is_none()
     );
     assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
+}
+
+/// An OAuth client whose code exchange never answers (an authorization
+/// server that hangs), saying when the exchange has begun.
+struct HangingExchange {
+    fake: FakeOAuthClient,
+    exchanging: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl OAuthClient for HangingExchange {
+    fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, OAuthError> {
+        self.fake.authorization_url(request)
+    }
+    async fn exchange_code(
+        &self,
+        _: &SecretString,
+        _: &PendingFlow,
+    ) -> Result<TokenResponse, OAuthError> {
+        self.exchanging.notify_one();
+        std::future::pending().await
+    }
+    async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        scopes: &[String],
+    ) -> Result<TokenResponse, OAuthError> {
+        self.fake.refresh(refresh_token, scopes).await
+    }
+}
+
+/// A callback dropped during its code exchange (its handler cancelled
+/// while the authorization server is slow) took the flow already: it
+/// leaves the gauge and counts once as `failed` (red when the flow's end
+/// is only guarded from after the exchange).
+#[tokio::test]
+async fn a_callback_dropped_during_its_code_exchange_leaves_the_pending_gauge_and_counts_one_failure()
+ {
+    let mut rec = Recording::start_metrics_only();
+    let oauth = Arc::new(HangingExchange {
+        fake: FakeOAuthClient::new(),
+        exchanging: tokio::sync::Notify::new(),
+    });
+    let lifecycle = TokenLifecycle::builder(
+        "github",
+        oauth.clone(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(MemoryStore::new()),
+    )
+    .config(LifecycleConfig::new(
+        "https://mcp.example/callback",
+        vec!["repo".into()],
+    ))
+    .build()
+    .unwrap();
+    let begun = lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(pending(&rec.metrics()), 1.0);
+    let code = CallbackParams::success(begun.state().clone(), "code-1");
+    let callback = lifecycle.complete_authorization(code);
+    tokio::select! {
+        biased;
+        result = callback => panic!("the exchange never answers: {result:?}"),
+        () = oauth.exchanging.notified() => {}
+    }
+    // The callback future is dropped in the middle of its exchange.
+    assert!(
+        lifecycle
+            .pending_flow(begun.state())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
+}
+
+/// An abandonment (a declined prompt) whose completion fails took the
+/// flow all the same: it ended with no outcome stored, so it counts once
+/// as `failed`, not as `abandoned` (red when the abandonment counts only
+/// after completing).
+#[tokio::test]
+async fn an_abandonment_whose_completion_fails_counts_one_failure() {
+    let mut rec = Recording::start_metrics_only();
+    let f = fixture(Arc::new(BrokenComplete::fails()));
+    let begun = f
+        .lifecycle
+        .begin_authorization(ALICE, FlowRequest::default())
+        .await
+        .unwrap();
+    let outcome = FlowOutcome::Denied {
+        error: "declined".into(),
+        description: None,
+    };
+    assert!(
+        f.lifecycle
+            .abandon_flow(begun.state(), outcome)
+            .await
+            .is_err()
+    );
+    assert_eq!(pending(&rec.metrics()), 0.0);
+    assert_eq!(one_failure(&rec.metrics()), 1);
 }
 
 /// A dropped lifecycle (a config reload) takes its flows out of the gauge;

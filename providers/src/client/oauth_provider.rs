@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mcp_authkit_core::observe::GaveUp;
 use mcp_authkit_core::{
     Access, BeginOutcome, CallbackParams, Clock, FlowOutcome, FlowRequest, FlowState,
     LifecycleConfig, OAuthError, OAuthErrorKind, PendingFlow, PendingStore, Revision, SecretString,
@@ -978,17 +979,23 @@ impl OAuthClientProvider {
         session: &Session,
         state: &FlowState,
     ) -> Result<(), ClientAuthError> {
+        let waiting = Waiting::new(&session.lifecycle);
         let outcome = session
             .lifecycle
             .wait(state, self.inner.authorization_timeout)
-            .await?;
-        match outcome {
+            .await;
+        waiting.ended();
+        match outcome? {
             Some(FlowOutcome::Authorized { .. }) => Ok(()),
             Some(outcome) => Err(outcome_error(outcome)),
-            None => Err(ClientAuthError::TimedOut {
-                what: "the authorization another request started",
-                after: self.inner.authorization_timeout,
-            }),
+            None => {
+                // Not the flow's end: the request that shows it ends it.
+                session.lifecycle.record_wait_given_up(GaveUp::TimedOut);
+                Err(ClientAuthError::TimedOut {
+                    what: "the authorization another request started",
+                    after: self.inner.authorization_timeout,
+                })
+            }
         }
     }
 
@@ -1039,10 +1046,23 @@ impl OAuthClientProvider {
         };
         let now = self.inner.clock.now();
         lock(&self.inner.prompts).show(now)?;
-        let callback = match self.inner.interaction.authorize(&prompt).await? {
-            PromptOutcome::Redirected(url) => url,
-            PromptOutcome::AwaitRedirect => {
+        // The request waits for the user from here: in the hook, when it
+        // shows the link and awaits the redirect itself, or at the loopback
+        // listener after it. A request dropped in either place gave up.
+        let waiting = Waiting::new(&session.lifecycle);
+        let shown = self.inner.interaction.authorize(&prompt).await;
+        let callback = match shown {
+            Ok(PromptOutcome::Redirected(url)) => {
+                waiting.ended();
+                url
+            }
+            Err(error) => {
+                waiting.ended();
+                return Err(error);
+            }
+            Ok(PromptOutcome::AwaitRedirect) => {
                 let Some(mut expected) = expected else {
+                    waiting.ended();
                     return Err(ClientAuthError::Config {
                         what: "user interaction",
                         reason: "the redirect URI is external, so the interaction hook must \
@@ -1050,9 +1070,11 @@ impl OAuthClientProvider {
                             .to_owned(),
                     });
                 };
-                match tokio::time::timeout(self.inner.authorization_timeout, &mut expected.receiver)
-                    .await
-                {
+                let redirect =
+                    tokio::time::timeout(self.inner.authorization_timeout, &mut expected.receiver)
+                        .await;
+                waiting.ended();
+                match redirect {
                     Ok(Ok(url)) => url,
                     Ok(Err(_)) => {
                         return Err(ClientAuthError::Interaction(
@@ -1060,6 +1082,10 @@ impl OAuthClientProvider {
                         ));
                     }
                     Err(_) => {
+                        // The wait gave up; `run_flow` then ends the flow
+                        // (counted as `abandoned`), so no later request
+                        // joins a sign-in nobody finishes.
+                        session.lifecycle.record_wait_given_up(GaveUp::TimedOut);
                         return Err(ClientAuthError::TimedOut {
                             what: "signing in",
                             after: self.inner.authorization_timeout,
@@ -1466,6 +1492,38 @@ enum SignInStep {
     Show(PendingFlow, FlowGuard),
     /// Another request's flow: wait for its outcome.
     Wait(FlowState),
+}
+
+/// Counts a wait for a sign-in as given up, `cancelled`, when the
+/// request's future is dropped while it waits: the caller gave up on the
+/// request (its own request timeout, say), and no code after the wait
+/// runs to say so. A wait that ends by itself says how it ended.
+struct Waiting<'a> {
+    lifecycle: &'a TokenLifecycle,
+    armed: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(lifecycle: &'a TokenLifecycle) -> Self {
+        Waiting {
+            lifecycle,
+            armed: true,
+        }
+    }
+
+    /// The wait ended: with the outcome, an error, or its own timeout,
+    /// which the caller counts.
+    fn ended(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lifecycle.record_wait_given_up(GaveUp::Cancelled);
+        }
+    }
 }
 
 /// Keeps track of a flow this provider shows, and ends it (so waiters stop

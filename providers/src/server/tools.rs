@@ -16,7 +16,7 @@ use ::rmcp::model::{
     InputRequiredResult, InputResponses, ProtocolVersion, ServerNotification,
 };
 use ::rmcp::service::{ElicitationError, Peer, RequestContext, RoleServer, ServiceError};
-use mcp_authkit_core::observe::{self, names};
+use mcp_authkit_core::observe::{self, GaveUp, names};
 use mcp_authkit_core::{FlowOutcome, FlowState};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -788,11 +788,22 @@ impl OAuthProvider {
                 pending.elicitation_id(),
                 Some(timeout),
             );
+            // Biased, the answer first: a prompt answered in the same poll
+            // as the cancellation is taken as answered, not abandoned.
             let action = tokio::select! {
+                biased;
                 action = sent => action,
                 () = ctx.ct.cancelled() => {
+                    // The request gave up before the user answered: the
+                    // flow it started ends with it. Others may have seen
+                    // it: prompts are claimed per (session, flow), so
+                    // another session of the same user that joined this
+                    // flow may be showing its own prompt for it. That
+                    // call answers `cancelled` too, its link then leads
+                    // to an unknown state, and the user starts over. A
+                    // known limit, left as it is.
                     self.abandon_if_started(&pending, CANCELLED).await;
-                    return Err(TokenError::Cancelled { display });
+                    return Err(self.give_up(GaveUp::Cancelled));
                 }
             };
             match action {
@@ -806,12 +817,14 @@ impl OAuthProvider {
                     return Err(TokenError::Cancelled { display });
                 }
                 Err(ElicitationError::Service(ServiceError::Timeout { .. })) => {
-                    return Err(TokenError::TimedOut {
-                        display,
-                        after: timeout,
-                    });
+                    return Err(self.give_up(GaveUp::TimedOut));
                 }
                 Err(ElicitationError::Service(source)) => {
+                    // The prompt's request failed (the session's transport,
+                    // or the client answered with an error): the call
+                    // cannot wait on, and the flow is left to its callback
+                    // or its expiry like any other give-up.
+                    self.inner.lifecycle.record_wait_given_up(GaveUp::Error);
                     return Err(TokenError::Elicitation { display, source });
                 }
                 Err(ElicitationError::UserDeclined) => {
@@ -824,21 +837,8 @@ impl OAuthProvider {
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let outcome = tokio::select! {
-            outcome = self.wait_for_authorization(&pending, remaining) => outcome?,
-            () = ctx.ct.cancelled() => return Err(TokenError::Cancelled { display }),
-        };
+        let outcome = self.wait_or_give_up(ctx, &pending, remaining).await?;
         drop(claim);
-        let Some(outcome) = outcome else {
-            if pending.started() {
-                // Counted once per flow: by the call that started it.
-                self.count(names::FLOWS_COMPLETED, ("outcome", "timed_out"));
-            }
-            return Err(TokenError::TimedOut {
-                display,
-                after: timeout,
-            });
-        };
         if elicits && !pending.elicitation_id.is_empty() {
             notify_complete(&ctx.peer, pending.elicitation_id()).await;
         }
@@ -866,16 +866,53 @@ impl OAuthProvider {
     /// token it stored or why there is none.
     async fn wait_then_token(
         &self,
+        ctx: &RequestContext<RoleServer>,
         subject: &str,
         pending: &PendingAuthorization,
     ) -> Result<UserToken, TokenError> {
-        let timeout = self.inner.token_timeout;
-        match self.wait_for_authorization(pending, timeout).await? {
-            Some(outcome) => self.after_outcome(subject, outcome).await,
-            None => Err(TokenError::TimedOut {
-                display: self.inner.display_name.clone(),
-                after: timeout,
-            }),
+        let outcome = self
+            .wait_or_give_up(ctx, pending, self.inner.token_timeout)
+            .await?;
+        self.after_outcome(subject, outcome).await
+    }
+
+    /// Waits up to `wait` for `pending` to end, unless the request is
+    /// cancelled first; a call that stops waiting is counted here, once.
+    ///
+    /// Every tool call that waits for a callback goes through here, so
+    /// none can give up uncounted; a fail-fast watcher does not (it is no
+    /// call, and its flow expiring is no one giving up).
+    async fn wait_or_give_up(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        pending: &PendingAuthorization,
+        wait: Duration,
+    ) -> Result<FlowOutcome, TokenError> {
+        // Biased, the outcome first: a sign-in that completed in the same
+        // poll as the cancellation is reported as done, not as cancelled
+        // (a random pick would count a give-up for a flow that ended).
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.wait_for_authorization(pending, wait) => outcome?,
+            () = ctx.ct.cancelled() => return Err(self.give_up(GaveUp::Cancelled)),
+        };
+        outcome.ok_or_else(|| self.give_up(GaveUp::TimedOut))
+    }
+
+    /// Counts a call that stopped waiting for a sign-in (timed out or
+    /// cancelled) and returns what it answers. Not the flow's end: the
+    /// flow goes on, and its callback, if the user finishes, counts its
+    /// one completion.
+    fn give_up(&self, reason: GaveUp) -> TokenError {
+        self.inner.lifecycle.record_wait_given_up(reason);
+        let display = self.inner.display_name.clone();
+        if reason == GaveUp::Cancelled {
+            TokenError::Cancelled { display }
+        } else {
+            TokenError::TimedOut {
+                display,
+                after: self.inner.token_timeout,
+            }
         }
     }
 
@@ -903,7 +940,7 @@ impl OAuthProvider {
             .await?;
         if pending.elicitation_id.is_empty() {
             // The callback is being handled right now: no link to show.
-            return self.wait_then_token(&subject, &pending).await;
+            return self.wait_then_token(ctx, &subject, &pending).await;
         }
         self.watch_for_completion(ctx.peer.clone(), session.unwrap_or_default(), &pending);
         self.count(names::ELICITATIONS, ("path", "fail_fast"));
@@ -971,7 +1008,7 @@ impl OAuthProvider {
             };
             match (action.as_str(), current) {
                 ("accept", Some(current)) if matches => {
-                    return self.wait_then_token(&subject, &current).await;
+                    return self.wait_then_token(ctx, &subject, &current).await;
                 }
                 ("accept", None) => return Err(TokenError::Incomplete { display }),
                 ("decline", current) => {
@@ -993,7 +1030,7 @@ impl OAuthProvider {
         let pending = self.begin_authorization(&subject, None).await?;
         if pending.elicitation_id.is_empty() {
             // The callback is being handled right now: no link to show.
-            return self.wait_then_token(&subject, &pending).await;
+            return self.wait_then_token(ctx, &subject, &pending).await;
         }
         self.count(names::ELICITATIONS, ("path", "input_required"));
         Err(TokenError::AuthorizationRequired(Box::new(

@@ -179,6 +179,8 @@ pub struct Options {
     pub bind: Option<std::net::SocketAddr>,
     /// Use the hand-written [`CustomFlow`] instead of the standard client.
     pub custom_flow: bool,
+    /// The flows' time to live; default the provider's.
+    pub flow_ttl: Option<Duration>,
 }
 
 impl Default for Options {
@@ -192,6 +194,7 @@ impl Default for Options {
             public_base: None,
             bind: None,
             custom_flow: false,
+            flow_ttl: None,
         }
     }
 }
@@ -361,6 +364,9 @@ impl McpServer {
             .subject_resolver(subject_from_extension(|claims: &Claims| {
                 Some(claims.sub.clone())
             }));
+        if let Some(ttl) = options.flow_ttl {
+            builder = builder.flow_ttl(ttl);
+        }
         builder = if options.trust_link_holder {
             builder.trust_link_holder()
         } else {
@@ -440,6 +446,10 @@ pub enum Behavior {
     Decline,
     /// Answer `cancel`.
     Cancel,
+    /// Never answer (a client that shows the prompt and waits for the user).
+    NeverAnswer,
+    /// Answer the elicitation request with a JSON-RPC error.
+    Fail,
 }
 
 /// A page the browser ended on.
@@ -671,6 +681,13 @@ impl ClientHandler for TestClient {
             Behavior::AcceptOnly => ElicitationAction::Accept,
             Behavior::Decline => ElicitationAction::Decline,
             Behavior::Cancel => ElicitationAction::Cancel,
+            Behavior::NeverAnswer => std::future::pending().await,
+            Behavior::Fail => {
+                return Err(ErrorData::internal_error(
+                    "the prompt could not be shown",
+                    None,
+                ));
+            }
         };
         Ok(ElicitResult::new(action))
     }
