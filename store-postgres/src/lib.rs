@@ -140,13 +140,22 @@
 //! before the listener backs off (20 ms doubling to 1 s): one instance with
 //! a stale password neither decides for the others nor locks them out.
 //!
-//! A listener that is down never ends a wait by itself: meanwhile each
-//! waiter reads its outcome through its store's pool every second, whose
-//! sessions usually still work (a password changed on the server before
-//! the application's options, a listener killed by an operator), until the
-//! listener is back or the wait's deadline passes. Only a wait that never
-//! saw the listener up and cannot read through the pool either returns the
-//! listener's error, when that error is one retrying cannot fix.
+//! A listener that is down never ends a wait by itself: meanwhile the
+//! outcomes of all the listener's waiters are read through a store's pool,
+//! whose sessions usually still work (a password changed on the server
+//! before the application's options, a listener killed by an operator),
+//! until the listener is back or the wait's deadline passes. That read is
+//! one statement a second per listener (`state = ANY(...)` on the
+//! outcomes table), whatever the number of waiters: the database is not
+//! asked a thousand times a second for a thousand waiters exactly when it
+//! may be in trouble. One waiter at a time runs it, through its own pool
+//! and on its own runtime, the next in line taking over when its wait
+//! ends; an outcome it finds is handed to that flow's waiters, read from
+//! the table (never from a notification), so they return without a
+//! statement or a pool session of their own. Only a wait that never saw
+//! the listener up and cannot read through the pool either returns the
+//! listener's error, when that error is one retrying cannot fix: its own
+//! pool is asked when it starts and again after each failed poll.
 //!
 //! How soon a waiter in another process wakes is dominated by the
 //! completing transaction's durable commit: in the benchmark, a wake took

@@ -43,8 +43,13 @@
 //! find it in `pg_stat_activity` whatever it last ran (the probe's
 //! `SELECT 1` replaces the `LISTEN` in its `query` column).
 //!
-//! A listener that is down ends no wait by itself: the waiters read their
-//! outcome through their pool meanwhile (see `PendingStore::wait`).
+//! A listener that is down ends no wait by itself. Meanwhile one waiter at
+//! a time (the holder of [`Hub::poll_turn`]) reads, through its pool, which
+//! of the hub's waited states have an outcome, in one statement every
+//! [`POLL_EVERY`], and wakes their waiters with the outcome it read (from
+//! the table, never from a notification). The database answers one
+//! statement a second per hub, not one per waiter, when it may be in
+//! trouble.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +67,11 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// that died without a FIN or RST (a frozen network, a dropped NAT entry)
 /// would otherwise look alive forever while notifications go nowhere.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(15);
+/// How often the outcomes of a hub's waiters are polled, in one statement,
+/// while the link is down: the pools' sessions may well work (a password
+/// rotated on the server before the application's options follow, a
+/// listener killed by an operator).
+pub(crate) const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe may take before the connection counts as dead.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The start of the listening connection's `application_name`; the channel
@@ -79,11 +89,16 @@ pub(crate) enum Link {
     Up(u64),
 }
 
-type Waiters = HashMap<Vec<u8>, watch::Sender<u64>>;
+/// What wakes a waiter: `None` for a notification (only a hint to read the
+/// stored outcome), or the outcome's stored bytes when a poll read them
+/// from the outcomes table itself (as trustworthy as the waiter's own read).
+type Wake = Option<Arc<[u8]>>;
+
+type Waiters = HashMap<Vec<u8>, watch::Sender<Wake>>;
 
 struct Shared {
     channel: String,
-    /// Waiters by state; each notification of a state bumps its counter.
+    /// Waiters by state; each notification or poll of a state sends to it.
     waiters: Mutex<Waiters>,
     link: watch::Sender<Link>,
     /// The number of the last (re)connection; kept here, not in the
@@ -94,6 +109,17 @@ struct Shared {
     pools: Mutex<Vec<(u64, PgPool)>>,
     /// The options the hub was created with, for when no pool is attached.
     first_options: PgConnectOptions,
+    /// Held by the one waiter that polls the outcomes of every waited state
+    /// while the link is down (see [`Hub::poll_turn`]); a tokio mutex
+    /// because it is held across the poll's await points, by waiters of any
+    /// runtime, and hands the turn over in arrival order.
+    poll_turn: tokio::sync::Mutex<()>,
+    /// When the last poll started, whoever ran it: the pace is the hub's,
+    /// so a turn handed over does not poll sooner.
+    last_poll: Mutex<Option<tokio::time::Instant>>,
+    /// Bumped by every poll that failed: waiters whose only answer is the
+    /// pool (a refused listener that never was up) check their own pool.
+    poll_failures: watch::Sender<u64>,
     /// Set by a test to make the listener thread panic at its next
     /// notification, to show that it is restarted.
     #[cfg(feature = "testing")]
@@ -109,9 +135,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn deliver(&self, state: &[u8]) {
+    fn deliver(&self, state: &[u8], wake: Wake) {
         if let Some(sender) = lock(&self.waiters).get(state) {
-            sender.send_modify(|count| *count += 1);
+            sender.send_replace(wake);
         }
     }
 
@@ -210,6 +236,9 @@ impl Hub {
                 epoch: AtomicU64::new(0),
                 pools: Mutex::new(Vec::new()),
                 first_options: connect.clone(),
+                poll_turn: tokio::sync::Mutex::new(()),
+                last_poll: Mutex::new(None),
+                poll_failures: watch::Sender::new(0),
                 #[cfg(feature = "testing")]
                 panic_next: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -276,7 +305,7 @@ impl Hub {
         self.ensure_listening();
         let receiver = lock(&self.shared.waiters)
             .entry(state.to_vec())
-            .or_insert_with(|| watch::Sender::new(0))
+            .or_insert_with(|| watch::Sender::new(None))
             .subscribe();
         Registration {
             shared: Arc::clone(&self.shared),
@@ -288,7 +317,60 @@ impl Hub {
     /// Wakes this process's waiters of `state` at once, after a commit made
     /// here (the notification follows, and only makes them read again).
     pub(crate) fn deliver_local(&self, state: &[u8]) {
-        self.shared.deliver(state);
+        self.shared.deliver(state, None);
+    }
+
+    /// The turn to poll the outcomes of every waited state of this hub
+    /// while the link is down. One waiter at a time holds it, so the
+    /// database answers one poll a second per hub however many wait; the
+    /// next waiter in line takes over when the holder's wait ends.
+    ///
+    /// The poll runs on a waiter, not on the listener's thread: it goes
+    /// through the waiter's own pool on the waiter's own runtime (a pool's
+    /// connections belong to the runtime that opened them, and the point is
+    /// to use the pool's sessions, which may work while new logins do not),
+    /// it never delays the listener's reconnection, and it stops by itself
+    /// when the link is up again (every waiter leaves its down phase) or
+    /// nobody waits.
+    pub(crate) async fn poll_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared.poll_turn.lock().await
+    }
+
+    /// When the next poll may start: [`POLL_EVERY`] after the last one,
+    /// and not before `not_before`.
+    pub(crate) fn next_poll(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
+        match *lock(&self.shared.last_poll) {
+            Some(last) => not_before.max(last + POLL_EVERY),
+            None => not_before,
+        }
+    }
+
+    /// Records that a poll starts now.
+    pub(crate) fn poll_started(&self) {
+        *lock(&self.shared.last_poll) = Some(tokio::time::Instant::now());
+    }
+
+    /// Records that the poll failed.
+    pub(crate) fn poll_failed(&self) {
+        self.shared
+            .poll_failures
+            .send_modify(|failures| *failures += 1);
+    }
+
+    pub(crate) fn poll_failures(&self) -> watch::Receiver<u64> {
+        self.shared.poll_failures.subscribe()
+    }
+
+    /// Every state that has a waiter right now.
+    pub(crate) fn waited_state_list(&self) -> Vec<Vec<u8>> {
+        lock(&self.shared.waiters).keys().cloned().collect()
+    }
+
+    /// Wakes the waiters of `state` with the outcome a poll read from the
+    /// store: handing it over spares each of them a read, and a pool
+    /// session, while new logins may be what fails.
+    pub(crate) fn deliver_polled(&self, state: &[u8], outcome: Vec<u8>) {
+        self.shared.deliver(state, Some(outcome.into()));
     }
 
     pub(crate) fn link(&self) -> watch::Receiver<Link> {
@@ -316,12 +398,13 @@ impl Hub {
 pub(crate) struct Registration {
     shared: Arc<Shared>,
     state: Vec<u8>,
-    receiver: Option<watch::Receiver<u64>>,
+    receiver: Option<watch::Receiver<Wake>>,
 }
 
 impl Registration {
-    /// Waits for the next notification of the state.
-    pub(crate) async fn notified(&mut self) {
+    /// Waits for the next notification or poll of the state; returns the
+    /// outcome's stored bytes when a poll read them.
+    pub(crate) async fn notified(&mut self) -> Wake {
         let receiver = self
             .receiver
             .as_mut()
@@ -330,6 +413,7 @@ impl Registration {
             // The sender lives in the map while this receiver exists.
             std::future::pending::<()>().await;
         }
+        receiver.borrow_and_update().clone()
     }
 }
 
@@ -499,7 +583,7 @@ async fn listen(shared: &Shared) {
             }
             match received {
                 Ok(Some(notification)) => match unhex(notification.payload()) {
-                    Some(state) => shared.deliver(&state),
+                    Some(state) => shared.deliver(&state, None),
                     None => tracing::warn!(
                         "ignoring a notification on the completion channel that this library did not send"
                     ),

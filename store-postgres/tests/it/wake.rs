@@ -524,3 +524,190 @@ async fn the_listener_is_found_by_name_after_its_probe() {
     assert_eq!(listener_pids(&channel).await, vec![pid]);
     assert_eq!(store.listener_epoch(), Some(1), "the probe broke nothing");
 }
+
+/// Statements the role `user` ran so far, by pg_stat_statements (counted
+/// in shared memory when each statement ends, unlike the table statistics,
+/// which a backend may send seconds later).
+async fn statements_run_by(admin: &mut sqlx::PgConnection, user: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+         WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(user)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// While the listener is down, the database must not pay for the number of
+/// waiters exactly when it may be in trouble: the outcomes of all of them
+/// are read in one statement a second for the whole hub (one waiter does it
+/// for the others), not one statement a second per waiter. Completions made
+/// meanwhile still wake every waiter, with the listener still down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_listener_is_down_one_statement_a_second_polls_every_waiter() {
+    const WAITERS: usize = 400;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let Some(cluster) = Cluster::start_new_with_or_explain(
+        "shared_preload_libraries = 'pg_stat_statements'\nsynchronous_commit = off",
+    ) else {
+        return;
+    };
+    let mut admin = cluster.admin().await;
+    // The completer: the superuser, so another listener hub.
+    let completer = PostgresStore::options(&cluster.url("postgres"))
+        .schema("polled")
+        .open()
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements; CREATE ROLE waiter LOGIN")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(crate::common::least_privilege_grants(
+        "polled", "waiter",
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // Sessions opened now outlive the connection limit set below.
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .min_connections(8)
+        .connect(&cluster.url("waiter"))
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema("polled")
+        .open()
+        .await
+        .unwrap();
+    let flows: Vec<_> = (0..WAITERS)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        completer.insert(f).await.unwrap();
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    for f in &flows {
+        let (store, state) = (store.clone(), f.state.clone());
+        waits.spawn(async move { store.wait(&state, MINUTE).await });
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == WAITERS)
+        .await
+    );
+
+    // Keep the listener from coming back (a retryable refusal: too many
+    // connections for the role), then kill it.
+    sqlx::raw_sql("ALTER ROLE waiter CONNECTION LIMIT 0")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let listener = listener_of(&mut admin, "waiter", store.channel()).await;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    // Past the first second of the outage, then a steady window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = statements_run_by(&mut admin, "waiter").await;
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    let ran = statements_run_by(&mut admin, "waiter").await - before;
+    let per_second = ran as f64 / started.elapsed().as_secs_f64();
+    eprintln!("FIGURE: {WAITERS} waiters, listener down: {per_second:.1} statements/s");
+    assert!(
+        per_second <= 3.0,
+        "{WAITERS} waiters with the listener down ran {ran} statements in {WINDOW:?}"
+    );
+
+    // Completed while nobody listens: found by the poll, every one of them.
+    for (i, f) in flows.iter().enumerate() {
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+            .await
+            .unwrap();
+    }
+    let mut woken = 0;
+    while let Some(outcome) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+        .await
+        .expect("every waiter wakes while the listener is down")
+    {
+        assert!(matches!(
+            outcome.unwrap().unwrap(),
+            Some(FlowOutcome::Authorized { .. })
+        ));
+        woken += 1;
+    }
+    assert_eq!(woken, WAITERS);
+    assert_eq!(store.listener_epoch(), None, "woken with the listener down");
+}
+
+/// A wait that never saw the listener up, whose listener is refused for
+/// good, lives on its pool: it waits while the pool answers, and reports
+/// the listener's refusal once the pool stops answering too (its sessions
+/// gone, new logins refused), found by the hub's failed poll, not at the
+/// wait's deadline.
+#[tokio::test]
+async fn a_refused_wait_reports_the_refusal_once_its_pool_fails_too() {
+    let schema = Schema::new("mustanswer").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url_as(&role.name).await)
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    // Its sessions stay; new logins, the listener's first among them, fail.
+    crate::common::admin_exec(format!("ALTER ROLE {} NOLOGIN", role.name)).await;
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    store.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_failure()
+            .is_some_and(|failure| !failure.is_retryable()))
+        .await,
+        "the listener is refused: {:?}",
+        store.listener_failure()
+    );
+    // Past the wait's first read and its first poll: the pool answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiter.is_finished(), "a pool that answers keeps the wait");
+    crate::common::admin_exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}'",
+        role.name
+    ))
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the refusal is reported once the pool fails too")
+        .unwrap();
+    let error = answer.expect_err("nothing works: an error");
+    assert!(!error.is_retryable(), "the listener's refusal: {error}");
+    assert_eq!(store.listener_epoch(), None);
+    drop(store);
+    drop(role);
+}
