@@ -24,9 +24,9 @@ fn stopped() -> Error {
 
 impl PostgresStore {
     /// A wait's phase while the link is down: `None` once it is up (the
-    /// caller then reads the outcome), or the wait's answer. The hub's poll
-    /// (run by one waiter, maybe this one) wakes this waiter when its
-    /// outcome is stored.
+    /// caller then reads the outcome), or the wait's answer. This
+    /// instance's poll (run by one of its waiters, maybe this one) wakes
+    /// this waiter when its outcome is stored.
     async fn wait_while_down(
         &self,
         state: &FlowState,
@@ -40,9 +40,10 @@ impl PostgresStore {
         // flight or hand the turn over. Dropped (the turn with it) when the
         // link is up.
         let mut poll = std::pin::pin!(self.poll_while_down());
-        let mut poll_failures = self.hub().poll_failures();
-        // Whether this wait's own pool answered since the last failed poll
-        // (asked only when it is all the wait has).
+        let mut poll_failures = self.poller().failures();
+        // Whether this wait's own read answered (asked only when the pool
+        // is all the wait has, and only once: after that, this instance's
+        // failed poll, through the same pool, says the pool fails too).
         let mut pool_answered = false;
         loop {
             let refused = match &*link.borrow_and_update() {
@@ -54,13 +55,16 @@ impl PostgresStore {
             };
             // A listener that cannot log in ends no wait while the pool
             // still answers; only a wait that has nothing that works (never
-            // a listener, no pool) reports the refusal. Its own pool is
-            // asked once, and again after each failed poll.
+            // a listener, no pool) reports the refusal.
             let must_answer = refused.is_some() && !*seen_up;
             if must_answer && !pool_answered {
                 match self.outcome(state).await {
                     Ok(Some(outcome)) => return Some(Ok(Some(outcome))),
-                    Ok(None) => pool_answered = true,
+                    Ok(None) => {
+                        pool_answered = true;
+                        // Only a poll failing after this answer counts.
+                        poll_failures.borrow_and_update();
+                    }
                     Err(_) => return Some(Err(refused.expect("must_answer implies a refusal"))),
                 }
             }
@@ -82,9 +86,11 @@ impl PostgresStore {
                         return Some(Ok(Some(outcome)));
                     }
                 }
+                // This instance's poll failed through the pool this wait
+                // would read through: nothing works, report the refusal.
                 changed = poll_failures.changed(), if must_answer => {
                     if changed.is_ok() {
-                        pool_answered = false;
+                        return Some(Err(refused.expect("must_answer implies a refusal")));
                     }
                 }
                 never = &mut poll => match never {},
@@ -95,49 +101,47 @@ impl PostgresStore {
         }
     }
 
-    /// The hub's poll while its link is down, run by whichever waiter holds
-    /// the poll turn (see `Hub::poll_turn`): every [`POLL_EVERY`], one
-    /// statement reads the outcomes of every waited state of the whole hub
-    /// (every store instance on it), through this store's pool and with
-    /// its clock, and wakes their waiters with them. The outcome comes from
-    /// the table, as the waiter's own read would, so this is as safe as
-    /// that read; it spares each woken waiter a statement and a pool
-    /// session (new logins may be what fails). Never ends; dropped when
-    /// this waiter's down phase or wait ends, which hands the turn to the
-    /// next waiter.
+    /// This instance's poll while the hub's link is down, run by whichever
+    /// of its waiters holds the instance's poll turn (see `Poller::turn`):
+    /// every [`POLL_EVERY`], one statement reads the outcomes of every
+    /// state this instance's waits wait on, through its pool and with its
+    /// clock, and wakes their waiters with them. The outcome comes from the
+    /// table, as the waiter's own read would, so this is as safe as that
+    /// read; it spares each woken waiter a statement and a pool session
+    /// (new logins may be what fails). A failed poll is retried at the same
+    /// pace by the same holder: another waiter of this instance would go
+    /// through the same pool, and other instances poll on their own. Never
+    /// ends; dropped when this waiter's down phase or wait ends, which
+    /// hands the turn to the instance's next waiter.
     async fn poll_while_down(&self) -> std::convert::Infallible {
-        let hub = self.hub();
+        let poller = self.poller();
         // The first poll of an outage comes a period after it began (the
-        // listener usually reconnects long before), then the hub's pace.
+        // listener usually reconnects long before), then the instance's
+        // pace.
         let not_before = tokio::time::Instant::now() + POLL_EVERY;
+        let _turn = poller.turn().await;
         loop {
-            let _turn = hub.poll_turn().await;
-            loop {
-                tokio::time::sleep_until(hub.next_poll(not_before)).await;
-                hub.poll_started();
-                let states = hub.waited_state_list();
-                let found: sqlx::Result<Vec<(Vec<u8>, Vec<u8>)>> =
-                    sqlx::query_as(stmt(&self.sql().poll_outcomes))
-                        .bind(&states)
-                        .bind(self.now().unix_millis())
-                        .fetch_all(self.pool())
-                        .await;
-                match found {
-                    Ok(found) => {
-                        for (state, outcome) in found {
-                            hub.deliver_polled(&state, outcome);
-                        }
+            tokio::time::sleep_until(poller.next(not_before)).await;
+            poller.started();
+            let states = poller.states();
+            let found: sqlx::Result<Vec<(Vec<u8>, Vec<u8>)>> =
+                sqlx::query_as(stmt(&self.sql().poll_outcomes))
+                    .bind(&states)
+                    .bind(self.now().unix_millis())
+                    .fetch_all(self.pool())
+                    .await;
+            match found {
+                Ok(found) => {
+                    for (state, outcome) in found {
+                        self.hub().deliver_polled(&state, outcome);
                     }
-                    Err(error) => {
-                        tracing::debug!(
-                            error = %db("poll flow outcomes", error),
-                            "polling the outcomes while the completion listener is down failed"
-                        );
-                        hub.poll_failed();
-                        // The next waiter in line polls next, through its
-                        // own pool (another store instance's may work).
-                        break;
-                    }
+                }
+                Err(error) => {
+                    tracing::debug!(
+                        error = %db("poll flow outcomes", error),
+                        "polling the outcomes while the completion listener is down failed"
+                    );
+                    poller.failed();
                 }
             }
         }
@@ -300,6 +304,7 @@ impl PendingStore for PostgresStore {
         // Registered before the stored outcome is read: every notification
         // (and every poll) from now on reaches this waiter.
         let mut registration = self.hub().register(state.as_str().as_bytes());
+        let _polled = self.poller().watch(state.as_str().as_bytes());
         let mut link = self.hub().link();
         let mut seen_up = false;
         loop {

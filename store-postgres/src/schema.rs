@@ -174,7 +174,8 @@ impl Statements {
             notify: "SELECT pg_notify($1, $2)".into(),
             outcome: sql("SELECT outcome FROM __S__.mcp_authkit_outcomes \
                           WHERE state = $1 AND expires_at > $2"),
-            // The outcomes of every waited state of a hub, in one statement.
+            // The outcomes of every state a store instance waits on, in one
+            // statement.
             poll_outcomes: sql("SELECT state, outcome FROM __S__.mcp_authkit_outcomes \
                                 WHERE state = ANY($1) AND expires_at > $2"),
             // Every purge checks the expiry again on the row it deletes: a

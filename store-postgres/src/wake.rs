@@ -43,13 +43,16 @@
 //! find it in `pg_stat_activity` whatever it last ran (the probe's
 //! `SELECT 1` replaces the `LISTEN` in its `query` column).
 //!
-//! A listener that is down ends no wait by itself. Meanwhile one waiter at
-//! a time (the holder of [`Hub::poll_turn`]) reads, through its pool, which
-//! of the hub's waited states have an outcome, in one statement every
+//! A listener that is down ends no wait by itself. Meanwhile, per store
+//! instance, one of its waiters at a time (the holder of
+//! [`Poller::turn`]) reads, through that instance's pool, which of the
+//! instance's waited states have an outcome, in one statement every
 //! [`POLL_EVERY`], and wakes their waiters with the outcome it read (from
 //! the table, never from a notification). The database answers one
-//! statement a second per hub, not one per waiter, when it may be in
-//! trouble.
+//! statement a second per store instance that has waiters, not one per
+//! waiter, when it may be in trouble. The turn is per instance, not per
+//! hub, because instances sharing a hub have pools of their own: one whose
+//! pool is exhausted or failing must not hold up another's waiters.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,8 +70,8 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// that died without a FIN or RST (a frozen network, a dropped NAT entry)
 /// would otherwise look alive forever while notifications go nowhere.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(15);
-/// How often the outcomes of a hub's waiters are polled, in one statement,
-/// while the link is down: the pools' sessions may well work (a password
+/// How often the outcomes of a store instance's waiters are polled, in one
+/// statement, while the link is down: the pools' sessions may well work (a password
 /// rotated on the server before the application's options follow, a
 /// listener killed by an operator).
 pub(crate) const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -109,17 +112,6 @@ struct Shared {
     pools: Mutex<Vec<(u64, PgPool)>>,
     /// The options the hub was created with, for when no pool is attached.
     first_options: PgConnectOptions,
-    /// Held by the one waiter that polls the outcomes of every waited state
-    /// while the link is down (see [`Hub::poll_turn`]); a tokio mutex
-    /// because it is held across the poll's await points, by waiters of any
-    /// runtime, and hands the turn over in arrival order.
-    poll_turn: tokio::sync::Mutex<()>,
-    /// When the last poll started, whoever ran it: the pace is the hub's,
-    /// so a turn handed over does not poll sooner.
-    last_poll: Mutex<Option<tokio::time::Instant>>,
-    /// Bumped by every poll that failed: waiters whose only answer is the
-    /// pool (a refused listener that never was up) check their own pool.
-    poll_failures: watch::Sender<u64>,
     /// Set by a test to make the listener thread panic at its next
     /// notification, to show that it is restarted.
     #[cfg(feature = "testing")]
@@ -236,9 +228,6 @@ impl Hub {
                 epoch: AtomicU64::new(0),
                 pools: Mutex::new(Vec::new()),
                 first_options: connect.clone(),
-                poll_turn: tokio::sync::Mutex::new(()),
-                last_poll: Mutex::new(None),
-                poll_failures: watch::Sender::new(0),
                 #[cfg(feature = "testing")]
                 panic_next: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -320,52 +309,6 @@ impl Hub {
         self.shared.deliver(state, None);
     }
 
-    /// The turn to poll the outcomes of every waited state of this hub
-    /// while the link is down. One waiter at a time holds it, so the
-    /// database answers one poll a second per hub however many wait; the
-    /// next waiter in line takes over when the holder's wait ends.
-    ///
-    /// The poll runs on a waiter, not on the listener's thread: it goes
-    /// through the waiter's own pool on the waiter's own runtime (a pool's
-    /// connections belong to the runtime that opened them, and the point is
-    /// to use the pool's sessions, which may work while new logins do not),
-    /// it never delays the listener's reconnection, and it stops by itself
-    /// when the link is up again (every waiter leaves its down phase) or
-    /// nobody waits.
-    pub(crate) async fn poll_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.shared.poll_turn.lock().await
-    }
-
-    /// When the next poll may start: [`POLL_EVERY`] after the last one,
-    /// and not before `not_before`.
-    pub(crate) fn next_poll(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
-        match *lock(&self.shared.last_poll) {
-            Some(last) => not_before.max(last + POLL_EVERY),
-            None => not_before,
-        }
-    }
-
-    /// Records that a poll starts now.
-    pub(crate) fn poll_started(&self) {
-        *lock(&self.shared.last_poll) = Some(tokio::time::Instant::now());
-    }
-
-    /// Records that the poll failed.
-    pub(crate) fn poll_failed(&self) {
-        self.shared
-            .poll_failures
-            .send_modify(|failures| *failures += 1);
-    }
-
-    pub(crate) fn poll_failures(&self) -> watch::Receiver<u64> {
-        self.shared.poll_failures.subscribe()
-    }
-
-    /// Every state that has a waiter right now.
-    pub(crate) fn waited_state_list(&self) -> Vec<Vec<u8>> {
-        lock(&self.shared.waiters).keys().cloned().collect()
-    }
-
     /// Wakes the waiters of `state` with the outcome a poll read from the
     /// store: handing it over spares each of them a read, and a pool
     /// session, while new logins may be what fails.
@@ -391,6 +334,107 @@ impl Hub {
     #[cfg(feature = "testing")]
     pub(crate) fn panic_listener_at_next_notification(&self) {
         self.shared.panic_next.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The poll of one store instance's waited states while the link is down.
+///
+/// Each instance (each pool) has its own, not one per hub: a poll runs
+/// through its instance's pool, and a pool that is exhausted (a poll
+/// waiting its `acquire_timeout`) or failing must delay nobody but its own
+/// waiters, who could not be answered through it anyway. The cost stays
+/// bounded by the number of store instances with waiters, not by the
+/// number of waiters.
+#[derive(Default)]
+pub(crate) struct Poller {
+    /// Held by the one waiter of the instance that polls; a tokio mutex
+    /// because it is held across the poll's await points, by waiters of
+    /// any runtime, and hands the turn over in arrival order when its
+    /// holder's wait ends.
+    turn: tokio::sync::Mutex<()>,
+    /// When the last poll started, whoever ran it: a turn handed over does
+    /// not poll sooner than the pace.
+    last: Mutex<Option<tokio::time::Instant>>,
+    /// The instance's waited states, with how many of its waits wait on
+    /// each: what its poll reads.
+    states: Mutex<HashMap<Vec<u8>, usize>>,
+    /// Bumped by every failed poll: the poll went through the same pool
+    /// as a waiter's own read would, so a waiter whose only answer is that
+    /// pool (a refused listener that never was up) takes the failure as
+    /// its own instead of reading again (one statement, not one per
+    /// waiter).
+    failures: watch::Sender<u64>,
+}
+
+impl Poller {
+    /// The turn to poll this instance's waited states; one waiter at a time
+    /// holds it.
+    ///
+    /// The poll runs on a waiter, not on the listener's thread: it goes
+    /// through the instance's pool on the waiter's own runtime (a pool's
+    /// connections belong to the runtime that opened them, and the point is
+    /// to use the pool's sessions, which may work while new logins do not),
+    /// it never delays the listener's reconnection, and it stops by itself
+    /// when the link is up again (every waiter leaves its down phase) or
+    /// nobody waits.
+    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turn.lock().await
+    }
+
+    /// When the next poll may start: [`POLL_EVERY`] after the last one,
+    /// and not before `not_before`.
+    pub(crate) fn next(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
+        match *lock(&self.last) {
+            Some(last) => not_before.max(last + POLL_EVERY),
+            None => not_before,
+        }
+    }
+
+    /// Records that a poll starts now.
+    pub(crate) fn started(&self) {
+        *lock(&self.last) = Some(tokio::time::Instant::now());
+    }
+
+    /// Records that the poll failed.
+    pub(crate) fn failed(&self) {
+        self.failures.send_modify(|failures| *failures += 1);
+    }
+
+    pub(crate) fn failures(&self) -> watch::Receiver<u64> {
+        self.failures.subscribe()
+    }
+
+    /// Adds a wait's state to what this instance polls, until the returned
+    /// guard is dropped.
+    pub(crate) fn watch(&self, state: &[u8]) -> Polled<'_> {
+        *lock(&self.states).entry(state.to_vec()).or_default() += 1;
+        Polled {
+            poller: self,
+            state: state.to_vec(),
+        }
+    }
+
+    /// Every state one of this instance's waits waits on.
+    pub(crate) fn states(&self) -> Vec<Vec<u8>> {
+        lock(&self.states).keys().cloned().collect()
+    }
+}
+
+/// A wait's state in its instance's poll; removed with its last wait.
+pub(crate) struct Polled<'a> {
+    poller: &'a Poller,
+    state: Vec<u8>,
+}
+
+impl Drop for Polled<'_> {
+    fn drop(&mut self) {
+        let mut states = lock(&self.poller.states);
+        if let Some(count) = states.get_mut(&self.state) {
+            *count -= 1;
+            if *count == 0 {
+                states.remove(&self.state);
+            }
+        }
     }
 }
 

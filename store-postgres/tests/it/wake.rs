@@ -541,8 +541,8 @@ async fn statements_run_by(admin: &mut sqlx::PgConnection, user: &str) -> i64 {
 
 /// While the listener is down, the database must not pay for the number of
 /// waiters exactly when it may be in trouble: the outcomes of all of them
-/// are read in one statement a second for the whole hub (one waiter does it
-/// for the others), not one statement a second per waiter. Completions made
+/// are read in one statement a second for the store instance (one waiter
+/// does it for the others), not one statement a second per waiter. Completions made
 /// meanwhile still wake every waiter, with the listener still down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_listener_is_down_one_statement_a_second_polls_every_waiter() {
@@ -709,5 +709,198 @@ async fn a_refused_wait_reports_the_refusal_once_its_pool_fails_too() {
     assert!(!error.is_retryable(), "the listener's refusal: {error}");
     assert_eq!(store.listener_epoch(), None);
     drop(store);
+    drop(role);
+}
+
+/// While the listener is down, a store instance whose pool cannot hand out
+/// a session (exhausted: its poll waits the pool's 30 s acquire timeout)
+/// delays no waiter of another, healthy instance on the same hub: each
+/// instance polls through its own pool, in its own turn. Found by its poll
+/// within seconds, well before the stuck pool's acquire timeout and the
+/// wait's deadline (one poll turn per hub kept it waiting ~19 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_pool_delays_no_waiter_of_another_store_instance() {
+    let schema = Schema::new("stuckturn").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let url = url_as(&role.name).await;
+    let pool_a = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .unwrap();
+    let pool_b = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store_a = PostgresStoreOptions::from_pool(pool_a.clone())
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let store_b = PostgresStoreOptions::from_pool(pool_b)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    completer.insert(&fa).await.unwrap();
+    completer.insert(&fb).await.unwrap();
+    let wait_a = {
+        let (s, st) = (store_a.clone(), fa.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_some()
+            && store_a.waited_states() == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = pool_a.acquire().await.unwrap();
+    let mut admin = crate::common::admin().await;
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    let listener = listener_of(&mut admin, &role.name, store_a.channel()).await;
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait_b = {
+        let (s, st) = (store_b.clone(), fb.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    completer.take(&fb.state).await.unwrap().unwrap();
+    completer
+        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // A third of the stuck pool's acquire timeout; the wait's own deadline
+    // (a minute) is further still, so the outcome came from a poll.
+    let got = tokio::time::timeout(Duration::from_secs(10), wait_b).await;
+    eprintln!(
+        "FIGURE: healthy store's waiter woke after {:?} (listener down, other store's pool stuck)",
+        started.elapsed()
+    );
+    let got = got.expect("the healthy instance's waiter is woken by its own poll");
+    assert!(matches!(
+        got.unwrap().unwrap(),
+        Some(FlowOutcome::Authorized { .. })
+    ));
+    drop(held);
+    wait_a.abort();
+    drop((store_a, store_b, completer));
+    drop(role);
+}
+
+/// While the listener is down, the failing polls of a store instance whose
+/// pool is closed (20 waiters) do not slow down the waiter of a healthy
+/// instance on the same hub: with one poll turn per hub, each failing
+/// waiter took a one-second slot in turn and the healthy waiter was found
+/// once every 21 s; with a turn per instance it is found by its own
+/// instance's next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_polls_of_one_store_instance_do_not_slow_another() {
+    const K: usize = 20;
+    let schema = Schema::new("failturn").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let url = url_as(&role.name).await;
+    let pool_a = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let pool_b = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store_a = PostgresStoreOptions::from_pool(pool_a.clone())
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let store_b = PostgresStoreOptions::from_pool(pool_b)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    completer.insert(&fb).await.unwrap();
+    let mut waits_a = tokio::task::JoinSet::new();
+    for i in 0..K {
+        let f = flow(&TokenKey::new("github", format!("a{i}")), MINUTE);
+        completer.insert(&f).await.unwrap();
+        let s = store_a.clone();
+        waits_a.spawn(async move { s.wait(&f.state, MINUTE).await });
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_some()
+            && store_a.waited_states() == K)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pool_a.close().await;
+    let mut admin = crate::common::admin().await;
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    let listener = listener_of(&mut admin, &role.name, store_a.channel()).await;
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait_b = {
+        let (s, st) = (store_b.clone(), fb.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    completer.take(&fb.state).await.unwrap().unwrap();
+    completer
+        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Half of the 21 s a shared turn took; the wait's own deadline (a
+    // minute) is further still, so the outcome came from a poll.
+    let got = tokio::time::timeout(Duration::from_secs(10), wait_b).await;
+    eprintln!(
+        "FIGURE: {K} failing waiters of another instance: healthy store's waiter woke after {:?}",
+        started.elapsed()
+    );
+    let got = got.expect("the healthy instance's waiter is woken by its own poll");
+    assert!(matches!(
+        got.unwrap().unwrap(),
+        Some(FlowOutcome::Authorized { .. })
+    ));
+    waits_a.abort_all();
+    drop((store_a, store_b, completer));
     drop(role);
 }
