@@ -520,7 +520,7 @@ impl PostgresStoreOptions {
         };
         schema::migrate(&pool, &self.schema, self.create).await?;
         let channel = schema::channel_for(&self.schema);
-        let hub = wake::Hub::shared_for(&pool.connect_options(), &channel);
+        let hub = wake::Hub::shared_for(&pool.connect_options(), &self.schema, &channel);
         let attached = hub.attach(&pool);
         Ok(PostgresStore {
             inner: Arc::new(Inner {

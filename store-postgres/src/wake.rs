@@ -200,19 +200,23 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Hub {
-    /// The hub of this process for the server `connect` points at and the
-    /// schema whose channel is `channel`; created on first use.
-    pub(crate) fn shared_for(connect: &PgConnectOptions, channel: &str) -> Arc<Hub> {
+    /// The hub of this process for the server `connect` points at and
+    /// `schema`, whose channel is `channel`; created on first use.
+    pub(crate) fn shared_for(connect: &PgConnectOptions, schema: &str, channel: &str) -> Arc<Hub> {
         // The socket and the TLS mode too: a store that asked for TLS must
-        // not share a listener that another store opened without it.
+        // not share a listener that another store opened without it. The
+        // schema's name itself, not only its channel (a hash of it): a
+        // polled outcome is handed to every waiter of its state on the hub,
+        // so a hub must never span two schemas' tables.
         let identity = format!(
-            "{}\0{}\0{:?}\0{:?}\0{}\0{}\0{}",
+            "{}\0{}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
             connect.get_host(),
             connect.get_port(),
             connect.get_socket(),
             connect.get_ssl_mode(),
             connect.get_database().unwrap_or_default(),
             connect.get_username(),
+            schema,
             channel
         );
         let mut hubs = hubs();
@@ -690,11 +694,26 @@ mod tests {
         use sqlx::postgres::PgSslMode;
         let base: PgConnectOptions = "postgres://someone@127.0.0.1:5432/db".parse().unwrap();
         let channel = "mcp_authkit_identity_test";
-        let hub = Hub::shared_for(&base, channel);
-        assert!(Arc::ptr_eq(&hub, &Hub::shared_for(&base.clone(), channel)));
+        let hub = Hub::shared_for(&base, "s", channel);
+        assert!(Arc::ptr_eq(
+            &hub,
+            &Hub::shared_for(&base.clone(), "s", channel)
+        ));
         let tls = base.clone().ssl_mode(PgSslMode::Require);
-        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&tls, channel)));
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&tls, "s", channel)));
         let socket = base.clone().socket("/run/postgresql");
-        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&socket, channel)));
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&socket, "s", channel)));
+    }
+
+    /// Two schemas never share a hub, even if their channels were the same
+    /// (the channel is a 64-bit hash of the name): a polled outcome goes to
+    /// every waiter of its state on the hub, read from one schema's table.
+    #[test]
+    fn the_schema_name_is_part_of_the_listeners_identity() {
+        let base: PgConnectOptions = "postgres://someone@127.0.0.1:5432/db".parse().unwrap();
+        let channel = "mcp_authkit_same_channel_test";
+        let hub = Hub::shared_for(&base, "one", channel);
+        assert!(Arc::ptr_eq(&hub, &Hub::shared_for(&base, "one", channel)));
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&base, "two", channel)));
     }
 }
