@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::PostgresStore;
 use crate::error::db;
 use crate::tokens::{ROWS, stmt};
-use crate::wake::{Link, POLL_EVERY, Registration, hex};
+use crate::wake::{Link, POLL_EVERY, POLL_LEASE, Registration, hex};
 
 /// How soon a waiter reads the stored outcome again after that read failed
 /// while the listener stayed up.
@@ -37,8 +37,7 @@ impl PostgresStore {
     ) -> Option<Result<Option<FlowOutcome>>> {
         // Pinned here, not in the select: a link that stays down but
         // changes (every failed reconnection) must not cancel a poll in
-        // flight or hand the turn over. Dropped (the turn with it) when the
-        // link is up.
+        // flight. Dropped (a claim in flight with it) when the link is up.
         let mut poll = std::pin::pin!(self.poll_while_down());
         let mut poll_failures = self.poller().failures();
         // Whether this wait's own read answered (asked only when the pool
@@ -102,44 +101,59 @@ impl PostgresStore {
     }
 
     /// This instance's poll while the hub's link is down, run by whichever
-    /// of its waiters holds the instance's poll turn (see `Poller::turn`):
+    /// of its waiters claims it when it is due (see `Poller::claim`):
     /// every [`POLL_EVERY`], one statement reads the outcomes of every
     /// state this instance's waits wait on, through its pool and with its
     /// clock, and wakes their waiters with them. The outcome comes from the
     /// table, as the waiter's own read would, so this is as safe as that
     /// read; it spares each woken waiter a statement and a pool session
     /// (new logins may be what fails). A failed poll is retried at the same
-    /// pace by the same holder: another waiter of this instance would go
-    /// through the same pool, and other instances poll on their own. Never
-    /// ends; dropped when this waiter's down phase or wait ends, which
-    /// hands the turn to the instance's next waiter.
+    /// pace, by whichever waiter claims it: another waiter of this instance
+    /// goes through the same pool, and other instances poll on their own.
+    /// A poll that outlasts its claim ([`POLL_LEASE`]) is given up as
+    /// failed, so two polls of an instance never run at once while their
+    /// claimers are run. Never ends; dropped when this waiter's down phase
+    /// or wait ends.
     async fn poll_while_down(&self) -> std::convert::Infallible {
         let poller = self.poller();
         // The first poll of an outage comes a period after it began (the
         // listener usually reconnects long before), then the instance's
         // pace.
         let not_before = tokio::time::Instant::now() + POLL_EVERY;
-        let _turn = poller.turn().await;
         loop {
-            tokio::time::sleep_until(poller.next(not_before)).await;
-            poller.started();
+            // Looked at again at least once a period: a claim in flight
+            // usually ends long before it lapses.
+            let due = poller.due(not_before);
+            tokio::time::sleep_until(due.min(tokio::time::Instant::now() + POLL_EVERY)).await;
+            // Not due yet, or another waiter claimed it first: look again.
+            let Some(_claim) = poller.claim(not_before) else {
+                continue;
+            };
             let states = poller.states();
-            let found: sqlx::Result<Vec<(Vec<u8>, Vec<u8>)>> =
-                sqlx::query_as(stmt(&self.sql().poll_outcomes))
+            let found = tokio::time::timeout(
+                POLL_LEASE,
+                sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
                     .bind(&states)
                     .bind(self.now().unix_millis())
-                    .fetch_all(self.pool())
-                    .await;
+                    .fetch_all(self.pool()),
+            )
+            .await;
             match found {
-                Ok(found) => {
+                Ok(Ok(found)) => {
                     for (state, outcome) in found {
                         self.hub().deliver_polled(&state, outcome);
                     }
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::debug!(
                         error = %db("poll flow outcomes", error),
                         "polling the outcomes while the completion listener is down failed"
+                    );
+                    poller.failed();
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(
+                        "polling the outcomes while the completion listener is down took longer than its claim"
                     );
                     poller.failed();
                 }

@@ -44,13 +44,13 @@
 //! `SELECT 1` replaces the `LISTEN` in its `query` column).
 //!
 //! A listener that is down ends no wait by itself. Meanwhile, per store
-//! instance, one of its waiters at a time (the holder of
-//! [`Poller::turn`]) reads, through that instance's pool, which of the
+//! instance, one of its waiters at a time (whichever claims the poll when
+//! it is due, [`Poller::claim`]) reads, through that instance's pool, which of the
 //! instance's waited states have an outcome, in one statement every
 //! [`POLL_EVERY`], and wakes their waiters with the outcome it read (from
 //! the table, never from a notification). The database answers one
 //! statement a second per store instance that has waiters, not one per
-//! waiter, when it may be in trouble. The turn is per instance, not per
+//! waiter, when it may be in trouble. The poll is per instance, not per
 //! hub, because instances sharing a hub have pools of their own: one whose
 //! pool is exhausted or failing must not hold up another's waiters.
 
@@ -351,14 +351,12 @@ impl Hub {
 /// number of waiters.
 #[derive(Default)]
 pub(crate) struct Poller {
-    /// Held by the one waiter of the instance that polls; a tokio mutex
-    /// because it is held across the poll's await points, by waiters of
-    /// any runtime, and hands the turn over in arrival order when its
-    /// holder's wait ends.
-    turn: tokio::sync::Mutex<()>,
-    /// When the last poll started, whoever ran it: a turn handed over does
-    /// not poll sooner than the pace.
-    last: Mutex<Option<tokio::time::Instant>>,
+    /// Who polls next and when: any waiter of the instance in its down
+    /// phase may claim the poll once it is due, so a waiter whose future
+    /// stops being run (an idle runtime, a future kept but not polled)
+    /// delays the others by at most [`POLL_LEASE`], never for the rest of
+    /// their wait.
+    lease: Mutex<Lease>,
     /// The instance's waited states, with how many of its waits wait on
     /// each: what its poll reads.
     states: Mutex<HashMap<Vec<u8>, usize>>,
@@ -370,33 +368,55 @@ pub(crate) struct Poller {
     failures: watch::Sender<u64>,
 }
 
+/// How long a claimed poll keeps others from polling: a claimer still run
+/// gives its poll up by then (it counts as failed), and one no longer run
+/// stops mattering. Longer than the pace, so a poll of a slow but working
+/// pool is not started twice at once.
+pub(crate) const POLL_LEASE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Lease {
+    /// When the last poll started, whoever ran it: the pace holds across
+    /// claimers.
+    last: Option<tokio::time::Instant>,
+    /// The poll in flight, if any: its claim's number and when the claim
+    /// lapses.
+    claimed: Option<(u64, tokio::time::Instant)>,
+    /// Numbers the claims, so a lapsed claimer's release does not end its
+    /// successor's claim.
+    claims: u64,
+}
+
 impl Poller {
-    /// The turn to poll this instance's waited states; one waiter at a time
-    /// holds it.
-    ///
-    /// The poll runs on a waiter, not on the listener's thread: it goes
-    /// through the instance's pool on the waiter's own runtime (a pool's
-    /// connections belong to the runtime that opened them, and the point is
-    /// to use the pool's sessions, which may work while new logins do not),
-    /// it never delays the listener's reconnection, and it stops by itself
-    /// when the link is up again (every waiter leaves its down phase) or
-    /// nobody waits.
-    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.turn.lock().await
+    /// When this instance's poll is next due for a waiter whose down phase
+    /// lets it poll from `not_before`: [`POLL_EVERY`] after the last poll
+    /// started, and not while a live claim is in flight.
+    pub(crate) fn due(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
+        lock(&self.lease).due(not_before)
     }
 
-    /// When the next poll may start: [`POLL_EVERY`] after the last one,
-    /// and not before `not_before`.
-    pub(crate) fn next(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
-        match *lock(&self.last) {
-            Some(last) => not_before.max(last + POLL_EVERY),
-            None => not_before,
+    /// Claims the poll if it is due now for a waiter that may poll from
+    /// `not_before`; `None` when another waiter claimed it first. The poll
+    /// runs on a waiter, not on the listener's thread: it goes through the
+    /// instance's pool on the waiter's own runtime (a pool's connections
+    /// belong to the runtime that opened them, and the point is to use the
+    /// pool's sessions, which may work while new logins do not), it never
+    /// delays the listener's reconnection, and it stops by itself when the
+    /// link is up again (every waiter leaves its down phase) or nobody
+    /// waits.
+    pub(crate) fn claim(&self, not_before: tokio::time::Instant) -> Option<PollClaim<'_>> {
+        let now = tokio::time::Instant::now();
+        // Checked and claimed under one lock: of waiters due at once, on
+        // any threads, one claims.
+        let mut lease = lock(&self.lease);
+        if lease.due(not_before) > now {
+            return None;
         }
-    }
-
-    /// Records that a poll starts now.
-    pub(crate) fn started(&self) {
-        *lock(&self.last) = Some(tokio::time::Instant::now());
+        lease.claims += 1;
+        let id = lease.claims;
+        lease.last = Some(now);
+        lease.claimed = Some((id, now + POLL_LEASE));
+        Some(PollClaim { poller: self, id })
     }
 
     /// Records that the poll failed.
@@ -421,6 +441,36 @@ impl Poller {
     /// Every state one of this instance's waits waits on.
     pub(crate) fn states(&self) -> Vec<Vec<u8>> {
         lock(&self.states).keys().cloned().collect()
+    }
+}
+
+impl Lease {
+    fn due(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
+        let mut due = not_before;
+        if let Some(last) = self.last {
+            due = due.max(last + POLL_EVERY);
+        }
+        if let Some((_, lapses)) = self.claimed {
+            due = due.max(lapses);
+        }
+        due
+    }
+}
+
+/// A claimed poll of an instance; ends the claim when dropped (the poll
+/// done, or its waiter's down phase or wait over), so the next poll waits
+/// for the pace only.
+pub(crate) struct PollClaim<'a> {
+    poller: &'a Poller,
+    id: u64,
+}
+
+impl Drop for PollClaim<'_> {
+    fn drop(&mut self) {
+        let mut lease = lock(&self.poller.lease);
+        if lease.claimed.is_some_and(|(id, _)| id == self.id) {
+            lease.claimed = None;
+        }
     }
 }
 
@@ -684,6 +734,38 @@ mod tests {
         }
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
+    }
+
+    /// The poll's claim: one claimer at a time, the pace kept across
+    /// claimers, a claim ended as soon as its poll is done, and one whose
+    /// claimer is never run again (its guard never dropped) keeping the
+    /// others out for [`POLL_LEASE`] only, not for good. No clock is
+    /// advanced: only when the next poll is due is asserted.
+    #[tokio::test]
+    async fn a_poll_claim_ends_with_its_poll_or_lapses() {
+        let poller = Poller::default();
+        let t0 = tokio::time::Instant::now();
+        assert!(poller.due(t0) <= tokio::time::Instant::now());
+        let claim = poller.claim(t0).expect("due: nobody polled yet");
+        let claimed_at = tokio::time::Instant::now();
+        assert!(poller.claim(t0).is_none(), "one claimer at a time");
+        assert!(poller.due(t0) >= t0 + POLL_LEASE, "held while in flight");
+        drop(claim);
+        // Done: the next poll waits for the pace only.
+        let due = poller.due(t0);
+        assert!(due >= t0 + POLL_EVERY && due <= claimed_at + POLL_EVERY);
+        assert!(poller.claim(t0).is_none(), "not before the pace");
+
+        // A claimer that stops being run: its claim lapses.
+        let poller = Poller::default();
+        std::mem::forget(poller.claim(t0).expect("due"));
+        let after = tokio::time::Instant::now();
+        assert!(poller.claim(t0).is_none());
+        let due = poller.due(t0);
+        assert!(
+            due >= t0 + POLL_LEASE && due <= after + POLL_LEASE,
+            "{due:?}"
+        );
     }
 
     /// Stores that differ only in TLS mode or unix socket do not share a

@@ -813,7 +813,7 @@ async fn a_stuck_pool_delays_no_waiter_of_another_store_instance() {
 /// pool is closed (20 waiters) do not slow down the waiter of a healthy
 /// instance on the same hub: with one poll turn per hub, each failing
 /// waiter took a one-second slot in turn and the healthy waiter was found
-/// once every 21 s; with a turn per instance it is found by its own
+/// once every 21 s; with a poll per instance it is found by its own
 /// instance's next poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_polls_of_one_store_instance_do_not_slow_another() {
@@ -903,4 +903,91 @@ async fn failing_polls_of_one_store_instance_do_not_slow_another() {
     waits_a.abort_all();
     drop((store_a, store_b, completer));
     drop(role);
+}
+
+/// A waiter whose future stops being run (here: on a current_thread
+/// runtime that is alive but idle) must not keep the other waiters of its
+/// store instance from being polled: a waiter on another runtime still
+/// wakes from the instance's poll, while the listener stays down, well
+/// before its own deadline (20 s).
+#[test]
+fn a_waiter_no_longer_run_does_not_keep_its_instance_from_polling() {
+    let a = current_thread();
+    let b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schema = b.block_on(Schema::new("idlert"));
+    let (completer, role, store) = b.block_on(async {
+        schema.open().await.close().await;
+        let role = AppRole::new(&schema.name, true).await;
+        let completer = schema.open().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(2)
+            .connect(&url_as(&role.name).await)
+            .await
+            .unwrap();
+        let store = PostgresStoreOptions::from_pool(pool)
+            .schema(&schema.name)
+            .open()
+            .await
+            .unwrap();
+        (completer, role, store)
+    });
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    b.block_on(completer.insert(&fa)).unwrap();
+    b.block_on(completer.insert(&fb)).unwrap();
+    let _wait_a = {
+        let (s, st) = (store.clone(), fa.state.clone());
+        a.spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    assert!(a.block_on(eventually(Duration::from_secs(10), async || {
+        store.listener_epoch().is_some() && store.waited_states() == 1
+    })));
+    b.block_on(async {
+        let mut admin = crate::common::admin().await;
+        crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+        let listener = listener_of(&mut admin, &role.name, store.channel()).await;
+        let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(listener)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    });
+    // Runtime a runs while the link goes down: its waiter takes the turn.
+    assert!(a.block_on(eventually(Duration::from_secs(10), async || {
+        store.listener_epoch().is_none()
+    })));
+    a.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    // Runtime a is now idle (alive, not driven).
+    b.block_on(async {
+        let wait_b = {
+            let (s, st) = (store.clone(), fb.state.clone());
+            tokio::spawn(async move { s.wait(&st, Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        completer.take(&fb.state).await.unwrap().unwrap();
+        completer
+            .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(30), wait_b)
+            .await
+            .expect("the wait ends by its own deadline")
+            .unwrap();
+        let took = started.elapsed();
+        eprintln!("FIGURE: waiter beside one no longer run woke after {took:?}");
+        assert_eq!(got.unwrap(), Some(authorized(1)));
+        assert!(took < Duration::from_secs(5), "starved for {took:?}");
+        // Woken by the poll, not by a listener back up.
+        assert!(store.listener_epoch().is_none());
+    });
+    drop(a);
+    drop((store, completer));
+    b.block_on(async move { drop(role) });
+    drop(schema);
 }
