@@ -991,3 +991,79 @@ fn a_waiter_no_longer_run_does_not_keep_its_instance_from_polling() {
     b.block_on(async move { drop(role) });
     drop(schema);
 }
+
+/// Two waits of one store instance on the same state (a joined flow): when
+/// one of them ends while the listener is down, the state stays in the
+/// instance's poll for the other, which wakes from the poll when the flow
+/// completes, with the listener still down, long before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_waits_state_stays_polled_when_the_other_wait_ends() {
+    let schema = Schema::new("joinpoll").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url_as(&role.name).await)
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "joined"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let first = {
+        let (s, st) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    let second = {
+        let (s, st) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { s.wait(&st, Duration::from_secs(30)).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 1)
+        .await
+    );
+    let mut admin = crate::common::admin().await;
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    let listener = listener_of(&mut admin, &role.name, store.channel()).await;
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    // One of the two waits ends (its caller gave up) during the outage.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(store.waited_states(), 1, "the other wait still waits");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(7), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(40), second)
+        .await
+        .expect("the wait ends by its own deadline")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("FIGURE: joined wait after the other ended woke after {took:?}");
+    assert_eq!(got.unwrap(), Some(authorized(7)));
+    assert!(took < Duration::from_secs(5), "not polled: {took:?}");
+    assert!(store.listener_epoch().is_none(), "woken by the poll");
+    drop((store, completer));
+    drop(role);
+}
