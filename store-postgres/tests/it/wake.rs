@@ -659,8 +659,8 @@ async fn while_the_listener_is_down_one_statement_a_second_polls_every_waiter() 
 /// A wait that never saw the listener up, whose listener is refused for
 /// good, lives on its pool: it waits while the pool answers, and reports
 /// the listener's refusal once the pool stops answering too (its sessions
-/// gone, new logins refused), found by the hub's failed poll, not at the
-/// wait's deadline.
+/// gone, new logins refused), found by its instance's failed poll, not at
+/// the wait's deadline.
 #[tokio::test]
 async fn a_refused_wait_reports_the_refusal_once_its_pool_fails_too() {
     let schema = Schema::new("mustanswer").await;
