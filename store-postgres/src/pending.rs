@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::PostgresStore;
 use crate::error::db;
 use crate::tokens::{ROWS, stmt};
-use crate::wake::{Link, POLL_EVERY, POLL_LEASE, Registration, hex};
+use crate::wake::{Link, POLL_EVERY, Registration, hex};
 
 /// How soon a waiter reads the stored outcome again after that read failed
 /// while the listener stayed up.
@@ -110,10 +110,10 @@ impl PostgresStore {
     /// (new logins may be what fails). A failed poll is retried at the same
     /// pace, by whichever waiter claims it: another waiter of this instance
     /// goes through the same pool, and other instances poll on their own.
-    /// A poll that outlasts its claim ([`POLL_LEASE`]) is given up as
-    /// failed, so two polls of an instance never run at once while their
-    /// claimers are run. Never ends; dropped when this waiter's down phase
-    /// or wait ends.
+    /// A poll that outlasts its claim ([`crate::wake::POLL_LEASE`]) is
+    /// given up as failed, so two polls of an instance never run at once
+    /// while their claimers are run. Never ends; dropped when this
+    /// waiter's down phase or wait ends.
     async fn poll_while_down(&self) -> std::convert::Infallible {
         let poller = self.poller();
         // The first poll of an outage comes a period after it began (the
@@ -126,12 +126,14 @@ impl PostgresStore {
             let due = poller.due(not_before);
             tokio::time::sleep_until(due.min(tokio::time::Instant::now() + POLL_EVERY)).await;
             // Not due yet, or another waiter claimed it first: look again.
-            let Some(_claim) = poller.claim(not_before) else {
+            let Some(claim) = poller.claim(not_before) else {
                 continue;
             };
             let states = poller.states();
-            let found = tokio::time::timeout(
-                POLL_LEASE,
+            // Given up when the claim lapses, not a lease after now: no
+            // other claimer's poll starts while this one still runs.
+            let found = tokio::time::timeout_at(
+                claim.lapses,
                 sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
                     .bind(&states)
                     .bind(self.now().unix_millis())
@@ -158,6 +160,7 @@ impl PostgresStore {
                     poller.failed();
                 }
             }
+            drop(claim);
         }
     }
 }

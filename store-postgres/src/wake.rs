@@ -415,8 +415,13 @@ impl Poller {
         lease.claims += 1;
         let id = lease.claims;
         lease.last = Some(now);
-        lease.claimed = Some((id, now + POLL_LEASE));
-        Some(PollClaim { poller: self, id })
+        let lapses = now + POLL_LEASE;
+        lease.claimed = Some((id, lapses));
+        Some(PollClaim {
+            poller: self,
+            id,
+            lapses,
+        })
     }
 
     /// Records that the poll failed.
@@ -463,6 +468,8 @@ impl Lease {
 pub(crate) struct PollClaim<'a> {
     poller: &'a Poller,
     id: u64,
+    /// When others may claim again: the poll must be given up by then.
+    pub(crate) lapses: tokio::time::Instant,
 }
 
 impl Drop for PollClaim<'_> {
