@@ -1067,3 +1067,76 @@ async fn a_joined_waits_state_stays_polled_when_the_other_wait_ends() {
     drop((store, completer));
     drop(role);
 }
+
+/// A refused wait counts only the instance's polls that fail after its
+/// own first read answered: one that failed while that read queued for the
+/// pool (here: behind a session the test holds) says nothing about a pool
+/// that then answered. Another refused waiter of the instance, whose own
+/// poll that was, reports the refusal; the later one keeps waiting on the
+/// working pool and is answered by the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_failing_before_a_refused_waits_own_read_answered_does_not_end_it() {
+    let schema = Schema::new("failbefore").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url_as(&role.name).await)
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool.clone())
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    crate::common::admin_exec(format!("ALTER ROLE {} NOLOGIN", role.name)).await;
+    let f0 = flow(&TokenKey::new("github", "first"), MINUTE);
+    let f = flow(&TokenKey::new("github", "later"), MINUTE);
+    completer.insert(&f0).await.unwrap();
+    completer.insert(&f).await.unwrap();
+    let first = {
+        let (s, st) = (store.clone(), f0.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_failure()
+            .is_some_and(|failure| !failure.is_retryable()))
+        .await
+    );
+    // The first wait's own read is done (one statement, idle pool).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = pool.acquire().await.unwrap();
+    let later = {
+        let (s, st) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    // The instance's poll fails (it outlasts its claim): the first wait
+    // reports the refusal, while the later one's read still queues.
+    let answer = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("the first wait sees its instance's poll fail")
+        .unwrap();
+    assert!(!answer.expect_err("refused").is_retryable());
+    drop(held);
+    // The later wait's read answers now; the failure before it is not
+    // its answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!later.is_finished(), "{:?}", later.await);
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(3), MINUTE)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), later)
+        .await
+        .expect("found by the instance's next poll")
+        .unwrap();
+    assert_eq!(got.unwrap(), Some(authorized(3)));
+    assert_eq!(store.listener_epoch(), None);
+    drop((store, completer, pool));
+    drop(role);
+}
