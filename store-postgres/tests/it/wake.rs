@@ -713,9 +713,10 @@ async fn a_refused_wait_reports_the_refusal_once_its_pool_fails_too() {
 }
 
 /// While the listener is down, a store instance whose pool cannot hand out
-/// a session (exhausted: its poll waits the pool's 30 s acquire timeout)
-/// delays no waiter of another, healthy instance on the same hub: each
-/// instance polls through its own pool, in its own turn. Found by its poll
+/// a session (exhausted: its poll waits for one until its claim lapses,
+/// well within the pool's 30 s acquire timeout) delays no waiter of
+/// another, healthy instance on the same hub: each instance polls through
+/// its own pool, on its own claims. Found by its poll
 /// within seconds, well before the stuck pool's acquire timeout and the
 /// wait's deadline (one poll turn per hub kept it waiting ~19 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
