@@ -140,13 +140,26 @@
 //! before the listener backs off (20 ms doubling to 1 s): one instance with
 //! a stale password neither decides for the others nor locks them out.
 //!
-//! A listener that is down never ends a wait by itself: meanwhile each
-//! waiter reads its outcome through its store's pool every second, whose
+//! A listener that is down never ends a wait by itself: meanwhile the
+//! outcomes of the waiters are read through their store's pool, whose
 //! sessions usually still work (a password changed on the server before
-//! the application's options, a listener killed by an operator), until the
-//! listener is back or the wait's deadline passes. Only a wait that never
-//! saw the listener up and cannot read through the pool either returns the
-//! listener's error, when that error is one retrying cannot fix.
+//! the application's options, a listener killed by an operator), until
+//! the listener is back or the wait's deadline passes. That read is one
+//! statement a second per store instance that has waiters
+//! (`state = ANY(...)` on the outcomes table), whatever the number of
+//! waiters: the database is not asked a thousand times a second for a
+//! thousand waiters exactly when it may be in trouble. One waiter of the
+//! instance at a time runs it, through the instance's pool and on its own
+//! runtime, the next in line taking over when its wait ends; an outcome it
+//! finds is handed to that flow's waiters, read from the table (never from
+//! a notification), so they return without a statement or a pool session
+//! of their own. Instances sharing a listener poll on their own: one whose
+//! pool is exhausted or failing delays no other instance's waiters. Only a
+//! wait that never saw the listener up and cannot read through the pool
+//! either returns the listener's error, when that error is one retrying
+//! cannot fix: it reads its outcome itself when it starts, then takes its
+//! instance's next failed poll (through the same pool) as the pool failing
+//! too, without a statement of its own.
 //!
 //! How soon a waiter in another process wakes is dominated by the
 //! completing transaction's durable commit: in the benchmark, a wake took
@@ -215,6 +228,10 @@ struct Inner {
     hub: Arc<wake::Hub>,
     /// Lets the hub's listener reconnect with this pool's current options.
     _attached: wake::AttachedPool,
+    /// This instance's poll while the hub's listener is down: its own, so
+    /// another instance's stuck pool on the same hub delays none of its
+    /// waiters.
+    poller: wake::Poller,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -358,6 +375,10 @@ impl PostgresStore {
     pub(crate) fn hub(&self) -> &Arc<wake::Hub> {
         &self.inner.hub
     }
+
+    pub(crate) fn poller(&self) -> &wake::Poller {
+        &self.inner.poller
+    }
 }
 
 enum Source {
@@ -499,7 +520,7 @@ impl PostgresStoreOptions {
         };
         schema::migrate(&pool, &self.schema, self.create).await?;
         let channel = schema::channel_for(&self.schema);
-        let hub = wake::Hub::shared_for(&pool.connect_options(), &channel);
+        let hub = wake::Hub::shared_for(&pool.connect_options(), &self.schema, &channel);
         let attached = hub.attach(&pool);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
@@ -509,6 +530,7 @@ impl PostgresStoreOptions {
                 clock: self.clock,
                 hub,
                 _attached: attached,
+                poller: wake::Poller::default(),
             }),
         })
     }

@@ -7,22 +7,162 @@ use mcp_authkit_core::{
     TokenKey, async_trait, codec,
 };
 use sqlx::Connection;
+use tokio::sync::watch;
 
 use crate::PostgresStore;
 use crate::error::db;
 use crate::tokens::{ROWS, stmt};
-use crate::wake::{Link, hex};
+use crate::wake::{Link, POLL_EVERY, Registration, hex};
 
 /// How soon a waiter reads the stored outcome again after that read failed
 /// while the listener stayed up.
 const RECHECK_AFTER_ERROR: Duration = Duration::from_millis(200);
-/// How often a waiter reads its outcome through the pool while the
-/// listener is down: the pool's sessions may well work (a password rotated
-/// on the server before the application's options follow).
-const POLL_WHILE_DOWN: Duration = Duration::from_secs(1);
 
 fn stopped() -> Error {
     Error::Internal("the completion listener stopped (its tokio runtime shut down)".into())
+}
+
+impl PostgresStore {
+    /// A wait's phase while the link is down: `None` once it is up (the
+    /// caller then reads the outcome), or the wait's answer. This
+    /// instance's poll (run by one of its waiters, maybe this one) wakes
+    /// this waiter when its outcome is stored.
+    async fn wait_while_down(
+        &self,
+        state: &FlowState,
+        registration: &mut Registration,
+        link: &mut watch::Receiver<Link>,
+        seen_up: &mut bool,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<Option<FlowOutcome>>> {
+        // Pinned here, not in the select: a link that stays down but
+        // changes (every failed reconnection) must not cancel a poll in
+        // flight. Dropped (a claim in flight with it) when the link is up.
+        let mut poll = std::pin::pin!(self.poll_while_down());
+        let mut poll_failures = self.poller().failures();
+        // Whether this wait's own read answered (asked only when the pool
+        // is all the wait has, and only once: after that, this instance's
+        // failed poll, through the same pool, says the pool fails too).
+        let mut pool_answered = false;
+        loop {
+            let refused = match &*link.borrow_and_update() {
+                Link::Up(_) => {
+                    *seen_up = true;
+                    return None;
+                }
+                Link::Down(error) => error.clone().filter(|error| !error.is_retryable()),
+            };
+            // A listener that cannot log in ends no wait while the pool
+            // still answers; only a wait that has nothing that works (never
+            // a listener, no pool) reports the refusal.
+            let must_answer = refused.is_some() && !*seen_up;
+            if must_answer && !pool_answered {
+                match self.outcome(state).await {
+                    Ok(Some(outcome)) => return Some(Ok(Some(outcome))),
+                    Ok(None) => {
+                        pool_answered = true;
+                        // Only a poll failing after this answer counts.
+                        poll_failures.borrow_and_update();
+                    }
+                    Err(_) => return Some(Err(refused.expect("must_answer implies a refusal"))),
+                }
+            }
+            tokio::select! {
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return Some(Err(stopped()));
+                    }
+                }
+                // Found by a poll, with its outcome; or completed in this
+                // process, or notified just before the link dropped: read
+                // it. A failure waits for the next poll.
+                polled = registration.notified() => {
+                    let outcome = match polled {
+                        Some(bytes) => ROWS.outcome(state, &bytes).map(Some),
+                        None => self.outcome(state).await,
+                    };
+                    if let Ok(Some(outcome)) = outcome {
+                        return Some(Ok(Some(outcome)));
+                    }
+                }
+                // This instance's poll failed through the pool this wait
+                // would read through: nothing works, report the refusal.
+                changed = poll_failures.changed(), if must_answer => {
+                    if changed.is_ok() {
+                        return Some(Err(refused.expect("must_answer implies a refusal")));
+                    }
+                }
+                never = &mut poll => match never {},
+                // Out of time without a listener: answer from the store,
+                // which is what a notification would have said.
+                () = tokio::time::sleep_until(deadline) => return Some(self.outcome(state).await),
+            }
+        }
+    }
+
+    /// This instance's poll while the hub's link is down, run by whichever
+    /// of its waiters claims it when it is due (see `Poller::claim`):
+    /// every [`POLL_EVERY`], one statement reads the outcomes of every
+    /// state this instance's waits wait on, through its pool and with its
+    /// clock, and wakes their waiters with them. The outcome comes from the
+    /// table, as the waiter's own read would, so this is as safe as that
+    /// read; it spares each woken waiter a statement and a pool session
+    /// (new logins may be what fails). A failed poll is retried at the same
+    /// pace, by whichever waiter claims it: another waiter of this instance
+    /// goes through the same pool, and other instances poll on their own.
+    /// A poll that outlasts its claim ([`crate::wake::POLL_LEASE`]) is
+    /// given up as failed, so two polls of an instance never run at once
+    /// while their claimers are run. Never ends; dropped when this
+    /// waiter's down phase or wait ends.
+    async fn poll_while_down(&self) -> std::convert::Infallible {
+        let poller = self.poller();
+        // The first poll of an outage comes a period after it began (the
+        // listener usually reconnects long before), then the instance's
+        // pace.
+        let not_before = tokio::time::Instant::now() + POLL_EVERY;
+        loop {
+            // Looked at again at least once a period: a claim in flight
+            // usually ends long before it lapses.
+            let due = poller.due(not_before);
+            tokio::time::sleep_until(due.min(tokio::time::Instant::now() + POLL_EVERY)).await;
+            // Not due yet, or another waiter claimed it first: look again.
+            let Some(claim) = poller.claim(not_before) else {
+                continue;
+            };
+            let states = poller.states();
+            // Given up when the claim lapses, not a lease after now: no
+            // other claimer's poll starts while this one still runs.
+            let found = tokio::time::timeout_at(
+                claim.lapses,
+                sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
+                    .bind(&states)
+                    .bind(self.now().unix_millis())
+                    .fetch_all(self.pool()),
+            )
+            .await;
+            match found {
+                Ok(Ok(found)) => {
+                    for (state, outcome) in found {
+                        self.hub().deliver_polled(&state, outcome);
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(
+                        error = %db("poll flow outcomes", error),
+                        "polling the outcomes while the completion listener is down failed"
+                    );
+                    poller.failed();
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(
+                        "polling the outcomes while the completion listener is down took longer than its claim"
+                    );
+                    poller.failed();
+                }
+            }
+            drop(claim);
+        }
+    }
 }
 
 #[async_trait]
@@ -179,49 +319,19 @@ impl PendingStore for PostgresStore {
     async fn wait(&self, state: &FlowState, timeout: Duration) -> Result<Option<FlowOutcome>> {
         let deadline = mcp_authkit_core::deadline_after(timeout);
         // Registered before the stored outcome is read: every notification
-        // from now on reaches this waiter.
+        // (and every poll) from now on reaches this waiter.
         let mut registration = self.hub().register(state.as_str().as_bytes());
+        let _polled = self.poller().watch(state.as_str().as_bytes());
         let mut link = self.hub().link();
         let mut seen_up = false;
-        let mut next_poll = tokio::time::Instant::now() + POLL_WHILE_DOWN;
         loop {
             // Until LISTEN is in effect, a read could miss a completion
-            // committed right after it; meanwhile the outcome is polled.
-            loop {
-                let refused = match &*link.borrow_and_update() {
-                    Link::Up(_) => {
-                        seen_up = true;
-                        break;
-                    }
-                    Link::Down(error) => error.clone().filter(|error| !error.is_retryable()),
-                };
-                // A listener that cannot log in ends no wait while the pool
-                // still answers; only a wait that has nothing that works
-                // (never a listener, no pool) reports the refusal.
-                let must_answer = refused.is_some() && !seen_up;
-                if must_answer || tokio::time::Instant::now() >= next_poll {
-                    next_poll = tokio::time::Instant::now() + POLL_WHILE_DOWN;
-                    match self.outcome(state).await {
-                        Ok(Some(outcome)) => return Ok(Some(outcome)),
-                        Ok(None) => {}
-                        Err(_) if must_answer => {
-                            return Err(refused.expect("must_answer implies a refusal"));
-                        }
-                        // Retried at the next poll, or by the deadline's read.
-                        Err(_) => {}
-                    }
-                }
-                tokio::select! {
-                    changed = link.changed() => {
-                        if changed.is_err() {
-                            return Err(stopped());
-                        }
-                    }
-                    () = tokio::time::sleep_until(next_poll) => {}
-                    // Out of time without a listener: answer from the
-                    // store, which is what a notification would have said.
-                    () = tokio::time::sleep_until(deadline) => return self.outcome(state).await,
-                }
+            // committed right after it.
+            if let Some(answer) = self
+                .wait_while_down(state, &mut registration, &mut link, &mut seen_up, deadline)
+                .await
+            {
+                return answer;
             }
             let mut recheck = false;
             match self.outcome(state).await {
@@ -232,7 +342,7 @@ impl PendingStore for PostgresStore {
             }
             tokio::select! {
                 // Notified: read the stored outcome.
-                () = registration.notified() => {}
+                _ = registration.notified() => {}
                 // Dropped or listening again: read again, since notifications
                 // sent in between were not delivered.
                 changed = link.changed() => {

@@ -81,6 +81,7 @@ pub(crate) struct Statements {
     pub(crate) store_outcome: Arc<str>,
     pub(crate) notify: Arc<str>,
     pub(crate) outcome: Arc<str>,
+    pub(crate) poll_outcomes: Arc<str>,
     pub(crate) purge_flows: Arc<str>,
     pub(crate) purge_active: Arc<str>,
     pub(crate) purge_outcomes: Arc<str>,
@@ -173,6 +174,10 @@ impl Statements {
             notify: "SELECT pg_notify($1, $2)".into(),
             outcome: sql("SELECT outcome FROM __S__.mcp_authkit_outcomes \
                           WHERE state = $1 AND expires_at > $2"),
+            // The outcomes of every state a store instance waits on, in one
+            // statement.
+            poll_outcomes: sql("SELECT state, outcome FROM __S__.mcp_authkit_outcomes \
+                                WHERE state = ANY($1) AND expires_at > $2"),
             // Every purge checks the expiry again on the row it deletes: a
             // takeover (ON CONFLICT DO UPDATE) that renewed the row after the
             // subquery read it commits while the DELETE waits for its lock,

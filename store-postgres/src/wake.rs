@@ -43,8 +43,16 @@
 //! find it in `pg_stat_activity` whatever it last ran (the probe's
 //! `SELECT 1` replaces the `LISTEN` in its `query` column).
 //!
-//! A listener that is down ends no wait by itself: the waiters read their
-//! outcome through their pool meanwhile (see `PendingStore::wait`).
+//! A listener that is down ends no wait by itself. Meanwhile, per store
+//! instance, one of its waiters at a time (whichever claims the poll when
+//! it is due, [`Poller::claim`]) reads, through that instance's pool, which of the
+//! instance's waited states have an outcome, in one statement every
+//! [`POLL_EVERY`], and wakes their waiters with the outcome it read (from
+//! the table, never from a notification). The database answers one
+//! statement a second per store instance that has waiters, not one per
+//! waiter, when it may be in trouble. The poll is per instance, not per
+//! hub, because instances sharing a hub have pools of their own: one whose
+//! pool is exhausted or failing must not hold up another's waiters.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +70,11 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// that died without a FIN or RST (a frozen network, a dropped NAT entry)
 /// would otherwise look alive forever while notifications go nowhere.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(15);
+/// How often the outcomes of a store instance's waiters are polled, in one
+/// statement, while the link is down: the pools' sessions may well work (a password
+/// rotated on the server before the application's options follow, a
+/// listener killed by an operator).
+pub(crate) const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe may take before the connection counts as dead.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The start of the listening connection's `application_name`; the channel
@@ -79,11 +92,16 @@ pub(crate) enum Link {
     Up(u64),
 }
 
-type Waiters = HashMap<Vec<u8>, watch::Sender<u64>>;
+/// What wakes a waiter: `None` for a notification (only a hint to read the
+/// stored outcome), or the outcome's stored bytes when a poll read them
+/// from the outcomes table itself (as trustworthy as the waiter's own read).
+type Wake = Option<Arc<[u8]>>;
+
+type Waiters = HashMap<Vec<u8>, watch::Sender<Wake>>;
 
 struct Shared {
     channel: String,
-    /// Waiters by state; each notification of a state bumps its counter.
+    /// Waiters by state; each notification or poll of a state sends to it.
     waiters: Mutex<Waiters>,
     link: watch::Sender<Link>,
     /// The number of the last (re)connection; kept here, not in the
@@ -109,9 +127,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn deliver(&self, state: &[u8]) {
+    fn deliver(&self, state: &[u8], wake: Wake) {
         if let Some(sender) = lock(&self.waiters).get(state) {
-            sender.send_modify(|count| *count += 1);
+            sender.send_replace(wake);
         }
     }
 
@@ -182,19 +200,23 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Hub {
-    /// The hub of this process for the server `connect` points at and the
-    /// schema whose channel is `channel`; created on first use.
-    pub(crate) fn shared_for(connect: &PgConnectOptions, channel: &str) -> Arc<Hub> {
+    /// The hub of this process for the server `connect` points at and
+    /// `schema`, whose channel is `channel`; created on first use.
+    pub(crate) fn shared_for(connect: &PgConnectOptions, schema: &str, channel: &str) -> Arc<Hub> {
         // The socket and the TLS mode too: a store that asked for TLS must
-        // not share a listener that another store opened without it.
+        // not share a listener that another store opened without it. The
+        // schema's name itself, not only its channel (a hash of it): a
+        // polled outcome is handed to every waiter of its state on the hub,
+        // so a hub must never span two schemas' tables.
         let identity = format!(
-            "{}\0{}\0{:?}\0{:?}\0{}\0{}\0{}",
+            "{}\0{}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
             connect.get_host(),
             connect.get_port(),
             connect.get_socket(),
             connect.get_ssl_mode(),
             connect.get_database().unwrap_or_default(),
             connect.get_username(),
+            schema,
             channel
         );
         let mut hubs = hubs();
@@ -276,7 +298,7 @@ impl Hub {
         self.ensure_listening();
         let receiver = lock(&self.shared.waiters)
             .entry(state.to_vec())
-            .or_insert_with(|| watch::Sender::new(0))
+            .or_insert_with(|| watch::Sender::new(None))
             .subscribe();
         Registration {
             shared: Arc::clone(&self.shared),
@@ -288,7 +310,14 @@ impl Hub {
     /// Wakes this process's waiters of `state` at once, after a commit made
     /// here (the notification follows, and only makes them read again).
     pub(crate) fn deliver_local(&self, state: &[u8]) {
-        self.shared.deliver(state);
+        self.shared.deliver(state, None);
+    }
+
+    /// Wakes the waiters of `state` with the outcome a poll read from the
+    /// store: handing it over spares each of them a read, and a pool
+    /// session, while new logins may be what fails.
+    pub(crate) fn deliver_polled(&self, state: &[u8], outcome: Vec<u8>) {
+        self.shared.deliver(state, Some(outcome.into()));
     }
 
     pub(crate) fn link(&self) -> watch::Receiver<Link> {
@@ -312,16 +341,175 @@ impl Hub {
     }
 }
 
+/// The poll of one store instance's waited states while the link is down.
+///
+/// Each instance (each pool) has its own, not one per hub: a poll runs
+/// through its instance's pool, and a pool that is exhausted (a poll
+/// waiting its `acquire_timeout`) or failing must delay nobody but its own
+/// waiters, who could not be answered through it anyway. The cost stays
+/// bounded by the number of store instances with waiters, not by the
+/// number of waiters.
+#[derive(Default)]
+pub(crate) struct Poller {
+    /// Who polls next and when: any waiter of the instance in its down
+    /// phase may claim the poll once it is due, so a waiter whose future
+    /// stops being run (an idle runtime, a future kept but not polled)
+    /// delays the others by at most [`POLL_LEASE`], never for the rest of
+    /// their wait.
+    lease: Mutex<Lease>,
+    /// The instance's waited states, with how many of its waits wait on
+    /// each: what its poll reads.
+    states: Mutex<HashMap<Vec<u8>, usize>>,
+    /// Bumped by every failed poll: the poll went through the same pool
+    /// as a waiter's own read would, so a waiter whose only answer is that
+    /// pool (a refused listener that never was up) takes the failure as
+    /// its own instead of reading again (one statement, not one per
+    /// waiter).
+    failures: watch::Sender<u64>,
+}
+
+/// How long a claimed poll keeps others from polling: a claimer still run
+/// gives its poll up by then (it counts as failed), and one no longer run
+/// stops mattering. Longer than the pace, so a poll of a slow but working
+/// pool is not started twice at once.
+pub(crate) const POLL_LEASE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Lease {
+    /// When the last poll started, whoever ran it: the pace holds across
+    /// claimers.
+    last: Option<tokio::time::Instant>,
+    /// The poll in flight, if any: its claim's number and when the claim
+    /// lapses.
+    claimed: Option<(u64, tokio::time::Instant)>,
+    /// Numbers the claims, so a lapsed claimer's release does not end its
+    /// successor's claim.
+    claims: u64,
+}
+
+impl Poller {
+    /// When this instance's poll is next due for a waiter whose down phase
+    /// lets it poll from `not_before`: [`POLL_EVERY`] after the last poll
+    /// started, and not while a live claim is in flight.
+    pub(crate) fn due(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
+        lock(&self.lease).due(not_before)
+    }
+
+    /// Claims the poll if it is due now for a waiter that may poll from
+    /// `not_before`; `None` when another waiter claimed it first. The poll
+    /// runs on a waiter, not on the listener's thread: it goes through the
+    /// instance's pool on the waiter's own runtime (a pool's connections
+    /// belong to the runtime that opened them, and the point is to use the
+    /// pool's sessions, which may work while new logins do not), it never
+    /// delays the listener's reconnection, and it stops by itself when the
+    /// link is up again (every waiter leaves its down phase) or nobody
+    /// waits.
+    pub(crate) fn claim(&self, not_before: tokio::time::Instant) -> Option<PollClaim<'_>> {
+        let now = tokio::time::Instant::now();
+        // Checked and claimed under one lock: of waiters due at once, on
+        // any threads, one claims.
+        let mut lease = lock(&self.lease);
+        if lease.due(not_before) > now {
+            return None;
+        }
+        lease.claims += 1;
+        let id = lease.claims;
+        lease.last = Some(now);
+        let lapses = now + POLL_LEASE;
+        lease.claimed = Some((id, lapses));
+        Some(PollClaim {
+            poller: self,
+            id,
+            lapses,
+        })
+    }
+
+    /// Records that the poll failed.
+    pub(crate) fn failed(&self) {
+        self.failures.send_modify(|failures| *failures += 1);
+    }
+
+    pub(crate) fn failures(&self) -> watch::Receiver<u64> {
+        self.failures.subscribe()
+    }
+
+    /// Adds a wait's state to what this instance polls, until the returned
+    /// guard is dropped.
+    pub(crate) fn watch(&self, state: &[u8]) -> Polled<'_> {
+        *lock(&self.states).entry(state.to_vec()).or_default() += 1;
+        Polled {
+            poller: self,
+            state: state.to_vec(),
+        }
+    }
+
+    /// Every state one of this instance's waits waits on.
+    pub(crate) fn states(&self) -> Vec<Vec<u8>> {
+        lock(&self.states).keys().cloned().collect()
+    }
+}
+
+impl Lease {
+    fn due(&self, not_before: tokio::time::Instant) -> tokio::time::Instant {
+        let mut due = not_before;
+        if let Some(last) = self.last {
+            due = due.max(last + POLL_EVERY);
+        }
+        if let Some((_, lapses)) = self.claimed {
+            due = due.max(lapses);
+        }
+        due
+    }
+}
+
+/// A claimed poll of an instance; ends the claim when dropped (the poll
+/// done, or its waiter's down phase or wait over), so the next poll waits
+/// for the pace only.
+pub(crate) struct PollClaim<'a> {
+    poller: &'a Poller,
+    id: u64,
+    /// When others may claim again: the poll must be given up by then.
+    pub(crate) lapses: tokio::time::Instant,
+}
+
+impl Drop for PollClaim<'_> {
+    fn drop(&mut self) {
+        let mut lease = lock(&self.poller.lease);
+        if lease.claimed.is_some_and(|(id, _)| id == self.id) {
+            lease.claimed = None;
+        }
+    }
+}
+
+/// A wait's state in its instance's poll; removed with its last wait.
+pub(crate) struct Polled<'a> {
+    poller: &'a Poller,
+    state: Vec<u8>,
+}
+
+impl Drop for Polled<'_> {
+    fn drop(&mut self) {
+        let mut states = lock(&self.poller.states);
+        if let Some(count) = states.get_mut(&self.state) {
+            *count -= 1;
+            if *count == 0 {
+                states.remove(&self.state);
+            }
+        }
+    }
+}
+
 /// A waiter's interest in one state; removes the entry with its last waiter.
 pub(crate) struct Registration {
     shared: Arc<Shared>,
     state: Vec<u8>,
-    receiver: Option<watch::Receiver<u64>>,
+    receiver: Option<watch::Receiver<Wake>>,
 }
 
 impl Registration {
-    /// Waits for the next notification of the state.
-    pub(crate) async fn notified(&mut self) {
+    /// Waits for the next notification or poll of the state; returns the
+    /// outcome's stored bytes when a poll read them.
+    pub(crate) async fn notified(&mut self) -> Wake {
         let receiver = self
             .receiver
             .as_mut()
@@ -330,6 +518,7 @@ impl Registration {
             // The sender lives in the map while this receiver exists.
             std::future::pending::<()>().await;
         }
+        receiver.borrow_and_update().clone()
     }
 }
 
@@ -499,7 +688,7 @@ async fn listen(shared: &Shared) {
             }
             match received {
                 Ok(Some(notification)) => match unhex(notification.payload()) {
-                    Some(state) => shared.deliver(&state),
+                    Some(state) => shared.deliver(&state, None),
                     None => tracing::warn!(
                         "ignoring a notification on the completion channel that this library did not send"
                     ),
@@ -554,6 +743,38 @@ mod tests {
         assert_eq!(unhex("zz"), None);
     }
 
+    /// The poll's claim: one claimer at a time, the pace kept across
+    /// claimers, a claim ended as soon as its poll is done, and one whose
+    /// claimer is never run again (its guard never dropped) keeping the
+    /// others out for [`POLL_LEASE`] only, not for good. No clock is
+    /// advanced: only when the next poll is due is asserted.
+    #[tokio::test]
+    async fn a_poll_claim_ends_with_its_poll_or_lapses() {
+        let poller = Poller::default();
+        let t0 = tokio::time::Instant::now();
+        assert!(poller.due(t0) <= tokio::time::Instant::now());
+        let claim = poller.claim(t0).expect("due: nobody polled yet");
+        let claimed_at = tokio::time::Instant::now();
+        assert!(poller.claim(t0).is_none(), "one claimer at a time");
+        assert!(poller.due(t0) >= t0 + POLL_LEASE, "held while in flight");
+        drop(claim);
+        // Done: the next poll waits for the pace only.
+        let due = poller.due(t0);
+        assert!(due >= t0 + POLL_EVERY && due <= claimed_at + POLL_EVERY);
+        assert!(poller.claim(t0).is_none(), "not before the pace");
+
+        // A claimer that stops being run: its claim lapses.
+        let poller = Poller::default();
+        std::mem::forget(poller.claim(t0).expect("due"));
+        let after = tokio::time::Instant::now();
+        assert!(poller.claim(t0).is_none());
+        let due = poller.due(t0);
+        assert!(
+            due >= t0 + POLL_LEASE && due <= after + POLL_LEASE,
+            "{due:?}"
+        );
+    }
+
     /// Stores that differ only in TLS mode or unix socket do not share a
     /// listener: one opened without TLS must not serve a store that asked
     /// for it. No server needed: a hub connects only when waited on.
@@ -562,11 +783,26 @@ mod tests {
         use sqlx::postgres::PgSslMode;
         let base: PgConnectOptions = "postgres://someone@127.0.0.1:5432/db".parse().unwrap();
         let channel = "mcp_authkit_identity_test";
-        let hub = Hub::shared_for(&base, channel);
-        assert!(Arc::ptr_eq(&hub, &Hub::shared_for(&base.clone(), channel)));
+        let hub = Hub::shared_for(&base, "s", channel);
+        assert!(Arc::ptr_eq(
+            &hub,
+            &Hub::shared_for(&base.clone(), "s", channel)
+        ));
         let tls = base.clone().ssl_mode(PgSslMode::Require);
-        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&tls, channel)));
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&tls, "s", channel)));
         let socket = base.clone().socket("/run/postgresql");
-        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&socket, channel)));
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&socket, "s", channel)));
+    }
+
+    /// Two schemas never share a hub, even if their channels were the same
+    /// (the channel is a 64-bit hash of the name): a polled outcome goes to
+    /// every waiter of its state on the hub, read from one schema's table.
+    #[test]
+    fn the_schema_name_is_part_of_the_listeners_identity() {
+        let base: PgConnectOptions = "postgres://someone@127.0.0.1:5432/db".parse().unwrap();
+        let channel = "mcp_authkit_same_channel_test";
+        let hub = Hub::shared_for(&base, "one", channel);
+        assert!(Arc::ptr_eq(&hub, &Hub::shared_for(&base, "one", channel)));
+        assert!(!Arc::ptr_eq(&hub, &Hub::shared_for(&base, "two", channel)));
     }
 }

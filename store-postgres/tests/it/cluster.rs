@@ -179,7 +179,14 @@ impl Cluster {
     /// A started cluster, or `None` with a note when initdb and pg_ctl are
     /// missing; with `CI=true` their absence fails the test instead.
     pub fn start_new_or_explain() -> Option<Cluster> {
-        let cluster = Self::start_new();
+        Self::start_new_with_or_explain("")
+    }
+
+    /// [`Cluster::start_new_or_explain`] with `settings` (postgresql.conf
+    /// lines) added before the first start: settings such as
+    /// `shared_preload_libraries` take effect only at server start.
+    pub fn start_new_with_or_explain(settings: &str) -> Option<Cluster> {
+        let cluster = Self::start_new_with(settings);
         if cluster.is_none() {
             assert!(
                 !crate::common::ci(),
@@ -191,7 +198,7 @@ impl Cluster {
         cluster
     }
 
-    pub fn start_new() -> Option<Cluster> {
+    fn start_new_with(settings: &str) -> Option<Cluster> {
         let bin = bindir()?;
         let dir = tempfile::tempdir().unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -212,6 +219,14 @@ impl Cluster {
             ],
         );
         assert!(init.status.success(), "initdb: {init:?}");
+        if !settings.is_empty() {
+            use std::io::Write;
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            writeln!(conf, "{settings}").unwrap();
+        }
         let cluster = Cluster {
             bin,
             data,

@@ -524,3 +524,620 @@ async fn the_listener_is_found_by_name_after_its_probe() {
     assert_eq!(listener_pids(&channel).await, vec![pid]);
     assert_eq!(store.listener_epoch(), Some(1), "the probe broke nothing");
 }
+
+/// Statements the role `user` ran so far, by pg_stat_statements (counted
+/// in shared memory when each statement ends, unlike the table statistics,
+/// which a backend may send seconds later).
+async fn statements_run_by(admin: &mut sqlx::PgConnection, user: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+         WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(user)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// While the listener is down, the database must not pay for the number of
+/// waiters exactly when it may be in trouble: the outcomes of all of them
+/// are read in one statement a second for the store instance (one waiter
+/// does it for the others), not one statement a second per waiter. Completions made
+/// meanwhile still wake every waiter, with the listener still down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_listener_is_down_one_statement_a_second_polls_every_waiter() {
+    const WAITERS: usize = 400;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let Some(cluster) = Cluster::start_new_with_or_explain(
+        "shared_preload_libraries = 'pg_stat_statements'\nsynchronous_commit = off",
+    ) else {
+        return;
+    };
+    let mut admin = cluster.admin().await;
+    // The completer: the superuser, so another listener hub.
+    let completer = PostgresStore::options(&cluster.url("postgres"))
+        .schema("polled")
+        .open()
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements; CREATE ROLE waiter LOGIN")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(crate::common::least_privilege_grants(
+        "polled", "waiter",
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // Sessions opened now outlive the connection limit set below.
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .min_connections(8)
+        .connect(&cluster.url("waiter"))
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema("polled")
+        .open()
+        .await
+        .unwrap();
+    let flows: Vec<_> = (0..WAITERS)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        completer.insert(f).await.unwrap();
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    for f in &flows {
+        let (store, state) = (store.clone(), f.state.clone());
+        waits.spawn(async move { store.wait(&state, MINUTE).await });
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == WAITERS)
+        .await
+    );
+
+    // Keep the listener from coming back (a retryable refusal: too many
+    // connections for the role), then kill it.
+    sqlx::raw_sql("ALTER ROLE waiter CONNECTION LIMIT 0")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let listener = listener_of(&mut admin, "waiter", store.channel()).await;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    // Past the first second of the outage, then a steady window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = statements_run_by(&mut admin, "waiter").await;
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    let ran = statements_run_by(&mut admin, "waiter").await - before;
+    let per_second = ran as f64 / started.elapsed().as_secs_f64();
+    eprintln!("FIGURE: {WAITERS} waiters, listener down: {per_second:.1} statements/s");
+    assert!(
+        per_second <= 3.0,
+        "{WAITERS} waiters with the listener down ran {ran} statements in {WINDOW:?}"
+    );
+
+    // Completed while nobody listens: found by the poll, every one of them.
+    for (i, f) in flows.iter().enumerate() {
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+            .await
+            .unwrap();
+    }
+    let mut woken = 0;
+    while let Some(outcome) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+        .await
+        .expect("every waiter wakes while the listener is down")
+    {
+        assert!(matches!(
+            outcome.unwrap().unwrap(),
+            Some(FlowOutcome::Authorized { .. })
+        ));
+        woken += 1;
+    }
+    assert_eq!(woken, WAITERS);
+    assert_eq!(store.listener_epoch(), None, "woken with the listener down");
+}
+
+/// A wait that never saw the listener up, whose listener is refused for
+/// good, lives on its pool: it waits while the pool answers, and reports
+/// the listener's refusal once the pool stops answering too (its sessions
+/// gone, new logins refused), found by its instance's failed poll, not at
+/// the wait's deadline.
+#[tokio::test]
+async fn a_refused_wait_reports_the_refusal_once_its_pool_fails_too() {
+    let schema = Schema::new("mustanswer").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url_as(&role.name).await)
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    // Its sessions stay; new logins, the listener's first among them, fail.
+    crate::common::admin_exec(format!("ALTER ROLE {} NOLOGIN", role.name)).await;
+    let f = flow(&TokenKey::new("github", "alice"), MINUTE);
+    store.insert(&f).await.unwrap();
+    let waiter = {
+        let (store, state) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_failure()
+            .is_some_and(|failure| !failure.is_retryable()))
+        .await,
+        "the listener is refused: {:?}",
+        store.listener_failure()
+    );
+    // Past the wait's first read and its first poll: the pool answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiter.is_finished(), "a pool that answers keeps the wait");
+    crate::common::admin_exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}'",
+        role.name
+    ))
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the refusal is reported once the pool fails too")
+        .unwrap();
+    let error = answer.expect_err("nothing works: an error");
+    assert!(!error.is_retryable(), "the listener's refusal: {error}");
+    assert_eq!(store.listener_epoch(), None);
+    drop(store);
+    drop(role);
+}
+
+/// While the listener is down, a store instance whose pool cannot hand out
+/// a session (exhausted: its poll waits for one until its claim lapses,
+/// well within the pool's 30 s acquire timeout) delays no waiter of
+/// another, healthy instance on the same hub: each instance polls through
+/// its own pool, on its own claims. Found by its poll
+/// within seconds, well before the stuck pool's acquire timeout and the
+/// wait's deadline (one poll turn per hub kept it waiting ~19 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_pool_delays_no_waiter_of_another_store_instance() {
+    let schema = Schema::new("stuckturn").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let url = url_as(&role.name).await;
+    let pool_a = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .unwrap();
+    let pool_b = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store_a = PostgresStoreOptions::from_pool(pool_a.clone())
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let store_b = PostgresStoreOptions::from_pool(pool_b)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    completer.insert(&fa).await.unwrap();
+    completer.insert(&fb).await.unwrap();
+    let wait_a = {
+        let (s, st) = (store_a.clone(), fa.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_some()
+            && store_a.waited_states() == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = pool_a.acquire().await.unwrap();
+    let mut admin = crate::common::admin().await;
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    let listener = listener_of(&mut admin, &role.name, store_a.channel()).await;
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait_b = {
+        let (s, st) = (store_b.clone(), fb.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    completer.take(&fb.state).await.unwrap().unwrap();
+    completer
+        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // A third of the stuck pool's acquire timeout; the wait's own deadline
+    // (a minute) is further still, so the outcome came from a poll.
+    let got = tokio::time::timeout(Duration::from_secs(10), wait_b).await;
+    eprintln!(
+        "FIGURE: healthy store's waiter woke after {:?} (listener down, other store's pool stuck)",
+        started.elapsed()
+    );
+    let got = got.expect("the healthy instance's waiter is woken by its own poll");
+    assert!(matches!(
+        got.unwrap().unwrap(),
+        Some(FlowOutcome::Authorized { .. })
+    ));
+    drop(held);
+    wait_a.abort();
+    drop((store_a, store_b, completer));
+    drop(role);
+}
+
+/// While the listener is down, the failing polls of a store instance whose
+/// pool is closed (20 waiters) do not slow down the waiter of a healthy
+/// instance on the same hub: with one poll turn per hub, each failing
+/// waiter took a one-second slot in turn and the healthy waiter was found
+/// once every 21 s; with a poll per instance it is found by its own
+/// instance's next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_polls_of_one_store_instance_do_not_slow_another() {
+    const K: usize = 20;
+    let schema = Schema::new("failturn").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let url = url_as(&role.name).await;
+    let pool_a = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let pool_b = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store_a = PostgresStoreOptions::from_pool(pool_a.clone())
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let store_b = PostgresStoreOptions::from_pool(pool_b)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    completer.insert(&fb).await.unwrap();
+    let mut waits_a = tokio::task::JoinSet::new();
+    for i in 0..K {
+        let f = flow(&TokenKey::new("github", format!("a{i}")), MINUTE);
+        completer.insert(&f).await.unwrap();
+        let s = store_a.clone();
+        waits_a.spawn(async move { s.wait(&f.state, MINUTE).await });
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_some()
+            && store_a.waited_states() == K)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pool_a.close().await;
+    let mut admin = crate::common::admin().await;
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    let listener = listener_of(&mut admin, &role.name, store_a.channel()).await;
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store_a
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait_b = {
+        let (s, st) = (store_b.clone(), fb.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    completer.take(&fb.state).await.unwrap().unwrap();
+    completer
+        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Half of the 21 s a shared turn took; the wait's own deadline (a
+    // minute) is further still, so the outcome came from a poll.
+    let got = tokio::time::timeout(Duration::from_secs(10), wait_b).await;
+    eprintln!(
+        "FIGURE: {K} failing waiters of another instance: healthy store's waiter woke after {:?}",
+        started.elapsed()
+    );
+    let got = got.expect("the healthy instance's waiter is woken by its own poll");
+    assert!(matches!(
+        got.unwrap().unwrap(),
+        Some(FlowOutcome::Authorized { .. })
+    ));
+    waits_a.abort_all();
+    drop((store_a, store_b, completer));
+    drop(role);
+}
+
+/// A waiter whose future stops being run (here: on a current_thread
+/// runtime that is alive but idle) must not keep the other waiters of its
+/// store instance from being polled: a waiter on another runtime still
+/// wakes from the instance's poll, while the listener stays down, well
+/// before its own deadline (20 s).
+#[test]
+fn a_waiter_no_longer_run_does_not_keep_its_instance_from_polling() {
+    let a = current_thread();
+    let b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schema = b.block_on(Schema::new("idlert"));
+    let (completer, role, store) = b.block_on(async {
+        schema.open().await.close().await;
+        let role = AppRole::new(&schema.name, true).await;
+        let completer = schema.open().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(2)
+            .connect(&url_as(&role.name).await)
+            .await
+            .unwrap();
+        let store = PostgresStoreOptions::from_pool(pool)
+            .schema(&schema.name)
+            .open()
+            .await
+            .unwrap();
+        (completer, role, store)
+    });
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    b.block_on(completer.insert(&fa)).unwrap();
+    b.block_on(completer.insert(&fb)).unwrap();
+    let _wait_a = {
+        let (s, st) = (store.clone(), fa.state.clone());
+        a.spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    assert!(a.block_on(eventually(Duration::from_secs(10), async || {
+        store.listener_epoch().is_some() && store.waited_states() == 1
+    })));
+    b.block_on(async {
+        let mut admin = crate::common::admin().await;
+        crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+        let listener = listener_of(&mut admin, &role.name, store.channel()).await;
+        let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(listener)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    });
+    // Runtime a runs while the link goes down: its waiter takes the turn.
+    assert!(a.block_on(eventually(Duration::from_secs(10), async || {
+        store.listener_epoch().is_none()
+    })));
+    a.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    // Runtime a is now idle (alive, not driven).
+    b.block_on(async {
+        let wait_b = {
+            let (s, st) = (store.clone(), fb.state.clone());
+            tokio::spawn(async move { s.wait(&st, Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        completer.take(&fb.state).await.unwrap().unwrap();
+        completer
+            .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(30), wait_b)
+            .await
+            .expect("the wait ends by its own deadline")
+            .unwrap();
+        let took = started.elapsed();
+        eprintln!("FIGURE: waiter beside one no longer run woke after {took:?}");
+        assert_eq!(got.unwrap(), Some(authorized(1)));
+        assert!(took < Duration::from_secs(5), "starved for {took:?}");
+        // Woken by the poll, not by a listener back up.
+        assert!(store.listener_epoch().is_none());
+    });
+    drop(a);
+    drop((store, completer));
+    b.block_on(async move { drop(role) });
+    drop(schema);
+}
+
+/// Two waits of one store instance on the same state (a joined flow): when
+/// one of them ends while the listener is down, the state stays in the
+/// instance's poll for the other, which wakes from the poll when the flow
+/// completes, with the listener still down, long before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_waits_state_stays_polled_when_the_other_wait_ends() {
+    let schema = Schema::new("joinpoll").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .connect(&url_as(&role.name).await)
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let f = flow(&TokenKey::new("github", "joined"), MINUTE);
+    completer.insert(&f).await.unwrap();
+    let first = {
+        let (s, st) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    let second = {
+        let (s, st) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { s.wait(&st, Duration::from_secs(30)).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == 1)
+        .await
+    );
+    let mut admin = crate::common::admin().await;
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
+    let listener = listener_of(&mut admin, &role.name, store.channel()).await;
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    // One of the two waits ends (its caller gave up) during the outage.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(store.waited_states(), 1, "the other wait still waits");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(7), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(40), second)
+        .await
+        .expect("the wait ends by its own deadline")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("FIGURE: joined wait after the other ended woke after {took:?}");
+    assert_eq!(got.unwrap(), Some(authorized(7)));
+    assert!(took < Duration::from_secs(5), "not polled: {took:?}");
+    assert!(store.listener_epoch().is_none(), "woken by the poll");
+    drop((store, completer));
+    drop(role);
+}
+
+/// A refused wait counts only the instance's polls that fail after its
+/// own first read answered: one that failed while that read queued for the
+/// pool (here: behind a session the test holds) says nothing about a pool
+/// that then answered. Another refused waiter of the instance, whose own
+/// poll that was, reports the refusal; the later one keeps waiting on the
+/// working pool and is answered by the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_failing_before_a_refused_waits_own_read_answered_does_not_end_it() {
+    let schema = Schema::new("failbefore").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url_as(&role.name).await)
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool.clone())
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    crate::common::admin_exec(format!("ALTER ROLE {} NOLOGIN", role.name)).await;
+    let f0 = flow(&TokenKey::new("github", "first"), MINUTE);
+    let f = flow(&TokenKey::new("github", "later"), MINUTE);
+    completer.insert(&f0).await.unwrap();
+    completer.insert(&f).await.unwrap();
+    let first = {
+        let (s, st) = (store.clone(), f0.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_failure()
+            .is_some_and(|failure| !failure.is_retryable()))
+        .await
+    );
+    // The first wait's own read is done (one statement, idle pool).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = pool.acquire().await.unwrap();
+    let later = {
+        let (s, st) = (store.clone(), f.state.clone());
+        tokio::spawn(async move { s.wait(&st, MINUTE).await })
+    };
+    // The instance's poll fails (it outlasts its claim): the first wait
+    // reports the refusal, while the later one's read still queues.
+    let answer = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("the first wait sees its instance's poll fail")
+        .unwrap();
+    assert!(!answer.expect_err("refused").is_retryable());
+    drop(held);
+    // The later wait's read answers now; the failure before it is not
+    // its answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!later.is_finished(), "{:?}", later.await);
+    completer.take(&f.state).await.unwrap().unwrap();
+    completer
+        .complete(&f.key, &f.state, &authorized(3), MINUTE)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), later)
+        .await
+        .expect("found by the instance's next poll")
+        .unwrap();
+    assert_eq!(got.unwrap(), Some(authorized(3)));
+    assert_eq!(store.listener_epoch(), None);
+    drop((store, completer, pool));
+    drop(role);
+}
