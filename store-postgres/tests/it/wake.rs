@@ -136,6 +136,18 @@ async fn listener_of(admin: &mut sqlx::PgConnection, user: &str, channel: &str) 
     .unwrap()
 }
 
+/// Takes the listener of `channel`, logged in as `role`, down and keeps it
+/// down: the role may open no more connections (a retryable refusal, so
+/// the pools' sessions live on), then the listening connection is
+/// terminated.
+async fn keep_listener_down(role: &str, channel: &str) {
+    crate::common::admin_exec(format!("ALTER ROLE {role} CONNECTION LIMIT 0")).await;
+    let mut admin = crate::common::admin().await;
+    let listener = listener_of(&mut admin, role, channel).await;
+    let _ = sqlx::Connection::close(admin).await;
+    crate::common::terminate(listener).await;
+}
+
 /// A password rotated on the server before the application's options
 /// follow: the listener, terminated meanwhile, cannot log in again, yet no
 /// wait fails (not one parked before, nor one started during the outage);
@@ -766,14 +778,7 @@ async fn a_stuck_pool_delays_no_waiter_of_another_store_instance() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let held = pool_a.acquire().await.unwrap();
-    let mut admin = crate::common::admin().await;
-    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
-    let listener = listener_of(&mut admin, &role.name, store_a.channel()).await;
-    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(listener)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+    keep_listener_down(&role.name, store_a.channel()).await;
     assert!(
         eventually(Duration::from_secs(10), async || store_a
             .listener_epoch()
@@ -863,14 +868,7 @@ async fn failing_polls_of_one_store_instance_do_not_slow_another() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     pool_a.close().await;
-    let mut admin = crate::common::admin().await;
-    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
-    let listener = listener_of(&mut admin, &role.name, store_a.channel()).await;
-    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(listener)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+    keep_listener_down(&role.name, store_a.channel()).await;
     assert!(
         eventually(Duration::from_secs(10), async || store_a
             .listener_epoch()
@@ -948,16 +946,7 @@ fn a_waiter_no_longer_run_does_not_keep_its_instance_from_polling() {
     assert!(a.block_on(eventually(Duration::from_secs(10), async || {
         store.listener_epoch().is_some() && store.waited_states() == 1
     })));
-    b.block_on(async {
-        let mut admin = crate::common::admin().await;
-        crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
-        let listener = listener_of(&mut admin, &role.name, store.channel()).await;
-        let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-            .bind(listener)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-    });
+    b.block_on(keep_listener_down(&role.name, store.channel()));
     // Runtime a runs while the link goes down: its waiter takes the turn.
     assert!(a.block_on(eventually(Duration::from_secs(10), async || {
         store.listener_epoch().is_none()
@@ -1031,14 +1020,7 @@ async fn a_joined_waits_state_stays_polled_when_the_other_wait_ends() {
             && store.waited_states() == 1)
         .await
     );
-    let mut admin = crate::common::admin().await;
-    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT 0", role.name)).await;
-    let listener = listener_of(&mut admin, &role.name, store.channel()).await;
-    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(listener)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+    keep_listener_down(&role.name, store.channel()).await;
     assert!(
         eventually(Duration::from_secs(10), async || store
             .listener_epoch()
