@@ -291,28 +291,7 @@ async fn a_sign_in_the_user_never_finishes_counts_one_timed_out_wait_and_one_aba
 async fn a_joined_request_that_gives_up_counts_one_timed_out_wait() {
     let mut rec = Recording::start();
     let world = World::start().await;
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let (e, r) = (entered.clone(), release.clone());
-    let provider = world
-        .provider()
-        .namespace(NAMESPACE)
-        .authorization_timeout(Duration::from_millis(300))
-        .interaction(prompt_fn(move |prompt| {
-            let (e, r) = (e.clone(), r.clone());
-            async move {
-                e.notify_one();
-                r.notified().await;
-                Browser::new()
-                    .with_user("alice")
-                    .get(prompt.url.as_str())
-                    .await
-                    .map_err(|e| ClientAuthError::Interaction(e.to_string()))?;
-                Ok(PromptOutcome::AwaitRedirect)
-            }
-        }))
-        .build()
-        .unwrap();
+    let (provider, entered, release) = held_sign_in(&world, Duration::from_millis(300));
     let shows = world.whoami(&provider);
     let joins = async {
         entered.notified().await;
@@ -336,6 +315,42 @@ async fn a_joined_request_that_gives_up_counts_one_timed_out_wait() {
             ("flows_completed_total{outcome=authorized}", 1),
         ])
     );
+}
+
+/// A provider whose sign-in is held at its prompt: the interaction hook
+/// says it was `entered` and finishes alice's sign-in in the browser only
+/// once `release`d, so a second request can join it meanwhile.
+fn held_sign_in(
+    world: &World,
+    timeout: Duration,
+) -> (
+    mcp_authkit_providers::client::OAuthClientProvider,
+    Arc<tokio::sync::Notify>,
+    Arc<tokio::sync::Notify>,
+) {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (e, r) = (entered.clone(), release.clone());
+    let provider = world
+        .provider()
+        .namespace(NAMESPACE)
+        .authorization_timeout(timeout)
+        .interaction(prompt_fn(move |prompt| {
+            let (e, r) = (e.clone(), r.clone());
+            async move {
+                e.notify_one();
+                r.notified().await;
+                Browser::new()
+                    .with_user("alice")
+                    .get(prompt.url.as_str())
+                    .await
+                    .map_err(|e| ClientAuthError::Interaction(e.to_string()))?;
+                Ok(PromptOutcome::AwaitRedirect)
+            }
+        }))
+        .build()
+        .unwrap();
+    (provider, entered, release)
 }
 
 /// Polls the event counters until they are `expected` (a dropped
@@ -461,28 +476,7 @@ async fn a_failing_interaction_hook_counts_no_give_up() {
 async fn a_joined_request_dropped_while_waiting_counts_one_cancelled_wait() {
     let mut rec = Recording::start();
     let world = World::start().await;
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let (e, r) = (entered.clone(), release.clone());
-    let provider = world
-        .provider()
-        .namespace(NAMESPACE)
-        .authorization_timeout(Duration::from_secs(30))
-        .interaction(prompt_fn(move |prompt| {
-            let (e, r) = (e.clone(), r.clone());
-            async move {
-                e.notify_one();
-                r.notified().await;
-                Browser::new()
-                    .with_user("alice")
-                    .get(prompt.url.as_str())
-                    .await
-                    .map_err(|e| ClientAuthError::Interaction(e.to_string()))?;
-                Ok(PromptOutcome::AwaitRedirect)
-            }
-        }))
-        .build()
-        .unwrap();
+    let (provider, entered, release) = held_sign_in(&world, Duration::from_secs(30));
     let shows = world.whoami(&provider);
     let joins = async {
         entered.notified().await;
