@@ -418,4 +418,25 @@ async fn an_expired_flow_leaves_the_pending_gauge_at_the_next_token_read() {
         Access::Ready(_)
     ));
     assert_eq!(pending(&rec.metrics()), 0.0);
+
+    // The read of a token that never expires reads no clock, but for a
+    // flow due (red when that path skips the sweep).
+    f.lifecycle
+        .begin_authorization("carol", FlowRequest::default())
+        .await
+        .unwrap();
+    let lasting = TokenRecord::new("gho_erin", f.clock.now());
+    assert!(lasting.expires_at.is_none());
+    f.lifecycle.store_token("erin", &lasting).await.unwrap();
+    assert!(matches!(
+        f.lifecycle.access("erin").await.unwrap(),
+        Access::Ready(_)
+    ));
+    assert_eq!(pending(&rec.metrics()), 1.0, "carol's flow is not due");
+    f.clock.advance(ttl + Duration::from_secs(1));
+    assert!(matches!(
+        f.lifecycle.access("erin").await.unwrap(),
+        Access::Ready(_)
+    ));
+    assert_eq!(pending(&rec.metrics()), 0.0);
 }
