@@ -18,8 +18,8 @@
 //! | `mcp_authkit_refresh_duration_seconds` | histogram | `provider` | time of the refresh request to the authorization server |
 //! | `mcp_authkit_elicitations_total` | counter | `provider`, `path` | sign-in requests sent to a client: `wait`, `fail_fast`, `input_required` |
 //! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
-//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | time of the store operations of the lifecycle and the providers (through the lifecycle's stores): every one, but one in 64 of an in-process store's (below) |
-//! | `mcp_authkit_store_operations_total` | counter | `backend`, `operation` | every store operation of the lifecycle and the providers |
+//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | time of the store operations of the lifecycle and the providers (through the lifecycle's stores): every one, but about one in 64 of an in-process store's (below) |
+//! | `mcp_authkit_store_operations_total` | counter | `backend`, `operation` | every completed store operation of the lifecycle and the providers |
 //! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
 //! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (per process: sum over replicas; below) |
 //! | `mcp_authkit_wake_duration_seconds` | histogram | `backend` | from a flow's completion to a waiter resuming, for completions made in this process (below) |
@@ -87,18 +87,21 @@
 //! finds the outcome already there, or times out, is not a wake.
 //!
 //! `mcp_authkit_store_operation_duration_seconds` times every operation of
-//! a store that waits for I/O, and one in 64 of an in-process store's: the
-//! first 64 runs of each operation of each store (a lifecycle's, or an
-//! [`Observed`] you made) are all timed, and an operation none of whose runs
-//! waited (its future was ready on its first poll: the memory store) is
-//! sampled from then on, until one does wait. Timing such an operation,
-//! a fraction of a microsecond, would cost about as much as the operation
-//! itself (two clock reads and a histogram record: a third of the
-//! valid-token path). What is sampled is learned from what the store does,
-//! not from how long it takes, so which operations are timed never depends
-//! on their time and the distribution is not skewed; the histogram's
-//! `_count` is then a sixty-fourth of the operations: count them with
-//! `mcp_authkit_store_operations_total`, which counts each one.
+//! a store that waits for I/O, and about one in 64 of an in-process
+//! store's: the first 64 runs of each operation of each store (a
+//! lifecycle's, or an [`Observed`] you made) are all timed, and an operation
+//! none of whose runs waited (its future was ready on its first poll: the
+//! memory store, SQLite's token read on its fast path, the encrypted store
+//! over either) is sampled from then on, at random gaps, until one run
+//! waits (that run is timed only if its turn had come; every later one
+//! is). Timing such an operation, a fraction of a microsecond, would cost
+//! about as much as the operation itself (two clock reads and a histogram
+//! record: a third of the valid-token path). Which operations are timed
+//! never depends on how long they take, so the distribution is not skewed;
+//! the histogram's `_count` is then about a sixty-fourth of the operations:
+//! count them with `mcp_authkit_store_operations_total`, which counts each
+//! completed one (an operation whose future is dropped, a wait cancelled
+//! with its tool call, is counted nowhere).
 //!
 //! Every counter is exact: it counts each event once. That histogram is the
 //! only sampled one.
@@ -360,10 +363,11 @@ mod mode {
 /// An operation that never waits (its future is ready on its first poll:
 /// the memory store) costs a fraction of a microsecond, and timing each one
 /// (two clock reads and a histogram record) would cost about as much. It is
-/// learned from what the store does, not from how long it takes, so the
-/// choice does not move with the machine's load (or valgrind), and which
-/// operations are timed never depends on their time: the sampled histogram
-/// is not skewed toward slow spells.
+/// learned from what the store does, not from how long it takes, so
+/// valgrind or a slow machine do not change it, and which operations are
+/// timed never depends on their time: the sampled histogram is not skewed
+/// toward slow spells. One wait ends the sampling for good (SQLite's token
+/// read waits only when its file is busy).
 #[cfg(feature = "metrics")]
 struct OpMetrics {
     duration: metrics::Histogram,
@@ -374,9 +378,29 @@ struct OpMetrics {
     learned: std::sync::atomic::AtomicU32,
     /// While in-process: operations still to leave untimed. Loaded and
     /// stored apart, not decremented atomically: concurrent operations may
-    /// skip a few more or fewer, and the hot path pays no locked
-    /// instruction.
+    /// skip a few more or fewer, and the hot path pays no second locked
+    /// instruction (the operations counter is the one).
     skip: std::sync::atomic::AtomicU32,
+}
+
+/// Operations to leave untimed before the next timed one: uniform in
+/// `0..2 * SAMPLE_ONE_IN - 1` (one timed in SAMPLE_ONE_IN on average), so
+/// a workload that repeats a pattern (two reads per request, the second
+/// slower) is not always sampled at the same place in it. A xorshift per
+/// thread: cheap, and no one can steer it from outside.
+#[cfg(feature = "metrics")]
+fn next_gap() -> u32 {
+    thread_local! {
+        static STATE: std::cell::Cell<u32> = const { std::cell::Cell::new(0x9E37_79B9) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        state.set(x);
+        x % (2 * SAMPLE_ONE_IN - 1)
+    })
 }
 
 #[cfg(feature = "metrics")]
@@ -390,7 +414,7 @@ impl OpMetrics {
                 self.skip.store(skip - 1, Relaxed);
                 return None;
             }
-            self.skip.store(SAMPLE_ONE_IN - 1, Relaxed);
+            self.skip.store(next_gap(), Relaxed);
         }
         Some(Instant::now())
     }

@@ -27,6 +27,7 @@ pub struct TokenKey {
 // share their provider name, and an ordered store (the memory store's map)
 // then compares no provider bytes at all.
 impl Ord for TokenKey {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         let provider = if Arc::ptr_eq(&self.provider, &other.provider) {
             std::cmp::Ordering::Equal
@@ -38,6 +39,7 @@ impl Ord for TokenKey {
 }
 
 impl PartialOrd for TokenKey {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
@@ -331,7 +333,7 @@ mod tests {
         assert!(own("github", "zed") < own("google", "alice"));
         assert!(shared("zed") < own("google", "alice"));
         assert!(own("gitea", "zed") < shared("alice"));
-        let mut keys = vec![
+        let mut keys = [
             own("google", "a"),
             shared("b"),
             own("github", "a"),
