@@ -663,8 +663,9 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// The counters, and how many calls each store operation took, straight
-/// from the recorder.
+/// The counters, and the values each histogram recorded (an in-process
+/// store's operations are timed one in 64: their count is in
+/// `store_operations_total`), straight from the recorder.
 fn print_metrics(snapshotter: &metrics_util::debugging::Snapshotter) {
     use metrics_util::debugging::DebugValue;
     let mut lines = Vec::new();
@@ -684,7 +685,7 @@ fn print_metrics(snapshotter: &metrics_util::debugging::Snapshotter) {
                 values.sort_by(f64::total_cmp);
                 let p50 = values[values.len() / 2] * 1e6;
                 lines.push(format!(
-                    "{name}{{{}}} {} calls, p50 {p50:.0} us",
+                    "{name}{{{}}} {} timed, p50 {p50:.0} us",
                     labels.join(","),
                     values.len()
                 ));

@@ -18,7 +18,8 @@
 //! | `mcp_authkit_refresh_duration_seconds` | histogram | `provider` | time of the refresh request to the authorization server |
 //! | `mcp_authkit_elicitations_total` | counter | `provider`, `path` | sign-in requests sent to a client: `wait`, `fail_fast`, `input_required` |
 //! | `mcp_authkit_tool_calls_refused_total` | counter | `provider`, `reason` | tool calls refused because the client cannot take a URL elicitation: `no_url_elicitation`, `protocol_too_old` |
-//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | every store operation of the lifecycle and the providers (through the lifecycle's stores) |
+//! | `mcp_authkit_store_operation_duration_seconds` | histogram | `backend`, `operation` | time of the store operations of the lifecycle and the providers (through the lifecycle's stores): every one, but about one in 64 of an in-process store's (below) |
+//! | `mcp_authkit_store_operations_total` | counter | `backend`, `operation` | every completed store operation of the lifecycle and the providers |
 //! | `mcp_authkit_store_errors_total` | counter | `backend`, `operation` | store operations that returned an error |
 //! | `mcp_authkit_flows_pending` | gauge | `provider` | flows this process started that have not ended, as this process sees it (per process: sum over replicas; below) |
 //! | `mcp_authkit_wake_duration_seconds` | histogram | `backend` | from a flow's completion to a waiter resuming, for completions made in this process (below) |
@@ -85,7 +86,25 @@
 //! wall clocks (their skew could exceed the wake itself). A wait that
 //! finds the outcome already there, or times out, is not a wake.
 //!
-//! Every count is exact; no histogram is sampled.
+//! `mcp_authkit_store_operation_duration_seconds` times every operation of
+//! a store that waits for I/O, and about one in 64 of an in-process
+//! store's: the first 64 runs of each operation of each store (a
+//! lifecycle's, or an [`Observed`] you made) are all timed, and an operation
+//! none of whose runs waited (its future was ready on its first poll: the
+//! memory store, SQLite's token read on its fast path, the encrypted store
+//! over either) is sampled from then on, at random gaps, until one run
+//! waits (that run is timed only if its turn had come; every later one
+//! is). Timing such an operation, a fraction of a microsecond, would cost
+//! about as much as the operation itself (two clock reads and a histogram
+//! record: a third of the valid-token path). Which operations are timed
+//! never depends on how long they take, so the distribution is not skewed;
+//! the histogram's `_count` is then about a sixty-fourth of the operations:
+//! count them with `mcp_authkit_store_operations_total`, which counts each
+//! completed one (an operation whose future is dropped, a wait cancelled
+//! with its tool call, is counted nowhere).
+//!
+//! Every counter is exact: it counts each event once. That histogram is the
+//! only sampled one.
 //!
 //! Label values are provider names (from the application's configuration),
 //! backend names and the fixed words above: never a subject, a state, a
@@ -151,6 +170,8 @@ pub mod names {
     pub const TOOL_CALLS_REFUSED: &str = "mcp_authkit_tool_calls_refused_total";
     /// Store operation latency, by `backend` and `operation`.
     pub const STORE_DURATION: &str = "mcp_authkit_store_operation_duration_seconds";
+    /// Store operations, by `backend` and `operation`.
+    pub const STORE_OPERATIONS: &str = "mcp_authkit_store_operations_total";
     /// Store operation errors, by `backend` and `operation`.
     pub const STORE_ERRORS: &str = "mcp_authkit_store_errors_total";
     /// Flows this process started that have not ended, by `provider`.
@@ -313,24 +334,135 @@ impl Op {
 /// no registry lookup.
 struct StoreMetrics {
     #[cfg(feature = "metrics")]
-    handles: Vec<(metrics::Histogram, metrics::Counter)>,
+    ops: Vec<OpMetrics>,
+}
+
+/// How many first operations of each kind are watched (and all timed) to
+/// learn whether the store waits for I/O in it.
+#[cfg(feature = "metrics")]
+const LEARNING_OPS: u32 = 64;
+
+/// An in-process operation is timed once in this many.
+#[cfg(feature = "metrics")]
+const SAMPLE_ONE_IN: u32 = 64;
+
+/// What the operation of a store was learned to be, in [`OpMetrics::mode`].
+#[cfg(feature = "metrics")]
+mod mode {
+    /// Not known yet: every operation is timed.
+    pub const LEARNING: u8 = 0;
+    /// Every one of the learning operations completed on its first poll,
+    /// none has waited since: one in SAMPLE_ONE_IN is timed.
+    pub const IN_PROCESS: u8 = 1;
+    /// One waited for I/O: every operation is timed, for good.
+    pub const WAITS: u8 = 2;
+}
+
+/// The handles and the timing state of one operation of one store.
+///
+/// An operation that never waits (its future is ready on its first poll:
+/// the memory store) costs a fraction of a microsecond, and timing each one
+/// (two clock reads and a histogram record) would cost about as much. It is
+/// learned from what the store does, not from how long it takes, so
+/// valgrind or a slow machine do not change it, and which operations are
+/// timed never depends on their time: the sampled histogram is not skewed
+/// toward slow spells. One wait ends the sampling for good (SQLite's token
+/// read waits only when its file is busy).
+#[cfg(feature = "metrics")]
+struct OpMetrics {
+    duration: metrics::Histogram,
+    operations: metrics::Counter,
+    errors: metrics::Counter,
+    mode: std::sync::atomic::AtomicU8,
+    /// Learning operations finished so far.
+    learned: std::sync::atomic::AtomicU32,
+    /// While in-process: operations still to leave untimed. Loaded and
+    /// stored apart, not decremented atomically: concurrent operations may
+    /// skip a few more or fewer, and the hot path pays no second locked
+    /// instruction (the operations counter is the one).
+    skip: std::sync::atomic::AtomicU32,
+}
+
+/// Operations to leave untimed before the next timed one: uniform in
+/// `0..2 * SAMPLE_ONE_IN - 1` (one timed in SAMPLE_ONE_IN on average), so
+/// a workload that repeats a pattern (two reads per request, the second
+/// slower) is not always sampled at the same place in it. A xorshift per
+/// thread: cheap, and no one can steer it from outside.
+#[cfg(feature = "metrics")]
+fn next_gap() -> u32 {
+    thread_local! {
+        static STATE: std::cell::Cell<u32> = const { std::cell::Cell::new(0x9E37_79B9) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        state.set(x);
+        x % (2 * SAMPLE_ONE_IN - 1)
+    })
+}
+
+#[cfg(feature = "metrics")]
+impl OpMetrics {
+    #[inline]
+    fn start(&self) -> Option<Instant> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.mode.load(Relaxed) == mode::IN_PROCESS {
+            let skip = self.skip.load(Relaxed);
+            if skip > 0 {
+                self.skip.store(skip - 1, Relaxed);
+                return None;
+            }
+            self.skip.store(next_gap(), Relaxed);
+        }
+        Some(Instant::now())
+    }
+
+    #[inline]
+    fn done(&self, started: Option<Instant>, ok: bool, waited: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.operations.increment(1);
+        if let Some(started) = started {
+            self.duration.record(started.elapsed());
+        }
+        if !ok {
+            self.errors.increment(1);
+        }
+        if waited {
+            if self.mode.load(Relaxed) != mode::WAITS {
+                self.mode.store(mode::WAITS, Relaxed);
+            }
+        } else if self.mode.load(Relaxed) == mode::LEARNING
+            && self.learned.fetch_add(1, Relaxed) + 1 == LEARNING_OPS
+        {
+            // Only from LEARNING: an operation that waited meanwhile wins.
+            let _ = self
+                .mode
+                .compare_exchange(mode::LEARNING, mode::IN_PROCESS, Relaxed, Relaxed);
+        }
+    }
 }
 
 impl StoreMetrics {
     fn new(backend: &'static str) -> Self {
         #[cfg(feature = "metrics")]
         {
-            let handles = OPS
+            let ops = OPS
                 .iter()
                 .map(|op| {
                     let labels = [("backend", backend), ("operation", op.name())];
-                    (
-                        metrics::histogram!(names::STORE_DURATION, &labels),
-                        metrics::counter!(names::STORE_ERRORS, &labels),
-                    )
+                    OpMetrics {
+                        duration: metrics::histogram!(names::STORE_DURATION, &labels),
+                        operations: metrics::counter!(names::STORE_OPERATIONS, &labels),
+                        errors: metrics::counter!(names::STORE_ERRORS, &labels),
+                        mode: std::sync::atomic::AtomicU8::new(mode::LEARNING),
+                        learned: std::sync::atomic::AtomicU32::new(0),
+                        skip: std::sync::atomic::AtomicU32::new(0),
+                    }
                 })
                 .collect();
-            StoreMetrics { handles }
+            StoreMetrics { ops }
         }
         #[cfg(not(feature = "metrics"))]
         {
@@ -340,27 +472,24 @@ impl StoreMetrics {
     }
 
     #[inline]
-    fn start(&self) -> Option<Instant> {
+    fn start(&self, op: Op) -> Option<Instant> {
         #[cfg(feature = "metrics")]
-        return Some(Instant::now());
+        return self.ops[op as usize].start();
         #[cfg(not(feature = "metrics"))]
-        None
+        {
+            let _ = op;
+            None
+        }
     }
 
+    /// Counts and records the operation `started` (if it was timed);
+    /// `waited`: its future was not ready on its first poll.
     #[inline]
-    fn done(&self, op: Op, started: Option<Instant>, ok: bool) {
+    fn done(&self, op: Op, started: Option<Instant>, ok: bool, waited: bool) {
         #[cfg(feature = "metrics")]
-        {
-            let (histogram, errors) = &self.handles[op as usize];
-            if let Some(started) = started {
-                histogram.record(started.elapsed());
-            }
-            if !ok {
-                errors.increment(1);
-            }
-        }
+        self.ops[op as usize].done(started, ok, waited);
         #[cfg(not(feature = "metrics"))]
-        let _ = (op, started, ok);
+        let _ = (op, started, ok, waited);
     }
 }
 
@@ -406,16 +535,23 @@ impl<S: ?Sized> Observed<S> {
     /// tenth of the raw read, measured with callgrind).
     async fn run<T>(&self, op: Op, operation: impl Future<Output = Result<T>>) -> Result<T> {
         let span = self.span(op);
-        let started = self.metrics.start();
+        let started = self.metrics.start(op);
+        let mut operation = std::pin::pin!(operation);
+        let mut waited = false;
+        let watched = std::future::poll_fn(|cx| {
+            let poll = operation.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        });
         let result = match &span {
-            None => operation.await,
+            None => watched.await,
             Some(span) => {
-                let result = operation.instrument(span.clone()).await;
+                let result = watched.instrument(span.clone()).await;
                 span.record("outcome", if result.is_ok() { "ok" } else { "error" });
                 result
             }
         };
-        self.metrics.done(op, started, result.is_ok());
+        self.metrics.done(op, started, result.is_ok(), waited);
         result
     }
 
@@ -711,10 +847,25 @@ impl FlowBook {
     /// token read or flow event after its expiry.
     #[inline]
     pub(crate) fn tick(&self, now: crate::time::Timestamp) {
+        self.tick_with(|| now);
+    }
+
+    /// [`tick`](Self::tick) that reads the clock only when a flow of this
+    /// book may be due: the valid-token path of a token without an expiry
+    /// then reads no clock at all.
+    #[inline]
+    pub(crate) fn tick_with(&self, now: impl FnOnce() -> crate::time::Timestamp) {
         #[cfg(feature = "metrics")]
-        if now.unix_millis() >= self.next_expiry.load(std::sync::atomic::Ordering::Relaxed) {
-            let mut book = self.lock();
-            self.sweep_started(&mut book, now);
+        {
+            let next = self.next_expiry.load(std::sync::atomic::Ordering::Relaxed);
+            if next == i64::MAX {
+                return;
+            }
+            let now = now();
+            if now.unix_millis() >= next {
+                let mut book = self.lock();
+                self.sweep_started(&mut book, now);
+            }
         }
         #[cfg(not(feature = "metrics"))]
         let _ = now;

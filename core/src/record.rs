@@ -15,12 +15,34 @@ use crate::time::Timestamp;
 /// Any UTF-8 is allowed in either part, including `:`, `{`, `}`, `*`, spaces
 /// and the empty string; backends must keep keys that differ in any byte
 /// apart.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenKey {
     // Shared: a lifecycle builds a key per token read, and cloning its one
     // provider name costs no allocation (it hashes and compares as a str).
     provider: Arc<str>,
     subject: String,
+}
+
+// By provider, then subject, as the derive would; keys of one lifecycle
+// share their provider name, and an ordered store (the memory store's map)
+// then compares no provider bytes at all.
+impl Ord for TokenKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let provider = if Arc::ptr_eq(&self.provider, &other.provider) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.provider.cmp(&other.provider)
+        };
+        provider.then_with(|| self.subject.cmp(&other.subject))
+    }
+}
+
+impl PartialOrd for TokenKey {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl TokenKey {
@@ -284,4 +306,49 @@ pub struct StoredToken {
     pub record: TokenRecord,
     /// Its revision: pass it back to compare-and-swap or invalidate.
     pub revision: Revision,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys order by provider, then subject, whether or not they share
+    /// their provider name's allocation (red when the shared-name shortcut
+    /// skips the subject, or compares unshared names wrongly).
+    #[test]
+    fn keys_order_by_provider_then_subject_shared_or_not() {
+        let github: Arc<str> = Arc::from("github");
+        let shared = |subject: &str| TokenKey::shared(&github, subject.to_owned());
+        let own = |provider: &str, subject: &str| TokenKey::new(provider, subject);
+        assert!(shared("alice") < shared("bob"));
+        assert!(shared("bob") > shared("alice"));
+        assert_eq!(
+            shared("alice").cmp(&shared("alice")),
+            std::cmp::Ordering::Equal
+        );
+        assert_eq!(
+            shared("alice").cmp(&own("github", "alice")),
+            std::cmp::Ordering::Equal
+        );
+        assert!(own("github", "zed") < own("google", "alice"));
+        assert!(shared("zed") < own("google", "alice"));
+        assert!(own("gitea", "zed") < shared("alice"));
+        let mut keys = [
+            own("google", "a"),
+            shared("b"),
+            own("github", "a"),
+            shared("c"),
+        ];
+        keys.sort();
+        let order: Vec<(&str, &str)> = keys.iter().map(|k| (k.provider(), k.subject())).collect();
+        assert_eq!(
+            order,
+            [
+                ("github", "a"),
+                ("github", "b"),
+                ("github", "c"),
+                ("google", "a")
+            ]
+        );
+    }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_authkit_core::observe::{GaveUp, names};
+use mcp_authkit_core::observe::{GaveUp, Observed, names};
 use mcp_authkit_core::testing::recording::{Metrics, Recording};
 use mcp_authkit_core::testing::{FakeOAuthClient, RefreshBehavior};
 use mcp_authkit_core::*;
@@ -748,4 +748,134 @@ fn first_table<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
         .skip_while(|line| !line.starts_with('|'))
         .take_while(|line| line.starts_with('|'))
         .collect()
+}
+
+/// A memory store whose reads wait for one wake-up while `waits` is set,
+/// as a store doing I/O does (its future is not ready on the first poll).
+#[derive(Default)]
+struct Waiting {
+    store: MemoryStore,
+    waits: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl TokenStore for Waiting {
+    fn backend_name(&self) -> &'static str {
+        "waiting"
+    }
+    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
+        if self.waits.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        self.store.get(key).await
+    }
+    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
+        self.store.put(key, record).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &TokenKey,
+        expected: Option<Revision>,
+        record: &TokenRecord,
+    ) -> Result<CasOutcome> {
+        self.store.compare_and_swap(key, expected, record).await
+    }
+    async fn delete(&self, key: &TokenKey) -> Result<bool> {
+        self.store.delete(key).await
+    }
+    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
+        self.store.delete_if_revision(key, revision).await
+    }
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
+        self.store.try_acquire_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
+        self.store.release_lease(key, lease).await
+    }
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
+        self.store.scan(cursor, limit).await
+    }
+}
+
+/// Reads alice's token `n` times through `store`, and returns how many
+/// reads were counted and how many timed.
+async fn read_n(rec: &mut Recording, store: &Observed<dyn TokenStore>, n: u64) -> (u64, usize) {
+    let key = TokenKey::new("github", ALICE);
+    for _ in 0..n {
+        assert!(store.get(&key).await.unwrap().is_some());
+    }
+    let m = rec.metrics();
+    let backend = store.backend_name();
+    (
+        m.store_ops(backend, "get"),
+        m.store_ops_timed(backend, "get"),
+    )
+}
+
+fn observed(store: Arc<dyn TokenStore>) -> Observed<dyn TokenStore> {
+    let backend = store.backend_name();
+    Observed::new(store, backend)
+}
+
+/// The memory store's reads never wait: after 64 timed ones, about one in
+/// 64 is timed (at random gaps of 1 to 127), and every one is counted (red
+/// when every read is timed, or sampling starts before the 64 learning
+/// reads, or the gaps are far from 64 on average).
+#[tokio::test]
+async fn an_in_process_store_is_timed_about_one_read_in_64_after_64() {
+    let mut rec = Recording::start();
+    let memory = Arc::new(MemoryStore::new());
+    let record = TokenRecord::new("gho_x", Timestamp::now());
+    memory
+        .put(&TokenKey::new("github", ALICE), &record)
+        .await
+        .unwrap();
+    let store = observed(memory);
+    assert_eq!(read_n(&mut rec, &store, 64).await, (64, 64));
+    let (reads, timed) = read_n(&mut rec, &store, 6400).await;
+    assert_eq!(reads, 6464);
+    assert!((64 + 70..=64 + 130).contains(&timed), "{timed} timed");
+}
+
+/// A store whose reads wait is timed at every read, also after the 64
+/// learning ones; and an in-process one seen waiting once is timed in full
+/// from then on (red when sampling ignores waits, or a wait does not end
+/// it).
+#[tokio::test]
+async fn a_store_that_waits_is_timed_at_every_operation() {
+    let waiting = Arc::new(Waiting::default());
+    let record = TokenRecord::new("gho_x", Timestamp::now());
+    waiting
+        .put(&TokenKey::new("github", ALICE), &record)
+        .await
+        .unwrap();
+    waiting
+        .waits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    {
+        let mut rec = Recording::start();
+        let store = observed(waiting.clone());
+        assert_eq!(read_n(&mut rec, &store, 200).await, (200, 200));
+    }
+
+    let mut rec = Recording::start();
+    waiting
+        .waits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let store = observed(waiting.clone());
+    let (reads, sampled) = read_n(&mut rec, &store, 64 + 640).await;
+    assert_eq!(reads, 704);
+    assert!(sampled < 64 + 64, "{sampled} timed: learned in-process");
+    // One read waits (timed only if its turn had come)...
+    waiting
+        .waits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, timed) = read_n(&mut rec, &store, 1).await;
+    assert_eq!(reads, 705);
+    assert!(timed == sampled || timed == sampled + 1);
+    // ...and every read is timed from then on, waiting or not.
+    waiting
+        .waits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(read_n(&mut rec, &store, 100).await, (805, timed + 100));
 }

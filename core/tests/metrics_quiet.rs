@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mcp_authkit_core::observe::names;
+use mcp_authkit_core::observe::{Observed, names};
 use mcp_authkit_core::testing::FakeOAuthClient;
 use mcp_authkit_core::testing::recording::{Metrics, Recording};
 use mcp_authkit_core::*;
@@ -418,4 +418,45 @@ async fn an_expired_flow_leaves_the_pending_gauge_at_the_next_token_read() {
         Access::Ready(_)
     ));
     assert_eq!(pending(&rec.metrics()), 0.0);
+
+    // The read of a token that never expires reads no clock, but for a
+    // flow due (red when that path skips the sweep).
+    f.lifecycle
+        .begin_authorization("carol", FlowRequest::default())
+        .await
+        .unwrap();
+    let lasting = TokenRecord::new("gho_erin", f.clock.now());
+    assert!(lasting.expires_at.is_none());
+    f.lifecycle.store_token("erin", &lasting).await.unwrap();
+    assert!(matches!(
+        f.lifecycle.access("erin").await.unwrap(),
+        Access::Ready(_)
+    ));
+    assert_eq!(pending(&rec.metrics()), 1.0, "carol's flow is not due");
+    f.clock.advance(ttl + Duration::from_secs(1));
+    assert!(matches!(
+        f.lifecycle.access("erin").await.unwrap(),
+        Access::Ready(_)
+    ));
+    assert_eq!(pending(&rec.metrics()), 0.0);
+}
+
+/// With no tracing subscriber in the process (the production path, no
+/// span), the memory store's reads are sampled too after 64, and all
+/// counted (red when the span-less path times every read).
+#[tokio::test]
+async fn without_a_subscriber_an_in_process_store_is_sampled_too() {
+    let mut rec = Recording::start_metrics_only();
+    let memory = Arc::new(MemoryStore::new());
+    let key = TokenKey::new("github", ALICE);
+    let record = TokenRecord::new("gho_x", Timestamp::now());
+    memory.put(&key, &record).await.unwrap();
+    let store: Observed<dyn TokenStore> = Observed::new(memory, "memory");
+    for _ in 0..64 + 6400 {
+        assert!(store.get(&key).await.unwrap().is_some());
+    }
+    let m = rec.metrics();
+    assert_eq!(m.store_ops("memory", "get"), 6464);
+    let timed = m.store_ops_timed("memory", "get");
+    assert!((64 + 70..=64 + 130).contains(&timed), "{timed} timed");
 }

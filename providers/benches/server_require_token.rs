@@ -139,11 +139,13 @@ async fn main() {
     #[cfg(feature = "metrics")]
     let metered = {
         // What an operator runs: the Prometheus recorder (no HTTP listener;
-        // the application serves its render()).
+        // the application serves its render()). Its own store, holding the
+        // keys its own lifecycle wrote, as in a server.
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .expect("the recorder installs");
-        (build_provider(&store), handle)
+        let store = Arc::new(MemoryStore::new());
+        (build_provider(&store), handle, store)
     };
     let record = TokenRecord::new(
         "gho_0123456789abcdef0123456789abcdef01234567",
@@ -152,9 +154,11 @@ async fn main() {
     .with_refresh_token("ghr_0123456789abcdef")
     .with_scopes(["repo", "read:user"]);
     let users: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+    // The raw reads use the keys the lifecycle builds (its provider name
+    // shared, as in the keys it wrote), so both sides compare keys alike.
     let keys: Vec<TokenKey> = users
         .iter()
-        .map(|user| TokenKey::new("github", user.as_str()))
+        .map(|user| provider.lifecycle().key(user))
         .collect();
     for user in &users {
         provider
@@ -163,6 +167,14 @@ async fn main() {
             .await
             .unwrap();
     }
+    #[cfg(feature = "metrics")]
+    let metered_keys: Vec<TokenKey> = {
+        let lifecycle = metered.0.lifecycle();
+        for user in &users {
+            lifecycle.store_token(user, &record).await.unwrap();
+        }
+        users.iter().map(|user| lifecycle.key(user)).collect()
+    };
     let (base, _session) = real_context().await;
     let contexts: Vec<_> = users
         .iter()
@@ -251,10 +263,20 @@ async fn main() {
     // elsewhere on the machine falls on both alike.
     #[cfg(feature = "metrics")]
     {
-        let (on, _prometheus) = &metered;
-        for (name, provider) in [
-            ("require_token (metrics compiled in, off)", &provider),
-            ("require_token (metrics on, Prometheus)", on),
+        let (on, _prometheus, on_store) = &metered;
+        for (name, provider, store, keys) in [
+            (
+                "require_token (metrics compiled in, off)",
+                &provider,
+                &store,
+                &keys,
+            ),
+            (
+                "require_token (metrics on, Prometheus)",
+                on,
+                on_store,
+                &metered_keys,
+            ),
         ] {
             let (ours, baseline) = interleaved(
                 n,

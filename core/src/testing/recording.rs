@@ -66,8 +66,18 @@ impl Metrics {
         self.samples.get(&id(name, labels)).copied().unwrap_or(0)
     }
 
-    /// How many operations `operation` of `backend` were timed.
-    pub fn store_ops(&self, backend: &str, operation: &str) -> usize {
+    /// How many operations `operation` of `backend` were made (counted in
+    /// `mcp_authkit_store_operations_total`).
+    pub fn store_ops(&self, backend: &str, operation: &str) -> u64 {
+        self.counter(
+            names::STORE_OPERATIONS,
+            &[("backend", backend), ("operation", operation)],
+        )
+    }
+
+    /// How many operations `operation` of `backend` were timed (samples of
+    /// `mcp_authkit_store_operation_duration_seconds`).
+    pub fn store_ops_timed(&self, backend: &str, operation: &str) -> usize {
         self.samples(
             names::STORE_DURATION,
             &[("backend", backend), ("operation", operation)],
@@ -91,7 +101,9 @@ impl Metrics {
     pub fn events(&self) -> BTreeMap<String, u64> {
         self.counters
             .iter()
-            .filter(|((name, _), n)| **n > 0 && name != names::STORE_ERRORS)
+            .filter(|((name, _), n)| {
+                **n > 0 && name != names::STORE_ERRORS && name != names::STORE_OPERATIONS
+            })
             .map(|((name, labels), n)| {
                 let labels: Vec<String> = labels
                     .iter()
