@@ -115,7 +115,12 @@
 //! instance and every waiter, opened by the first `wait`: a thousand
 //! waiting flows cost one connection. After that connection drops and comes
 //! back, every waiter reads its flow's outcome again, so a completion made
-//! while it was down is not lost. Waiters in the completing process wake
+//! while it was down is not lost; that re-read is one statement per store
+//! instance (`state = ANY(...)`, run by whichever of its waiters sees the
+//! listener back first, its outcomes handed to their waiters), not one per
+//! waiter, so a listener flap with a thousand waiters does not cost the
+//! database a thousand statements at once. If that statement fails, each
+//! of its waiters reads on its own instead. Waiters in the completing process wake
 //! right after the commit, without waiting for the notification.
 //!
 //! "Per server" means per host, port, unix socket, TLS mode (`sslmode`),
@@ -362,6 +367,15 @@ impl PostgresStore {
     #[doc(hidden)]
     pub fn panic_listener_at_next_notification(&self) {
         self.inner.hub.panic_listener_at_next_notification();
+    }
+
+    /// Makes this store instance's next batched re-read of its waiters'
+    /// outcomes (when the completion listener is back) fail, to test that
+    /// its waiters then read on their own.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn fail_next_reread(&self) {
+        self.inner.poller.fail_next_reread();
     }
 
     pub(crate) fn now(&self) -> mcp_authkit_core::Timestamp {
