@@ -116,49 +116,64 @@ impl PostgresStore {
     /// found was handed to the waiters' registrations
     /// ([`crate::wake::Hub::deliver_polled`]), which the caller's wait for
     /// a wake-up then sees at once. A batch that failed, was given up, or
-    /// outlasted [`POLL_LEASE`] leaves each of its waits to read on its
-    /// own: no completion is missed because a batch did not answer.
+    /// outlasted [`POLL_LEASE`] or this wait's deadline leaves each of its
+    /// waits to read on its own: no completion is missed because a batch
+    /// did not answer, and a joiner never answers `None` without a read.
     async fn read_entering(
         &self,
         state: &FlowState,
+        registration: &mut Registration,
         polled: &Polled<'_>,
         epoch: u64,
         deadline: tokio::time::Instant,
     ) -> Result<Option<FlowOutcome>> {
+        // A batch is given up at the lease, or at this wait's deadline if
+        // sooner: a runner must not overrun its own deadline, and a runner
+        // that stops being run must not hold its joiners past theirs.
+        let give_up = deadline.min(tokio::time::Instant::now() + POLL_LEASE);
         let read = match self.poller().reread(polled, epoch) {
             Reading::Own => false,
             Reading::Run(run) => {
-                let read = self.read_batch(&run.states).await;
+                let read = self.read_batch(&run.states, give_up).await;
                 run.finish(read);
                 read
             }
             Reading::Join(mut done) => {
-                let joined = tokio::time::timeout(POLL_LEASE, done.wait_for(Option::is_some));
+                let joined = tokio::time::timeout_at(give_up, done.wait_for(Option::is_some));
                 tokio::select! {
                     finished = joined => matches!(finished, Ok(Ok(read)) if *read == Some(true)),
-                    // Nothing read this wait's outcome: the caller answers
-                    // `None` at the deadline, as it would after its own read.
-                    () = tokio::time::sleep_until(deadline) => return Ok(None),
+                    // Read from the table by the batch or a poll: as good as
+                    // this wait's own read. A notification (a hint only) is
+                    // answered by the read below, without waiting for the
+                    // batch.
+                    wake = registration.notified() => {
+                        if let Some(outcome) = wake.and_then(|bytes| ROWS.outcome(state, &bytes).ok()) {
+                            return Ok(Some(outcome));
+                        }
+                        false
+                    }
                 }
             }
         };
         if read {
             Ok(None)
         } else {
+            // Even at the deadline: one last read, as `wait_while_down`
+            // answers at its deadline, never `None` unread.
             self.outcome(state).await
         }
     }
 
     /// The batched re-read's statement: reads the outcomes of `states`
     /// and hands those found to their waiters, from the table, never from
-    /// a notification. `false` if it failed.
-    async fn read_batch(&self, states: &[Vec<u8>]) -> bool {
+    /// a notification. `false` if it failed or was not done by `give_up`.
+    async fn read_batch(&self, states: &[Vec<u8>], give_up: tokio::time::Instant) -> bool {
         #[cfg(feature = "testing")]
         if self.poller().take_reread_failure() {
             return false;
         }
-        let found = tokio::time::timeout(
-            POLL_LEASE,
+        let found = tokio::time::timeout_at(
+            give_up,
             sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
                 .bind(states)
                 .bind(self.now().unix_millis())
@@ -434,7 +449,8 @@ impl PendingStore for PostgresStore {
                 self.outcome(state).await
             } else {
                 read_in = Some(epoch);
-                self.read_entering(state, &polled, epoch, deadline).await
+                self.read_entering(state, &mut registration, &polled, epoch, deadline)
+                    .await
             };
             let mut recheck = false;
             match read {

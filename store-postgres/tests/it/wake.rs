@@ -1424,3 +1424,171 @@ async fn a_failed_batched_reread_leaves_each_waiter_to_read_its_own() {
     waits.abort_all();
     let _ = sqlx::Connection::close(admin).await;
 }
+
+/// Two waits of one store instance, `a` and `b`, polled once each while
+/// the listener connects (both registered and watched before the epoch's
+/// batch); `b`'s flow is completed before either wait started if
+/// `complete_b`. Returns the boxed wait futures once the link is up and
+/// `a` was polled again in the new epoch: `a` is now the epoch's batch
+/// runner, its statement in flight, and is polled no more by the caller.
+async fn a_runner_and_its_joiner<'s>(
+    store: &'s PostgresStore,
+    fb: &mcp_authkit_core::PendingFlow,
+    b_timeout: Duration,
+    complete_b: bool,
+) -> (
+    std::pin::Pin<Box<impl Future<Output = mcp_authkit_core::Result<Option<FlowOutcome>>> + 's>>,
+    std::pin::Pin<Box<impl Future<Output = mcp_authkit_core::Result<Option<FlowOutcome>>> + 's>>,
+) {
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    store.insert(&fa).await.unwrap();
+    store.insert(fb).await.unwrap();
+    if complete_b {
+        complete(store, fb).await;
+    }
+    assert!(store.listener_epoch().is_none(), "no wait started it yet");
+    let (a, b) = (fa.state.clone(), fb.state.clone());
+    let mut wait_a = Box::pin(async move { store.wait(&a, MINUTE).await });
+    let mut wait_b = Box::pin(async move { store.wait(&b, b_timeout).await });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(wait_a.as_mut().poll(&mut cx).is_pending());
+    assert!(wait_b.as_mut().poll(&mut cx).is_pending());
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await
+    );
+    // `a` sees the epoch first: it runs the batch, which covers `b`.
+    assert!(wait_a.as_mut().poll(&mut cx).is_pending());
+    (wait_a, wait_b)
+}
+
+/// A wait that joined its epoch's batched re-read gets its outcome even
+/// when the batch's runner is never run again (a future kept but not
+/// polled, a blocked runtime): by its own deadline at the latest (2 s here,
+/// before the lease of 5 s), it reads on its own instead of answering
+/// `None` unread. No listener flap needed: the first connection is an
+/// epoch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_of_a_batch_never_run_reads_its_outcome_by_its_deadline() {
+    let schema = Schema::new("joinidle").await;
+    let store = schema.open().await;
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    let (wait_a, wait_b) = a_runner_and_its_joiner(&store, &fb, Duration::from_secs(2), true).await;
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), wait_b)
+        .await
+        .expect("the wait ends by its deadline");
+    let took = started.elapsed();
+    eprintln!("FIGURE: joiner of a batch never run answered after {took:?} (deadline 2 s)");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    drop(wait_a);
+}
+
+/// A batch runner whose wait is dropped mid-read (cancelled) gives the
+/// batch up at once: its joiners read on their own well before the lease
+/// (5 s) they would otherwise wait the batch out for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runner_dropped_mid_read_lets_its_joiners_read_at_once() {
+    let schema = Schema::new("rundrop").await;
+    let store = schema.open().await;
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    let (wait_a, wait_b) = a_runner_and_its_joiner(&store, &fb, MINUTE, true).await;
+    drop(wait_a);
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), wait_b)
+        .await
+        .expect("the wait ends");
+    let took = started.elapsed();
+    eprintln!("FIGURE: joiner of a dropped batch runner answered after {took:?}");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a dropped batch"
+    );
+}
+
+/// A wait that starts after its epoch's batched re-read ran (and finished)
+/// is not covered by it and reads its own outcome at once: a flow completed
+/// before the wait started (its notification sent before the wait
+/// registered) answers in well under a second, not at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_started_after_its_epochs_batch_reads_its_own_outcome() {
+    let schema = Schema::new("afterbatch").await;
+    let store = schema.open().await;
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    store.insert(&fa).await.unwrap();
+    store.insert(&fb).await.unwrap();
+    // Warm-up: a wait on `a` brings the link up and runs the epoch's batch.
+    let warm = {
+        let (store, state) = (store.clone(), fa.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await
+    );
+    let epoch = store.listener_epoch();
+    // The batch (one statement on a idle pool) is long done.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.take(&fb.state).await.unwrap().unwrap();
+    store
+        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = store.wait(&fb.state, Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    eprintln!("FIGURE: wait started after its epoch's batch answered after {took:?}");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(store.listener_epoch(), epoch, "no flap in between");
+    warm.abort();
+}
+
+/// Takes and completes `f` (outcome `authorized(1)`), notifying its waiters.
+async fn complete(store: &PostgresStore, f: &mcp_authkit_core::PendingFlow) {
+    store.take(&f.state).await.unwrap().unwrap();
+    store
+        .complete(&f.key, &f.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+}
+
+/// A wait that joined a batch whose runner is never run again still wakes
+/// at once when its flow is completed (and notified) meanwhile: it does not
+/// wait the batch out (up to the lease, 5 s) before hearing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_of_a_batch_never_run_wakes_at_once_when_notified() {
+    let schema = Schema::new("joinnotify").await;
+    let store = schema.open().await;
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    let (wait_a, wait_b) = a_runner_and_its_joiner(&store, &fb, MINUTE, false).await;
+    let ended = async {
+        let got = tokio::time::timeout(Duration::from_secs(30), wait_b)
+            .await
+            .expect("the wait ends");
+        (got, std::time::Instant::now())
+    };
+    let started = async {
+        // `b` has joined the batch by then.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        complete(&store, &fb).await;
+        started
+    };
+    let ((got, ended), started) = tokio::join!(ended, started);
+    let took = ended.saturating_duration_since(started);
+    eprintln!("FIGURE: joiner of a batch never run woke after {took:?} once notified");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a batch never run"
+    );
+    drop(wait_a);
+}
