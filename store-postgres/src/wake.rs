@@ -55,18 +55,24 @@
 //! hub, because instances sharing a hub have pools of their own: one whose
 //! pool is exhausted or failing must not hold up another's waiters.
 //!
-//! When the link comes back up (a new epoch), the same holds for the
-//! re-read it calls for: the first of an instance's waiters to see the new
-//! epoch reads the outcomes of all the instance's waited states in one
-//! statement ([`Poller::reread`]), hands those found to their waiters (read
-//! from the table, as the poll does), and the waiters its snapshot
-//! included read nothing themselves. The snapshot is taken after `LISTEN`
-//! was in effect and after those waiters registered, so a completion it
-//! does not see is notified to them. A waiter watched after the snapshot
-//! reads on its own, and so does every waiter of a batch that failed, was
-//! given up or took longer than [`POLL_LEASE`]: a flap costs one statement
-//! per instance, and a failing batch costs what it cost before, never a
-//! lost completion.
+//! When the link comes up (a new epoch: its first connection as well as
+//! every reconnection), the same holds for the read it calls for: the first
+//! of an instance's waiters to see the epoch reads the outcomes of all the
+//! instance's waited states in one statement ([`Poller::reread`]), hands
+//! those found to their waiters (read from the table, as the poll does),
+//! and the waiters its snapshot included read nothing themselves. The
+//! snapshot is taken after `LISTEN` was in effect and after those waiters
+//! registered, so a completion it does not see is notified to them. A
+//! waiter watched after the snapshot reads on its own, and so does every
+//! waiter of a batch that failed, took longer than [`POLL_LEASE`] (or than
+//! the runner's deadline), or whose runner's wait was dropped before it
+//! finished. A runner that stops being run without being dropped (a future
+//! kept but not polled, a blocked runtime) delays its joiners up to
+//! [`POLL_LEASE`], or to their own deadline if sooner; they then read on
+//! their own, and a notification heard meanwhile ends the delay at once.
+//! A flap costs one statement per instance, and a failing batch costs what
+//! it cost before, never a lost completion nor a wait answered `None`
+//! without a read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
