@@ -113,10 +113,19 @@
 //! stores the outcome, so it goes out at commit. Each process holds one
 //! listening connection per server and schema, shared by every store
 //! instance and every waiter, opened by the first `wait`: a thousand
-//! waiting flows cost one connection. After that connection drops and comes
-//! back, every waiter reads its flow's outcome again, so a completion made
-//! while it was down is not lost. Waiters in the completing process wake
-//! right after the commit, without waiting for the notification.
+//! waiting flows cost one connection. Once that connection listens, and
+//! again every time it drops and comes back, every waiter reads its flow's
+//! outcome, so a completion made while nobody listened is not lost; that
+//! read is one statement per store instance and connection
+//! (`state = ANY(...)`, run by whichever of its waiters sees the listener
+//! up first, its outcomes handed to their waiters), not one per waiter, so
+//! a listener flap with a thousand waiters does not cost the database a
+//! thousand statements at once. If that statement fails or times out, or
+//! the wait running it is dropped, each of its waiters reads on its own
+//! instead; if the wait running it stops being run (a blocked runtime), the
+//! others read on their own after at most 5 s, or at their deadline if
+//! sooner. Waiters in the completing process wake right after the commit,
+//! without waiting for the notification.
 //!
 //! "Per server" means per host, port, unix socket, TLS mode (`sslmode`),
 //! database and user: stores that differ in any of these, or in the schema,
@@ -362,6 +371,15 @@ impl PostgresStore {
     #[doc(hidden)]
     pub fn panic_listener_at_next_notification(&self) {
         self.inner.hub.panic_listener_at_next_notification();
+    }
+
+    /// Makes this store instance's next batched re-read of its waiters'
+    /// outcomes (when the completion listener is back) fail, to test that
+    /// its waiters then read on their own.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn fail_next_reread(&self) {
+        self.inner.poller.fail_next_reread();
     }
 
     pub(crate) fn now(&self) -> mcp_authkit_core::Timestamp {

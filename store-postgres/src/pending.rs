@@ -1,5 +1,6 @@
 //! `PendingStore` on the flows, active-flows and outcomes tables.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use mcp_authkit_core::{
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use crate::PostgresStore;
 use crate::error::db;
 use crate::tokens::{ROWS, stmt};
-use crate::wake::{Link, POLL_EVERY, Registration, hex};
+use crate::wake::{Link, POLL_EVERY, POLL_LEASE, Polled, Reading, Registration, hex};
 
 /// How soon a waiter reads the stored outcome again after that read failed
 /// while the listener stayed up.
@@ -23,8 +24,9 @@ fn stopped() -> Error {
 }
 
 impl PostgresStore {
-    /// A wait's phase while the link is down: `None` once it is up (the
-    /// caller then reads the outcome), or the wait's answer. This
+    /// A wait's phase while the link is down: `Continue` with the link's
+    /// epoch once it is up (the caller then reads the outcome), or `Break`
+    /// with the wait's answer. This
     /// instance's poll (run by one of its waiters, maybe this one) wakes
     /// this waiter when its outcome is stored.
     async fn wait_while_down(
@@ -34,7 +36,7 @@ impl PostgresStore {
         link: &mut watch::Receiver<Link>,
         seen_up: &mut bool,
         deadline: tokio::time::Instant,
-    ) -> Option<Result<Option<FlowOutcome>>> {
+    ) -> ControlFlow<Result<Option<FlowOutcome>>, u64> {
         // Pinned here, not in the select: a link that stays down but
         // changes (every failed reconnection) must not cancel a poll in
         // flight. Dropped (a claim in flight with it) when the link is up.
@@ -46,9 +48,9 @@ impl PostgresStore {
         let mut pool_answered = false;
         loop {
             let refused = match &*link.borrow_and_update() {
-                Link::Up(_) => {
+                Link::Up(epoch) => {
                     *seen_up = true;
-                    return None;
+                    return ControlFlow::Continue(*epoch);
                 }
                 Link::Down(error) => error.clone().filter(|error| !error.is_retryable()),
             };
@@ -58,19 +60,23 @@ impl PostgresStore {
             let must_answer = refused.is_some() && !*seen_up;
             if must_answer && !pool_answered {
                 match self.outcome(state).await {
-                    Ok(Some(outcome)) => return Some(Ok(Some(outcome))),
+                    Ok(Some(outcome)) => return ControlFlow::Break(Ok(Some(outcome))),
                     Ok(None) => {
                         pool_answered = true;
                         // Only a poll failing after this answer counts.
                         poll_failures.borrow_and_update();
                     }
-                    Err(_) => return Some(Err(refused.expect("must_answer implies a refusal"))),
+                    Err(_) => {
+                        return ControlFlow::Break(Err(
+                            refused.expect("must_answer implies a refusal")
+                        ));
+                    }
                 }
             }
             tokio::select! {
                 changed = link.changed() => {
                     if changed.is_err() {
-                        return Some(Err(stopped()));
+                        return ControlFlow::Break(Err(stopped()));
                     }
                 }
                 // Found by a poll, with its outcome; or completed in this
@@ -82,20 +88,119 @@ impl PostgresStore {
                         None => self.outcome(state).await,
                     };
                     if let Ok(Some(outcome)) = outcome {
-                        return Some(Ok(Some(outcome)));
+                        return ControlFlow::Break(Ok(Some(outcome)));
                     }
                 }
                 // This instance's poll failed through the pool this wait
                 // would read through: nothing works, report the refusal.
                 changed = poll_failures.changed(), if must_answer => {
                     if changed.is_ok() {
-                        return Some(Err(refused.expect("must_answer implies a refusal")));
+                        return ControlFlow::Break(Err(
+                            refused.expect("must_answer implies a refusal")
+                        ));
                     }
                 }
                 never = &mut poll => match never {},
                 // Out of time without a listener: answer from the store,
                 // which is what a notification would have said.
-                () = tokio::time::sleep_until(deadline) => return Some(self.outcome(state).await),
+                () = tokio::time::sleep_until(deadline) => {
+                    return ControlFlow::Break(self.outcome(state).await);
+                }
+            }
+        }
+    }
+
+    /// A wait's read on entering link epoch `epoch`: one statement for all
+    /// of this instance's waits that reach it, not one each (see
+    /// `Poller::reread`). `Ok(None)` after a batch that read: whatever it
+    /// found was handed to the waiters' registrations
+    /// ([`crate::wake::Hub::deliver_polled`]), which the caller's wait for
+    /// a wake-up then sees at once. A batch that failed, was given up, or
+    /// outlasted [`POLL_LEASE`] or this wait's deadline leaves each of its
+    /// waits to read on its own: no completion is missed because a batch
+    /// did not answer, and a joiner never answers `None` without a read.
+    async fn read_entering(
+        &self,
+        state: &FlowState,
+        registration: &mut Registration,
+        polled: &Polled<'_>,
+        epoch: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<FlowOutcome>> {
+        // A batch is given up at the lease, or at this wait's deadline if
+        // sooner: a runner must not overrun its own deadline, and a runner
+        // that stops being run must not hold its joiners past theirs.
+        let give_up = deadline.min(tokio::time::Instant::now() + POLL_LEASE);
+        let read = match self.poller().reread(polled, epoch) {
+            Reading::Own => false,
+            Reading::Run(run) => {
+                let read = self.read_batch(&run.states, give_up).await;
+                run.finish(read);
+                read
+            }
+            Reading::Join(mut done) => {
+                let joined = tokio::time::timeout_at(give_up, done.wait_for(Option::is_some));
+                tokio::select! {
+                    finished = joined => matches!(finished, Ok(Ok(read)) if *read == Some(true)),
+                    // Read from the table by the batch or a poll: as good as
+                    // this wait's own read. A notification (a hint only) is
+                    // answered by the read below, without waiting for the
+                    // batch.
+                    wake = registration.notified() => {
+                        if let Some(outcome) = wake.and_then(|bytes| ROWS.outcome(state, &bytes).ok()) {
+                            return Ok(Some(outcome));
+                        }
+                        false
+                    }
+                }
+            }
+        };
+        if read {
+            Ok(None)
+        } else {
+            // Even at the deadline: one last read, as `wait_while_down`
+            // answers at its deadline, never `None` unread.
+            self.outcome(state).await
+        }
+    }
+
+    /// The batched re-read's statement: reads the outcomes of `states`
+    /// and hands those found to their waiters, from the table, never from
+    /// a notification. `false` if it failed or was not done by `give_up`.
+    async fn read_batch(&self, states: &[Vec<u8>], give_up: tokio::time::Instant) -> bool {
+        #[cfg(feature = "testing")]
+        if self.poller().take_reread_failure() {
+            return false;
+        }
+        let found = tokio::time::timeout_at(
+            give_up,
+            sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
+                .bind(states)
+                .bind(self.now().unix_millis())
+                .fetch_all(self.pool()),
+        )
+        .await;
+        match found {
+            Ok(Ok(found)) => {
+                for (state, outcome) in found {
+                    self.hub().deliver_polled(&state, outcome);
+                }
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(
+                    error = %db("re-read flow outcomes", error),
+                    "re-reading the outcomes after the completion listener came back failed; \
+                     each waiter reads its own"
+                );
+                false
+            }
+            Err(_elapsed) => {
+                tracing::debug!(
+                    "re-reading the outcomes after the completion listener came back timed out; \
+                     each waiter reads its own"
+                );
+                false
             }
         }
     }
@@ -321,28 +426,48 @@ impl PendingStore for PostgresStore {
         // Registered before the stored outcome is read: every notification
         // (and every poll) from now on reaches this waiter.
         let mut registration = self.hub().register(state.as_str().as_bytes());
-        let _polled = self.poller().watch(state.as_str().as_bytes());
+        // Watched after the registration: a batched re-read that includes
+        // this watch reads after any notification could be missed.
+        let polled = self.poller().watch(state.as_str().as_bytes());
         let mut link = self.hub().link();
         let mut seen_up = false;
+        // The epoch this wait last read in: its first read in an epoch
+        // may be the instance's batch, any later one (a notification, a
+        // retry) is its own, since the batch may have read before it.
+        let mut read_in = None;
         loop {
             // Until LISTEN is in effect, a read could miss a completion
             // committed right after it.
-            if let Some(answer) = self
+            let epoch = match self
                 .wait_while_down(state, &mut registration, &mut link, &mut seen_up, deadline)
                 .await
             {
-                return answer;
-            }
+                ControlFlow::Break(answer) => return answer,
+                ControlFlow::Continue(epoch) => epoch,
+            };
+            let read = if read_in == Some(epoch) {
+                self.outcome(state).await
+            } else {
+                read_in = Some(epoch);
+                self.read_entering(state, &mut registration, &polled, epoch, deadline)
+                    .await
+            };
             let mut recheck = false;
-            match self.outcome(state).await {
+            match read {
                 Ok(Some(outcome)) => return Ok(Some(outcome)),
                 Ok(None) => {}
                 Err(error) if error.is_retryable() => recheck = true,
                 Err(error) => return Err(error),
             }
             tokio::select! {
-                // Notified: read the stored outcome.
-                _ = registration.notified() => {}
+                // Read by a batch or a poll, from the table: as good as this
+                // wait's own read. Notified (a hint only): read the stored
+                // outcome.
+                wake = registration.notified() => {
+                    if let Some(outcome) = wake.and_then(|bytes| ROWS.outcome(state, &bytes).ok()) {
+                        return Ok(Some(outcome));
+                    }
+                }
                 // Dropped or listening again: read again, since notifications
                 // sent in between were not delivered.
                 changed = link.changed() => {

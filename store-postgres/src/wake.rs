@@ -15,7 +15,8 @@
 //! committed after it is notified. When the listening connection drops
 //! (`pg_terminate_backend`, a restart, a network failure), notifications
 //! sent meanwhile are gone, so the listener reconnects, listens again, and
-//! then bumps the link's epoch: every waiter reads its outcome again. A
+//! then bumps the link's epoch: every waiter reads its outcome again, in
+//! one statement per store instance (see below). A
 //! connection that dies silently (no FIN or RST reaches us) is found by a
 //! `SELECT 1` probe every [`PROBE_EVERY`] and handled the same way.
 //!
@@ -53,6 +54,25 @@
 //! waiter, when it may be in trouble. The poll is per instance, not per
 //! hub, because instances sharing a hub have pools of their own: one whose
 //! pool is exhausted or failing must not hold up another's waiters.
+//!
+//! When the link comes up (a new epoch: its first connection as well as
+//! every reconnection), the same holds for the read it calls for: the first
+//! of an instance's waiters to see the epoch reads the outcomes of all the
+//! instance's waited states in one statement ([`Poller::reread`]), hands
+//! those found to their waiters (read from the table, as the poll does),
+//! and the waiters its snapshot included read nothing themselves. The
+//! snapshot is taken after `LISTEN` was in effect and after those waiters
+//! registered, so a completion it does not see is notified to them. A
+//! waiter watched after the snapshot reads on its own, and so does every
+//! waiter of a batch that failed, took longer than [`POLL_LEASE`] (or than
+//! the runner's deadline), or whose runner's wait was dropped before it
+//! finished. A runner that stops being run without being dropped (a future
+//! kept but not polled, a blocked runtime) delays its joiners up to
+//! [`POLL_LEASE`], or to their own deadline if sooner; they then read on
+//! their own, and a notification heard meanwhile ends the delay at once.
+//! A flap costs one statement per instance, and a failing batch costs what
+//! it cost before, never a lost completion nor a wait answered `None`
+//! without a read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -358,8 +378,14 @@ pub(crate) struct Poller {
     /// their wait.
     lease: Mutex<Lease>,
     /// The instance's waited states, with how many of its waits wait on
-    /// each: what its poll reads.
-    states: Mutex<HashMap<Vec<u8>, usize>>,
+    /// each: what its poll and its re-reads read.
+    states: Mutex<States>,
+    /// The batched re-read of the latest epoch this instance's waiters
+    /// reached, if any (see [`Poller::reread`]).
+    reread: Mutex<Option<Arc<Reread>>>,
+    /// Set by a test to make the next batched re-read fail.
+    #[cfg(feature = "testing")]
+    fail_next_reread: std::sync::atomic::AtomicBool,
     /// Bumped by every failed poll: the poll went through the same pool
     /// as a waiter's own read would, so a waiter whose only answer is that
     /// pool (a refused listener that never was up) takes the failure as
@@ -373,6 +399,70 @@ pub(crate) struct Poller {
 /// stops mattering. Longer than the pace, so a poll of a slow but working
 /// pool is not started twice at once.
 pub(crate) const POLL_LEASE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct States {
+    /// How many of the instance's waits wait on each state.
+    counts: HashMap<Vec<u8>, usize>,
+    /// The number of the last watch: every wait gets the next one, so a
+    /// re-read knows which waits its snapshot of `counts` includes.
+    tickets: u64,
+}
+
+/// The one re-read of an instance's waited states for a link epoch.
+pub(crate) struct Reread {
+    epoch: u64,
+    /// The last watch ticket its snapshot of the states includes.
+    covers: u64,
+    /// `None` while in flight; then `Some(true)` once the outcomes it
+    /// found were handed to their waiters ([`Hub::deliver_polled`]), or
+    /// `Some(false)` if it failed (or its runner gave it up) and every
+    /// joiner must read on its own.
+    done: watch::Sender<Option<bool>>,
+}
+
+/// What a waiter entering an epoch does about its read (see
+/// [`Poller::reread`]).
+pub(crate) enum Reading {
+    /// Runs the epoch's batch: reads `states`, hands what it found to
+    /// their waiters, then [`RereadRun::finish`].
+    Run(RereadRun),
+    /// Waits for the epoch's batch, which covers this wait.
+    Join(watch::Receiver<Option<bool>>),
+    /// Reads on its own: the epoch's batch started before this wait was
+    /// watched, so it may have read before a completion this wait was not
+    /// registered to hear about.
+    Own,
+}
+
+/// A claimed batched re-read: marks it failed if dropped unfinished (its
+/// waiter's wait over or cancelled), so joiners read on their own instead
+/// of waiting for it.
+pub(crate) struct RereadRun {
+    reread: Arc<Reread>,
+    pub(crate) states: Vec<Vec<u8>>,
+}
+
+impl RereadRun {
+    /// Tells the batch's joiners whether it read (its outcomes delivered)
+    /// or failed.
+    pub(crate) fn finish(self, read: bool) {
+        self.reread.done.send_replace(Some(read));
+    }
+}
+
+impl Drop for RereadRun {
+    fn drop(&mut self) {
+        self.reread.done.send_if_modified(|done| {
+            if done.is_none() {
+                *done = Some(false);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
 
 #[derive(Default)]
 struct Lease {
@@ -433,19 +523,69 @@ impl Poller {
         self.failures.subscribe()
     }
 
-    /// Adds a wait's state to what this instance polls, until the returned
-    /// guard is dropped.
+    /// Adds a wait's state to what this instance polls and re-reads, until
+    /// the returned guard is dropped. Called after the wait registered with
+    /// the hub: a re-read whose snapshot includes this watch started after
+    /// the registration, so a completion committed after its read is
+    /// notified to this wait.
     pub(crate) fn watch(&self, state: &[u8]) -> Polled<'_> {
-        *lock(&self.states).entry(state.to_vec()).or_default() += 1;
+        let mut states = lock(&self.states);
+        *states.counts.entry(state.to_vec()).or_default() += 1;
+        states.tickets += 1;
         Polled {
             poller: self,
             state: state.to_vec(),
+            ticket: states.tickets,
         }
     }
 
     /// Every state one of this instance's waits waits on.
     pub(crate) fn states(&self) -> Vec<Vec<u8>> {
-        lock(&self.states).keys().cloned().collect()
+        lock(&self.states).counts.keys().cloned().collect()
+    }
+
+    /// What a wait (`polled`) does about its read on entering link epoch
+    /// `epoch` (the link seen up, so that epoch's `LISTEN` is in effect).
+    ///
+    /// The first of the instance's waits to reach an epoch runs one
+    /// statement for all of them (`Reading::Run`): after a listener flap,
+    /// the database answers one statement per store instance, not one per
+    /// waiter, when it may be in trouble. The waits its snapshot includes
+    /// join it; a wait watched after the snapshot, or still at an older
+    /// epoch than the batch (the link moved on; it will come round again),
+    /// reads on its own, as does every joiner if the batch fails.
+    pub(crate) fn reread(&self, polled: &Polled<'_>, epoch: u64) -> Reading {
+        let mut current = lock(&self.reread);
+        match current.as_deref() {
+            Some(reread) if reread.epoch == epoch && polled.ticket <= reread.covers => {
+                return Reading::Join(reread.done.subscribe());
+            }
+            Some(reread) if reread.epoch >= epoch => return Reading::Own,
+            _ => {}
+        }
+        let (states, covers) = {
+            let states = lock(&self.states);
+            (states.counts.keys().cloned().collect(), states.tickets)
+        };
+        let reread = Arc::new(Reread {
+            epoch,
+            covers,
+            done: watch::Sender::new(None),
+        });
+        *current = Some(Arc::clone(&reread));
+        Reading::Run(RereadRun { reread, states })
+    }
+
+    /// Whether a test asked the next batched re-read to fail (once).
+    #[cfg(feature = "testing")]
+    pub(crate) fn take_reread_failure(&self) -> bool {
+        self.fail_next_reread.swap(false, Ordering::SeqCst)
+    }
+
+    /// Makes the next batched re-read fail, for a test.
+    #[cfg(feature = "testing")]
+    pub(crate) fn fail_next_reread(&self) {
+        self.fail_next_reread.store(true, Ordering::SeqCst);
     }
 }
 
@@ -485,11 +625,15 @@ impl Drop for PollClaim<'_> {
 pub(crate) struct Polled<'a> {
     poller: &'a Poller,
     state: Vec<u8>,
+    /// Which watch this is: a re-read covers it if its snapshot was taken
+    /// at or after this ticket.
+    ticket: u64,
 }
 
 impl Drop for Polled<'_> {
     fn drop(&mut self) {
         let mut states = lock(&self.poller.states);
+        let states = &mut states.counts;
         if let Some(count) = states.get_mut(&self.state) {
             *count -= 1;
             if *count == 0 {
@@ -773,6 +917,43 @@ mod tests {
             due >= t0 + POLL_LEASE && due <= after + POLL_LEASE,
             "{due:?}"
         );
+    }
+
+    /// The batched re-read of an epoch: the first wait to reach it runs
+    /// it, waits its snapshot includes join it, a wait watched after the
+    /// snapshot or still at an older epoch reads on its own, the next
+    /// epoch gets a batch of its own, and a batch given up unfinished tells
+    /// its joiners to read on their own.
+    #[test]
+    fn one_reread_per_epoch_covers_the_waits_watched_before_it() {
+        let poller = Poller::default();
+        let (a, b) = (poller.watch(b"a"), poller.watch(b"b"));
+        let Reading::Run(run) = poller.reread(&a, 1) else {
+            panic!("the first wait to reach epoch 1 runs its batch");
+        };
+        let mut states = run.states.clone();
+        states.sort();
+        assert_eq!(states, vec![b"a".to_vec(), b"b".to_vec()]);
+        let Reading::Join(mut joined) = poller.reread(&b, 1) else {
+            panic!("a wait watched before the batch joins it");
+        };
+        let late = poller.watch(b"c");
+        assert!(matches!(poller.reread(&late, 1), Reading::Own));
+        assert!(joined.borrow_and_update().is_none(), "in flight");
+        run.finish(true);
+        assert_eq!(*joined.borrow_and_update(), Some(true));
+
+        let Reading::Run(next) = poller.reread(&late, 2) else {
+            panic!("a new epoch gets a batch of its own");
+        };
+        assert!(matches!(poller.reread(&a, 1), Reading::Own), "moved on");
+        let Reading::Join(mut joined) = poller.reread(&a, 2) else {
+            panic!("covered");
+        };
+        drop(next);
+        assert_eq!(*joined.borrow_and_update(), Some(false), "given up");
+        drop(b);
+        assert_eq!(poller.states().len(), 2);
     }
 
     /// Stores that differ only in TLS mode or unix socket do not share a

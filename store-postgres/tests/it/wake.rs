@@ -1123,3 +1123,472 @@ async fn a_poll_failing_before_a_refused_waits_own_read_answered_does_not_end_it
     drop((store, completer, pool));
     drop(role);
 }
+
+/// Stores `outcome` for `state` as `complete` would, but sends no
+/// notification: a completion whose NOTIFY was lost because nobody listened
+/// when it was sent. Only a read of the table finds it.
+async fn complete_silently(
+    admin: &mut sqlx::PgConnection,
+    schema: &str,
+    state: &mcp_authkit_core::FlowState,
+    outcome: &FlowOutcome,
+) {
+    let expires_at = mcp_authkit_core::Timestamp::now()
+        .saturating_add(MINUTE)
+        .unix_millis();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {schema}.mcp_authkit_outcomes (state, expires_at, outcome) VALUES ($1, $2, $3)"
+    )))
+    .bind(state.as_str().as_bytes())
+    .bind(expires_at)
+    .bind(mcp_authkit_core::codec::encode_outcome(outcome))
+    .execute(admin)
+    .await
+    .unwrap();
+}
+
+/// A listener flap (its connection killed; it listens again at once) must
+/// not cost the database one statement per waiter, exactly when it may be
+/// in trouble: the re-read of every waiter of a store instance when the
+/// listener is back is one statement, made by one of them. Completions
+/// whose notification was lost (stored while nobody listened) are found by
+/// it and wake their waiters; completions made after the flap wake the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_flap_rereads_every_waiter_of_an_instance_in_one_statement() {
+    const WAITERS: usize = 400;
+    const LOST: usize = WAITERS / 2;
+    let Some(cluster) = Cluster::start_new_with_or_explain(
+        "shared_preload_libraries = 'pg_stat_statements'\nsynchronous_commit = off",
+    ) else {
+        return;
+    };
+    let mut admin = cluster.admin().await;
+    let completer = PostgresStore::options(&cluster.url("postgres"))
+        .schema("flapped")
+        .open()
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements; CREATE ROLE waiter LOGIN")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(crate::common::least_privilege_grants(
+        "flapped", "waiter",
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&cluster.url("waiter"))
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema("flapped")
+        .open()
+        .await
+        .unwrap();
+    let flows: Vec<_> = (0..WAITERS)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        completer.insert(f).await.unwrap();
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    for (i, f) in flows.iter().enumerate() {
+        let (store, state) = (store.clone(), f.state.clone());
+        waits.spawn(async move { (i, store.wait(&state, MINUTE).await) });
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == WAITERS)
+        .await
+    );
+    let epoch = store.listener_epoch().unwrap();
+    // The waits' first reads are done.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Stored with no notification heard: as if sent while the listener
+    // was down. Only a read after the flap finds them.
+    for (i, f) in flows.iter().take(LOST).enumerate() {
+        complete_silently(&mut admin, "flapped", &f.state, &authorized(i as u64)).await;
+    }
+
+    let before = statements_run_by(&mut admin, "waiter").await;
+    let listener = listener_of(&mut admin, "waiter", store.channel()).await;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    for _ in 0..LOST {
+        let (i, outcome) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+            .await
+            .expect("a completion whose notification was lost is found after the flap")
+            .unwrap()
+            .unwrap();
+        assert!(i < LOST, "waiter {i} woke with nothing completed");
+        assert_eq!(outcome.unwrap(), Some(authorized(i as u64)));
+    }
+    assert!(store.listener_epoch().unwrap() > epoch, "listening again");
+    // Stragglers of the flap, if any, would show here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ran = statements_run_by(&mut admin, "waiter").await - before;
+    eprintln!(
+        "FIGURE: {WAITERS} waiters, one listener flap: {ran} statements by the waiters' role"
+    );
+    // The batch, the listener's LISTEN; a little slack for a probe or a
+    // second flap, none for one statement per waiter.
+    assert!(
+        ran <= 10,
+        "{WAITERS} waiters ran {ran} statements for one listener flap"
+    );
+
+    // Completed after the flap: notified as ever.
+    for (i, f) in flows.iter().enumerate().skip(LOST) {
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(i as u64), MINUTE)
+            .await
+            .unwrap();
+    }
+    let mut woken = LOST;
+    while let Some(joined) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+        .await
+        .expect("every waiter wakes after the flap")
+    {
+        let (i, outcome) = joined.unwrap();
+        assert_eq!(outcome.unwrap(), Some(authorized(i as u64)));
+        woken += 1;
+    }
+    assert_eq!(woken, WAITERS);
+}
+
+/// Several store instances on one listener: a flow completed while the
+/// listener was down (its notification lost) wakes its waiter, whichever
+/// instance waits on it, once the listener is back; each instance re-reads
+/// its own waiters through its own pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_made_while_the_listener_was_down_wakes_waiters_of_every_instance() {
+    const INSTANCES: usize = 3;
+    const PER_INSTANCE: usize = 4;
+    let schema = Schema::new("downlost").await;
+    schema.open().await.close().await;
+    let role = AppRole::new(&schema.name, true).await;
+    let completer = schema.open().await;
+    let mut stores = Vec::new();
+    for _ in 0..INSTANCES {
+        // Sessions opened now outlive the connection limit set below.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(2)
+            .connect(&url_as(&role.name).await)
+            .await
+            .unwrap();
+        stores.push(
+            PostgresStoreOptions::from_pool(pool)
+                .schema(&schema.name)
+                .open()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    let mut flows = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for w in 0..PER_INSTANCE {
+            let f = flow(&TokenKey::new("github", format!("s{s}-w{w}")), MINUTE);
+            completer.insert(&f).await.unwrap();
+            let (store, state, n) = (store.clone(), f.state.clone(), flows.len());
+            waits.spawn(async move { (n, store.wait(&state, MINUTE).await) });
+            flows.push(f);
+        }
+    }
+    let store = &stores[0];
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == flows.len())
+        .await
+    );
+    let epoch = store.listener_epoch().unwrap();
+    keep_listener_down(&role.name, store.channel()).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_none())
+        .await
+    );
+    // The first waiter of each instance: completed while nobody listens.
+    let lost: Vec<usize> = (0..INSTANCES).map(|s| s * PER_INSTANCE).collect();
+    for &n in &lost {
+        let f = &flows[n];
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(n as u64), MINUTE)
+            .await
+            .unwrap();
+    }
+    crate::common::admin_exec(format!("ALTER ROLE {} CONNECTION LIMIT -1", role.name)).await;
+    for _ in &lost {
+        let (n, outcome) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+            .await
+            .expect("a completion made while the listener was down is found")
+            .unwrap()
+            .unwrap();
+        assert!(lost.contains(&n), "waiter {n} woke with nothing completed");
+        assert_eq!(outcome.unwrap(), Some(authorized(n as u64)));
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some_and(|now| now > epoch))
+        .await,
+        "listening again"
+    );
+    for (n, f) in flows.iter().enumerate() {
+        if lost.contains(&n) {
+            continue;
+        }
+        completer.take(&f.state).await.unwrap().unwrap();
+        completer
+            .complete(&f.key, &f.state, &authorized(n as u64), MINUTE)
+            .await
+            .unwrap();
+    }
+    while let Some(joined) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+        .await
+        .expect("every waiter wakes")
+    {
+        let (n, outcome) = joined.unwrap();
+        assert_eq!(outcome.unwrap(), Some(authorized(n as u64)));
+    }
+    drop((stores, completer));
+    drop(role);
+}
+
+/// A batched re-read that fails leaves no waiter it covered deaf: each
+/// reads its own outcome, and one completed while nobody listened wakes
+/// long before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batched_reread_leaves_each_waiter_to_read_its_own() {
+    const WAITERS: usize = 5;
+    let schema = Schema::new("rereadfail").await;
+    let store = schema.open().await;
+    let flows: Vec<_> = (0..WAITERS)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    let mut waits = tokio::task::JoinSet::new();
+    for (i, f) in flows.iter().enumerate() {
+        store.insert(f).await.unwrap();
+        let (store, state) = (store.clone(), f.state.clone());
+        waits.spawn(async move { (i, store.wait(&state, MINUTE).await) });
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some()
+            && store.waited_states() == WAITERS)
+        .await
+    );
+    let epoch = store.listener_epoch().unwrap();
+    // The waits' first reads are done.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut admin = crate::common::admin().await;
+    for (i, f) in flows.iter().enumerate().take(2) {
+        complete_silently(&mut admin, &schema.name, &f.state, &authorized(i as u64)).await;
+    }
+    store.fail_next_reread();
+    let listener = listener_pids(store.channel()).await;
+    assert_eq!(listener.len(), 1);
+    crate::common::terminate(listener[0]).await;
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let (i, outcome) = tokio::time::timeout(Duration::from_secs(10), waits.join_next())
+            .await
+            .expect("woken by its own read after the batch failed")
+            .unwrap()
+            .unwrap();
+        assert!(i < 2, "waiter {i} woke with nothing completed");
+        assert_eq!(outcome.unwrap(), Some(authorized(i as u64)));
+    }
+    eprintln!(
+        "FIGURE: after a failed batched re-read, waiters found their outcomes in {:?}",
+        started.elapsed()
+    );
+    assert!(store.listener_epoch().is_some_and(|now| now > epoch));
+    waits.abort_all();
+    let _ = sqlx::Connection::close(admin).await;
+}
+
+/// Two waits of one store instance, `a` and `b`, polled once each while
+/// the listener connects (both registered and watched before the epoch's
+/// batch); `b`'s flow is completed before either wait started if
+/// `complete_b`. Returns the boxed wait futures once the link is up and
+/// `a` was polled again in the new epoch: `a` is now the epoch's batch
+/// runner, its statement in flight, and is polled no more by the caller.
+async fn a_runner_and_its_joiner<'s>(
+    store: &'s PostgresStore,
+    fb: &mcp_authkit_core::PendingFlow,
+    b_timeout: Duration,
+    complete_b: bool,
+) -> (
+    std::pin::Pin<Box<impl Future<Output = mcp_authkit_core::Result<Option<FlowOutcome>>> + 's>>,
+    std::pin::Pin<Box<impl Future<Output = mcp_authkit_core::Result<Option<FlowOutcome>>> + 's>>,
+) {
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    store.insert(&fa).await.unwrap();
+    store.insert(fb).await.unwrap();
+    if complete_b {
+        complete(store, fb).await;
+    }
+    assert!(store.listener_epoch().is_none(), "no wait started it yet");
+    let (a, b) = (fa.state.clone(), fb.state.clone());
+    let mut wait_a = Box::pin(async move { store.wait(&a, MINUTE).await });
+    let mut wait_b = Box::pin(async move { store.wait(&b, b_timeout).await });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(wait_a.as_mut().poll(&mut cx).is_pending());
+    assert!(wait_b.as_mut().poll(&mut cx).is_pending());
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await
+    );
+    // `a` sees the epoch first: it runs the batch, which covers `b`.
+    assert!(wait_a.as_mut().poll(&mut cx).is_pending());
+    (wait_a, wait_b)
+}
+
+/// A wait that joined its epoch's batched re-read gets its outcome even
+/// when the batch's runner is never run again (a future kept but not
+/// polled, a blocked runtime): by its own deadline at the latest (2 s here,
+/// before the lease of 5 s), it reads on its own instead of answering
+/// `None` unread. No listener flap needed: the first connection is an
+/// epoch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_of_a_batch_never_run_reads_its_outcome_by_its_deadline() {
+    let schema = Schema::new("joinidle").await;
+    let store = schema.open().await;
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    let (wait_a, wait_b) = a_runner_and_its_joiner(&store, &fb, Duration::from_secs(2), true).await;
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), wait_b)
+        .await
+        .expect("the wait ends by its deadline");
+    let took = started.elapsed();
+    eprintln!("FIGURE: joiner of a batch never run answered after {took:?} (deadline 2 s)");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    drop(wait_a);
+}
+
+/// A batch runner whose wait is dropped mid-read (cancelled) gives the
+/// batch up at once: its joiners read on their own well before the lease
+/// (5 s) they would otherwise wait the batch out for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runner_dropped_mid_read_lets_its_joiners_read_at_once() {
+    let schema = Schema::new("rundrop").await;
+    let store = schema.open().await;
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    let (wait_a, wait_b) = a_runner_and_its_joiner(&store, &fb, MINUTE, true).await;
+    drop(wait_a);
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), wait_b)
+        .await
+        .expect("the wait ends");
+    let took = started.elapsed();
+    eprintln!("FIGURE: joiner of a dropped batch runner answered after {took:?}");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a dropped batch"
+    );
+}
+
+/// A wait that starts after its epoch's batched re-read ran (and finished)
+/// is not covered by it and reads its own outcome at once: a flow completed
+/// before the wait started (its notification sent before the wait
+/// registered) answers in well under a second, not at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_started_after_its_epochs_batch_reads_its_own_outcome() {
+    let schema = Schema::new("afterbatch").await;
+    let store = schema.open().await;
+    let fa = flow(&TokenKey::new("github", "a"), MINUTE);
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    store.insert(&fa).await.unwrap();
+    store.insert(&fb).await.unwrap();
+    // Warm-up: a wait on `a` brings the link up and runs the epoch's batch.
+    let warm = {
+        let (store, state) = (store.clone(), fa.state.clone());
+        tokio::spawn(async move { store.wait(&state, MINUTE).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .listener_epoch()
+            .is_some())
+        .await
+    );
+    let epoch = store.listener_epoch();
+    // The batch (one statement on a idle pool) is long done.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.take(&fb.state).await.unwrap().unwrap();
+    store
+        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = store.wait(&fb.state, Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    eprintln!("FIGURE: wait started after its epoch's batch answered after {took:?}");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(store.listener_epoch(), epoch, "no flap in between");
+    warm.abort();
+}
+
+/// Takes and completes `f` (outcome `authorized(1)`), notifying its waiters.
+async fn complete(store: &PostgresStore, f: &mcp_authkit_core::PendingFlow) {
+    store.take(&f.state).await.unwrap().unwrap();
+    store
+        .complete(&f.key, &f.state, &authorized(1), MINUTE)
+        .await
+        .unwrap();
+}
+
+/// A wait that joined a batch whose runner is never run again still wakes
+/// at once when its flow is completed (and notified) meanwhile: it does not
+/// wait the batch out (up to the lease, 5 s) before hearing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_of_a_batch_never_run_wakes_at_once_when_notified() {
+    let schema = Schema::new("joinnotify").await;
+    let store = schema.open().await;
+    let fb = flow(&TokenKey::new("github", "b"), MINUTE);
+    let (wait_a, wait_b) = a_runner_and_its_joiner(&store, &fb, MINUTE, false).await;
+    let ended = async {
+        let got = tokio::time::timeout(Duration::from_secs(30), wait_b)
+            .await
+            .expect("the wait ends");
+        (got, std::time::Instant::now())
+    };
+    let started = async {
+        // `b` has joined the batch by then.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        complete(&store, &fb).await;
+        started
+    };
+    let ((got, ended), started) = tokio::join!(ended, started);
+    let took = ended.saturating_duration_since(started);
+    eprintln!("FIGURE: joiner of a batch never run woke after {took:?} once notified");
+    assert_eq!(got.unwrap(), Some(authorized(1)));
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a batch never run"
+    );
+    drop(wait_a);
+}
