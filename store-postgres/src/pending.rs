@@ -141,7 +141,8 @@ impl PostgresStore {
             Reading::Join(mut done) => {
                 let joined = tokio::time::timeout_at(give_up, done.wait_for(Option::is_some));
                 tokio::select! {
-                    finished = joined => matches!(finished, Ok(Ok(read)) if *read == Some(true)),
+                    // A delivery first: it answers this wait at once.
+                    biased;
                     // Read from the table by the batch or a poll: as good as
                     // this wait's own read. A notification (a hint only) is
                     // answered by the read below, without waiting for the
@@ -152,6 +153,7 @@ impl PostgresStore {
                         }
                         false
                     }
+                    finished = joined => matches!(finished, Ok(Ok(read)) if *read == Some(true)),
                 }
             }
         };
@@ -460,6 +462,8 @@ impl PendingStore for PostgresStore {
                 Err(error) => return Err(error),
             }
             tokio::select! {
+                // A delivery first: at the deadline it still answers.
+                biased;
                 // Read by a batch or a poll, from the table: as good as this
                 // wait's own read. Notified (a hint only): read the stored
                 // outcome.
@@ -476,7 +480,21 @@ impl PendingStore for PostgresStore {
                     }
                 }
                 () = tokio::time::sleep(RECHECK_AFTER_ERROR), if recheck => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(None),
+                // Out of time. What reached the registration since the last
+                // read still answers (a batch's delivery made just before the
+                // deadline, or a hint: one last read), and so does a last
+                // read that failed: its error, not `None`.
+                () = tokio::time::sleep_until(deadline) => {
+                    return match registration.try_take() {
+                        Some(Some(bytes)) => match ROWS.outcome(state, &bytes) {
+                            Ok(outcome) => Ok(Some(outcome)),
+                            Err(_) => self.outcome(state).await,
+                        },
+                        Some(None) => self.outcome(state).await,
+                        None if recheck => self.outcome(state).await,
+                        None => Ok(None),
+                    };
+                }
             }
         }
     }

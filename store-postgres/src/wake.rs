@@ -664,6 +664,18 @@ impl Registration {
         }
         receiver.borrow_and_update().clone()
     }
+
+    /// What reached the state since it was last looked at, without waiting:
+    /// at a wait's deadline, a delivery that lost the race to it still
+    /// answers.
+    pub(crate) fn try_take(&mut self) -> Option<Wake> {
+        let receiver = self.receiver.as_mut()?;
+        if receiver.has_changed().unwrap_or(false) {
+            Some(receiver.borrow_and_update().clone())
+        } else {
+            None
+        }
+    }
 }
 
 impl Drop for Registration {
