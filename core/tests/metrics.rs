@@ -750,56 +750,9 @@ fn first_table<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
         .collect()
 }
 
-/// A memory store whose reads wait for one wake-up while `waits` is set,
-/// as a store doing I/O does (its future is not ready on the first poll).
-#[derive(Default)]
-struct Waiting {
-    store: MemoryStore,
-    waits: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl TokenStore for Waiting {
-    fn backend_name(&self) -> &'static str {
-        "waiting"
-    }
-    async fn get(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
-        if self.waits.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::task::yield_now().await;
-        }
-        self.store.get(key).await
-    }
-    async fn put(&self, key: &TokenKey, record: &TokenRecord) -> Result<Revision> {
-        self.store.put(key, record).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &TokenKey,
-        expected: Option<Revision>,
-        record: &TokenRecord,
-    ) -> Result<CasOutcome> {
-        self.store.compare_and_swap(key, expected, record).await
-    }
-    async fn delete(&self, key: &TokenKey) -> Result<bool> {
-        self.store.delete(key).await
-    }
-    async fn delete_if_revision(&self, key: &TokenKey, revision: Revision) -> Result<bool> {
-        self.store.delete_if_revision(key, revision).await
-    }
-    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<LeaseToken>> {
-        self.store.try_acquire_lease(key, ttl).await
-    }
-    async fn release_lease(&self, key: &TokenKey, lease: &LeaseToken) -> Result<bool> {
-        self.store.release_lease(key, lease).await
-    }
-    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage<TokenKey>> {
-        self.store.scan(cursor, limit).await
-    }
-}
-
 /// Reads alice's token `n` times through `store`, and returns how many
 /// reads were counted and how many timed.
-async fn read_n(rec: &mut Recording, store: &Observed<dyn TokenStore>, n: u64) -> (u64, usize) {
+async fn read_n(rec: &mut Recording, store: &Observed<MemoryStore>, n: u64) -> (u64, usize) {
     let key = TokenKey::new("github", ALICE);
     for _ in 0..n {
         assert!(store.get(&key).await.unwrap().is_some());
@@ -810,11 +763,6 @@ async fn read_n(rec: &mut Recording, store: &Observed<dyn TokenStore>, n: u64) -
         m.store_ops(backend, "get"),
         m.store_ops_timed(backend, "get"),
     )
-}
-
-fn observed(store: Arc<dyn TokenStore>) -> Observed<dyn TokenStore> {
-    let backend = store.backend_name();
-    Observed::new(store, backend)
 }
 
 /// The memory store's reads never wait: after 64 timed ones, about one in
@@ -830,52 +778,67 @@ async fn an_in_process_store_is_timed_about_one_read_in_64_after_64() {
         .put(&TokenKey::new("github", ALICE), &record)
         .await
         .unwrap();
-    let store = observed(memory);
+    let store = Observed::new(memory, "memory");
     assert_eq!(read_n(&mut rec, &store, 64).await, (64, 64));
     let (reads, timed) = read_n(&mut rec, &store, 6400).await;
     assert_eq!(reads, 6464);
     assert!((64 + 70..=64 + 130).contains(&timed), "{timed} timed");
 }
 
-/// A store whose reads wait is timed at every read, also after the 64
-/// learning ones; and an in-process one seen waiting once is timed in full
-/// from then on (red when sampling ignores waits, or a wait does not end
-/// it).
+/// Waits `n` times through `store` on `state` (for 1 ms at most), and
+/// returns how many waits were counted and how many timed.
+async fn wait_n(
+    rec: &mut Recording,
+    store: &Observed<MemoryStore>,
+    state: &FlowState,
+    n: u64,
+) -> (u64, usize) {
+    for _ in 0..n {
+        store.wait(state, Duration::from_millis(1)).await.unwrap();
+    }
+    let m = rec.metrics();
+    (
+        m.store_ops("memory", "wait"),
+        m.store_ops_timed("memory", "wait"),
+    )
+}
+
+/// An operation that waits (the memory store's `wait` on a flow with no
+/// outcome yet) is timed every time, also after the 64 learning ones; and
+/// one learned in-process (`wait` on a flow already completed answers on
+/// its first poll) is timed in full from the first run that waits (red
+/// when sampling ignores waits, or a wait does not end it).
 #[tokio::test]
-async fn a_store_that_waits_is_timed_at_every_operation() {
-    let waiting = Arc::new(Waiting::default());
-    let record = TokenRecord::new("gho_x", Timestamp::now());
-    waiting
-        .put(&TokenKey::new("github", ALICE), &record)
+async fn an_operation_that_waits_is_timed_every_time() {
+    let memory = Arc::new(MemoryStore::new());
+    let (pending, done) = (FlowState::generate(), FlowState::generate());
+    let outcome = FlowOutcome::Denied {
+        error: "declined".into(),
+        description: None,
+    };
+    let key = TokenKey::new("github", ALICE);
+    memory
+        .complete(&key, &done, &outcome, Duration::from_secs(600))
         .await
         .unwrap();
-    waiting
-        .waits
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     {
         let mut rec = Recording::start();
-        let store = observed(waiting.clone());
-        assert_eq!(read_n(&mut rec, &store, 200).await, (200, 200));
+        let store = Observed::new(memory.clone(), "memory");
+        assert_eq!(wait_n(&mut rec, &store, &pending, 200).await, (200, 200));
     }
 
     let mut rec = Recording::start();
-    waiting
-        .waits
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    let store = observed(waiting.clone());
-    let (reads, sampled) = read_n(&mut rec, &store, 64 + 640).await;
-    assert_eq!(reads, 704);
+    let store = Observed::new(memory, "memory");
+    let (waits, sampled) = wait_n(&mut rec, &store, &done, 64 + 640).await;
+    assert_eq!(waits, 704);
     assert!(sampled < 64 + 64, "{sampled} timed: learned in-process");
-    // One read waits (timed only if its turn had come)...
-    waiting
-        .waits
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let (reads, timed) = read_n(&mut rec, &store, 1).await;
-    assert_eq!(reads, 705);
+    // One wait waits (timed only if its turn had come)...
+    let (waits, timed) = wait_n(&mut rec, &store, &pending, 1).await;
+    assert_eq!(waits, 705);
     assert!(timed == sampled || timed == sampled + 1);
-    // ...and every read is timed from then on, waiting or not.
-    waiting
-        .waits
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(read_n(&mut rec, &store, 100).await, (805, timed + 100));
+    // ...and every wait is timed from then on, answered at once or not.
+    assert_eq!(
+        wait_n(&mut rec, &store, &done, 100).await,
+        (805, timed + 100)
+    );
 }
