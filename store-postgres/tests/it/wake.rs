@@ -560,46 +560,16 @@ async fn statements_run_by(admin: &mut sqlx::PgConnection, user: &str) -> i64 {
 async fn while_the_listener_is_down_one_statement_a_second_polls_every_waiter() {
     const WAITERS: usize = 400;
     const WINDOW: Duration = Duration::from_secs(3);
-    let Some(cluster) = Cluster::start_new_with_or_explain(
-        "shared_preload_libraries = 'pg_stat_statements'\nsynchronous_commit = off",
-    ) else {
+    let Some(Counted {
+        cluster: _cluster,
+        mut admin,
+        completer,
+        store,
+        flows,
+    }) = counted_waiters("polled", WAITERS).await
+    else {
         return;
     };
-    let mut admin = cluster.admin().await;
-    // The completer: the superuser, so another listener hub.
-    let completer = PostgresStore::options(&cluster.url("postgres"))
-        .schema("polled")
-        .open()
-        .await
-        .unwrap();
-    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements; CREATE ROLE waiter LOGIN")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(crate::common::least_privilege_grants(
-        "polled", "waiter",
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    // Sessions opened now outlive the connection limit set below.
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .min_connections(8)
-        .connect(&cluster.url("waiter"))
-        .await
-        .unwrap();
-    let store = PostgresStoreOptions::from_pool(pool)
-        .schema("polled")
-        .open()
-        .await
-        .unwrap();
-    let flows: Vec<_> = (0..WAITERS)
-        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
-        .collect();
-    for f in &flows {
-        completer.insert(f).await.unwrap();
-    }
     let mut waits = tokio::task::JoinSet::new();
     for f in &flows {
         let (store, state) = (store.clone(), f.state.clone());
@@ -1147,6 +1117,71 @@ async fn complete_silently(
     .unwrap();
 }
 
+/// What the tests that count the waiters' statements arrange.
+struct Counted {
+    /// Kept alive for the test: the private cluster stops when dropped.
+    cluster: Cluster,
+    /// A superuser connection, to count statements and kill the listener.
+    admin: sqlx::PgConnection,
+    /// A superuser store, so on a listener hub of its own.
+    completer: PostgresStore,
+    /// The store of role `waiter` (least privilege), whose statements are
+    /// counted: a pool of 8 sessions, opened now so they outlive a
+    /// connection limit a test may set later.
+    store: PostgresStore,
+    /// `n` flows in `schema`, not completed.
+    flows: Vec<mcp_authkit_core::PendingFlow>,
+}
+
+/// A private cluster with `pg_stat_statements` loaded, the role `waiter`
+/// with least privilege on `schema`, and [`Counted`]'s stores and flows;
+/// `None` (explained) when no cluster can be started.
+async fn counted_waiters(schema: &str, n: usize) -> Option<Counted> {
+    let cluster = Cluster::start_new_with_or_explain(
+        "shared_preload_libraries = 'pg_stat_statements'\nsynchronous_commit = off",
+    )?;
+    let mut admin = cluster.admin().await;
+    let completer = PostgresStore::options(&cluster.url("postgres"))
+        .schema(schema)
+        .open()
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements; CREATE ROLE waiter LOGIN")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(crate::common::least_privilege_grants(
+        schema, "waiter",
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .min_connections(8)
+        .connect(&cluster.url("waiter"))
+        .await
+        .unwrap();
+    let store = PostgresStoreOptions::from_pool(pool)
+        .schema(schema)
+        .open()
+        .await
+        .unwrap();
+    let flows: Vec<_> = (0..n)
+        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
+        .collect();
+    for f in &flows {
+        completer.insert(f).await.unwrap();
+    }
+    Some(Counted {
+        cluster,
+        admin,
+        completer,
+        store,
+        flows,
+    })
+}
+
 /// A listener flap (its connection killed; it listens again at once) must
 /// not cost the database one statement per waiter, exactly when it may be
 /// in trouble: the re-read of every waiter of a store instance when the
@@ -1158,43 +1193,16 @@ async fn complete_silently(
 async fn a_listener_flap_rereads_every_waiter_of_an_instance_in_one_statement() {
     const WAITERS: usize = 400;
     const LOST: usize = WAITERS / 2;
-    let Some(cluster) = Cluster::start_new_with_or_explain(
-        "shared_preload_libraries = 'pg_stat_statements'\nsynchronous_commit = off",
-    ) else {
+    let Some(Counted {
+        cluster: _cluster,
+        mut admin,
+        completer,
+        store,
+        flows,
+    }) = counted_waiters("flapped", WAITERS).await
+    else {
         return;
     };
-    let mut admin = cluster.admin().await;
-    let completer = PostgresStore::options(&cluster.url("postgres"))
-        .schema("flapped")
-        .open()
-        .await
-        .unwrap();
-    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements; CREATE ROLE waiter LOGIN")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(crate::common::least_privilege_grants(
-        "flapped", "waiter",
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&cluster.url("waiter"))
-        .await
-        .unwrap();
-    let store = PostgresStoreOptions::from_pool(pool)
-        .schema("flapped")
-        .open()
-        .await
-        .unwrap();
-    let flows: Vec<_> = (0..WAITERS)
-        .map(|i| flow(&TokenKey::new("github", format!("user-{i}")), MINUTE))
-        .collect();
-    for f in &flows {
-        completer.insert(f).await.unwrap();
-    }
     let mut waits = tokio::task::JoinSet::new();
     for (i, f) in flows.iter().enumerate() {
         let (store, state) = (store.clone(), f.state.clone());
