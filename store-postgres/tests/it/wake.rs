@@ -1544,11 +1544,7 @@ async fn a_wait_started_after_its_epochs_batch_reads_its_own_outcome() {
     let epoch = store.listener_epoch();
     // The batch (one statement on a idle pool) is long done.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    store.take(&fb.state).await.unwrap().unwrap();
-    store
-        .complete(&fb.key, &fb.state, &authorized(1), MINUTE)
-        .await
-        .unwrap();
+    complete(&store, &fb).await;
     let started = std::time::Instant::now();
     let got = store.wait(&fb.state, Duration::from_secs(3)).await;
     let took = started.elapsed();
