@@ -166,30 +166,16 @@ impl PostgresStore {
         }
     }
 
-    /// The batched re-read's statement: reads the outcomes of `states`
-    /// and hands those found to their waiters, from the table, never from
-    /// a notification. `false` if it failed or was not done by `give_up`.
+    /// The batched re-read's statement ([`Self::deliver_outcomes`]):
+    /// `false` if it failed or was not done by `give_up`.
     async fn read_batch(&self, states: &[Vec<u8>], give_up: tokio::time::Instant) -> bool {
         #[cfg(feature = "testing")]
         if self.poller().take_reread_failure() {
             return false;
         }
-        let found = tokio::time::timeout_at(
-            give_up,
-            sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
-                .bind(states)
-                .bind(self.now().unix_millis())
-                .fetch_all(self.pool()),
-        )
-        .await;
-        match found {
-            Ok(Ok(found)) => {
-                for (state, outcome) in found {
-                    self.hub().deliver_polled(&state, outcome);
-                }
-                true
-            }
-            Ok(Err(error)) => {
+        match self.deliver_outcomes(states, give_up).await {
+            Ok(()) => true,
+            Err(Some(error)) => {
                 tracing::debug!(
                     error = %db("re-read flow outcomes", error),
                     "re-reading the outcomes after the completion listener came back failed; \
@@ -197,7 +183,7 @@ impl PostgresStore {
                 );
                 false
             }
-            Err(_elapsed) => {
+            Err(None) => {
                 tracing::debug!(
                     "re-reading the outcomes after the completion listener came back timed out; \
                      each waiter reads its own"
@@ -205,6 +191,32 @@ impl PostgresStore {
                 false
             }
         }
+    }
+
+    /// Reads the outcomes of `states` in one statement, through this
+    /// instance's pool and with its clock, and hands each one found to its
+    /// waiters: from the table, never from a notification. What the poll
+    /// while the link is down and the re-read when it is back both do.
+    /// `Err(None)`: not done by `give_up`.
+    async fn deliver_outcomes(
+        &self,
+        states: &[Vec<u8>],
+        give_up: tokio::time::Instant,
+    ) -> std::result::Result<(), Option<sqlx::Error>> {
+        let found = tokio::time::timeout_at(
+            give_up,
+            sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
+                .bind(states)
+                .bind(self.now().unix_millis())
+                .fetch_all(self.pool()),
+        )
+        .await
+        .map_err(|_elapsed| None)?
+        .map_err(Some)?;
+        for (state, outcome) in found {
+            self.hub().deliver_polled(&state, outcome);
+        }
+        Ok(())
     }
 
     /// This instance's poll while the hub's link is down, run by whichever
@@ -239,28 +251,16 @@ impl PostgresStore {
             let states = poller.states();
             // Given up when the claim lapses, not a lease after now: no
             // other claimer's poll starts while this one still runs.
-            let found = tokio::time::timeout_at(
-                claim.lapses,
-                sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(stmt(&self.sql().poll_outcomes))
-                    .bind(&states)
-                    .bind(self.now().unix_millis())
-                    .fetch_all(self.pool()),
-            )
-            .await;
-            match found {
-                Ok(Ok(found)) => {
-                    for (state, outcome) in found {
-                        self.hub().deliver_polled(&state, outcome);
-                    }
-                }
-                Ok(Err(error)) => {
+            match self.deliver_outcomes(&states, claim.lapses).await {
+                Ok(()) => {}
+                Err(Some(error)) => {
                     tracing::debug!(
                         error = %db("poll flow outcomes", error),
                         "polling the outcomes while the completion listener is down failed"
                     );
                     poller.failed();
                 }
-                Err(_elapsed) => {
+                Err(None) => {
                     tracing::debug!(
                         "polling the outcomes while the completion listener is down took longer than its claim"
                     );
